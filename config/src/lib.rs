@@ -1,0 +1,553 @@
+//! Configuration of the icbt-gateway: one typed struct, loaded once.
+//!
+//! Owns: the shape of every configuration key, safe defaults, loading from a TOML file
+//! and `ICBT_`-prefixed environment variables (`ICBT_SERVER__BIND` sets `server.bind`),
+//! validation whose messages name the key and the fix, and secrets ([`Secret`]) that
+//! never print.
+//!
+//! Must not know about: sockets, databases or TLS libraries. It checks that files exist;
+//! parsing them is the job of the code that uses them.
+//!
+//! Start from [`Config::load`].
+
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use secret::{Secret, SecretOrigin};
+
+/// Environment variables with this prefix override file values; `__` separates levels.
+pub const ENV_PREFIX: &str = "ICBT_";
+
+/// How the process is run. Dev mode fills in conveniences and refuses anything that
+/// would expose them beyond this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Production: every required key must be set.
+    Production,
+    /// `serve --dev`: generated certificate, loopback only.
+    Dev,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// The HTTP listener and the limits of its request pipeline.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: u64,
+    /// Time a request may take before it is answered with 503.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once; more are refused with 503 rather than queued.
+    pub concurrency_limit: usize,
+    /// Time a TLS handshake may take.
+    pub handshake_timeout_ms: u64,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_seconds: u64,
+    /// `max-age` of the Strict-Transport-Security header.
+    pub hsts_max_age_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+            concurrency_limit: 1024,
+            handshake_timeout_ms: 10_000,
+            shutdown_grace_seconds: 30,
+            hsts_max_age_seconds: 63_072_000,
+        }
+    }
+}
+
+/// Whether and how clients present certificates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificates are requested.
+    #[default]
+    Off,
+    /// A certificate is verified when offered (system clients); others may connect.
+    Optional,
+    /// Every client must present a certificate chaining to `client_ca_file`.
+    Required,
+}
+
+/// TLS server settings. TLS is always on.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Generated in dev mode when unset.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Generated in dev mode when unset.
+    pub key_file: Option<PathBuf>,
+    /// PEM bundle of CAs that issue client certificates.
+    pub client_ca_file: Option<PathBuf>,
+    /// Client-certificate verification: off, optional or required.
+    pub client_auth: ClientAuth,
+}
+
+/// Where records are stored.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for the embedded SQLite database and dev-mode files.
+    pub data_dir: PathBuf,
+    /// `postgres://user@host:port/db` for PostgreSQL; unset means SQLite in `data_dir`.
+    pub url: Option<String>,
+    /// PostgreSQL password, kept out of the URL.
+    pub password: Option<Secret>,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// Time to wait for a connection before a request fails.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            url: None,
+            password: None,
+            max_connections: 16,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The SQLite file used when no URL is set.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("icbt-gateway.sqlite3")
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object a line, for collectors.
+    #[default]
+    Json,
+    /// Readable lines, for a terminal.
+    Human,
+}
+
+/// Logs, traces and metrics.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `info,icbt_gateway=debug`.
+    pub log_filter: String,
+    /// OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318`; unset means no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute of exported traces.
+    pub service_name: String,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics_enabled: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_filter: "info".to_owned(),
+            otlp_endpoint: None,
+            service_name: "icbt-gateway".to_owned(),
+            metrics_enabled: true,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be read or did not fit the schema.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// A value is present but not acceptable.
+    #[error("configuration key `{key}`: {problem}; fix: {fix}")]
+    Invalid {
+        key: &'static str,
+        problem: String,
+        fix: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `ICBT_*` environment variables, and
+    /// validates the result for `mode`.
+    pub fn load(file: Option<&Path>, mode: Mode) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config = figment.extract().map_err(|e| {
+            // One line per problem; the first is what an operator fixes first.
+            let first = e
+                .into_iter()
+                .next()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            ConfigError::Load(first)
+        })?;
+        config.validate(mode)?;
+        Ok(config)
+    }
+
+    /// Checks values that the schema alone cannot.
+    pub fn validate(&self, mode: Mode) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if mode == Mode::Dev && !s.bind.ip().is_loopback() {
+            return Err(invalid(
+                "server.bind",
+                format!("dev mode refuses the non-loopback address {}", s.bind.ip()),
+                "bind dev mode to 127.0.0.1 or ::1, or run without --dev",
+            ));
+        }
+        if s.body_limit_bytes == 0 {
+            return Err(invalid(
+                "server.body_limit_bytes",
+                "must be above 0".into(),
+                "set a size in bytes, e.g. 1048576",
+            ));
+        }
+        if s.request_timeout_ms == 0 {
+            return Err(invalid(
+                "server.request_timeout_ms",
+                "must be above 0".into(),
+                "set milliseconds, e.g. 30000",
+            ));
+        }
+        if s.handshake_timeout_ms == 0 {
+            return Err(invalid(
+                "server.handshake_timeout_ms",
+                "must be above 0".into(),
+                "set milliseconds, e.g. 10000",
+            ));
+        }
+        if s.concurrency_limit == 0 {
+            return Err(invalid(
+                "server.concurrency_limit",
+                "must be above 0".into(),
+                "set a count, e.g. 1024",
+            ));
+        }
+        self.validate_tls(mode)?;
+        self.validate_storage()?;
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http(s) URL"),
+                "use the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self, mode: Mode) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => {
+                readable_file("tls.cert_file", cert, "point it at a PEM certificate chain")?;
+                readable_file(
+                    "tls.key_file",
+                    key,
+                    "point it at the PEM private key of the certificate",
+                )?;
+            }
+            (None, None) if mode == Mode::Dev => {}
+            (None, _) => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "is not set".into(),
+                    "set tls.cert_file and tls.key_file, or run `serve --dev` for a generated certificate",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key_file",
+                    "is not set".into(),
+                    "set it to the certificate's PEM private key",
+                ));
+            }
+        }
+        match (&tls.client_ca_file, tls.client_auth) {
+            (Some(ca), _) => readable_file(
+                "tls.client_ca_file",
+                ca,
+                "point it at a PEM bundle of client CAs",
+            )?,
+            (None, ClientAuth::Off) => {}
+            (None, _) => {
+                return Err(invalid(
+                    "tls.client_ca_file",
+                    "is required when tls.client_auth is optional or required".into(),
+                    "set it to the PEM bundle of CAs that issue client certificates",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let st = &self.storage;
+        if st.max_connections == 0 {
+            return Err(invalid(
+                "storage.max_connections",
+                "must be above 0".into(),
+                "set a count, e.g. 16",
+            ));
+        }
+        if st.acquire_timeout_ms == 0 {
+            return Err(invalid(
+                "storage.acquire_timeout_ms",
+                "must be above 0".into(),
+                "set milliseconds, e.g. 5000",
+            ));
+        }
+        let Some(url) = &st.url else {
+            if st.password.is_some() {
+                return Err(invalid(
+                    "storage.password",
+                    "is set but storage.url is not".into(),
+                    "set storage.url to the PostgreSQL URL",
+                ));
+            }
+            return Ok(());
+        };
+        let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        else {
+            return Err(invalid(
+                "storage.url",
+                "must be a postgres:// URL".into(),
+                "set postgres://user@host:5432/db, or remove the key to use SQLite in storage.data_dir",
+            ));
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && userinfo.contains(':')
+        {
+            return Err(invalid(
+                "storage.url",
+                "contains a password".into(),
+                "remove it from the URL and set storage.password = { file = \"...\" }",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, secrets redacted, for `config check`.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Load(e.to_string()))
+    }
+}
+
+fn invalid(key: &'static str, problem: String, fix: &'static str) -> ConfigError {
+    ConfigError::Invalid { key, problem, fix }
+}
+
+fn readable_file(key: &'static str, path: &Path, fix: &'static str) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(invalid(
+            key,
+            format!("{} is not a file", path.display()),
+            fix,
+        )),
+        Err(e) => Err(invalid(
+            key,
+            format!("cannot read {}: {e}", path.display()),
+            fix,
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its own large error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(jail: &Jail, toml: &str, mode: Mode) -> Result<Config, ConfigError> {
+        let path = jail.directory().join("gateway.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path), mode)
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::default();
+        assert!(c.server.bind.ip().is_loopback());
+        assert!(c.storage.url.is_none(), "SQLite is the embedded default");
+        assert_eq!(c.tls.client_auth, ClientAuth::Off);
+    }
+
+    #[test]
+    fn production_requires_a_certificate() {
+        Jail::expect_with(|jail| {
+            let err = load_in_jail(jail, "", Mode::Production).unwrap_err();
+            assert!(err.to_string().contains("`tls.cert_file`"), "{err}");
+            assert!(err.to_string().contains("fix:"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        Jail::expect_with(|jail| {
+            let err =
+                load_in_jail(jail, "[server]\nbnd = \"127.0.0.1:1\"\n", Mode::Dev).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("bnd"), "{msg}");
+            assert!(msg.contains("server"), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ICBT_SERVER__BIND", "127.0.0.1:9999");
+            jail.set_env("ICBT_TELEMETRY__LOG_FORMAT", "human");
+            let c = load_in_jail(jail, "[server]\nbind = \"127.0.0.1:1234\"\n", Mode::Dev).unwrap();
+            assert_eq!(c.server.bind.port(), 9999);
+            assert_eq!(c.telemetry.log_format, LogFormat::Human);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dev_mode_refuses_non_loopback_bind() {
+        Jail::expect_with(|jail| {
+            let err =
+                load_in_jail(jail, "[server]\nbind = \"0.0.0.0:8443\"\n", Mode::Dev).unwrap_err();
+            assert!(err.to_string().contains("`server.bind`"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_certificate_file_is_named() {
+        Jail::expect_with(|jail| {
+            let err = load_in_jail(
+                jail,
+                "[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+                Mode::Production,
+            )
+            .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("`tls.cert_file`") && msg.contains("/nonexistent/cert.pem"),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_in_database_url_is_refused() {
+        Jail::expect_with(|jail| {
+            let err = load_in_jail(
+                jail,
+                "[storage]\nurl = \"postgres://u:pw@db/icbt\"\n",
+                Mode::Dev,
+            )
+            .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("`storage.url`") && msg.contains("password"),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains("pw@"),
+                "the message must not echo the password: {msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_secret_is_read_from_file_and_redacted() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pg-password", "s3cret\n")?;
+            let dir = jail.directory().display().to_string();
+            let c = load_in_jail(
+                jail,
+                &format!("[storage]\nurl = \"postgres://icbt@db/icbt\"\npassword = {{ file = \"{dir}/pg-password\" }}\n"),
+                Mode::Dev,
+            )
+            .unwrap();
+            assert_eq!(c.storage.password.as_ref().unwrap().expose(), "s3cret");
+            let shown = c.to_redacted_toml().unwrap();
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+            assert!(!format!("{c:?}").contains("s3cret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn client_auth_needs_a_ca() {
+        Jail::expect_with(|jail| {
+            let err =
+                load_in_jail(jail, "[tls]\nclient_auth = \"required\"\n", Mode::Dev).unwrap_err();
+            assert!(err.to_string().contains("`tls.client_ca_file`"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn example_file_documents_every_key_and_loads() {
+        Jail::expect_with(|jail| {
+            let example = include_str!("../example.toml");
+            jail.create_file("cert.pem", "x")?;
+            jail.create_file("key.pem", "x")?;
+            let dir = jail.directory().display().to_string();
+            let example = example.replace("/etc/icbt-gateway/tls", &dir);
+            let c = load_in_jail(jail, &example, Mode::Production).unwrap();
+            // Every key the effective configuration has appears in the example.
+            let shown = c.to_redacted_toml().unwrap();
+            for line in shown.lines() {
+                if let Some((key, _)) = line.split_once(" = ") {
+                    assert!(
+                        example.contains(&format!("{key} =")),
+                        "example.toml lacks `{key}`"
+                    );
+                }
+            }
+            Ok(())
+        });
+    }
+}

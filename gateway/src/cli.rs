@@ -1,0 +1,152 @@
+//! The command line: `serve` and `config check`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use icbt_config::{Config, Mode};
+
+use crate::api::{self, AppState};
+use crate::server::{self, ListenerTimeouts};
+use crate::stack::{self, Limits};
+use crate::storage::Store;
+use crate::telemetry::{Metrics, Telemetry};
+use crate::tls::{self, CertificateFiles};
+
+/// Messaging gateway between iCBT platforms, patients, therapists and hospital systems.
+#[derive(Debug, Parser)]
+#[command(name = "icbt-gateway", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTPS API.
+    Serve {
+        /// TOML configuration file; `ICBT_*` environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Dev mode: no file needed, SQLite in ./data, a generated certificate, loopback only.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (with `ICBT_*` overrides) and print the effective configuration,
+    /// secrets redacted.
+    Check {
+        file: PathBuf,
+        /// Validate as dev mode would.
+        #[arg(long)]
+        dev: bool,
+    },
+}
+
+fn mode(dev: bool) -> Mode {
+    if dev { Mode::Dev } else { Mode::Production }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, dev } => {
+            let mode = mode(dev);
+            let config = Config::load(config.as_deref(), mode)?;
+            let telemetry = Telemetry::init(&config.telemetry)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let result = runtime.block_on(serve(config, mode));
+            // Stop the runtime before the exporter: it flushes spans from its own thread.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            telemetry.shutdown();
+            result
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file, dev },
+        } => {
+            let config = Config::load(Some(&file), mode(dev))?;
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", config.to_redacted_toml()?);
+                println!("# configuration OK: {}", file.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
+    let files = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert_file), Some(key_file)) => CertificateFiles {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        },
+        _ if mode == Mode::Dev => tls::ensure_dev_certificate(&config.storage.data_dir)?,
+        _ => anyhow::bail!(
+            "configuration key `tls.cert_file`: is not set; fix: set tls.cert_file and tls.key_file"
+        ),
+    };
+    let tls_config = Arc::new(tls::server_config(&config.tls, &files)?);
+    let fingerprint = tls::fingerprint(&files.cert_file)?;
+    let store = Store::open(&config.storage).await?;
+
+    let bind = config.server.bind;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let local = listener
+        .local_addr()
+        .with_context(|| format!("cannot listen on {bind}"))?;
+
+    let metrics = Metrics::shared();
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
+    let limits = Limits {
+        body_limit_bytes: config.server.body_limit_bytes,
+        request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+        concurrency_limit: config.server.concurrency_limit,
+        hsts_max_age_seconds: config.server.hsts_max_age_seconds,
+    };
+    let app = stack::build(
+        api::router(state, config.telemetry.metrics_enabled),
+        &limits,
+        metrics,
+    );
+    let timeouts = ListenerTimeouts {
+        handshake: Duration::from_millis(config.server.handshake_timeout_ms),
+        grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+    };
+
+    tracing::info!(address = %local, backend = store.backend().as_str(), dev = (mode == Mode::Dev), "listening");
+    #[allow(clippy::print_stdout)]
+    {
+        println!("icbt-gateway listening on https://{local}");
+        println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
+    }
+    server::serve(
+        listener,
+        tls_config,
+        app,
+        timeouts,
+        server::shutdown_signal(),
+    )
+    .await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The icbt-gateway service: HTTPS API, storage, telemetry and command line.
+//!
+//! Owns: the listener and its tower stack ([`stack`]), routes ([`api`]), RFC 9457 errors
+//! ([`problem`]), the database ([`storage`]; no SQL anywhere else), and the domain records
+//! ([`episode`]).
+//!
+//! Must not know about: token formats or FHIR (the `icbt-auth` and `icbt-fhir-mapping`
+//! crates own them).
+//!
+//! A reader starts at [`cli::run`], which loads the configuration and calls
+//! [`server::serve`] with the stack built by [`stack::build`].
+
+pub mod api;
+pub mod cli;
+pub mod episode;
+pub mod json;
+pub mod problem;
+pub mod server;
+pub mod stack;
+pub mod storage;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,209 @@
+//! RFC 9457 problem details: the one place where errors become HTTP responses.
+//!
+//! Every error kind has a stable `type` URI (clients branch on it), a status and a title.
+//! The `detail` is for the client that made the request; it is never logged, because it
+//! may echo the client's own input.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Prefix of every problem `type` this gateway emits.
+pub const TYPE_PREFIX: &str = "urn:icbt-gateway:problem:";
+
+/// The media type of problem responses.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// The kinds of error the HTTP API reports. Adding a variant is adding a documented,
+/// stable `type`; renaming one is a breaking change for clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemKind {
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    MalformedJson,
+    RequestTimeout,
+    Overloaded,
+    NotReady,
+    StorageUnavailable,
+    Internal,
+}
+
+impl ProblemKind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [ProblemKind; 10] = [
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::MalformedJson,
+        Self::RequestTimeout,
+        Self::Overloaded,
+        Self::NotReady,
+        Self::StorageUnavailable,
+        Self::Internal,
+    ];
+
+    /// The last segment of the `type` URI.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::MalformedJson => "malformed-json",
+            Self::RequestTimeout => "request-timeout",
+            Self::Overloaded => "overloaded",
+            Self::NotReady => "not-ready",
+            Self::StorageUnavailable => "storage-unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MalformedJson => StatusCode::BAD_REQUEST,
+            Self::RequestTimeout | Self::Overloaded | Self::NotReady | Self::StorageUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::NotFound => "No such resource",
+            Self::MethodNotAllowed => "Method not allowed on this resource",
+            Self::PayloadTooLarge => "Request body too large",
+            Self::UnsupportedMediaType => "Unsupported request content type",
+            Self::MalformedJson => "Request body is not the expected JSON",
+            Self::RequestTimeout => "The request took too long and was abandoned",
+            Self::Overloaded => "The gateway is at its concurrency limit",
+            Self::NotReady => "The gateway is not ready to serve requests",
+            Self::StorageUnavailable => "The database is unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    /// The full `type` URI.
+    pub fn type_uri(self) -> String {
+        format!("{TYPE_PREFIX}{}", self.slug())
+    }
+}
+
+/// A problem response under construction.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    kind: ProblemKind,
+    detail: Option<String>,
+    extensions: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    r#type: String,
+    title: &'static str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(flatten)]
+    extensions: &'a Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemKind) -> Self {
+        Self {
+            kind,
+            detail: None,
+            extensions: Map::new(),
+        }
+    }
+
+    /// A human-readable explanation for this occurrence.
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// An extension member, e.g. `path` of a JSON error or `limit` of a size error.
+    #[must_use]
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let body = Body {
+            r#type: self.kind.type_uri(),
+            title: self.kind.title(),
+            status: self.kind.status().as_u16(),
+            detail: self.detail.as_deref(),
+            extensions: &self.extensions,
+        };
+        // Serialising this struct of strings and JSON values cannot fail; keep a fallback
+        // anyway so that an error path never panics.
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| br#"{"title":"Internal error","status":500}"#.to_vec())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.kind.status(), self.body()).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if self.kind.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ProblemKind> for Problem {
+    fn from(kind: ProblemKind) -> Self {
+        Problem::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_kind_has_a_distinct_type_and_an_error_status() {
+        let mut seen = HashSet::new();
+        for kind in ProblemKind::ALL {
+            assert!(seen.insert(kind.type_uri()), "duplicate type for {kind:?}");
+            assert!(kind.status().is_client_error() || kind.status().is_server_error());
+            assert!(!kind.title().is_empty());
+        }
+    }
+
+    #[test]
+    fn body_is_rfc9457_with_extensions() {
+        let p = Problem::new(ProblemKind::MalformedJson)
+            .detail("bad")
+            .with("path", "a.b[0]");
+        let v: Value = serde_json::from_slice(&p.body()).unwrap();
+        assert_eq!(v["type"], "urn:icbt-gateway:problem:malformed-json");
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["detail"], "bad");
+        assert_eq!(v["path"], "a.b[0]");
+        assert!(v["title"].is_string());
+    }
+}

@@ -1,0 +1,300 @@
+//! Storage: every SQL statement of the gateway lives behind this module.
+//!
+//! One [`Store`] over sqlx's `Any` driver serves both backends: SQLite (embedded default,
+//! one file in the data directory, WAL, foreign keys on) and PostgreSQL (production, shared
+//! by several instances). Migrations are embedded in the binary and applied at start.
+//! Where the backends need different SQL, [`Backend`] says which one is in use.
+
+mod migrations;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use icbt_config::StorageConfig;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+
+use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
+
+/// Which database engine a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// What can go wrong in storage. Messages carry no row content.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    #[error("cannot connect to {backend} at {target}: {source}")]
+    Connect {
+        backend: &'static str,
+        target: String,
+        source: sqlx::Error,
+    },
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored row is inconsistent: {0}")]
+    Corrupt(&'static str),
+}
+
+/// What `/readyz` reports about the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub reachable: bool,
+    pub migrations_applied: bool,
+}
+
+/// The gateway's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Store {
+    /// Connects as configured, checks the database answers, and applies migrations.
+    pub async fn open(config: &StorageConfig) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url, target) = match &config.url {
+            None => {
+                let dir = &config.data_dir;
+                std::fs::create_dir_all(dir).map_err(|source| StorageError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let path = config.sqlite_path();
+                (
+                    Backend::Sqlite,
+                    sqlite_url(&path)?,
+                    path.display().to_string(),
+                )
+            }
+            Some(raw) => {
+                let mut url = url::Url::parse(raw).map_err(|e| StorageError::Url(e.to_string()))?;
+                let target = format!(
+                    "{}:{}{}",
+                    url.host_str().unwrap_or("localhost"),
+                    url.port().unwrap_or(5432),
+                    url.path()
+                );
+                if let Some(password) = &config.password {
+                    url.set_password(Some(password.expose())).map_err(|()| {
+                        StorageError::Url("the URL cannot carry a password".into())
+                    })?;
+                }
+                (Backend::Postgres, url.to_string(), target)
+            }
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| StorageError::Url(e.to_string()))?
+            .disable_statement_logging();
+        let connect_error = |source| StorageError::Connect {
+            backend: backend.as_str(),
+            target: target.clone(),
+            source,
+        };
+
+        // One direct connection first: it fails fast with the real reason (refused,
+        // unknown host, authentication) instead of a pool time-out.
+        let acquire = Duration::from_millis(config.acquire_timeout_ms);
+        let probe = tokio::time::timeout(acquire, options.connect())
+            .await
+            .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
+            .map_err(connect_error)?;
+        probe.close().await.map_err(connect_error)?;
+
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(acquire)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes every
+                        // acknowledged commit survive power loss, not only a crash.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        let store = Self { pool, backend };
+        migrations::migrator().run(&store.pool).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers and every embedded migration is applied.
+    pub async fn readiness(&self) -> Readiness {
+        let reachable = sqlx::query("SELECT 1").execute(&self.pool).await.is_ok();
+        let migrations_applied =
+            reachable && migrations::all_applied(&self.pool).await.unwrap_or(false);
+        Readiness {
+            reachable,
+            migrations_applied,
+        }
+    }
+
+    /// Waits for in-flight queries and closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn insert_clinic(
+        &self,
+        name: &str,
+        org_number: &OrgNumber,
+    ) -> Result<Clinic, StorageError> {
+        let clinic = Clinic {
+            id: ClinicId::new_random(),
+            name: name.to_owned(),
+            org_number: org_number.clone(),
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(clinic.id.to_string())
+        .bind(&clinic.name)
+        .bind(clinic.org_number.as_str())
+        .bind(clinic.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(clinic)
+    }
+
+    pub async fn clinic(&self, id: ClinicId) -> Result<Option<Clinic>, StorageError> {
+        let row =
+            sqlx::query("SELECT id, name, org_number, created_at_ms FROM clinics WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(Clinic {
+                id: ClinicId(parse_uuid(&r, "id")?),
+                name: r.try_get("name")?,
+                org_number: OrgNumber::parse(&r.try_get::<String, _>("org_number")?)
+                    .map_err(|_| StorageError::Corrupt("clinics.org_number"))?,
+                created_at_ms: r.try_get("created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn insert_episode(
+        &self,
+        clinic_id: ClinicId,
+        patient: &NationalId,
+        programme: &str,
+    ) -> Result<Episode, StorageError> {
+        let now = now_ms();
+        let episode = Episode {
+            id: EpisodeId::new_random(),
+            clinic_id,
+            patient: patient.clone(),
+            programme: programme.to_owned(),
+            state: EpisodeState::Planned,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        sqlx::query(
+            "INSERT INTO episodes (id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(episode.id.to_string())
+        .bind(clinic_id.to_string())
+        .bind(patient.expose())
+        .bind(&episode.programme)
+        .bind(episode.state.as_str())
+        .bind(episode.created_at_ms)
+        .bind(episode.updated_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(episode)
+    }
+
+    pub async fn episode(&self, id: EpisodeId) -> Result<Option<Episode>, StorageError> {
+        let row = sqlx::query(
+            "SELECT id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms \
+             FROM episodes WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(episode_from_row).transpose()
+    }
+
+    /// The episodes of one patient, oldest first.
+    pub async fn episodes_of_patient(
+        &self,
+        patient: &NationalId,
+    ) -> Result<Vec<Episode>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms \
+             FROM episodes WHERE patient_nin = $1 ORDER BY created_at_ms, id",
+        )
+        .bind(patient.expose())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(episode_from_row).collect()
+    }
+}
+
+fn episode_from_row(r: &AnyRow) -> Result<Episode, StorageError> {
+    Ok(Episode {
+        id: EpisodeId(parse_uuid(r, "id")?),
+        clinic_id: ClinicId(parse_uuid(r, "clinic_id")?),
+        patient: NationalId::parse(&r.try_get::<String, _>("patient_nin")?)
+            .map_err(|_| StorageError::Corrupt("episodes.patient_nin"))?,
+        programme: r.try_get("programme")?,
+        state: EpisodeState::parse(&r.try_get::<String, _>("state")?)
+            .ok_or(StorageError::Corrupt("episodes.state"))?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+fn parse_uuid(r: &AnyRow, column: &'static str) -> Result<uuid::Uuid, StorageError> {
+    uuid::Uuid::parse_str(&r.try_get::<String, _>(column)?)
+        .map_err(|_| StorageError::Corrupt(column))
+}
+
+fn sqlite_url(path: &Path) -> Result<String, StorageError> {
+    let path = path
+        .to_str()
+        .ok_or_else(|| StorageError::Url(format!("SQLite path {} is not UTF-8", path.display())))?;
+    Ok(format!("sqlite://{path}?mode=rwc"))
+}
