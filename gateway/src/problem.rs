@@ -179,6 +179,21 @@ impl From<ProblemKind> for Problem {
     }
 }
 
+impl From<crate::storage::StorageError> for Problem {
+    fn from(error: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError;
+        // Storage errors carry no row content, so the log may have the whole message.
+        tracing::error!(error = %error, "storage error");
+        match error {
+            StorageError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
+            )
+            | StorageError::Connect { .. } => Problem::new(ProblemKind::StorageUnavailable),
+            _ => Problem::new(ProblemKind::Internal),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +207,16 @@ mod tests {
             assert!(kind.status().is_client_error() || kind.status().is_server_error());
             assert!(!kind.title().is_empty());
         }
+    }
+
+    #[test]
+    fn storage_time_outs_are_503_and_other_failures_500() {
+        let timeout = Problem::from(crate::storage::StorageError::Database(
+            sqlx::Error::PoolTimedOut,
+        ));
+        assert_eq!(timeout.kind(), ProblemKind::StorageUnavailable);
+        let corrupt = Problem::from(crate::storage::StorageError::Corrupt("episodes.state"));
+        assert_eq!(corrupt.kind(), ProblemKind::Internal);
     }
 
     #[test]

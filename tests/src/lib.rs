@@ -1,1 +1,466 @@
-//! Harness
+//! The end-to-end test harness: one small module that starts the real `icbt-gateway`
+//! binary and the real peers it talks to, so the tests themselves stay short.
+//!
+//! Owns: finding (or building) the binary, throwaway PostgreSQL databases, a TLS client
+//! that trusts exactly the gateway's certificate, and capture of the gateway's logs.
+//!
+//! PostgreSQL comes from `E2E_POSTGRES_URL` (an admin URL; `scripts/test` sets it).
+//! Without it the PostgreSQL half of each test is skipped with a notice, unless
+//! `E2E_REQUIRE_POSTGRES=1` or `CI` is set, where a missing server fails the run.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+// A harness exists to stop the test at the first surprise, loudly.
+
+pub mod otlp;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+/// A synthetic fødselsnummer (valid check digits, not a real person), for tests that
+/// must prove the number never reaches a log.
+pub const SYNTHETIC_FNR: &str = "01018512366";
+
+/// The `icbt-gateway` binary, built once per test process if the caller did not name one.
+pub fn gateway_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("E2E_GATEWAY_BIN") {
+            return PathBuf::from(path);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "icbt-gateway",
+                "--bin",
+                "icbt-gateway",
+            ])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building icbt-gateway failed");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("debug").join("icbt-gateway")
+    })
+    .clone()
+}
+
+/// The binary as a command, without any `ICBT_*` variable of the caller's environment:
+/// each test sets exactly the configuration it means.
+fn gateway_command() -> Command {
+    let mut cmd = Command::new(gateway_binary());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ICBT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Which database a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The backends this run covers: SQLite always, PostgreSQL when one is configured.
+pub fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Sqlite];
+    if postgres_admin_url().is_some() {
+        all.push(Backend::Postgres);
+    }
+    all
+}
+
+fn postgres_admin_url() -> Option<String> {
+    match std::env::var("E2E_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let required = std::env::var("E2E_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+                || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+            assert!(
+                !required,
+                "PostgreSQL is required here but E2E_POSTGRES_URL is not set; run scripts/test"
+            );
+            eprintln!(
+                "note: E2E_POSTGRES_URL is not set; skipping the PostgreSQL half of this test"
+            );
+            None
+        }
+    }
+}
+
+/// A PostgreSQL database created for one test and dropped when it is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+    /// URL of the new database, without a password.
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = postgres_admin_url().expect("PostgreSQL configured");
+        let name = format!("icbt_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let mut url = url_with_database(&admin_url, &name);
+        if url.starts_with("postgresql://") {
+            url = url.replacen("postgresql://", "postgres://", 1);
+        }
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+fn url_with_database(admin_url: &str, name: &str) -> String {
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &base[..path_start]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop may run inside a runtime; a thread with its own runtime avoids nesting.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Storage configuration for `backend`, with its database (kept alive by the caller).
+pub async fn storage_for(
+    backend: Backend,
+    data_dir: &Path,
+) -> (icbt_config::StorageConfig, Option<TestDatabase>) {
+    let mut config = icbt_config::StorageConfig {
+        data_dir: data_dir.to_owned(),
+        ..Default::default()
+    };
+    match backend {
+        Backend::Sqlite => (config, None),
+        Backend::Postgres => {
+            let db = TestDatabase::create().await;
+            config.url = Some(db.url.clone());
+            (config, Some(db))
+        }
+    }
+}
+
+/// How to start a gateway.
+#[derive(Debug, Default)]
+pub struct GatewayOptions {
+    /// Extra environment variables (`ICBT_…`).
+    pub env: Vec<(String, String)>,
+    /// A TOML configuration file to pass with `--config`.
+    pub config_file: Option<PathBuf>,
+    /// Run with `--dev` (default for the harness's own starts).
+    pub production: bool,
+}
+
+/// A running gateway process.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    pub fingerprint: String,
+    /// Data directory (SQLite file, dev certificate).
+    pub data_dir: tempfile::TempDir,
+    logs: Arc<Mutex<Vec<String>>>,
+    _database: Option<TestDatabase>,
+}
+
+impl Gateway {
+    /// Starts a dev-mode gateway on a free loopback port with `backend` storage.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, GatewayOptions::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: GatewayOptions) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestDatabase::create().await),
+        };
+        let mut cmd = gateway_command();
+        cmd.arg("serve");
+        if !options.production {
+            cmd.arg("--dev");
+        }
+        if let Some(file) = &options.config_file {
+            cmd.arg("--config").arg(file);
+        }
+        cmd.current_dir(data_dir.path())
+            .env("ICBT_SERVER__BIND", "127.0.0.1:0")
+            .env("ICBT_STORAGE__DATA_DIR", data_dir.path())
+            .env("ICBT_SERVER__SHUTDOWN_GRACE_SECONDS", "10");
+        if let Some(db) = &database {
+            cmd.env("ICBT_STORAGE__URL", &db.url);
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start icbt-gateway");
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_mins(1);
+        let (mut url, mut fingerprint) = (None, None);
+        while url.is_none() || fingerprint.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not report its address; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            };
+            if let Some(u) = line.strip_prefix("icbt-gateway listening on ") {
+                url = Some(u.to_owned());
+            } else if let Some(f) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
+                fingerprint = Some(f.to_owned());
+            }
+        }
+        Self {
+            child,
+            url: url.unwrap(),
+            fingerprint: fingerprint.unwrap(),
+            data_dir,
+            logs,
+            _database: database,
+        }
+    }
+
+    /// The certificate the gateway serves (dev mode generates it in the data directory).
+    pub fn certificate_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir.path().join("dev-tls").join("cert.pem")).unwrap()
+    }
+
+    /// A client that trusts only this gateway's certificate, offering h2 and http/1.1.
+    pub fn client(&self) -> reqwest::Client {
+        client_trusting(&self.certificate_pem(), ClientTls::default())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log line the gateway has written so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits for the process to exit. Async, so that
+    /// the test's own clients keep answering the server (HTTP/2 GOAWAY and PING) meanwhile.
+    pub async fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the log reader drain the pipe.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit after SIG{signal}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TLS choices of a test client.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    /// Only this protocol version, when set.
+    pub only_version: Option<&'static rustls::SupportedProtocolVersion>,
+    /// ALPN offered; empty means h2 and http/1.1.
+    pub alpn: Vec<Vec<u8>>,
+    /// Client certificate chain and key (PEM).
+    pub identity: Option<(String, String)>,
+}
+
+/// A reqwest client on rustls (ring) that trusts only `cert_pem`.
+pub fn client_trusting(cert_pem: &[u8], tls: ClientTls) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls.only_version.map_or_else(
+        || vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        |v| vec![v],
+    );
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match tls.identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = if tls.alpn.is_empty() {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        tls.alpn
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Runs the binary with `args` and `env` to completion.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> std::process::Output {
+    let mut cmd = gateway_command();
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Asserts a failed run printed exactly one clear error line and no panic or backtrace.
+pub fn assert_one_line_failure(output: &std::process::Output, must_contain: &[&str]) -> String {
+    assert!(
+        !output.status.success(),
+        "expected a failure, got {:?}",
+        output.status
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("icbt-gateway: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    for needle in must_contain {
+        assert!(
+            errors[0].contains(needle),
+            "`{needle}` missing from: {}",
+            errors[0]
+        );
+    }
+    errors[0].to_owned()
+}
+
+/// Parses a body as JSON, asserting the problem+json media type and `type` slug.
+pub async fn expect_problem(
+    response: reqwest::Response,
+    status: u16,
+    slug: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        format!("urn:icbt-gateway:problem:{slug}"),
+        "{body}"
+    );
+    assert_eq!(body["status"], status);
+    body
+}

@@ -1,0 +1,292 @@
+//! The dev gateway over real TLS: health, readiness on both backends, protocol versions,
+//! problem responses, client certificates and graceful shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
+
+use icbt_e2e::{
+    Backend, ClientTls, Gateway, GatewayOptions, backends, client_trusting, expect_problem,
+};
+
+#[tokio::test]
+async fn healthz_and_readyz_on_every_backend() {
+    for backend in backends() {
+        let gw = Gateway::start(backend).await;
+        let client = gw.client();
+        let health = client
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.headers()["content-type"], "application/json");
+        assert_eq!(
+            health.json::<serde_json::Value>().await.unwrap()["status"],
+            "alive"
+        );
+
+        let ready: serde_json::Value = client
+            .get(format!("{}/readyz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["status"], "ready", "{backend:?}");
+        assert_eq!(ready["migrations"], "applied");
+        let expected = if backend == Backend::Postgres {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        assert_eq!(ready["backend"], expected);
+    }
+}
+
+#[tokio::test]
+async fn serves_http2_and_http11_by_alpn_over_tls13_and_tls12() {
+    let gw = Gateway::start(Backend::Sqlite).await;
+    let pem = gw.certificate_pem();
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            b"h2".to_vec(),
+            reqwest::Version::HTTP_2,
+        ),
+        (
+            &rustls::version::TLS13,
+            b"http/1.1".to_vec(),
+            reqwest::Version::HTTP_11,
+        ),
+        (
+            &rustls::version::TLS12,
+            b"h2".to_vec(),
+            reqwest::Version::HTTP_2,
+        ),
+        (
+            &rustls::version::TLS12,
+            b"http/1.1".to_vec(),
+            reqwest::Version::HTTP_11,
+        ),
+    ];
+    for (version, alpn, expected) in cases {
+        let client = client_trusting(
+            &pem,
+            ClientTls {
+                only_version: Some(version),
+                alpn: vec![alpn],
+                identity: None,
+            },
+        );
+        let response = client
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), expected, "{version:?}");
+    }
+}
+
+#[tokio::test]
+async fn api_responses_carry_security_headers_and_request_id() {
+    let gw = Gateway::start(Backend::Sqlite).await;
+    let response = gw
+        .client()
+        .get(format!("{}/healthz", gw.url))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    let h = response.headers();
+    assert_eq!(h["x-request-id"], "trace-me-42");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(
+        h["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age=")
+    );
+    let generated = gw
+        .client()
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        generated.headers()["x-request-id"].len(),
+        36,
+        "a UUID is generated when none is sent"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_problem_json_never_html() {
+    let gw = Gateway::start(Backend::Sqlite).await;
+    let client = gw.client();
+    expect_problem(
+        client
+            .get(format!("{}/no/such/route", gw.url))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+
+    let response = client
+        .delete(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    expect_problem(response, 405, "method-not-allowed").await;
+
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let response = client
+        .post(format!("{}/healthz", gw.url))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(response, 413, "payload-too-large").await;
+    assert_eq!(body["limit"], 1024 * 1024);
+}
+
+#[tokio::test]
+async fn sigterm_drains_idle_connections_and_exits_zero() {
+    let mut gw = Gateway::start(Backend::Sqlite).await;
+    assert_eq!(
+        gw.client()
+            .get(format!("{}/readyz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let status = gw.stop_with("TERM").await;
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let logs = gw.logs().join("\n");
+    assert!(logs.contains("all connections drained"), "{logs}");
+    assert!(!logs.contains("grace period over"), "{logs}");
+    assert!(logs.contains("\"stopped\""), "{logs}");
+}
+
+#[tokio::test]
+async fn dev_certificate_fingerprint_matches_the_served_certificate() {
+    let gw = Gateway::start(Backend::Sqlite).await;
+    let pem = gw.certificate_pem();
+    let der = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .next()
+        .map(|c: Result<rustls_pki_types::CertificateDer<'static>, _>| c.unwrap())
+        .unwrap();
+    let digest =
+        icbt_gateway::tls::fingerprint(&gw.data_dir.path().join("dev-tls/cert.pem")).unwrap();
+    assert_eq!(gw.fingerprint, digest);
+    assert!(!der.is_empty());
+}
+
+/// A CA, and a client certificate it issued, written as PEM files in `dir`.
+fn client_ca(dir: &std::path::Path) -> (std::path::PathBuf, (String, String)) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test system-client CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "icbt-platform");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+
+    let ca_file = dir.join("client-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    (ca_file, (client_cert.pem(), client_key.serialize_pem()))
+}
+
+#[tokio::test]
+async fn client_certificates_optional_and_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, identity) = client_ca(dir.path());
+    for mode in ["optional", "required"] {
+        let gw = Gateway::start_with(
+            Backend::Sqlite,
+            GatewayOptions {
+                env: vec![
+                    ("ICBT_TLS__CLIENT_AUTH".into(), mode.into()),
+                    (
+                        "ICBT_TLS__CLIENT_CA_FILE".into(),
+                        ca_file.display().to_string(),
+                    ),
+                ],
+                ..Default::default()
+            },
+        )
+        .await;
+        let pem = gw.certificate_pem();
+        let with_cert = client_trusting(
+            &pem,
+            ClientTls {
+                identity: Some(identity.clone()),
+                ..Default::default()
+            },
+        );
+        let status = with_cert
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            status, 200,
+            "{mode}: a certificate from the configured CA is accepted"
+        );
+
+        let without = client_trusting(&pem, ClientTls::default())
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await;
+        match mode {
+            "optional" => assert_eq!(
+                without.unwrap().status(),
+                200,
+                "optional: no certificate is fine"
+            ),
+            _ => assert!(
+                without.is_err(),
+                "required: a client without a certificate is refused"
+            ),
+        }
+
+        let (_, stranger) = client_ca(tempfile::tempdir().unwrap().path());
+        let foreign = client_trusting(
+            &pem,
+            ClientTls {
+                identity: Some(stranger),
+                ..Default::default()
+            },
+        );
+        assert!(
+            foreign
+                .get(format!("{}/healthz", gw.url))
+                .send()
+                .await
+                .is_err(),
+            "{mode}: a certificate from another CA is refused"
+        );
+    }
+}
