@@ -1,11 +1,23 @@
-//! Authentication for the icbt-gateway.
+//! Authentication and authorisation for the icbt-gateway.
 //!
 //! Owns: issuer profiles (ID-porten for patients, HelseID for personnel and systems),
-//! access-token and DPoP proof validation, the verified `Principal` a request carries,
-//! and the outbound HelseID client the gateway uses for its own calls.
+//! access-token validation ([`token::Validator`], the type a reader starts from), DPoP
+//! ([`dpop`]), the verified [`principal::Principal`], identifiers of people and
+//! organisations ([`identity`]), the pure authorisation policy ([`policy`]) and the small
+//! JOSE verifier it all rests on ([`jose`], ring underneath).
 //!
-//! Must not know about: HTTP routing, storage, episodes or messages. It takes token and
-//! request facts as values and returns a principal or a typed refusal.
-//!
-//! The validation itself lands with the authentication issue; this crate marks the
-//! boundary so that nothing else grows a token parser in the meantime.
+//! Must not know about: HTTP routing, storage, episodes as records or messages. It takes
+//! request facts as values and returns a principal or a typed refusal; the replay store it
+//! needs is a trait the gateway implements on its database.
+
+pub mod dpop;
+pub mod error;
+pub mod identity;
+pub mod jose;
+pub mod keys;
+pub mod policy;
+pub mod principal;
+pub mod token;
+
+pub use error::AuthError;
+pub use token::now_secs;

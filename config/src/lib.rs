@@ -10,6 +10,7 @@
 //!
 //! Start from [`Config::load`].
 
+mod auth;
 mod secret;
 
 use std::net::SocketAddr;
@@ -19,6 +20,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use auth::{
+    AuditorConfig, AuthConfig, ClaimNames, DpopConfig, IssuerConfig, IssuerKind, JwksConfig,
+    OutboundClientConfig, SIGNING_ALGORITHMS,
+};
 pub use secret::{Secret, SecretOrigin};
 
 /// Environment variables with this prefix override file values; `__` separates levels.
@@ -42,6 +47,9 @@ pub struct Config {
     pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub telemetry: TelemetryConfig,
+    pub auth: AuthConfig,
+    /// The gateway's own HelseID client for outbound calls; unset means none are made.
+    pub outbound: Option<OutboundClientConfig>,
 }
 
 /// The HTTP listener and the limits of its request pipeline.
@@ -261,6 +269,21 @@ impl Config {
         }
         self.validate_tls(mode)?;
         self.validate_storage()?;
+        self.auth.validate()?;
+        if let Some(outbound) = &self.outbound {
+            readable_file(
+                "outbound.key_file",
+                &outbound.key_file,
+                "point it at the client's PEM private key",
+            )?;
+            if !["RS256", "PS256", "ES256"].contains(&outbound.key_algorithm.as_str()) {
+                return Err(invalid(
+                    "outbound.key_algorithm",
+                    format!("`{}` is not supported", outbound.key_algorithm),
+                    "use RS256, PS256 or ES256",
+                ));
+            }
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
@@ -373,11 +396,15 @@ impl Config {
     }
 }
 
-fn invalid(key: &'static str, problem: String, fix: &'static str) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, problem: String, fix: &'static str) -> ConfigError {
     ConfigError::Invalid { key, problem, fix }
 }
 
-fn readable_file(key: &'static str, path: &Path, fix: &'static str) -> Result<(), ConfigError> {
+pub(crate) fn readable_file(
+    key: &'static str,
+    path: &Path,
+    fix: &'static str,
+) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => Ok(()),
         Ok(_) => Err(invalid(

@@ -59,6 +59,7 @@ fn mode(dev: bool) -> Mode {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    tls::install_default_provider();
     match cli.command {
         Command::Serve { config, dev } => {
             let mode = mode(dev);
