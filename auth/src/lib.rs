@@ -10,8 +10,10 @@
 //! request facts as values and returns a principal or a typed refusal; the replay store it
 //! needs is a trait the gateway implements on its database.
 
+pub mod client;
 pub mod dpop;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod jose;
 pub mod keys;

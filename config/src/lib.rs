@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: u64,
+    /// The URL clients use to reach the gateway (scheme, host, port), when it differs from
+    /// the `Host` they send, e.g. behind a proxy. DPoP proofs are checked against it.
+    pub public_url: Option<String>,
     /// Time a request may take before it is answered with 503.
     pub request_timeout_ms: u64,
     /// Requests handled at once; more are refused with 503 rather than queued.
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_url: None,
             body_limit_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
             concurrency_limit: 1024,
@@ -270,6 +274,22 @@ impl Config {
         self.validate_tls(mode)?;
         self.validate_storage()?;
         self.auth.validate()?;
+        if let Some(roots) = &self.auth.trust_roots_file {
+            readable_file(
+                "auth.trust_roots_file",
+                roots,
+                "point it at a PEM bundle of CA certificates",
+            )?;
+        }
+        if let Some(url) = &self.server.public_url
+            && (!url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() > 2)
+        {
+            return Err(invalid(
+                "server.public_url",
+                format!("`{url}` is not an https origin"),
+                "use scheme, host and port only, e.g. https://gateway.example.no",
+            ));
+        }
         if let Some(outbound) = &self.outbound {
             readable_file(
                 "outbound.key_file",

@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
+use icbt_auth::principal::Principal;
+
+use crate::authn::{Caller, SharedAuth};
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::Store;
 use crate::telemetry::Metrics;
@@ -20,13 +23,15 @@ use crate::telemetry::Metrics;
 pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub auth: SharedAuth,
 }
 
 /// The router, without the cross-cutting stack.
 pub fn router(state: AppState, metrics_enabled: bool) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/v1/me", get(me));
     if metrics_enabled {
         router = router.route("/metrics", get(metrics));
     }
@@ -90,6 +95,60 @@ async fn readyz(State(state): State<AppState>) -> Response {
             },
         )
         .into_response()
+}
+
+/// What the gateway knows of the caller: enough for a platform to check its set-up,
+/// without the national id number.
+#[derive(Serialize)]
+struct Me {
+    kind: &'static str,
+    issuer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acr: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hpr_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_level: Option<u8>,
+    organisations: Vec<String>,
+    dpop_bound: bool,
+    auditor: bool,
+}
+
+#[allow(clippy::unused_async)] // axum handlers are async
+async fn me(State(state): State<AppState>, Caller(auth): Caller) -> Json<Me> {
+    let mut me = Me {
+        kind: auth.principal.kind(),
+        issuer: auth.issuer.to_string(),
+        client_id: auth.client_id.clone(),
+        scopes: auth.scopes.clone(),
+        acr: None,
+        hpr_number: None,
+        security_level: None,
+        organisations: Vec::new(),
+        dpop_bound: auth.dpop_jkt.is_some(),
+        auditor: state.auth.auditors.holds(&auth),
+    };
+    match &auth.principal {
+        Principal::Patient(p) => me.acr = Some(p.acr.as_str()),
+        Principal::Clinician(c) => {
+            me.hpr_number = Some(c.hpr_number.to_string());
+            me.security_level = Some(c.security_level);
+            me.organisations
+                .extend(c.organisation.iter().map(|o| o.as_str().to_owned()));
+        }
+        Principal::System(s) => {
+            me.organisations.extend(
+                s.orgnr_parent
+                    .iter()
+                    .chain(&s.orgnr_child)
+                    .map(|o| o.as_str().to_owned()),
+            );
+        }
+    }
+    Json(me)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -8,7 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use icbt_config::{Config, Mode};
 
+use icbt_auth::identity::HprNumber;
+use icbt_auth::keys::{Fetch, HttpFetch};
+use icbt_auth::policy::AuditorRule;
+use icbt_auth::token::Validator;
+
 use crate::api::{self, AppState};
+use crate::authn::AuthContext;
 use crate::server::{self, ListenerTimeouts};
 use crate::stack::{self, Limits};
 use crate::storage::Store;
@@ -112,11 +118,14 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         .local_addr()
         .with_context(|| format!("cannot listen on {bind}"))?;
 
+    let auth = Arc::new(auth_context(&config)?);
     let metrics = Metrics::shared();
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
+        auth,
     };
+    let purge = tokio::spawn(purge_replay_entries(store.clone()));
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
@@ -147,7 +156,48 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         server::shutdown_signal(),
     )
     .await;
+    purge.abort();
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {
+    let timeout = Duration::from_millis(config.auth.jwks.fetch_timeout_ms);
+    let client = icbt_auth::http::https_client(config.auth.trust_roots_file.as_deref(), timeout)?;
+    let fetch: Arc<dyn Fetch> = Arc::new(HttpFetch::new(client));
+    let validator = Validator::from_config(&config.auth, &fetch)?;
+    let auditors = AuditorRule {
+        hpr_numbers: config
+            .auth
+            .auditors
+            .hpr_numbers
+            .iter()
+            .map(|h| {
+                HprNumber::parse(h).with_context(|| {
+                    format!("configuration key `auth.auditors.hpr_numbers`: `{h}`")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        scope: config.auth.auditors.scope.clone(),
+    };
+    Ok(AuthContext::new(
+        validator,
+        config.server.public_url.clone(),
+        auditors,
+    ))
+}
+
+/// Deletes expired DPoP proof ids once a minute.
+async fn purge_replay_entries(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_mins(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = store
+            .purge_expired_replay_entries(icbt_auth::now_secs())
+            .await
+        {
+            tracing::warn!(error = %e, "purging DPoP replay entries failed");
+        }
+    }
 }

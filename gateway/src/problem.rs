@@ -29,11 +29,19 @@ pub enum ProblemKind {
     NotReady,
     StorageUnavailable,
     Internal,
+    Unauthenticated,
+    UseDpopNonce,
+    InsufficientScope,
+    AcrTooLow,
+    SecurityLevelTooLow,
+    HprNumberMissing,
+    IssuerUnavailable,
+    Forbidden,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 10] = [
+    pub const ALL: [ProblemKind; 18] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -44,6 +52,14 @@ impl ProblemKind {
         Self::NotReady,
         Self::StorageUnavailable,
         Self::Internal,
+        Self::Unauthenticated,
+        Self::UseDpopNonce,
+        Self::InsufficientScope,
+        Self::AcrTooLow,
+        Self::SecurityLevelTooLow,
+        Self::HprNumberMissing,
+        Self::IssuerUnavailable,
+        Self::Forbidden,
     ];
 
     /// The last segment of the `type` URI.
@@ -59,6 +75,14 @@ impl ProblemKind {
             Self::NotReady => "not-ready",
             Self::StorageUnavailable => "storage-unavailable",
             Self::Internal => "internal",
+            Self::Unauthenticated => "unauthenticated",
+            Self::UseDpopNonce => "use-dpop-nonce",
+            Self::InsufficientScope => "insufficient-scope",
+            Self::AcrTooLow => "acr-too-low",
+            Self::SecurityLevelTooLow => "security-level-too-low",
+            Self::HprNumberMissing => "hpr-number-missing",
+            Self::IssuerUnavailable => "issuer-unavailable",
+            Self::Forbidden => "forbidden",
         }
     }
 
@@ -69,10 +93,18 @@ impl ProblemKind {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MalformedJson => StatusCode::BAD_REQUEST,
-            Self::RequestTimeout | Self::Overloaded | Self::NotReady | Self::StorageUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::RequestTimeout
+            | Self::Overloaded
+            | Self::NotReady
+            | Self::StorageUnavailable
+            | Self::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthenticated | Self::UseDpopNonce => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope
+            | Self::AcrTooLow
+            | Self::SecurityLevelTooLow
+            | Self::HprNumberMissing
+            | Self::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -88,6 +120,14 @@ impl ProblemKind {
             Self::NotReady => "The gateway is not ready to serve requests",
             Self::StorageUnavailable => "The database is unavailable",
             Self::Internal => "Internal error",
+            Self::Unauthenticated => "Authentication required",
+            Self::UseDpopNonce => "The DPoP proof must carry the server's nonce",
+            Self::InsufficientScope => "The token lacks a required scope",
+            Self::AcrTooLow => "The login's level of assurance is too low",
+            Self::SecurityLevelTooLow => "The personnel security level is too low",
+            Self::HprNumberMissing => "The token carries no HPR number",
+            Self::IssuerUnavailable => "The identity provider's keys are unavailable",
+            Self::Forbidden => "Not allowed for this principal",
         }
     }
 
@@ -103,6 +143,7 @@ pub struct Problem {
     kind: ProblemKind,
     detail: Option<String>,
     extensions: Map<String, Value>,
+    headers: Vec<(axum::http::HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -122,6 +163,7 @@ impl Problem {
             kind,
             detail: None,
             extensions: Map::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -136,6 +178,13 @@ impl Problem {
     #[must_use]
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// A response header, e.g. `WWW-Authenticate`.
+    #[must_use]
+    pub fn header(mut self, name: axum::http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -160,10 +209,14 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut response = (self.kind.status(), self.body()).into_response();
+        let body = self.body();
+        let mut response = (self.kind.status(), body).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
         if self.kind.status() == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -111,7 +111,15 @@ fn make_span(req: &Request) -> Span {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     // Never the URI: paths may carry identifiers of people.
-    tracing::info_span!("request", method = %req.method(), route = Empty, request_id = %request_id, status = Empty)
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = Empty,
+        request_id = %request_id,
+        status = Empty,
+        principal = Empty,
+        issuer = Empty
+    )
 }
 
 fn on_response(response: &Response, latency: Duration, span: &Span) {

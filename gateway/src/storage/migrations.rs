@@ -7,11 +7,18 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
 /// `(version, description, SQL)`, in order. Append; never edit an applied migration.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "clinics and episodes",
-    include_str!("../../migrations/0001_clinics_episodes.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "clinics and episodes",
+        include_str!("../../migrations/0001_clinics_episodes.sql"),
+    ),
+    (
+        2,
+        "dpop replay",
+        include_str!("../../migrations/0002_dpop_replay.sql"),
+    ),
+];
 
 pub(super) fn migrator() -> Migrator {
     Migrator::with_migrations(

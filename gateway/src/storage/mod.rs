@@ -273,6 +273,33 @@ impl Store {
     }
 }
 
+impl icbt_auth::dpop::ReplayStore for Store {
+    async fn first_use(
+        &self,
+        key: &str,
+        expires_at: i64,
+    ) -> Result<bool, icbt_auth::dpop::ReplayStoreError> {
+        let result = sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| icbt_auth::dpop::ReplayStoreError(e.to_string()))?;
+        Ok(result.rows_affected() == 1)
+    }
+}
+
+impl Store {
+    /// Deletes DPoP proof ids whose window has passed; returns how many.
+    pub async fn purge_expired_replay_entries(&self, now_secs: i64) -> Result<u64, StorageError> {
+        let result = sqlx::query("DELETE FROM dpop_replay WHERE expires_at < $1")
+            .bind(now_secs)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+}
+
 fn episode_from_row(r: &AnyRow) -> Result<Episode, StorageError> {
     Ok(Episode {
         id: EpisodeId(parse_uuid(r, "id")?),

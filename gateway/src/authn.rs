@@ -1,0 +1,157 @@
+//! Authentication of API requests: the `Caller` extractor turns the request's token and
+//! DPoP proof into a verified principal, or a problem with the RFC 6750 / RFC 9449
+//! challenge. The reason goes to the log; the client gets the standard error code only.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, header};
+use icbt_auth::AuthError;
+use icbt_auth::error::Refusal;
+use icbt_auth::policy::AuditorRule;
+use icbt_auth::principal::Authenticated;
+use icbt_auth::token::{RequestFacts, Validator};
+
+use crate::api::AppState;
+use crate::problem::{Problem, ProblemKind};
+
+/// The `DPoP-Nonce` response header (RFC 9449 §8).
+pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
+
+/// What authentication needs at request time.
+#[derive(Debug)]
+pub struct AuthContext {
+    pub validator: Validator,
+    /// Origin clients address, for DPoP `htu`; else taken from the request.
+    pub public_url: Option<String>,
+    pub auditors: AuditorRule,
+    realm: String,
+    dpop_algs: String,
+}
+
+impl AuthContext {
+    pub fn new(validator: Validator, public_url: Option<String>, auditors: AuditorRule) -> Self {
+        let dpop_algs = validator
+            .dpop()
+            .algorithms()
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self {
+            validator,
+            public_url,
+            auditors,
+            realm: "icbt-gateway".into(),
+            dpop_algs,
+        }
+    }
+
+    /// The problem for a refused authentication, with its challenge.
+    pub fn refusal(&self, error: &AuthError) -> Problem {
+        let kind = match error {
+            AuthError::InsufficientScope(_) => ProblemKind::InsufficientScope,
+            AuthError::AcrTooLow { .. } => ProblemKind::AcrTooLow,
+            AuthError::SecurityLevelTooLow { .. } => ProblemKind::SecurityLevelTooLow,
+            AuthError::HprNumberMissing => ProblemKind::HprNumberMissing,
+            AuthError::DpopNonceRequired => ProblemKind::UseDpopNonce,
+            _ if error.refusal() == Refusal::Unavailable => {
+                if matches!(error, AuthError::IssuerUnavailable) {
+                    ProblemKind::IssuerUnavailable
+                } else {
+                    ProblemKind::StorageUnavailable
+                }
+            }
+            _ => ProblemKind::Unauthenticated,
+        };
+        let mut problem = Problem::new(kind);
+        if error.refusal() == Refusal::Forbidden {
+            // The caller is who they say; which requirement failed is theirs to know.
+            problem = problem.detail(error.to_string());
+        }
+        if error.refusal() != Refusal::Unavailable
+            && let Ok(value) = HeaderValue::from_str(&error.challenge(&self.realm, &self.dpop_algs))
+        {
+            problem = problem.header(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(nonce) = self.validator.dpop().fresh_nonce(icbt_auth::now_secs())
+            && let Ok(value) = HeaderValue::from_str(&nonce)
+        {
+            problem = problem.header(DPOP_NONCE, value);
+        }
+        problem
+    }
+
+    fn request_uri(&self, parts: &Parts) -> String {
+        let path = parts.uri.path();
+        if let Some(origin) = &self.public_url {
+            return format!("{}{path}", origin.trim_end_matches('/'));
+        }
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        format!("https://{authority}{path}")
+    }
+}
+
+/// The verified caller of an API request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Authenticated);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(cached) = parts.extensions.get::<Caller>() {
+            return Ok(cached.clone());
+        }
+        let auth = &state.auth;
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let dpop: Vec<&str> = parts
+            .headers
+            .get_all("dpop")
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        let uri = auth.request_uri(parts);
+        let facts = RequestFacts {
+            authorization,
+            dpop: &dpop,
+            method: parts.method.as_str(),
+            uri: &uri,
+        };
+        match auth.validator.authenticate(facts, &state.store).await {
+            Ok(authenticated) => {
+                let span = tracing::Span::current();
+                span.record("principal", authenticated.principal.kind());
+                span.record("issuer", &*authenticated.issuer);
+                let caller = Caller(authenticated);
+                parts.extensions.insert(caller.clone());
+                Ok(caller)
+            }
+            Err(error) => {
+                tracing::info!(reason = error.reason_code(), "authentication refused");
+                Err(auth.refusal(&error))
+            }
+        }
+    }
+}
+
+/// Shared authentication state.
+pub type SharedAuth = Arc<AuthContext>;
