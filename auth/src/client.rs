@@ -27,11 +27,13 @@ pub enum ClientError {
         endpoint: &'static str,
         reason: String,
     },
-    #[error("{endpoint} refused the request: HTTP {status}, error `{error}`")]
+    /// `description` is the provider's own `error_description`; it holds nothing secret.
+    #[error("{endpoint} refused the request: HTTP {status}, error `{error}`: {description}")]
     Refused {
         endpoint: &'static str,
         status: u16,
         error: String,
+        description: String,
     },
 }
 
@@ -348,6 +350,11 @@ impl OidcClient {
                 .and_then(Value::as_str)
                 .unwrap_or("unknown")
                 .to_owned();
+            let description = json
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             if error == "use_dpop_nonce" && attempt == 0 && self.dpop.is_some() {
                 continue;
             }
@@ -355,12 +362,14 @@ impl OidcClient {
                 endpoint,
                 status,
                 error,
+                description,
             });
         }
         Err(ClientError::Refused {
             endpoint,
             status: 400,
             error: "use_dpop_nonce".into(),
+            description: String::new(),
         })
     }
 

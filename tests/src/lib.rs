@@ -16,6 +16,7 @@
 )]
 // A harness exists to stop the test at the first surprise, loudly.
 
+pub mod idp;
 pub mod otlp;
 
 use std::io::{BufRead, BufReader};
@@ -207,6 +208,9 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
     /// A TOML configuration file to pass with `--config`.
     pub config_file: Option<PathBuf>,
+    /// TOML configuration text, written to a file in the data directory and passed
+    /// with `--config`.
+    pub config_toml: Option<String>,
     /// Run with `--dev` (default for the harness's own starts).
     pub production: bool,
 }
@@ -242,6 +246,11 @@ impl Gateway {
             cmd.arg("--dev");
         }
         if let Some(file) = &options.config_file {
+            cmd.arg("--config").arg(file);
+        }
+        if let Some(toml) = &options.config_toml {
+            let file = data_dir.path().join("gateway.toml");
+            std::fs::write(&file, toml).unwrap();
             cmd.arg("--config").arg(file);
         }
         cmd.current_dir(data_dir.path())
