@@ -259,37 +259,47 @@ impl IssuerKeys {
     }
 }
 
+/// Documents held in memory, counting fetches; `down` makes every fetch fail. For tests,
+/// benchmarks and offline tools: production fetches over HTTPS.
+#[derive(Debug, Default)]
+pub struct StaticFetch {
+    pub docs: std::sync::Mutex<std::collections::HashMap<String, Value>>,
+    pub fetches: std::sync::atomic::AtomicUsize,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl StaticFetch {
+    /// Serves `value` at `url`.
+    pub fn serve(&self, url: &str, value: Value) {
+        self.docs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(url.to_owned(), value);
+    }
+}
+
+impl Fetch for StaticFetch {
+    fn get_json<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Value, FetchError>> {
+        use std::sync::atomic::Ordering;
+        Box::pin(async move {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(FetchError("connection refused".into()));
+            }
+            self.docs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(url)
+                .cloned()
+                .ok_or_else(|| FetchError("404".into()))
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// An issuer's documents held in memory, counting fetches; `down` makes every fetch fail.
-    #[derive(Debug, Default)]
-    pub(crate) struct StaticFetch {
-        pub docs: Mutex<HashMap<String, Value>>,
-        pub fetches: AtomicUsize,
-        pub down: AtomicBool,
-    }
-
-    impl Fetch for StaticFetch {
-        fn get_json<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Value, FetchError>> {
-            Box::pin(async move {
-                self.fetches.fetch_add(1, Ordering::SeqCst);
-                if self.down.load(Ordering::SeqCst) {
-                    return Err(FetchError("connection refused".into()));
-                }
-                self.docs
-                    .lock()
-                    .unwrap()
-                    .get(url)
-                    .cloned()
-                    .ok_or_else(|| FetchError("404".into()))
-            })
-        }
-    }
+    use std::sync::atomic::Ordering;
 
     pub(crate) fn ec_jwk(kid: &str, public_point: &[u8]) -> Value {
         serde_json::json!({

@@ -366,6 +366,16 @@ impl Validator {
         Ok(authenticated)
     }
 
+    /// Validates an access token without the cache: every call checks the signature.
+    /// For benchmarks and diagnostics; requests go through [`Self::authenticate`].
+    pub async fn validate_token_uncached_at(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Authenticated, AuthError> {
+        self.verify_token(token, now).await
+    }
+
     async fn verify_token(&self, token: &str, now: i64) -> Result<Authenticated, AuthError> {
         let jws = Jws::parse(token, &self.all_algorithms)?;
         // The unverified `iss` only picks which keys to try; it is trusted after the
@@ -501,7 +511,8 @@ mod tests {
     use super::*;
     use crate::dpop::{DpopKey, MemoryReplayStore};
     use crate::jose::{encode_b64url, sign_es256};
-    use crate::keys::tests::{StaticFetch, ec_jwk};
+    use crate::keys::StaticFetch;
+    use crate::keys::tests::ec_jwk;
     use ring::rand::SystemRandom;
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
     use serde_json::json;
