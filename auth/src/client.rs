@@ -125,6 +125,27 @@ impl ClientKey {
         Self::from_pkcs8(der.secret_pkcs8_der(), alg, kid)
     }
 
+    /// The public half as a JWK, to register at the provider.
+    pub fn public_jwk(&self) -> Value {
+        let mut jwk = match &self.pair {
+            KeyPair::Ec(pair) => {
+                use ring::signature::KeyPair as _;
+                let point = pair.public_key().as_ref();
+                json!({ "kty": "EC", "crv": "P-256", "x": encode_b64url(&point[1..33]), "y": encode_b64url(&point[33..]) })
+            }
+            KeyPair::Rsa(pair) => {
+                let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+                json!({ "kty": "RSA", "n": encode_b64url(&public.n), "e": encode_b64url(&public.e) })
+            }
+        };
+        jwk["alg"] = json!(self.alg.name());
+        jwk["use"] = json!("sig");
+        if let Some(kid) = &self.kid {
+            jwk["kid"] = json!(kid);
+        }
+        jwk
+    }
+
     /// Signs `claims` into a compact JWS with header `typ`.
     pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, ClientError> {
         let mut header = json!({ "alg": self.alg.name(), "typ": typ });
@@ -483,6 +504,44 @@ impl OutboundTokens {
     /// Tokens are renewed this long before they expire.
     const MARGIN_SECONDS: i64 = 30;
 
+    /// The gateway's outbound client as configured: HelseID metadata by discovery, the
+    /// key from its PEM file, a fresh DPoP key when `dpop`.
+    pub fn from_config(
+        config: &icbt_config::OutboundClientConfig,
+        http: reqwest::Client,
+        policy: crate::keys::KeyCachePolicy,
+    ) -> Result<Self, ClientError> {
+        let alg = ClientKeyAlgorithm::parse(&config.key_algorithm).ok_or_else(|| {
+            ClientError::Key(format!("unsupported algorithm {}", config.key_algorithm))
+        })?;
+        let key = ClientKey::from_pem_file(&config.key_file, alg, config.key_id.clone())?;
+        let issuer = config.issuer.trim_end_matches('/').to_owned();
+        let provider = IssuerKeys::new(
+            issuer.clone(),
+            format!("{issuer}/.well-known/openid-configuration"),
+            Arc::new(crate::keys::HttpFetch::new(http.clone())),
+            policy,
+        );
+        let dpop = if config.dpop {
+            Some(DpopKey::generate().map_err(|e| ClientError::Key(e.to_string()))?)
+        } else {
+            None
+        };
+        let client = OidcClient::new(
+            config.client_id.clone(),
+            key,
+            config.assertion_audience.clone(),
+            Arc::new(provider),
+            http,
+            dpop,
+        );
+        Ok(Self::new(
+            client,
+            config.scope.clone(),
+            config.resource.clone(),
+        ))
+    }
+
     pub fn new(client: OidcClient, scope: String, resource: Option<String>) -> Self {
         Self {
             client,
@@ -612,5 +671,33 @@ mod tests {
         .unwrap();
         let shown = format!("{t:?}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod rsa_tests {
+    use super::*;
+    use crate::jose::{Algorithm, Jwk, Jws};
+
+    const TEST_ONLY_RSA_KEY: &str =
+        include_str!("../../tests/fixtures/test-only-rsa-client-key.pem");
+
+    #[test]
+    fn rsa_assertions_verify_with_the_published_jwk() {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(TEST_ONLY_RSA_KEY.as_bytes()).unwrap();
+        for (alg, jose_alg) in [
+            (ClientKeyAlgorithm::RS256, Algorithm::RS256),
+            (ClientKeyAlgorithm::PS256, Algorithm::PS256),
+        ] {
+            let key = ClientKey::from_pkcs8(der.secret_pkcs8_der(), alg, None).unwrap();
+            let jwk = Jwk::from_json(&key.public_jwk()).unwrap();
+            let assertion = key.client_assertion("c", "aud", 1).unwrap();
+            Jws::parse(&assertion, &[jose_alg])
+                .unwrap()
+                .verify_with(&jwk)
+                .unwrap();
+        }
     }
 }

@@ -310,6 +310,9 @@ pub struct OutboundClientConfig {
     pub assertion_audience: Option<String>,
     /// Scopes to ask for, space-separated.
     pub scope: String,
+    /// The API the token is for (RFC 8707 `resource`), where the provider wants it.
+    #[serde(default)]
+    pub resource: Option<String>,
     /// Bind tokens to a DPoP key (HelseID requires it for DPoP APIs).
     #[serde(default = "yes")]
     pub dpop: bool,

@@ -24,6 +24,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: SharedAuth,
+    /// The gateway's own HelseID client for outbound calls, when configured.
+    pub outbound: Option<Arc<icbt_auth::client::OutboundTokens>>,
 }
 
 /// The router, without the cross-cutting stack.

@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use icbt_config::{Config, Mode};
 
+use icbt_auth::client::OutboundTokens;
 use icbt_auth::identity::HprNumber;
-use icbt_auth::keys::{Fetch, HttpFetch};
+use icbt_auth::keys::{Fetch, HttpFetch, KeyCachePolicy};
 use icbt_auth::policy::AuditorRule;
 use icbt_auth::token::Validator;
 
@@ -124,6 +125,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         store: store.clone(),
         metrics: metrics.clone(),
         auth,
+        outbound: outbound_client(&config)?,
     };
     let purge = tokio::spawn(purge_replay_entries(store.clone()));
     let limits = Limits {
@@ -186,6 +188,22 @@ fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {
         config.server.public_url.clone(),
         auditors,
     ))
+}
+
+/// The outbound HelseID client; its key is read now, so a bad key stops the start.
+fn outbound_client(config: &Config) -> anyhow::Result<Option<Arc<OutboundTokens>>> {
+    let Some(outbound) = &config.outbound else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_millis(config.auth.jwks.fetch_timeout_ms);
+    let http = icbt_auth::http::https_client(config.auth.trust_roots_file.as_deref(), timeout)?;
+    let policy = KeyCachePolicy {
+        max_age: Duration::from_secs(config.auth.jwks.max_age_seconds),
+        min_refetch_interval: Duration::from_secs(config.auth.jwks.min_refetch_interval_seconds),
+    };
+    let tokens = OutboundTokens::from_config(outbound, http, policy)
+        .context("configuration key `outbound.key_file`")?;
+    Ok(Some(Arc::new(tokens)))
 }
 
 /// Deletes expired DPoP proof ids once a minute.

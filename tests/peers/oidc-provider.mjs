@@ -73,6 +73,12 @@ const shapes = {
       }),
       client('icbt-gateway', { scope: 'openid nhn:icbt-gateway/api nhn:epj/write', orgnr_parent: ORG_PARENT }),
       client('other-org-platform', { scope: 'nhn:icbt-gateway/api', orgnr_parent: '991056505' }),
+      // An RSA key: RS256 or PS256 assertions.
+      client('icbt-gateway-rsa', {
+        scope: 'nhn:icbt-gateway/api nhn:epj/write',
+        orgnr_parent: ORG_PARENT,
+        token_endpoint_auth_signing_alg: undefined,
+      }),
     ],
     par: { enabled: true, requirePushedAuthorizationRequests: true },
     requireDpopNonce: true,
@@ -99,7 +105,9 @@ async function start(name) {
   const key = await signingKey(shape.alg, `${name}-1`);
 
   const provider = new Provider(issuer, {
-    clients: shape.clients.map((c) => ({ ...c, id_token_signed_response_alg: shape.alg })),
+    clients: shape.clients
+      .filter((c) => clientJwks[c.client_id])
+      .map((c) => JSON.parse(JSON.stringify({ ...c, id_token_signed_response_alg: shape.alg }))),
     jwks: { keys: [key] },
     scopes: ['openid', 'offline_access', ...Object.values(shape.resources).flatMap((s) => s.split(' '))],
     extraClientMetadata: { properties: ['orgnr_parent'] },
@@ -181,7 +189,20 @@ async function start(name) {
   });
 
   provider.on('server_error', (ctx, err) => console.error(`${name} server_error`, err));
+  // Why a request was refused, for the test's failure output.
+  for (const event of ['grant.error', 'pushed_authorization_request.error', 'authorization.error']) {
+    provider.on(event, (ctx, err) => console.error(`${name} ${event}: ${err.error}: ${err.error_detail ?? err.error_description ?? ''}`));
+  }
   server.on('request', provider.callback());
+  // Static clients are validated on first use; fail loudly at start instead.
+  for (const c of shape.clients.filter((c) => clientJwks[c.client_id])) {
+    try {
+      if (!(await provider.Client.find(c.client_id))) throw new Error('not registered');
+    } catch (err) {
+      console.error(`${name}: client ${c.client_id} is invalid: ${err.error_description ?? err.message}`);
+      process.exit(1);
+    }
+  }
   return { issuer, signing_jwk: key };
 }
 

@@ -26,6 +26,14 @@ use serde_json::{Value, json};
 /// The clients registered at both providers.
 pub const CLIENTS: [&str; 3] = ["icbt-platform", "icbt-gateway", "other-org-platform"];
 
+/// A client at the HelseID-like provider whose key is RSA (RS256 or PS256).
+pub const RSA_CLIENT: &str = "icbt-gateway-rsa";
+
+/// The RSA client's private key: a fixed test-only key (ring cannot generate RSA keys).
+pub fn rsa_client_key_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-only-rsa-client-key.pem")
+}
+
 /// Which provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idp {
@@ -173,15 +181,22 @@ impl IdentityProviders {
             .iter()
             .map(|c| ((*c).to_owned(), client_key(ca.dir.path(), c)))
             .collect();
-        let jwks: serde_json::Map<String, Value> = client_keys
+        let mut jwks: serde_json::Map<String, Value> = client_keys
             .iter()
             .map(|(id, k)| (id.clone(), k.public_jwk.clone()))
             .collect();
+        let mut rsa =
+            ClientKey::from_pem_file(&rsa_client_key_file(), ClientKeyAlgorithm::RS256, None)
+                .unwrap()
+                .public_jwk();
+        rsa.as_object_mut().unwrap().remove("alg");
+        jwks.insert(RSA_CLIENT.to_owned(), rsa);
         let mut child = Command::new("node")
             .arg(peers_dir().join("oidc-provider.mjs"))
             .env("TLS_CERT", &ca.cert_file)
             .env("TLS_KEY", &ca.key_file)
             .env("CLIENT_JWKS", Value::Object(jwks).to_string())
+            .env("DEBUG", std::env::var("E2E_IDP_DEBUG").unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
