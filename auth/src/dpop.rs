@@ -237,7 +237,7 @@ impl DpopVerifier {
             Ok(false) => Err(AuthError::DpopReplay),
             Err(e) => {
                 tracing::error!(error = %e, "DPoP replay store unavailable");
-                Err(AuthError::ReplayStoreUnavailable)
+                Err(AuthError::StoreUnavailable)
             }
         }
     }

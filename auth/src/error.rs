@@ -54,8 +54,12 @@ pub enum AuthError {
     DpopReplay,
     #[error("DPoP proof needs a fresh server nonce")]
     DpopNonceRequired,
-    #[error("the replay store is unavailable")]
-    ReplayStoreUnavailable,
+    #[error("the replay or session store is unavailable")]
+    StoreUnavailable,
+    #[error("the session is unknown, ended or expired")]
+    SessionInvalid,
+    #[error("a cookie-authenticated request came from another site")]
+    CrossSiteRequest,
 }
 
 /// How a refusal is answered.
@@ -99,7 +103,9 @@ impl AuthError {
             Self::DpopProofInvalid(_) => "dpop_proof_invalid",
             Self::DpopReplay => "dpop_replay",
             Self::DpopNonceRequired => "dpop_nonce_required",
-            Self::ReplayStoreUnavailable => "replay_store_unavailable",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::SessionInvalid => "session_invalid",
+            Self::CrossSiteRequest => "cross_site_request",
         }
     }
 
@@ -108,8 +114,9 @@ impl AuthError {
             Self::InsufficientScope(_)
             | Self::AcrTooLow { .. }
             | Self::SecurityLevelTooLow { .. }
-            | Self::HprNumberMissing => Refusal::Forbidden,
-            Self::IssuerUnavailable | Self::ReplayStoreUnavailable => Refusal::Unavailable,
+            | Self::HprNumberMissing
+            | Self::CrossSiteRequest => Refusal::Forbidden,
+            Self::IssuerUnavailable | Self::StoreUnavailable => Refusal::Unavailable,
             _ => Refusal::Unauthenticated,
         }
     }

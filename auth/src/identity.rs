@@ -20,8 +20,22 @@ pub enum NationalIdKind {
 
 /// A Norwegian national identity number (fødselsnummer or D-nummer): 11 digits, two
 /// mod-11 check digits. `Debug` and `Display` never show the digits.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct NationalId(String);
+
+impl TryFrom<String> for NationalId {
+    type Error = NationalIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<NationalId> for String {
+    fn from(id: NationalId) -> Self {
+        id.0
+    }
+}
 
 /// Why a string is not a national identity number. Carries no digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -109,8 +123,22 @@ impl FromStr for NationalId {
 
 /// A Norwegian organisation number (ENH, `urn:oid:2.16.578.1.12.4.1.4.101`): 9 digits,
 /// mod-11 check digit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct OrgNumber(String);
+
+impl TryFrom<String> for OrgNumber {
+    type Error = OrgNumberError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<OrgNumber> for String {
+    fn from(o: OrgNumber) -> Self {
+        o.0
+    }
+}
 
 /// Why a string is not an organisation number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod jose;
 pub mod keys;
+pub mod login;
 pub mod policy;
 pub mod principal;
 pub mod token;

@@ -1,9 +1,12 @@
-//! Who is calling: the verified principal every API request carries.
+//! Who is calling: the verified principal every API request carries. Serialisable so a
+//! hosted-login session can keep it.
+
+use serde::{Deserialize, Serialize};
 
 use crate::identity::{HprNumber, NationalId, OrgNumber};
 
 /// ID-porten's levels of assurance, ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Acr {
     Low,
     Substantial,
@@ -30,14 +33,14 @@ impl Acr {
 }
 
 /// A patient, logged in with ID-porten.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Patient {
     pub pid: NationalId,
     pub acr: Acr,
 }
 
 /// Health personnel, logged in with HelseID.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clinician {
     pub pid: NationalId,
     pub hpr_number: HprNumber,
@@ -48,7 +51,7 @@ pub struct Clinician {
 }
 
 /// A system (an iCBT platform backend) with a HelseID client-credentials token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemClient {
     pub client_id: String,
     pub orgnr_parent: Option<OrgNumber>,
@@ -63,7 +66,8 @@ impl SystemClient {
 }
 
 /// The three kinds of caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Principal {
     Patient(Patient),
     Clinician(Clinician),
@@ -82,7 +86,7 @@ impl Principal {
 }
 
 /// A verified request: the principal and the facts of the token it came with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Authenticated {
     pub principal: Principal,
     /// The configured name of the issuer.

@@ -75,7 +75,19 @@ pub struct IssuerProfile {
     min_acr: Acr,
     min_security_level: u8,
     claims: Claims,
-    pub keys: IssuerKeys,
+    pub keys: Arc<IssuerKeys>,
+}
+
+impl IssuerProfile {
+    /// Signature algorithms accepted from this issuer.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// Clock skew tolerated, in seconds.
+    pub fn skew(&self) -> i64 {
+        self.skew
+    }
 }
 
 /// Why the authentication configuration could not be used.
@@ -124,7 +136,7 @@ impl IssuerProfile {
             })?,
             min_security_level: config.min_security_level,
             claims: Claims::resolve(config),
-            keys: IssuerKeys::new(
+            keys: Arc::new(IssuerKeys::new(
                 config.issuer.clone(),
                 discovery,
                 fetch,
@@ -132,7 +144,7 @@ impl IssuerProfile {
                     max_age: Duration::from_secs(jwks.max_age_seconds),
                     min_refetch_interval: Duration::from_secs(jwks.min_refetch_interval_seconds),
                 },
-            ),
+            )),
         })
     }
 }

@@ -321,3 +321,95 @@ pub struct OutboundClientConfig {
 fn yes() -> bool {
     true
 }
+
+/// A hosted login (backend-for-frontend) at one issuer: the gateway runs the code flow
+/// with PAR and PKCE and keeps the result in an HttpOnly session cookie.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// `name` of the `[[auth.issuers]]` entry whose users log in here.
+    pub issuer: String,
+    pub client_id: String,
+    /// PEM private key (PKCS#8) for `private_key_jwt`.
+    pub key_file: PathBuf,
+    /// `RS256`, `PS256` or `ES256`.
+    pub key_algorithm: String,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// `aud` of client assertions; the issuer when unset.
+    #[serde(default)]
+    pub assertion_audience: Option<String>,
+    /// This gateway's callback, as registered at the issuer: `https://…/auth/callback`.
+    pub redirect_uri: String,
+    /// Scopes to ask for; must include `openid` and the API scope.
+    pub scope: String,
+    /// RFC 8707 resource of the API, where the issuer wants it.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `acr_values` to request, e.g. `idporten-loa-high`.
+    #[serde(default)]
+    pub acr_values: Option<String>,
+    /// Where the issuer sends the browser after logout.
+    pub post_logout_redirect_uri: String,
+    /// A session unused this long ends.
+    #[serde(default = "default_idle")]
+    pub session_idle_timeout_seconds: u64,
+    /// A session ends this long after login, used or not.
+    #[serde(default = "default_absolute")]
+    pub session_absolute_timeout_seconds: u64,
+}
+
+fn default_idle() -> u64 {
+    1_800
+}
+fn default_absolute() -> u64 {
+    43_200
+}
+
+impl LoginConfig {
+    pub(crate) fn validate(&self, auth: &AuthConfig) -> Result<(), ConfigError> {
+        if !auth.issuers.iter().any(|i| i.name == self.issuer) {
+            return Err(invalid(
+                "login.issuer",
+                format!("`{}` names no [[auth.issuers]] entry", self.issuer),
+                "use the name of a configured issuer",
+            ));
+        }
+        crate::readable_file(
+            "login.key_file",
+            &self.key_file,
+            "point it at the login client's PEM private key",
+        )?;
+        if !["RS256", "PS256", "ES256"].contains(&self.key_algorithm.as_str()) {
+            return Err(invalid(
+                "login.key_algorithm",
+                format!("`{}` is not supported", self.key_algorithm),
+                "use RS256, PS256 or ES256",
+            ));
+        }
+        if !self.redirect_uri.starts_with("https://") {
+            return Err(invalid(
+                "login.redirect_uri",
+                "is not an https URL".into(),
+                "use https://<gateway>/auth/callback",
+            ));
+        }
+        if !self.scope.split_whitespace().any(|s| s == "openid") {
+            return Err(invalid(
+                "login.scope",
+                "lacks `openid`".into(),
+                "add openid and the API scope",
+            ));
+        }
+        if self.session_idle_timeout_seconds == 0
+            || self.session_idle_timeout_seconds > self.session_absolute_timeout_seconds
+        {
+            return Err(invalid(
+                "login.session_idle_timeout_seconds",
+                "must be above 0 and at most session_absolute_timeout_seconds".into(),
+                "e.g. 1800 idle, 43200 absolute",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{
     AuditorConfig, AuthConfig, ClaimNames, DpopConfig, IssuerConfig, IssuerKind, JwksConfig,
-    OutboundClientConfig, SIGNING_ALGORITHMS,
+    LoginConfig, OutboundClientConfig, SIGNING_ALGORITHMS,
 };
 pub use secret::{Secret, SecretOrigin};
 
@@ -50,6 +50,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The gateway's own HelseID client for outbound calls; unset means none are made.
     pub outbound: Option<OutboundClientConfig>,
+    /// Hosted logins, one per issuer (`[[login]]`); empty means none.
+    pub login: Vec<LoginConfig>,
 }
 
 /// The HTTP listener and the limits of its request pipeline.
@@ -274,6 +276,9 @@ impl Config {
         self.validate_tls(mode)?;
         self.validate_storage()?;
         self.auth.validate()?;
+        for login in &self.login {
+            login.validate(&self.auth)?;
+        }
         if let Some(roots) = &self.auth.trust_roots_file {
             readable_file(
                 "auth.trust_roots_file",
@@ -589,7 +594,8 @@ mod tests {
             for line in shown.lines() {
                 if let Some((key, _)) = line.split_once(" = ") {
                     assert!(
-                        example.contains(&format!("{key} =")),
+                        (example.contains(&format!("{key} ="))
+                            || example.contains(&format!("[[{key}]]"))),
                         "example.toml lacks `{key}`"
                     );
                 }

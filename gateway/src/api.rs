@@ -24,6 +24,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: SharedAuth,
+    /// Hosted logins, by issuer name.
+    pub login: Arc<crate::login::LoginContext>,
     /// The gateway's own HelseID client for outbound calls, when configured.
     pub outbound: Option<Arc<icbt_auth::client::OutboundTokens>>,
 }
@@ -33,7 +35,10 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/me", get(me));
+        .route("/v1/me", get(me))
+        .route("/auth/login/{issuer}", get(crate::login::start))
+        .route("/auth/callback", get(crate::login::callback))
+        .route("/auth/logout", axum::routing::post(crate::login::logout));
     if metrics_enabled {
         router = router.route("/metrics", get(metrics));
     }

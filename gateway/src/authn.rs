@@ -56,6 +56,7 @@ impl AuthContext {
             AuthError::SecurityLevelTooLow { .. } => ProblemKind::SecurityLevelTooLow,
             AuthError::HprNumberMissing => ProblemKind::HprNumberMissing,
             AuthError::DpopNonceRequired => ProblemKind::UseDpopNonce,
+            AuthError::CrossSiteRequest => ProblemKind::CrossSiteRequest,
             _ if error.refusal() == Refusal::Unavailable => {
                 if matches!(error, AuthError::IssuerUnavailable) {
                     ProblemKind::IssuerUnavailable
@@ -119,6 +120,23 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(cached.clone());
         }
         let auth = &state.auth;
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && let Some(cookie) = crate::login::session_cookie(&parts.headers)
+        {
+            let cookie = cookie.to_owned();
+            return match crate::login::session_principal(state, parts, &cookie).await {
+                Ok(authenticated) => {
+                    tracing::Span::current().record("principal", authenticated.principal.kind());
+                    let caller = Caller(authenticated);
+                    parts.extensions.insert(caller.clone());
+                    Ok(caller)
+                }
+                Err(error) => {
+                    tracing::info!(reason = error.reason_code(), "authentication refused");
+                    Err(auth.refusal(&error))
+                }
+            };
+        }
         let authorization = parts
             .headers
             .get(header::AUTHORIZATION)

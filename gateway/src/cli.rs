@@ -16,6 +16,7 @@ use icbt_auth::token::Validator;
 
 use crate::api::{self, AppState};
 use crate::authn::AuthContext;
+use crate::login::LoginContext;
 use crate::server::{self, ListenerTimeouts};
 use crate::stack::{self, Limits};
 use crate::storage::Store;
@@ -120,11 +121,21 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {bind}"))?;
 
     let auth = Arc::new(auth_context(&config)?);
+    let login_http = icbt_auth::http::https_client(
+        config.auth.trust_roots_file.as_deref(),
+        Duration::from_millis(config.auth.jwks.fetch_timeout_ms),
+    )?;
+    let login = Arc::new(LoginContext::from_config(
+        &config.login,
+        &auth.validator,
+        &login_http,
+    )?);
     let metrics = Metrics::shared();
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
         auth,
+        login,
         outbound: outbound_client(&config)?,
     };
     let purge = tokio::spawn(purge_replay_entries(store.clone()));

@@ -15,6 +15,7 @@ pub mod authn;
 pub mod cli;
 pub mod episode;
 pub mod json;
+pub mod login;
 pub mod problem;
 pub mod server;
 pub mod stack;

@@ -37,11 +37,15 @@ pub enum ProblemKind {
     HprNumberMissing,
     IssuerUnavailable,
     Forbidden,
+    CrossSiteRequest,
+    LoginStateInvalid,
+    LoginFailed,
+    UpstreamUnavailable,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 18] = [
+    pub const ALL: [ProblemKind; 22] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -60,6 +64,10 @@ impl ProblemKind {
         Self::HprNumberMissing,
         Self::IssuerUnavailable,
         Self::Forbidden,
+        Self::CrossSiteRequest,
+        Self::LoginStateInvalid,
+        Self::LoginFailed,
+        Self::UpstreamUnavailable,
     ];
 
     /// The last segment of the `type` URI.
@@ -83,6 +91,10 @@ impl ProblemKind {
             Self::HprNumberMissing => "hpr-number-missing",
             Self::IssuerUnavailable => "issuer-unavailable",
             Self::Forbidden => "forbidden",
+            Self::CrossSiteRequest => "cross-site-request",
+            Self::LoginStateInvalid => "login-state-invalid",
+            Self::LoginFailed => "login-failed",
+            Self::UpstreamUnavailable => "upstream-unavailable",
         }
     }
 
@@ -92,19 +104,23 @@ impl ProblemKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MalformedJson => StatusCode::BAD_REQUEST,
+            Self::MalformedJson | Self::LoginStateInvalid => StatusCode::BAD_REQUEST,
             Self::RequestTimeout
             | Self::Overloaded
             | Self::NotReady
             | Self::StorageUnavailable
             | Self::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unauthenticated | Self::UseDpopNonce => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::UseDpopNonce | Self::LoginFailed => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::InsufficientScope
             | Self::AcrTooLow
             | Self::SecurityLevelTooLow
             | Self::HprNumberMissing
-            | Self::Forbidden => StatusCode::FORBIDDEN,
+            | Self::Forbidden
+            | Self::CrossSiteRequest => StatusCode::FORBIDDEN,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -128,6 +144,12 @@ impl ProblemKind {
             Self::HprNumberMissing => "The token carries no HPR number",
             Self::IssuerUnavailable => "The identity provider's keys are unavailable",
             Self::Forbidden => "Not allowed for this principal",
+            Self::CrossSiteRequest => "A cookie-authenticated change must come from this site",
+            Self::LoginStateInvalid => "The login state is unknown, used or expired",
+            Self::LoginFailed => "The login did not succeed",
+            Self::UpstreamUnavailable => {
+                "A service the gateway depends on did not answer as expected"
+            }
         }
     }
 

@@ -473,6 +473,31 @@ impl IdentityProviders {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
     }
 
+    /// A `[[login]]` table for the hosted login at `idp` as client `icbt-gateway`.
+    pub fn login_config(&self, idp: Idp) -> String {
+        let (issuer, acr) = match idp {
+            Idp::Idporten => ("idporten", "acr_values = \"idporten-loa-high\"\n"),
+            Idp::Helseid => ("helseid", ""),
+        };
+        format!(
+            r#"
+[[login]]
+issuer = "{issuer}"
+client_id = "icbt-gateway"
+key_file = "{key}"
+key_algorithm = "ES256"
+key_id = "icbt-gateway-key"
+redirect_uri = "https://gateway.test/auth/callback"
+scope = "openid {scope}"
+resource = "{resource}"
+{acr}post_logout_redirect_uri = "https://platform.test/"
+"#,
+            key = self.client_key("icbt-gateway").pem_file.display(),
+            scope = idp.api_scope(),
+            resource = idp.api_resource(),
+        )
+    }
+
     /// The `[auth]` configuration that trusts both providers, as TOML.
     pub fn gateway_config(&self) -> String {
         format!(

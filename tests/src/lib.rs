@@ -407,6 +407,7 @@ pub fn client_trusting(cert_pem: &[u8], tls: ClientTls) -> reqwest::Client {
     };
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

@@ -124,3 +124,92 @@ async fn sqlite_runs_in_wal_mode_in_the_data_directory() {
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn sessions_end_at_idle_and_absolute_timeouts() {
+    use icbt_gateway::storage::SessionRecord;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let session = |created: i64| SessionRecord {
+            issuer: "idporten".into(),
+            principal: "{}".into(),
+            id_token: "id".into(),
+            created_at: created,
+            last_seen_at: created,
+            idle_timeout: 100,
+            absolute_expiry: created + 250,
+        };
+        store.insert_session("a", &session(1_000)).await.unwrap();
+        // Used within the idle time again and again: alive until the absolute end.
+        for now in [1_090, 1_180, 1_240] {
+            assert!(
+                store.session("a", now).await.unwrap().is_some(),
+                "{backend:?} at {now}"
+            );
+        }
+        assert!(
+            store.session("a", 1_250).await.unwrap().is_none(),
+            "{backend:?}: absolute timeout"
+        );
+        assert!(
+            store.session("a", 1_100).await.unwrap().is_none(),
+            "an ended session stays ended"
+        );
+
+        store.insert_session("b", &session(2_000)).await.unwrap();
+        assert!(store.session("b", 2_050).await.unwrap().is_some());
+        assert!(
+            store.session("b", 2_151).await.unwrap().is_none(),
+            "{backend:?}: idle timeout"
+        );
+
+        store.insert_session("c", &session(3_000)).await.unwrap();
+        assert!(
+            store.delete_session("c").await.unwrap().is_some(),
+            "revoked"
+        );
+        assert!(store.session("c", 3_001).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn login_attempts_are_single_use_and_expire() {
+    use icbt_gateway::storage::LoginAttempt;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let attempt = |state: &str, expires_at| LoginAttempt {
+            state: state.into(),
+            issuer: "idporten".into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            return_to: "/".into(),
+            expires_at,
+        };
+        store
+            .insert_login_attempt(&attempt("s1", 500))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_login_attempt("s1", 100).await.unwrap(),
+            Some(attempt("s1", 500))
+        );
+        assert_eq!(
+            store.take_login_attempt("s1", 100).await.unwrap(),
+            None,
+            "{backend:?}: single use"
+        );
+        store
+            .insert_login_attempt(&attempt("s2", 500))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_login_attempt("s2", 600).await.unwrap(),
+            None,
+            "{backend:?}: expired"
+        );
+    }
+}

@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dpop replay",
         include_str!("../../migrations/0002_dpop_replay.sql"),
     ),
+    (
+        3,
+        "login sessions",
+        include_str!("../../migrations/0003_login_sessions.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

@@ -6,6 +6,9 @@
 //! Where the backends need different SQL, [`Backend`] says which one is in use.
 
 mod migrations;
+mod sessions;
+
+pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;
 use std::str::FromStr;
