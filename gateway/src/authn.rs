@@ -171,5 +171,65 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+impl Caller {
+    /// Refuses the request unless the token carries `scope` (a per-route requirement on
+    /// top of the issuer's required scopes): 403 `insufficient-scope` with the RFC 6750
+    /// challenge.
+    pub fn require_scope(&self, auth: &AuthContext, scope: &str) -> Result<(), Problem> {
+        if self.0.has_scope(scope) {
+            return Ok(());
+        }
+        let error = AuthError::InsufficientScope(scope.to_owned());
+        tracing::info!(reason = error.reason_code(), "authorisation refused");
+        Err(auth.refusal(&error))
+    }
+}
+
 /// Shared authentication state.
 pub type SharedAuth = Arc<AuthContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use icbt_auth::dpop::DpopVerifier;
+    use icbt_auth::principal::{Principal, SystemClient};
+
+    #[test]
+    fn per_route_scope_is_required() {
+        let auth = AuthContext::new(
+            Validator::new(
+                Vec::new(),
+                DpopVerifier::new(vec![icbt_auth::jose::Algorithm::ES256], 60, 5, None),
+            ),
+            None,
+            AuditorRule::default(),
+        );
+        let caller = Caller(Authenticated {
+            principal: Principal::System(SystemClient {
+                client_id: "p".into(),
+                orgnr_parent: None,
+                orgnr_child: None,
+            }),
+            issuer: Arc::from("helseid"),
+            client_id: Some("p".into()),
+            scopes: vec!["nhn:icbt-gateway/api".into()],
+            token_id: None,
+            expires_at: i64::MAX,
+            dpop_jkt: None,
+        });
+        assert!(caller.require_scope(&auth, "nhn:icbt-gateway/api").is_ok());
+        let refused = caller
+            .require_scope(&auth, "nhn:icbt-gateway/episodes.write")
+            .unwrap_err()
+            .into_response();
+        assert_eq!(refused.status(), 403);
+        let challenge = refused.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(
+            challenge.contains("error=\"insufficient_scope\""),
+            "{challenge}"
+        );
+    }
+}
