@@ -14,6 +14,7 @@ use serde::Serialize;
 use icbt_auth::principal::Principal;
 
 use crate::authn::{Caller, SharedAuth};
+use crate::messaging;
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::Store;
 use crate::telemetry::Metrics;
@@ -36,6 +37,24 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/me", get(me))
+        .route("/v1/episodes", get(messaging::list_episodes))
+        .route(
+            "/v1/episodes/{id}",
+            get(messaging::get_episode).put(messaging::put_episode),
+        )
+        .route(
+            "/v1/episodes/{id}/care-team",
+            axum::routing::put(messaging::put_care_team),
+        )
+        .route(
+            "/v1/episodes/{id}/state",
+            axum::routing::put(messaging::put_state),
+        )
+        .route("/v1/episodes/{id}/messages", get(messaging::list_messages))
+        .route(
+            "/v1/episodes/{id}/messages/{message_id}",
+            axum::routing::put(messaging::put_message),
+        )
         .route("/auth/login/{issuer}", get(crate::login::start))
         .route("/auth/callback", get(crate::login::callback))
         .route("/auth/logout", axum::routing::post(crate::login::logout));

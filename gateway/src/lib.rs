@@ -16,6 +16,7 @@ pub mod cli;
 pub mod episode;
 pub mod json;
 pub mod login;
+pub mod messaging;
 pub mod problem;
 pub mod server;
 pub mod stack;

@@ -41,11 +41,17 @@ pub enum ProblemKind {
     LoginStateInvalid,
     LoginFailed,
     UpstreamUnavailable,
+    InvalidField,
+    EpisodeIdConflict,
+    InvalidTransition,
+    EpisodeClosed,
+    MessageIdConflict,
+    KindNotAllowed,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 22] = [
+    pub const ALL: [ProblemKind; 28] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -68,6 +74,12 @@ impl ProblemKind {
         Self::LoginStateInvalid,
         Self::LoginFailed,
         Self::UpstreamUnavailable,
+        Self::InvalidField,
+        Self::EpisodeIdConflict,
+        Self::InvalidTransition,
+        Self::EpisodeClosed,
+        Self::MessageIdConflict,
+        Self::KindNotAllowed,
     ];
 
     /// The last segment of the `type` URI.
@@ -95,6 +107,12 @@ impl ProblemKind {
             Self::LoginStateInvalid => "login-state-invalid",
             Self::LoginFailed => "login-failed",
             Self::UpstreamUnavailable => "upstream-unavailable",
+            Self::InvalidField => "invalid-field",
+            Self::EpisodeIdConflict => "episode-id-conflict",
+            Self::InvalidTransition => "invalid-transition",
+            Self::EpisodeClosed => "episode-closed",
+            Self::MessageIdConflict => "message-id-conflict",
+            Self::KindNotAllowed => "kind-not-allowed",
         }
     }
 
@@ -119,7 +137,13 @@ impl ProblemKind {
             | Self::SecurityLevelTooLow
             | Self::HprNumberMissing
             | Self::Forbidden
-            | Self::CrossSiteRequest => StatusCode::FORBIDDEN,
+            | Self::CrossSiteRequest
+            | Self::KindNotAllowed => StatusCode::FORBIDDEN,
+            Self::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::EpisodeIdConflict
+            | Self::InvalidTransition
+            | Self::EpisodeClosed
+            | Self::MessageIdConflict => StatusCode::CONFLICT,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
         }
     }
@@ -150,6 +174,12 @@ impl ProblemKind {
             Self::UpstreamUnavailable => {
                 "A service the gateway depends on did not answer as expected"
             }
+            Self::InvalidField => "A field has a value the gateway cannot accept",
+            Self::EpisodeIdConflict => "The episode id belongs to an episode with other details",
+            Self::InvalidTransition => "The episode cannot move to that state from its current one",
+            Self::EpisodeClosed => "The episode is finished or cancelled and takes no new messages",
+            Self::MessageIdConflict => "The message id was used for a different message",
+            Self::KindNotAllowed => "This kind of message cannot be sent by this principal",
         }
     }
 

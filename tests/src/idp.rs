@@ -551,3 +551,73 @@ pub fn patient_account(pid: &str, acr: &str) -> Value {
 pub fn clinician_account(pid: &str, hpr: Option<&str>, security_level: u8) -> Value {
     json!({ "pid": pid, "hpr": hpr, "security_level": security_level, "acr": "Level4" })
 }
+
+/// Someone holding a token: sends API requests the way their client would (DPoP with a
+/// fresh proof when the token is bound, else Bearer).
+#[derive(Debug)]
+pub struct Actor {
+    pub token: TokenResponse,
+    pub client: OidcClient,
+}
+
+impl Actor {
+    pub async fn system(client_id: &str) -> Self {
+        let (token, client) = IdentityProviders::shared()
+            .system_token(client_id, true)
+            .await;
+        Self { token, client }
+    }
+
+    pub async fn patient(pid: &str) -> Self {
+        let account = patient_account(pid, "idporten-loa-high");
+        let scope = format!("openid {}", Idp::Idporten.api_scope());
+        let (token, client) = IdentityProviders::shared()
+            .login(Idp::Idporten, &account, &scope, false)
+            .await;
+        Self { token, client }
+    }
+
+    pub async fn therapist(pid: &str, hpr: &str) -> Self {
+        let account = clinician_account(pid, Some(hpr), 4);
+        let scope = format!("openid {}", Idp::Helseid.api_scope());
+        let (token, client) = IdentityProviders::shared()
+            .login(Idp::Helseid, &account, &scope, true)
+            .await;
+        Self { token, client }
+    }
+
+    /// `method` on `url` with an optional JSON body.
+    pub async fn call(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = http.request(method.clone(), url);
+        match self.client.dpop_key() {
+            Some(key) => {
+                let proof = key.proof(
+                    method.as_str(),
+                    url,
+                    Some(&self.token.access_token),
+                    None,
+                    icbt_auth::now_secs(),
+                );
+                request = request
+                    .header("authorization", format!("DPoP {}", self.token.access_token))
+                    .header("dpop", proof);
+            }
+            None => {
+                request = request.header(
+                    "authorization",
+                    format!("Bearer {}", self.token.access_token),
+                );
+            }
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.unwrap()
+    }
+}

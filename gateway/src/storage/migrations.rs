@@ -6,30 +6,35 @@ use std::collections::HashSet;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
-/// `(version, description, SQL)`, in order. Append; never edit an applied migration.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+use super::Backend;
+
+/// `(version, description, SQLite SQL, PostgreSQL SQL)`, in order; the same text where
+/// the dialects agree. Append; never edit an applied migration.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (1, "clinics and episodes", CLINICS, CLINICS),
+    (2, "dpop replay", DPOP, DPOP),
+    (3, "login sessions", LOGIN, LOGIN),
     (
-        1,
-        "clinics and episodes",
-        include_str!("../../migrations/0001_clinics_episodes.sql"),
-    ),
-    (
-        2,
-        "dpop replay",
-        include_str!("../../migrations/0002_dpop_replay.sql"),
-    ),
-    (
-        3,
-        "login sessions",
-        include_str!("../../migrations/0003_login_sessions.sql"),
+        4,
+        "messaging",
+        include_str!("../../migrations/sqlite/0004_messaging.sql"),
+        include_str!("../../migrations/postgres/0004_messaging.sql"),
     ),
 ];
 
-pub(super) fn migrator() -> Migrator {
+const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
+const DPOP: &str = include_str!("../../migrations/0002_dpop_replay.sql");
+const LOGIN: &str = include_str!("../../migrations/0003_login_sessions.sql");
+
+pub(super) fn migrator(backend: Backend) -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
-            .map(|&(version, description, sql)| {
+            .map(|&(version, description, sqlite, postgres)| {
+                let sql = match backend {
+                    Backend::Sqlite => sqlite,
+                    Backend::Postgres => postgres,
+                };
                 Migration::new(
                     version,
                     description.into(),

@@ -5,9 +5,14 @@
 //! by several instances). Migrations are embedded in the binary and applied at start.
 //! Where the backends need different SQL, [`Backend`] says which one is in use.
 
+mod messaging;
 mod migrations;
 mod sessions;
 
+pub use messaging::{
+    Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
+    StoredMessage,
+};
 pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;
@@ -152,7 +157,7 @@ impl Store {
             .await
             .map_err(connect_error)?;
         let store = Self { pool, backend };
-        migrations::migrator().run(&store.pool).await?;
+        migrations::migrator(backend).run(&store.pool).await?;
         Ok(store)
     }
 

@@ -1,0 +1,488 @@
+//! Episodes as the messaging API uses them: idempotent creation, care teams, state
+//! transitions, and messages with a gap-free sequence per episode.
+//!
+//! A send is one transaction: it first bumps the episode's `next_seq` (which locks the
+//! episode row, so sends to one episode are ordered and sends to different episodes run
+//! side by side), then checks the client's message id, then inserts. A rollback undoes the
+//! bump, so sequence numbers never have gaps. Taking the write lock first also spares
+//! SQLite the read-then-write upgrade that fails instead of waiting.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{StorageError, Store, now_ms};
+use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
+use icbt_auth::identity::HprNumber;
+use icbt_auth::policy::CareTeamMember;
+
+/// A care-team member as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CareTeamEntry {
+    pub hpr_number: HprNumber,
+    /// `true` for a cover therapist (time-limited).
+    pub cover: bool,
+    /// Unix milliseconds when cover ends.
+    pub until_ms: Option<i64>,
+}
+
+impl CareTeamEntry {
+    /// The policy's view, in Unix seconds.
+    pub fn as_member(&self) -> CareTeamMember {
+        CareTeamMember {
+            hpr_number: self.hpr_number.clone(),
+            until: self.until_ms.map(|ms| ms.div_euclid(1000)),
+        }
+    }
+}
+
+/// A message to append.
+#[derive(Clone)]
+pub struct NewMessage<'a> {
+    pub episode: EpisodeId,
+    pub id: uuid::Uuid,
+    pub kind: &'a str,
+    pub sender_kind: &'a str,
+    pub sender_ref: &'a str,
+    pub sender_device: &'a str,
+    /// JSON array of recipient key ids.
+    pub recipients: &'a str,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    /// SHA-256 over everything above: a retry must match it exactly.
+    pub request_hash: &'a str,
+}
+
+impl std::fmt::Debug for NewMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMessage")
+            .field("episode", &self.episode)
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a stored message sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessagePosition {
+    pub seq: i64,
+    pub created_at_ms: i64,
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// A new message.
+    Created(MessagePosition),
+    /// The same request again: the original result.
+    Replayed(MessagePosition),
+    /// The id is taken by a different request.
+    Conflict,
+}
+
+/// A stored message, as history returns it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: uuid::Uuid,
+    pub seq: i64,
+    pub kind: String,
+    pub sender_kind: String,
+    pub sender_ref: String,
+    pub sender_device: String,
+    pub recipients: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub created_at_ms: i64,
+}
+
+impl std::fmt::Debug for StoredMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredMessage")
+            .field("id", &self.id)
+            .field("seq", &self.seq)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an episode change or send was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EpisodeRefusal {
+    #[error("no such episode")]
+    NotFound,
+    #[error("the episode id is taken by an episode with other details")]
+    IdConflict,
+    #[error("an episode cannot go from {from} to {to}")]
+    InvalidTransition {
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("the episode is {0}; it takes no new messages")]
+    Closed(&'static str),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for EpisodeRefusal {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(StorageError::Database(e))
+    }
+}
+
+/// States an episode may move to from `from`. Staying put is allowed (idempotent).
+fn allowed(from: EpisodeState, to: EpisodeState) -> bool {
+    use EpisodeState::{Active, Cancelled, Finished, Planned};
+    from == to
+        || matches!(
+            (from, to),
+            (Planned, Active | Cancelled) | (Active, Finished | Cancelled)
+        )
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+const EPISODE_COLUMNS: &str =
+    "id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms";
+
+impl Store {
+    /// The clinic with `org_number`, created with `name` when new.
+    pub async fn upsert_clinic(
+        &self,
+        org_number: &OrgNumber,
+        name: &str,
+    ) -> Result<Clinic, StorageError> {
+        sqlx::query("INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (org_number) DO NOTHING")
+            .bind(ClinicId::new_random().to_string())
+            .bind(name)
+            .bind(org_number.as_str())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT id FROM clinics WHERE org_number = $1")
+            .bind(org_number.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        let id = ClinicId(super::parse_uuid(&row, "id")?);
+        self.clinic(id)
+            .await?
+            .ok_or(StorageError::Corrupt("clinics"))
+    }
+
+    /// Creates the episode `id`, or returns it when it already exists with the same
+    /// details (a retried PUT). `true` when created now.
+    pub async fn put_episode(
+        &self,
+        id: EpisodeId,
+        clinic: ClinicId,
+        patient: &NationalId,
+        programme: &str,
+    ) -> Result<(Episode, bool), EpisodeRefusal> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO episodes (id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, 'planned', $5, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(clinic.to_string())
+        .bind(patient.expose())
+        .bind(programme)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        let episode = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
+        if episode.clinic_id != clinic
+            || &episode.patient != patient
+            || episode.programme != programme
+        {
+            return Err(EpisodeRefusal::IdConflict);
+        }
+        Ok((episode, inserted))
+    }
+
+    /// Replaces the episode's care team.
+    pub async fn set_care_team(
+        &self,
+        episode: EpisodeId,
+        team: &[CareTeamEntry],
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM care_team WHERE episode_id = $1")
+            .bind(episode.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for member in team {
+            sqlx::query("INSERT INTO care_team (episode_id, hpr_number, role, until_ms) VALUES ($1, $2, $3, $4)")
+                .bind(episode.to_string())
+                .bind(member.hpr_number.as_str())
+                .bind(if member.cover { "cover" } else { "therapist" })
+                .bind(member.until_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE episodes SET updated_at_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(episode.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn care_team(&self, episode: EpisodeId) -> Result<Vec<CareTeamEntry>, StorageError> {
+        let rows = sqlx::query("SELECT hpr_number, role, until_ms FROM care_team WHERE episode_id = $1 ORDER BY hpr_number")
+            .bind(episode.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CareTeamEntry {
+                    hpr_number: HprNumber::parse(&r.try_get::<String, _>("hpr_number")?)
+                        .map_err(|_| StorageError::Corrupt("care_team.hpr_number"))?,
+                    cover: r.try_get::<String, _>("role")? == "cover",
+                    until_ms: r.try_get("until_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves the episode to `to`, if the life cycle allows it from where it is.
+    pub async fn transition(
+        &self,
+        id: EpisodeId,
+        to: EpisodeState,
+    ) -> Result<Episode, EpisodeRefusal> {
+        let current = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
+        if !allowed(current.state, to) {
+            return Err(EpisodeRefusal::InvalidTransition {
+                from: current.state.as_str(),
+                to: to.as_str(),
+            });
+        }
+        if current.state == to {
+            return Ok(current);
+        }
+        // Compare-and-set: a concurrent transition makes this one re-check.
+        let changed = sqlx::query(
+            "UPDATE episodes SET state = $1, updated_at_ms = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(now_ms())
+        .bind(id.to_string())
+        .bind(current.state.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            let now = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
+            return if now.state == to {
+                Ok(now)
+            } else {
+                Err(EpisodeRefusal::InvalidTransition {
+                    from: now.state.as_str(),
+                    to: to.as_str(),
+                })
+            };
+        }
+        self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)
+    }
+
+    async fn existing_message(
+        &self,
+        episode: EpisodeId,
+        id: uuid::Uuid,
+        request_hash: &str,
+    ) -> Result<Option<Appended>, sqlx::Error> {
+        let row = sqlx::query("SELECT seq, created_at_ms, request_hash FROM messages WHERE episode_id = $1 AND id = $2")
+            .bind(episode.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let position = MessagePosition {
+            seq: row.try_get("seq")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+        };
+        let same = row.try_get::<String, _>("request_hash")? == request_hash;
+        Ok(Some(if same {
+            Appended::Replayed(position)
+        } else {
+            Appended::Conflict
+        }))
+    }
+
+    /// Appends a message in one transaction, or recognises a retry.
+    pub async fn append_message(
+        &self,
+        message: &NewMessage<'_>,
+    ) -> Result<Appended, EpisodeRefusal> {
+        let episode = message.episode.to_string();
+        let mut tx = self.pool.begin().await?;
+        let seq: Option<i64> = sqlx::query(
+            "UPDATE episodes SET next_seq = next_seq + 1 WHERE id = $1 AND state IN ('planned', 'active') \
+             RETURNING next_seq - 1 AS seq",
+        )
+        .bind(&episode)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("seq"))
+        .transpose()?;
+        let Some(seq) = seq else {
+            drop(tx);
+            if let Some(done) = self
+                .existing_message(message.episode, message.id, message.request_hash)
+                .await?
+            {
+                return Ok(done);
+            }
+            let state = self
+                .episode(message.episode)
+                .await?
+                .ok_or(EpisodeRefusal::NotFound)?
+                .state;
+            return Err(EpisodeRefusal::Closed(state.as_str()));
+        };
+        let existing = sqlx::query("SELECT 1 FROM messages WHERE episode_id = $1 AND id = $2")
+            .bind(&episode)
+            .bind(message.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if existing.is_some() {
+            drop(tx);
+            return self
+                .existing_message(message.episode, message.id, message.request_hash)
+                .await?
+                .ok_or(EpisodeRefusal::Storage(StorageError::Corrupt("messages")));
+        }
+        let created_at_ms = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, sender_device, recipients, \
+             content_type, body, request_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&episode)
+        .bind(seq)
+        .bind(message.id.to_string())
+        .bind(message.kind)
+        .bind(message.sender_kind)
+        .bind(message.sender_ref)
+        .bind(message.sender_device)
+        .bind(message.recipients)
+        .bind(message.content_type)
+        .bind(message.body)
+        .bind(message.request_hash)
+        .bind(created_at_ms)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(Appended::Created(MessagePosition { seq, created_at_ms }))
+            }
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                self.existing_message(message.episode, message.id, message.request_hash)
+                    .await?
+                    .ok_or(EpisodeRefusal::Storage(StorageError::Database(e)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Messages of `episode` with `seq > after`, in order, at most `limit`.
+    pub async fn messages_after(
+        &self,
+        episode: EpisodeId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, kind, sender_kind, sender_ref, sender_device, recipients, content_type, body, created_at_ms \
+             FROM messages WHERE episode_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(episode.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    /// Episodes of a clinic (for system clients), a patient, or a therapist's care teams,
+    /// oldest first, after the episode `after` in that order, at most `limit`.
+    pub async fn episodes_for(
+        &self,
+        filter: &EpisodeFilter<'_>,
+        limit: i64,
+    ) -> Result<Vec<Episode>, StorageError> {
+        let (condition, value) = match filter {
+            EpisodeFilter::Patient(p) => ("patient_nin = $1", p.expose().to_owned()),
+            EpisodeFilter::Clinic(org) => (
+                "clinic_id IN (SELECT id FROM clinics WHERE org_number = $1)",
+                org.as_str().to_owned(),
+            ),
+            EpisodeFilter::CareTeam(hpr) => (
+                "id IN (SELECT episode_id FROM care_team WHERE hpr_number = $1)",
+                hpr.as_str().to_owned(),
+            ),
+        };
+        let sql = format!(
+            "SELECT {EPISODE_COLUMNS} FROM episodes WHERE {condition} ORDER BY created_at_ms, id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(super::episode_from_row).collect()
+    }
+}
+
+/// Whose episodes to list.
+#[derive(Debug, Clone, Copy)]
+pub enum EpisodeFilter<'a> {
+    Patient(&'a NationalId),
+    Clinic(&'a OrgNumber),
+    CareTeam(&'a HprNumber),
+}
+
+fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError> {
+    Ok(StoredMessage {
+        id: super::parse_uuid(r, "id")?,
+        seq: r.try_get("seq")?,
+        kind: r.try_get("kind")?,
+        sender_kind: r.try_get("sender_kind")?,
+        sender_ref: r.try_get("sender_ref")?,
+        sender_device: r.try_get("sender_device")?,
+        recipients: r.try_get("recipients")?,
+        content_type: r.try_get("content_type")?,
+        body: r.try_get("body")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn life_cycle_transitions() {
+        use EpisodeState::{Active, Cancelled, Finished, Planned};
+        let all = [Planned, Active, Finished, Cancelled];
+        let ok = [
+            (Planned, Active),
+            (Planned, Cancelled),
+            (Active, Finished),
+            (Active, Cancelled),
+        ];
+        for from in all {
+            for to in all {
+                let expected = from == to || ok.contains(&(from, to));
+                assert_eq!(allowed(from, to), expected, "{from:?} -> {to:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Episodes and messages through the real gateway with real tokens, on every backend:
+//! the platform runs episodes and care teams, patient and therapists exchange sealed
+//! messages with idempotent sends and gap-free ordering, and each principal reaches only
+//! what the policy allows.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // test code stops at the first surprise; scenarios read top to bottom
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::{Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, backends, expect_problem};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const THERAPIST_HPR: &str = "565501872";
+const OTHER_HPR: &str = "100000001";
+const OTHER_PATIENT: &str = "01018512447";
+const THERAPIST_PID: &str = "01018512528";
+
+struct World {
+    gw: Gateway,
+    http: reqwest::Client,
+    platform: Actor,
+    patient: Actor,
+    therapist: Actor,
+}
+
+async fn world(backend: Backend) -> World {
+    let idps = IdentityProviders::shared();
+    let gw = Gateway::start_with(
+        backend,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let http = gw.client();
+    World {
+        platform: Actor::system("icbt-platform").await,
+        patient: Actor::patient(SYNTHETIC_FNR).await,
+        therapist: Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await,
+        gw,
+        http,
+    }
+}
+
+impl World {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gw.url)
+    }
+
+    async fn call(
+        &self,
+        who: &Actor,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        who.call(&self.http, method, &self.url(path), body).await
+    }
+
+    /// An active episode of the patient with the therapist on its care team.
+    async fn episode(&self) -> Uuid {
+        let id = Uuid::new_v4();
+        let body = json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "panic-disorder-14w" });
+        let created = self
+            .call(
+                &self.platform,
+                Method::PUT,
+                &format!("/v1/episodes/{id}"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(created.status(), 201, "{:?}", created.text().await);
+        let team = json!({ "members": [{ "hpr_number": THERAPIST_HPR, "role": "therapist" }] });
+        let set = self
+            .call(
+                &self.platform,
+                Method::PUT,
+                &format!("/v1/episodes/{id}/care-team"),
+                Some(&team),
+            )
+            .await;
+        assert_eq!(set.status(), 200);
+        let active = self
+            .call(
+                &self.platform,
+                Method::PUT,
+                &format!("/v1/episodes/{id}/state"),
+                Some(&json!({ "state": "active" })),
+            )
+            .await;
+        assert_eq!(active.status(), 200);
+        id
+    }
+}
+
+fn message(kind: &str, text: &str) -> Value {
+    json!({
+        "kind": kind,
+        "sender_device": "device-1",
+        "recipients": ["patient-device-1", "therapist-device-1", "clinic-journal-2026"],
+        "content_type": "application/jose+json",
+        "envelope": URL_SAFE_NO_PAD.encode(text),
+    })
+}
+
+#[tokio::test]
+async fn platform_runs_the_episode_life_cycle() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let id = Uuid::new_v4();
+        let path = format!("/v1/episodes/{id}");
+        let body = json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "panic-disorder-14w" });
+        assert_eq!(
+            w.call(&w.platform, Method::PUT, &path, Some(&body))
+                .await
+                .status(),
+            201,
+            "{backend:?}"
+        );
+        let again = w.call(&w.platform, Method::PUT, &path, Some(&body)).await;
+        assert_eq!(again.status(), 200, "a retried create returns the episode");
+        let episode: Value = again.json().await.unwrap();
+        assert_eq!(episode["state"], "planned");
+        assert_eq!(episode["organisation"], CLINIC_ORG);
+
+        let other = json!({ "patient": OTHER_PATIENT, "organisation": CLINIC_ORG, "programme": "panic-disorder-14w" });
+        expect_problem(
+            w.call(&w.platform, Method::PUT, &path, Some(&other)).await,
+            409,
+            "episode-id-conflict",
+        )
+        .await;
+
+        let state = |s: &str| json!({ "state": s });
+        let state_path = format!("{path}/state");
+        expect_problem(
+            w.call(
+                &w.platform,
+                Method::PUT,
+                &state_path,
+                Some(&state("finished")),
+            )
+            .await,
+            409,
+            "invalid-transition",
+        )
+        .await;
+        assert_eq!(
+            w.call(
+                &w.platform,
+                Method::PUT,
+                &state_path,
+                Some(&state("active"))
+            )
+            .await
+            .status(),
+            200
+        );
+        assert_eq!(
+            w.call(
+                &w.platform,
+                Method::PUT,
+                &state_path,
+                Some(&state("finished"))
+            )
+            .await
+            .status(),
+            200
+        );
+        expect_problem(
+            w.call(
+                &w.platform,
+                Method::PUT,
+                &state_path,
+                Some(&state("active")),
+            )
+            .await,
+            409,
+            "invalid-transition",
+        )
+        .await;
+
+        // A finished episode takes no new messages.
+        let send = w
+            .call(
+                &w.patient,
+                Method::PUT,
+                &format!("{path}/messages/{}", Uuid::new_v4()),
+                Some(&message("message", "hei")),
+            )
+            .await;
+        expect_problem(send, 409, "episode-closed").await;
+    }
+}
+
+#[tokio::test]
+async fn sends_are_idempotent_ordered_and_readable_by_the_care_team() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let episode = w.episode().await;
+        let id = Uuid::new_v4();
+        let path = format!("/v1/episodes/{episode}/messages/{id}");
+        let first = w
+            .call(
+                &w.patient,
+                Method::PUT,
+                &path,
+                Some(&message("message", "first")),
+            )
+            .await;
+        assert_eq!(first.status(), 201, "{backend:?}");
+        let first: Value = first.json().await.unwrap();
+        assert_eq!(first["seq"], 1);
+
+        let retry = w
+            .call(
+                &w.patient,
+                Method::PUT,
+                &path,
+                Some(&message("message", "first")),
+            )
+            .await;
+        assert_eq!(retry.status(), 200, "the same request again");
+        let retry: Value = retry.json().await.unwrap();
+        assert_eq!(retry, first, "answers the original result");
+
+        let different = w
+            .call(
+                &w.patient,
+                Method::PUT,
+                &path,
+                Some(&message("message", "changed")),
+            )
+            .await;
+        expect_problem(different, 409, "message-id-conflict").await;
+
+        let feedback = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+        let sent = w
+            .call(
+                &w.therapist,
+                Method::PUT,
+                &feedback,
+                Some(&message("feedback", "week 1 feedback")),
+            )
+            .await;
+        assert_eq!(sent.status(), 201);
+
+        let history = w
+            .call(
+                &w.therapist,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages"),
+                None,
+            )
+            .await;
+        assert_eq!(history.status(), 200);
+        let history: Value = history.json().await.unwrap();
+        let seqs: Vec<i64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2], "no second message from the retry");
+        assert_eq!(
+            history["messages"][0]["envelope"],
+            URL_SAFE_NO_PAD.encode("first")
+        );
+        assert_eq!(history["messages"][1]["sender"]["reference"], THERAPIST_HPR);
+        assert!(
+            history["messages"][0]["sender"].get("reference").is_none(),
+            "the patient's number is not repeated"
+        );
+
+        let page = w
+            .call(
+                &w.patient,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages?after=1&limit=1"),
+                None,
+            )
+            .await;
+        let page: Value = page.json().await.unwrap();
+        assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+        assert_eq!(page["next_after"], 2);
+        let empty: Value = w
+            .call(
+                &w.patient,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages?after=2"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(empty["messages"], json!([]));
+        assert_eq!(empty["next_after"], 2);
+        expect_problem(
+            w.call(
+                &w.patient,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages?limit=1000"),
+                None,
+            )
+            .await,
+            422,
+            "invalid-field",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_sends_get_gap_free_sequence_numbers() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let episode = w.episode().await;
+        let sends = (0..24).map(|i| {
+            let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+            let w = &w;
+            async move {
+                let who = if i % 2 == 0 { &w.patient } else { &w.therapist };
+                w.call(
+                    who,
+                    Method::PUT,
+                    &path,
+                    Some(&message("message", &format!("m{i}"))),
+                )
+                .await
+                .status()
+                .as_u16()
+            }
+        });
+        let statuses = futures_util::future::join_all(sends).await;
+        assert!(
+            statuses.iter().all(|s| *s == 201),
+            "{backend:?}: {statuses:?}"
+        );
+        let history: Value = w
+            .call(
+                &w.patient,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages?limit=200"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=24).collect::<Vec<_>>(), "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn each_principal_reaches_only_what_the_policy_allows() {
+    let w = world(Backend::Sqlite).await;
+    let episode = w.episode().await;
+    let messages = format!("/v1/episodes/{episode}/messages");
+
+    let stranger = Actor::patient(OTHER_PATIENT).await;
+    expect_problem(
+        w.call(&stranger, Method::GET, &messages, None).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let other_therapist = Actor::therapist(THERAPIST_PID, OTHER_HPR).await;
+    expect_problem(
+        w.call(&other_therapist, Method::GET, &messages, None).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let other_org = Actor::system("other-org-platform").await;
+    expect_problem(
+        w.call(
+            &other_org,
+            Method::GET,
+            &format!("/v1/episodes/{episode}"),
+            None,
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let body = json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "x" });
+    expect_problem(
+        w.call(
+            &other_org,
+            Method::PUT,
+            &format!("/v1/episodes/{}", Uuid::new_v4()),
+            Some(&body),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        w.call(
+            &w.patient,
+            Method::PUT,
+            &format!("/v1/episodes/{}", Uuid::new_v4()),
+            Some(&body),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+
+    let send = |kind: &str| (format!("{messages}/{}", Uuid::new_v4()), message(kind, "x"));
+    let (path, body) = send("feedback");
+    expect_problem(
+        w.call(&w.patient, Method::PUT, &path, Some(&body)).await,
+        403,
+        "kind-not-allowed",
+    )
+    .await;
+    let (path, body) = send("questionnaire-response");
+    expect_problem(
+        w.call(&w.therapist, Method::PUT, &path, Some(&body)).await,
+        403,
+        "kind-not-allowed",
+    )
+    .await;
+    let (path, body) = send("notice");
+    assert_eq!(
+        w.call(&w.platform, Method::PUT, &path, Some(&body))
+            .await
+            .status(),
+        201
+    );
+
+    // Cover with an end in the past reaches nothing; a current cover does.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let team = json!({ "members": [
+        { "hpr_number": THERAPIST_HPR, "role": "therapist" },
+        { "hpr_number": OTHER_HPR, "role": "cover", "until_ms": now_ms - 1000 },
+    ] });
+    w.call(
+        &w.platform,
+        Method::PUT,
+        &format!("/v1/episodes/{episode}/care-team"),
+        Some(&team),
+    )
+    .await;
+    expect_problem(
+        w.call(&other_therapist, Method::GET, &messages, None).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let team = json!({ "members": [{ "hpr_number": OTHER_HPR, "role": "cover", "until_ms": now_ms + 3_600_000 }] });
+    w.call(
+        &w.platform,
+        Method::PUT,
+        &format!("/v1/episodes/{episode}/care-team"),
+        Some(&team),
+    )
+    .await;
+    assert_eq!(
+        w.call(&other_therapist, Method::GET, &messages, None)
+            .await
+            .status(),
+        200
+    );
+
+    let mine: Value = w
+        .call(&w.patient, Method::GET, "/v1/episodes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        mine["episodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == episode.to_string())
+    );
+    let theirs: Value = w
+        .call(&stranger, Method::GET, "/v1/episodes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        theirs["episodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["id"] != episode.to_string())
+    );
+}
+
+#[tokio::test]
+async fn bad_fields_name_their_path() {
+    let w = world(Backend::Sqlite).await;
+    let body = json!({ "patient": "01018512345", "organisation": CLINIC_ORG, "programme": "x" });
+    let problem = expect_problem(
+        w.call(
+            &w.platform,
+            Method::PUT,
+            &format!("/v1/episodes/{}", Uuid::new_v4()),
+            Some(&body),
+        )
+        .await,
+        422,
+        "invalid-field",
+    )
+    .await;
+    assert_eq!(problem["path"], "patient");
+    let episode = w.episode().await;
+    let mut bad = message("message", "x");
+    bad["envelope"] = json!("not base64 !!");
+    let problem = expect_problem(
+        w.call(
+            &w.patient,
+            Method::PUT,
+            &format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4()),
+            Some(&bad),
+        )
+        .await,
+        422,
+        "invalid-field",
+    )
+    .await;
+    assert_eq!(problem["path"], "envelope");
+    let unknown = json!({ "kind": "gossip" });
+    let problem = expect_problem(
+        w.call(
+            &w.patient,
+            Method::PUT,
+            &format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4()),
+            Some(&unknown),
+        )
+        .await,
+        400,
+        "malformed-json",
+    )
+    .await;
+    assert_eq!(problem["path"], "kind");
+}
