@@ -586,7 +586,7 @@ impl Actor {
         Self { token, client }
     }
 
-    /// `method` on `url` with an optional JSON body.
+    /// `method` on `url` with an optional JSON body; panics if the request fails.
     pub async fn call(
         &self,
         http: &reqwest::Client,
@@ -594,6 +594,17 @@ impl Actor {
         url: &str,
         body: Option<&Value>,
     ) -> reqwest::Response {
+        self.try_call(http, method, url, body).await.unwrap()
+    }
+
+    /// `method` on `url` with an optional JSON body.
+    pub async fn try_call(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         let mut request = http.request(method.clone(), url);
         match self.client.dpop_key() {
             Some(key) => {
@@ -618,6 +629,6 @@ impl Actor {
         if let Some(body) = body {
             request = request.json(body);
         }
-        request.send().await.unwrap()
+        request.send().await
     }
 }

@@ -202,7 +202,7 @@ pub async fn storage_for(
 }
 
 /// How to start a gateway.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct GatewayOptions {
     /// Extra environment variables (`ICBT_…`).
     pub env: Vec<(String, String)>,
@@ -226,6 +226,7 @@ pub struct Gateway {
     pub data_dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
     _database: Option<TestDatabase>,
+    options: GatewayOptions,
 }
 
 impl Gateway {
@@ -240,6 +241,25 @@ impl Gateway {
             Backend::Sqlite => None,
             Backend::Postgres => Some(TestDatabase::create().await),
         };
+        Self::spawn(data_dir, database, options)
+    }
+
+    /// Stops the process with `signal` (e.g. "KILL") and starts it again on the same data
+    /// directory and database, as an operator's restart would.
+    pub async fn restart_after(mut self, signal: &str) -> Self {
+        self.stop_with(signal).await;
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        let database = self._database.take();
+        let options = std::mem::take(&mut self.options);
+        drop(self);
+        Self::spawn(data_dir, database, options)
+    }
+
+    fn spawn(
+        data_dir: tempfile::TempDir,
+        database: Option<TestDatabase>,
+        options: GatewayOptions,
+    ) -> Self {
         let mut cmd = gateway_command();
         cmd.arg("serve");
         if !options.production {
@@ -309,6 +329,7 @@ impl Gateway {
             data_dir,
             logs,
             _database: database,
+            options,
         }
     }
 
@@ -334,6 +355,9 @@ impl Gateway {
     /// Sends `signal` (e.g. "TERM") and waits for the process to exit. Async, so that
     /// the test's own clients keep answering the server (HTTP/2 GOAWAY and PING) meanwhile.
     pub async fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            return status; // Already gone (a test killed it).
+        }
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())

@@ -565,3 +565,106 @@ async fn bad_fields_name_their_path() {
     .await;
     assert_eq!(problem["path"], "kind");
 }
+
+#[tokio::test]
+async fn every_acknowledged_send_survives_sigkill() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for backend in backends() {
+        let w = world(backend).await;
+        let episode = w.episode().await;
+        let acks = AtomicUsize::new(0);
+        let send = |i: usize| {
+            let (w, acks) = (&w, &acks);
+            let id = Uuid::new_v4();
+            let path = format!("/v1/episodes/{episode}/messages/{id}");
+            async move {
+                let body = message("message", &format!("m{i}"));
+                let response = w
+                    .patient
+                    .try_call(&w.http, Method::PUT, &w.url(&path), Some(&body))
+                    .await;
+                let ok = response.is_ok_and(|r| r.status().is_success());
+                if ok {
+                    acks.fetch_add(1, Ordering::SeqCst);
+                }
+                (id, ok)
+            }
+        };
+        // Sends in flight when the process dies: each was either acknowledged (and must be
+        // found after the restart) or failed at the client. The kill comes once a dozen
+        // have been acknowledged.
+        let pid = w.gw.pid().to_string();
+        let kill = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while acks.load(Ordering::SeqCst) < 12 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .unwrap();
+        };
+        let (results, ()) = tokio::join!(futures_util::future::join_all((0..80).map(send)), kill);
+        let acknowledged: Vec<Uuid> = results
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(id, _)| *id)
+            .collect();
+        assert!(acknowledged.len() >= 12, "{backend:?}");
+        eprintln!(
+            "{backend:?}: {} of {} sends acknowledged before SIGKILL",
+            acknowledged.len(),
+            results.len()
+        );
+
+        let World {
+            gw,
+            http: _,
+            platform,
+            patient,
+            therapist,
+        } = w;
+        let gw = gw.restart_after("KILL").await;
+        let w = World {
+            http: gw.client(),
+            gw,
+            platform,
+            patient,
+            therapist,
+        };
+        let history: Value = w
+            .call(
+                &w.patient,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages?limit=200"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let stored: Vec<Uuid> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        for id in &acknowledged {
+            assert!(
+                stored.contains(id),
+                "{backend:?}: acknowledged message {id} lost"
+            );
+        }
+        let seqs: Vec<i64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=i64::try_from(seqs.len()).unwrap()).collect::<Vec<_>>(),
+            "still gap-free"
+        );
+    }
+}
