@@ -225,7 +225,7 @@ pub struct Gateway {
     /// Data directory (SQLite file, dev certificate).
     pub data_dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
-    _database: Option<TestDatabase>,
+    database: Option<TestDatabase>,
     options: GatewayOptions,
 }
 
@@ -249,7 +249,7 @@ impl Gateway {
     pub async fn restart_after(mut self, signal: &str) -> Self {
         self.stop_with(signal).await;
         let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
-        let database = self._database.take();
+        let database = self.database.take();
         let options = std::mem::take(&mut self.options);
         drop(self);
         Self::spawn(data_dir, database, options)
@@ -328,7 +328,7 @@ impl Gateway {
             fingerprint: fingerprint.unwrap(),
             data_dir,
             logs,
-            _database: database,
+            database,
             options,
         }
     }
