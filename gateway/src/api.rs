@@ -25,6 +25,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: SharedAuth,
+    /// Wake-ups for stream readers.
+    pub push: crate::push::Push,
     /// Hosted logins, by issuer name.
     pub login: Arc<crate::login::LoginContext>,
     /// The gateway's own HelseID client for outbound calls, when configured.
@@ -37,6 +39,8 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/me", get(me))
+        .route("/v1/stream", get(crate::push::stream))
+        .route("/v1/inbox", get(crate::push::inbox))
         .route("/v1/episodes", get(messaging::list_episodes))
         .route(
             "/v1/episodes/{id}",

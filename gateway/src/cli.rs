@@ -131,14 +131,17 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         &login_http,
     )?);
     let metrics = Metrics::shared();
+    let push = crate::push::Push::default();
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
         auth,
+        push: push.clone(),
         login,
         outbound: outbound_client(&config)?,
     };
     let purge = tokio::spawn(purge_replay_entries(store.clone()));
+    let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
@@ -170,6 +173,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     )
     .await;
     purge.abort();
+    notifications.abort();
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -18,6 +18,7 @@ pub mod json;
 pub mod login;
 pub mod messaging;
 pub mod problem;
+pub mod push;
 pub mod server;
 pub mod stack;
 pub mod storage;

@@ -487,7 +487,10 @@ pub async fn put_message(
         request_hash: &hash,
     };
     let (status, position) = match state.store.append_message(&message).await? {
-        Appended::Created(p) => (StatusCode::CREATED, p),
+        Appended::Created(p) => {
+            state.push.wake();
+            (StatusCode::CREATED, p)
+        }
         Appended::Replayed(p) => (StatusCode::OK, p),
         Appended::Conflict => return Err(Problem::new(ProblemKind::MessageIdConflict)),
     };
@@ -521,7 +524,7 @@ pub struct SenderView {
     device: String,
 }
 
-fn message_view(m: StoredMessage) -> MessageView {
+pub(crate) fn message_view(m: StoredMessage) -> MessageView {
     MessageView {
         id: m.id,
         seq: m.seq,

@@ -244,6 +244,21 @@ impl Gateway {
         Self::spawn(data_dir, database, options)
     }
 
+    /// Another gateway process on the same PostgreSQL database as `self` (for tests of
+    /// several instances), with its own data directory.
+    #[must_use]
+    pub fn another_instance(&self) -> Self {
+        let url = self
+            .database
+            .as_ref()
+            .expect("a PostgreSQL gateway")
+            .url
+            .clone();
+        let mut options = self.options.clone();
+        options.env.push(("ICBT_STORAGE__URL".into(), url));
+        Self::spawn(tempfile::tempdir().unwrap(), None, options)
+    }
+
     /// Stops the process with `signal` (e.g. "KILL") and starts it again on the same data
     /// directory and database, as an operator's restart would.
     pub async fn restart_after(mut self, signal: &str) -> Self {
@@ -497,4 +512,66 @@ pub async fn expect_problem(
     );
     assert_eq!(body["status"], status);
     body
+}
+
+/// A Server-Sent Events reader over a response body.
+#[derive(Debug)]
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// One event: its `id` and `data` (parsed as JSON).
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub id: String,
+    pub data: serde_json::Value,
+}
+
+impl EventStream {
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), 200, "stream refused");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event with data, skipping heartbeats; `None` after `wait` without one.
+    pub async fn next(&mut self, wait: Duration) -> Option<StreamEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let (Some(id), false) = (id, data.is_empty()) {
+                    return Some(StreamEvent {
+                        id,
+                        data: serde_json::from_str(&data).unwrap(),
+                    });
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .unwrap()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
 }

@@ -379,6 +379,14 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => {
+                if self.backend == super::Backend::Postgres {
+                    // Delivered to every listening instance when, and only if, this commits.
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(super::stream::CHANNEL)
+                        .bind(&episode)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(Appended::Created(MessagePosition { seq, created_at_ms }))
             }
@@ -449,7 +457,7 @@ pub enum EpisodeFilter<'a> {
     CareTeam(&'a HprNumber),
 }
 
-fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError> {
+pub(super) fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError> {
     Ok(StoredMessage {
         id: super::parse_uuid(r, "id")?,
         seq: r.try_get("seq")?,

@@ -20,6 +20,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_messaging.sql"),
         include_str!("../../migrations/postgres/0004_messaging.sql"),
     ),
+    (
+        5,
+        "stream positions",
+        include_str!("../../migrations/sqlite/0005_stream.sql"),
+        include_str!("../../migrations/postgres/0005_stream.sql"),
+    ),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");

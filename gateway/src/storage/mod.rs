@@ -8,6 +8,7 @@
 mod messaging;
 mod migrations;
 mod sessions;
+pub mod stream;
 
 pub use messaging::{
     Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
@@ -77,6 +78,8 @@ pub struct Readiness {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL URL (with password) for LISTEN; never logged.
+    listen_url: Option<String>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -156,7 +159,12 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        let store = Self { pool, backend };
+        let listen_url = (backend == Backend::Postgres).then_some(url);
+        let store = Self {
+            pool,
+            backend,
+            listen_url,
+        };
         migrations::migrator(backend).run(&store.pool).await?;
         Ok(store)
     }

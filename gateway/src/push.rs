@@ -1,0 +1,280 @@
+//! Push: Server-Sent Events at `/v1/stream` and a long-poll inbox at `/v1/inbox`, both
+//! reading the principal's stream (`storage::stream`) from a resumable position.
+//!
+//! Notifications are only wake-ups; the database is the source of truth, so a missed or
+//! lagged notification costs latency, never a message. Within an instance, sends publish
+//! on a bounded broadcast channel; across instances, PostgreSQL's NOTIFY (sent inside each
+//! send's transaction) reaches every instance's listener.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use icbt_auth::principal::{Authenticated, Principal};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::api::AppState;
+use crate::authn::Caller;
+use crate::messaging::{MAX_PAGE, MessageView, message_view};
+use crate::problem::{Problem, ProblemKind};
+use crate::storage::stream::{StreamEntry, StreamFilter, StreamPosition};
+use crate::storage::{Store, now_ms};
+
+/// Wake-ups for stream readers; bounded, so a slow reader lags (and re-reads) rather than
+/// holding memory.
+#[derive(Debug, Clone)]
+pub struct Push {
+    tx: broadcast::Sender<()>,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(256).0,
+        }
+    }
+}
+
+impl Push {
+    /// Announces that something new was committed.
+    pub fn wake(&self) {
+        // No receiver is fine: nobody is listening.
+        let _ = self.tx.send(());
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<()> {
+        self.tx.subscribe()
+    }
+
+    /// Forwards PostgreSQL notifications from every instance, reconnecting after errors.
+    /// Returns at once on SQLite.
+    pub async fn forward_notifications(self, store: Store) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match store.message_listener().await {
+                Ok(None) => return,
+                Ok(Some(mut listener)) => {
+                    backoff = Duration::from_millis(200);
+                    // Whatever was announced while we were away: everyone re-reads.
+                    self.wake();
+                    while listener.recv().await.is_ok() {
+                        self.wake();
+                    }
+                    tracing::warn!("message notification listener disconnected");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "message notification listener cannot connect");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The stream filter for `caller`, or 403 for auditors (who reach the audit API only).
+fn filter_for(state: &AppState, caller: &Authenticated) -> Result<StreamFilter, Problem> {
+    if state.auth.auditors.holds(caller) {
+        tracing::info!(reason = "auditor_only", "authorisation refused");
+        return Err(Problem::new(ProblemKind::Forbidden));
+    }
+    Ok(match &caller.principal {
+        Principal::Patient(p) => StreamFilter::Patient(p.pid.clone()),
+        Principal::Clinician(c) => StreamFilter::CareTeam(c.hpr_number.clone()),
+        Principal::System(s) => StreamFilter::Clinics(
+            s.orgnr_parent
+                .iter()
+                .chain(&s.orgnr_child)
+                .cloned()
+                .collect(),
+        ),
+    })
+}
+
+fn parse_position(value: &str) -> Result<StreamPosition, Problem> {
+    value
+        .parse()
+        .map_err(|e: crate::storage::stream::PositionError| {
+            Problem::new(ProblemKind::InvalidField)
+                .detail(e.to_string())
+                .with("path", "after")
+        })
+}
+
+/// One entry as clients see it.
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    position: String,
+    episode: uuid::Uuid,
+    message: MessageView,
+}
+
+fn entry_view(entry: StreamEntry) -> EntryView {
+    EntryView {
+        position: entry.position.to_string(),
+        episode: entry.episode.0,
+        message: message_view(entry.message),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    after: Option<String>,
+}
+
+struct Reader {
+    store: Store,
+    filter: StreamFilter,
+    position: StreamPosition,
+    wake: broadcast::Receiver<()>,
+    buffer: VecDeque<StreamEntry>,
+}
+
+/// How long a reader waits for a wake-up before looking anyway.
+const RECHECK: Duration = Duration::from_secs(5);
+/// Entries read per query.
+const BATCH: i64 = 100;
+
+impl Reader {
+    /// The next entry, waiting for one as long as it takes.
+    async fn next(&mut self) -> Option<StreamEntry> {
+        loop {
+            if let Some(entry) = self.buffer.pop_front() {
+                return Some(entry);
+            }
+            match self
+                .store
+                .stream_after(&self.filter, self.position, now_ms(), BATCH)
+                .await
+            {
+                Ok(entries) if !entries.is_empty() => {
+                    if let Some(last) = entries.last() {
+                        self.position = last.position;
+                    }
+                    self.buffer.extend(entries);
+                }
+                Ok(_) => {
+                    tokio::select! {
+                        woke = self.wake.recv() => if matches!(woke, Err(broadcast::error::RecvError::Closed)) {
+                            return None;
+                        },
+                        () = tokio::time::sleep(RECHECK) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream read failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
+/// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
+/// exactly what came after it. Without either, the stream starts at the present.
+pub async fn stream(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let filter = filter_for(&state, &caller)?;
+    let wake = state.push.subscribe();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.after);
+    let position = match resume {
+        Some(value) => parse_position(&value)?,
+        None => state.store.stream_head().await?,
+    };
+    let reader = Reader {
+        store: state.store.clone(),
+        filter,
+        position,
+        wake,
+        buffer: VecDeque::new(),
+    };
+    let events = futures_util::stream::unfold(reader, |mut reader| async move {
+        let entry = reader.next().await?;
+        let id = entry.position.to_string();
+        let data = serde_json::to_string(&entry_view(entry)).unwrap_or_default();
+        Some((
+            Ok(Event::default().id(id).event("message").data(data)),
+            reader,
+        ))
+    });
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("heartbeat"),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InboxQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    /// Seconds to wait for something new when nothing is (0–25).
+    wait: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InboxPage {
+    entries: Vec<EntryView>,
+    /// Pass as `after` next time.
+    next_after: String,
+}
+
+/// `GET /v1/inbox?after=POS&limit=N&wait=S`: the caller's messages across episodes, in
+/// order; with `wait`, a long poll that answers as soon as something arrives.
+pub async fn inbox(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(query): Query<InboxQuery>,
+) -> Result<Json<InboxPage>, Problem> {
+    let filter = filter_for(&state, &caller)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(parse_position)
+        .transpose()?
+        .unwrap_or_default();
+    let limit = match query.limit {
+        None => 50,
+        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(Problem::new(ProblemKind::InvalidField)
+                .with("path", "limit")
+                .detail(format!("1 to {MAX_PAGE}")));
+        }
+    };
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut wake = state.push.subscribe();
+    loop {
+        let entries = state
+            .store
+            .stream_after(&filter, after, now_ms(), limit)
+            .await?;
+        if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next_after = entries.last().map_or(after, |e| e.position).to_string();
+            return Ok(Json(InboxPage {
+                entries: entries.into_iter().map(entry_view).collect(),
+                next_after,
+            }));
+        }
+        tokio::select! {
+            _ = wake.recv() => {}
+            () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RECHECK)) => {}
+        }
+    }
+}

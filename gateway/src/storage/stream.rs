@@ -1,0 +1,181 @@
+//! The per-principal message stream: every message of every episode a principal may see,
+//! in commit order, resumable from a position.
+//!
+//! SQLite commits one writer at a time, so `rowid` order is commit order. PostgreSQL
+//! commits concurrently, so a position is `(tx, pos)`: the writing transaction's id and an
+//! identity; readers only read rows below the oldest running transaction
+//! (`pg_snapshot_xmin`), so no later commit can land behind a position already passed.
+//! New messages are announced on the `icbt_messages` channel (NOTIFY, sent inside the
+//! send's transaction, so it fires exactly when the message commits).
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::Row;
+
+use super::{Backend, StorageError, Store, StoredMessage};
+use crate::episode::{EpisodeId, NationalId, OrgNumber};
+use icbt_auth::identity::HprNumber;
+
+/// The NOTIFY channel for new messages; the payload is the episode id.
+pub const CHANNEL: &str = "icbt_messages";
+
+/// A position in a principal's stream, shown to clients as `tx.pos`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamPosition {
+    pub tx: i64,
+    pub pos: i64,
+}
+
+impl fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.tx, self.pos)
+    }
+}
+
+/// Why a position string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a stream position is two non-negative numbers joined by a dot")]
+pub struct PositionError;
+
+impl FromStr for StreamPosition {
+    type Err = PositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tx, pos) = s.split_once('.').ok_or(PositionError)?;
+        let tx: i64 = tx.parse().map_err(|_| PositionError)?;
+        let pos: i64 = pos.parse().map_err(|_| PositionError)?;
+        if tx < 0 || pos < 0 {
+            return Err(PositionError);
+        }
+        Ok(Self { tx, pos })
+    }
+}
+
+/// Whose episodes a stream covers.
+#[derive(Debug, Clone)]
+pub enum StreamFilter {
+    Patient(NationalId),
+    /// A therapist: care teams, cover only until it ends.
+    CareTeam(HprNumber),
+    /// A system client: the clinics of its organisations.
+    Clinics(Vec<OrgNumber>),
+}
+
+/// One stream entry.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub position: StreamPosition,
+    pub episode: EpisodeId,
+    pub message: StoredMessage,
+}
+
+impl Store {
+    /// Entries after `after` for `filter`, in commit order, at most `limit`.
+    pub async fn stream_after(
+        &self,
+        filter: &StreamFilter,
+        after: StreamPosition,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<StreamEntry>, StorageError> {
+        let (position, order, visible) = match self.backend {
+            Backend::Sqlite => ("0 AS tx, m.rowid AS pos", "m.rowid", "m.rowid > $2"),
+            Backend::Postgres => (
+                "m.tx, m.pos",
+                "m.tx, m.pos",
+                "(m.tx, m.pos) > ($1, $2) AND m.tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            ),
+        };
+        let (condition, values): (String, Vec<String>) = match filter {
+            StreamFilter::Patient(pid) => ("e.patient_nin = $4".into(), vec![pid.expose().to_owned()]),
+            StreamFilter::CareTeam(hpr) => (
+                "e.id IN (SELECT episode_id FROM care_team WHERE hpr_number = $4 AND (until_ms IS NULL OR until_ms > $3))".into(),
+                vec![hpr.as_str().to_owned()],
+            ),
+            StreamFilter::Clinics(orgs) => {
+                let slots: Vec<String> = (0..orgs.len()).map(|i| format!("${}", i + 4)).collect();
+                (
+                    format!("e.clinic_id IN (SELECT id FROM clinics WHERE org_number IN ({}))", slots.join(", ")),
+                    orgs.iter().map(|o| o.as_str().to_owned()).collect(),
+                )
+            }
+        };
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit_slot = values.len() + 4;
+        // $1 and $3 appear in some variants only; SQLite and PostgreSQL both accept
+        // unused numbered parameters only if every one is bound, so all are bound.
+        let sql = format!(
+            "SELECT {position}, m.episode_id, m.id, m.seq, m.kind, m.sender_kind, m.sender_ref, m.sender_device, \
+             m.recipients, m.content_type, m.body, m.created_at_ms \
+             FROM messages m JOIN episodes e ON e.id = m.episode_id \
+             WHERE {visible} AND {condition} AND $3 = $3 AND $1 = $1 ORDER BY {order} LIMIT ${limit_slot}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.tx)
+            .bind(after.pos)
+            .bind(now_ms);
+        for value in &values {
+            query = query.bind(value);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StreamEntry {
+                    position: StreamPosition {
+                        tx: r.try_get("tx")?,
+                        pos: r.try_get("pos")?,
+                    },
+                    episode: EpisodeId(super::parse_uuid(r, "episode_id")?),
+                    message: super::messaging::message_from_row(r)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The present end of the stream: a reader starting here sees only what commits next.
+    pub async fn stream_head(&self) -> Result<StreamPosition, StorageError> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT 0 AS tx, COALESCE(MAX(rowid), 0) AS pos FROM messages",
+            Backend::Postgres => {
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS tx, 0::bigint AS pos"
+            }
+        };
+        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+        Ok(StreamPosition {
+            tx: row.try_get("tx")?,
+            pos: row.try_get("pos")?,
+        })
+    }
+
+    /// A listener for new-message notifications from every instance (PostgreSQL only;
+    /// SQLite is one instance, announced in-process).
+    pub async fn message_listener(
+        &self,
+    ) -> Result<Option<sqlx::postgres::PgListener>, StorageError> {
+        let Some(url) = &self.listen_url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(listener))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_order() {
+        let p: StreamPosition = "12.7".parse().unwrap();
+        assert_eq!(p, StreamPosition { tx: 12, pos: 7 });
+        assert_eq!(p.to_string(), "12.7");
+        assert!(StreamPosition { tx: 12, pos: 9 } > p);
+        assert!(StreamPosition { tx: 13, pos: 1 } > p);
+        for bad in ["", "1", "a.b", "-1.2", "1.-2", "1.2.3"] {
+            assert!(bad.parse::<StreamPosition>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Push: Server-Sent Events with exact resumption, the long-poll inbox, and delivery
+//! across two gateway processes on one PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // test code stops at the first surprise
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::{Backend, EventStream, Gateway, GatewayOptions, SYNTHETIC_FNR, backends};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const THERAPIST_HPR: &str = "565501872";
+const THERAPIST_PID: &str = "01018512528";
+
+async fn gateway(backend: Backend) -> Gateway {
+    let idps = IdentityProviders::shared();
+    Gateway::start_with(
+        backend,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn episode(gw: &Gateway, platform: &Actor) -> Uuid {
+    let http = gw.client();
+    let id = Uuid::new_v4();
+    let body = json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "social-anxiety-14w" });
+    assert_eq!(
+        platform
+            .call(
+                &http,
+                Method::PUT,
+                &format!("{}/v1/episodes/{id}", gw.url),
+                Some(&body)
+            )
+            .await
+            .status(),
+        201
+    );
+    let team = json!({ "members": [{ "hpr_number": THERAPIST_HPR, "role": "therapist" }] });
+    assert_eq!(
+        platform
+            .call(
+                &http,
+                Method::PUT,
+                &format!("{}/v1/episodes/{id}/care-team", gw.url),
+                Some(&team)
+            )
+            .await
+            .status(),
+        200
+    );
+    id
+}
+
+async fn send(gw: &Gateway, who: &Actor, episode: Uuid, text: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    let body = json!({
+        "kind": "message", "sender_device": "d1", "recipients": ["k1"],
+        "content_type": "application/jose+json", "envelope": URL_SAFE_NO_PAD.encode(text),
+    });
+    let url = format!("{}/v1/episodes/{episode}/messages/{id}", gw.url);
+    assert_eq!(
+        who.call(&gw.client(), Method::PUT, &url, Some(&body))
+            .await
+            .status(),
+        201
+    );
+    id
+}
+
+async fn open_stream(gw: &Gateway, who: &Actor, last_event_id: Option<&str>) -> EventStream {
+    let url = format!("{}/v1/stream", gw.url);
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(rustls_config(gw))
+        .build()
+        .unwrap();
+    let mut request = http.get(&url);
+    let proof = who.client.dpop_key().map(|k| {
+        k.proof(
+            "GET",
+            &url,
+            Some(&who.token.access_token),
+            None,
+            icbt_auth::now_secs(),
+        )
+    });
+    request = match proof {
+        Some(p) => request
+            .header("authorization", format!("DPoP {}", who.token.access_token))
+            .header("dpop", p),
+        None => request.header(
+            "authorization",
+            format!("Bearer {}", who.token.access_token),
+        ),
+    };
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    EventStream::new(request.send().await.unwrap())
+}
+
+/// A TLS client config trusting the gateway's dev certificate (a stream client needs no
+/// overall timeout, unlike the harness's default client).
+fn rustls_config(gw: &Gateway) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.certificate_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+fn envelope_text(event: &Value) -> String {
+    String::from_utf8(
+        URL_SAFE_NO_PAD
+            .decode(event["message"]["envelope"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let platform = Actor::system("icbt-platform").await;
+        let patient = Actor::patient(SYNTHETIC_FNR).await;
+        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+        let episode = episode(&gw, &platform).await;
+
+        let mut stream = open_stream(&gw, &therapist, None).await;
+        send(&gw, &patient, episode, "one").await;
+        let first = stream
+            .next(Duration::from_secs(3))
+            .await
+            .expect("pushed, not found by the 5 s re-check");
+        assert_eq!(envelope_text(&first.data), "one", "{backend:?}");
+        assert_eq!(first.data["episode"], episode.to_string());
+        assert_eq!(first.data["position"], first.id);
+        drop(stream);
+
+        // Missed while disconnected.
+        send(&gw, &patient, episode, "two").await;
+        send(&gw, &patient, episode, "three").await;
+        let mut resumed = open_stream(&gw, &therapist, Some(&first.id)).await;
+        let two = resumed.next(Duration::from_secs(10)).await.unwrap();
+        let three = resumed.next(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            (envelope_text(&two.data), envelope_text(&three.data)),
+            ("two".into(), "three".into()),
+            "{backend:?}"
+        );
+        assert!(
+            resumed.next(Duration::from_millis(300)).await.is_none(),
+            "{backend:?}: nothing replayed twice"
+        );
+        send(&gw, &patient, episode, "four").await;
+        assert_eq!(
+            envelope_text(&resumed.next(Duration::from_secs(10)).await.unwrap().data),
+            "four"
+        );
+
+        // Someone else's stream sees none of it.
+        let stranger = Actor::patient("01018512447").await;
+        let mut theirs = open_stream(&gw, &stranger, Some("0.0")).await;
+        assert!(
+            theirs.next(Duration::from_millis(300)).await.is_none(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_poll_inbox_answers_when_a_message_arrives() {
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let platform = Actor::system("icbt-platform").await;
+        let patient = Actor::patient(SYNTHETIC_FNR).await;
+        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+        let episode = episode(&gw, &platform).await;
+        send(&gw, &patient, episode, "before").await;
+
+        let http = gw.client();
+        let page: Value = therapist
+            .call(&http, Method::GET, &format!("{}/v1/inbox", gw.url), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let entries = page["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{backend:?}: {page}");
+        let after = page["next_after"].as_str().unwrap().to_owned();
+
+        let url = format!("{}/v1/inbox?after={after}&wait=10", gw.url);
+        let (page, ()) = tokio::join!(therapist.call(&http, Method::GET, &url, None), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send(&gw, &patient, episode, "during the wait").await;
+        });
+        let page: Value = page.json().await.unwrap();
+        assert_eq!(
+            page["entries"].as_array().unwrap().len(),
+            1,
+            "{backend:?}: {page}"
+        );
+        assert_eq!(envelope_text(&page["entries"][0]), "during the wait");
+    }
+}
+
+#[tokio::test]
+async fn a_message_written_through_one_instance_reaches_a_subscriber_on_another() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let a = gateway(Backend::Postgres).await;
+    let b = a.another_instance();
+    let platform = Actor::system("icbt-platform").await;
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+    let episode = episode(&a, &platform).await;
+    let mut on_b = open_stream(&b, &therapist, None).await;
+    send(&a, &patient, episode, "across instances").await;
+    let event = on_b
+        .next(Duration::from_secs(10))
+        .await
+        .expect("delivered through PostgreSQL NOTIFY");
+    assert_eq!(envelope_text(&event.data), "across instances");
+}
