@@ -56,6 +56,10 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
         )
         .route("/v1/episodes/{id}/messages", get(messaging::list_messages))
         .route(
+            "/v1/episodes/{id}/receipts",
+            get(messaging::get_receipts).put(messaging::put_receipts),
+        )
+        .route(
             "/v1/episodes/{id}/messages/{message_id}",
             axum::routing::put(messaging::put_message),
         )

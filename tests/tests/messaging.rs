@@ -668,3 +668,113 @@ async fn every_acknowledged_send_survives_sigkill() {
         );
     }
 }
+
+#[tokio::test]
+async fn receipts_show_the_sender_who_received_and_read_and_count_unread() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let episode = w.episode().await;
+        for text in ["a", "b", "c"] {
+            let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+            assert_eq!(
+                w.call(
+                    &w.patient,
+                    Method::PUT,
+                    &path,
+                    Some(&message("message", text))
+                )
+                .await
+                .status(),
+                201
+            );
+        }
+        let receipts = format!("/v1/episodes/{episode}/receipts");
+        let before: Value = w
+            .call(&w.therapist, Method::GET, &receipts, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(before["unread"], 3, "{backend:?}");
+        let patient_view: Value = w
+            .call(&w.patient, Method::GET, &receipts, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            patient_view["unread"], 0,
+            "one's own messages are not unread"
+        );
+
+        let marked = w
+            .call(
+                &w.therapist,
+                Method::PUT,
+                &receipts,
+                Some(&json!({ "delivered_up_to": 3, "read_up_to": 2 })),
+            )
+            .await;
+        assert_eq!(marked.status(), 200);
+        let marked: Value = marked.json().await.unwrap();
+        assert_eq!(marked["unread"], 1);
+        // Marks never move back.
+        w.call(
+            &w.therapist,
+            Method::PUT,
+            &receipts,
+            Some(&json!({ "read_up_to": 1 })),
+        )
+        .await;
+
+        // The sender sees, per reader, what was delivered and read.
+        let seen: Value = w
+            .call(&w.patient, Method::GET, &receipts, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let therapist = seen["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "clinician")
+            .unwrap()
+            .clone();
+        assert_eq!(therapist["reference"], THERAPIST_HPR);
+        assert_eq!(therapist["delivered_up_to"], 3);
+        assert_eq!(therapist["read_up_to"], 2, "{backend:?}");
+
+        expect_problem(
+            w.call(
+                &w.therapist,
+                Method::PUT,
+                &receipts,
+                Some(&json!({ "read_up_to": 4 })),
+            )
+            .await,
+            422,
+            "invalid-field",
+        )
+        .await;
+        expect_problem(
+            w.call(
+                &w.platform,
+                Method::PUT,
+                &receipts,
+                Some(&json!({ "read_up_to": 1 })),
+            )
+            .await,
+            403,
+            "forbidden",
+        )
+        .await;
+        let stranger = Actor::patient(OTHER_PATIENT).await;
+        expect_problem(
+            w.call(&stranger, Method::GET, &receipts, None).await,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+}

@@ -26,11 +26,13 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_stream.sql"),
         include_str!("../../migrations/postgres/0005_stream.sql"),
     ),
+    (6, "receipts", RECEIPTS, RECEIPTS),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
 const DPOP: &str = include_str!("../../migrations/0002_dpop_replay.sql");
 const LOGIN: &str = include_str!("../../migrations/0003_login_sessions.sql");
+const RECEIPTS: &str = include_str!("../../migrations/0006_receipts.sql");
 
 pub(super) fn migrator(backend: Backend) -> Migrator {
     Migrator::with_migrations(

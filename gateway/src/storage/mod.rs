@@ -7,6 +7,7 @@
 
 mod messaging;
 mod migrations;
+mod receipts;
 mod sessions;
 pub mod stream;
 
@@ -14,6 +15,7 @@ pub use messaging::{
     Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,
 };
+pub use receipts::ReceiptMarks;
 pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;

@@ -1,0 +1,106 @@
+//! Delivery and read receipts, kept as per-reader watermarks.
+
+use sqlx::Row;
+
+use super::{Backend, StorageError, Store, now_ms};
+use crate::episode::EpisodeId;
+
+/// One reader's marks in one episode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptMarks {
+    pub reader_kind: String,
+    pub reader_ref: String,
+    pub delivered_up_to: i64,
+    pub read_up_to: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Store {
+    /// The highest sequence number of the episode (0 when it has no messages).
+    pub async fn last_seq(&self, episode: EpisodeId) -> Result<i64, StorageError> {
+        let row = sqlx::query("SELECT next_seq - 1 AS last FROM episodes WHERE id = $1")
+            .bind(episode.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("last")).transpose()?.unwrap_or(0))
+    }
+
+    /// Moves a reader's marks forward (never back). Reading implies delivery.
+    pub async fn mark(
+        &self,
+        episode: EpisodeId,
+        reader_kind: &str,
+        reader_ref: &str,
+        delivered_up_to: i64,
+        read_up_to: i64,
+    ) -> Result<ReceiptMarks, StorageError> {
+        let max = match self.backend {
+            Backend::Sqlite => "MAX",
+            Backend::Postgres => "GREATEST",
+        };
+        let delivered = delivered_up_to.max(read_up_to);
+        let sql = format!(
+            "INSERT INTO receipts (episode_id, reader_kind, reader_ref, delivered_up_to, read_up_to, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (episode_id, reader_kind, reader_ref) DO UPDATE SET \
+             delivered_up_to = {max}(receipts.delivered_up_to, excluded.delivered_up_to), \
+             read_up_to = {max}(receipts.read_up_to, excluded.read_up_to), updated_at_ms = excluded.updated_at_ms"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(episode.to_string())
+            .bind(reader_kind)
+            .bind(reader_ref)
+            .bind(delivered)
+            .bind(read_up_to)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        let marks = self.receipts(episode).await?;
+        marks
+            .into_iter()
+            .find(|m| m.reader_kind == reader_kind && m.reader_ref == reader_ref)
+            .ok_or(StorageError::Corrupt("receipts"))
+    }
+
+    /// Every reader's marks in the episode.
+    pub async fn receipts(&self, episode: EpisodeId) -> Result<Vec<ReceiptMarks>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT reader_kind, reader_ref, delivered_up_to, read_up_to, updated_at_ms FROM receipts \
+             WHERE episode_id = $1 ORDER BY reader_kind, reader_ref",
+        )
+        .bind(episode.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReceiptMarks {
+                    reader_kind: r.try_get("reader_kind")?,
+                    reader_ref: r.try_get("reader_ref")?,
+                    delivered_up_to: r.try_get("delivered_up_to")?,
+                    read_up_to: r.try_get("read_up_to")?,
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Messages after `read_up_to` that someone other than the reader sent.
+    pub async fn unread_count(
+        &self,
+        episode: EpisodeId,
+        reader_kind: &str,
+        reader_ref: &str,
+        read_up_to: i64,
+    ) -> Result<i64, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM messages WHERE episode_id = $1 AND seq > $2 \
+             AND NOT (sender_kind = $3 AND sender_ref = $4)",
+        )
+        .bind(episode.to_string())
+        .bind(read_up_to)
+        .bind(reader_kind)
+        .bind(reader_ref)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+}
