@@ -71,6 +71,10 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// Time a TLS handshake may take.
     pub handshake_timeout_ms: u64,
+    /// Requests per minute each principal may make (0 turns the limit off).
+    pub rate_limit_per_minute: u32,
+    /// Requests a principal may make at once before the per-minute rate applies.
+    pub rate_limit_burst: u32,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_seconds: u64,
     /// `max-age` of the Strict-Transport-Security header.
@@ -86,6 +90,8 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             concurrency_limit: 1024,
             handshake_timeout_ms: 10_000,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 60,
             shutdown_grace_seconds: 30,
             hsts_max_age_seconds: 63_072_000,
         }

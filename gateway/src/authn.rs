@@ -19,10 +19,15 @@ use crate::problem::{Problem, ProblemKind};
 /// The `DPoP-Nonce` response header (RFC 9449 §8).
 pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
+/// Per-principal request rate, keyed by a hash of the principal's identity.
+pub type PrincipalLimiter = governor::DefaultKeyedRateLimiter<[u8; 32]>;
+
 /// What authentication needs at request time.
 #[derive(Debug)]
 pub struct AuthContext {
     pub validator: Validator,
+    /// `None` when rate limiting is off.
+    pub limiter: Option<PrincipalLimiter>,
     /// Origin clients address, for DPoP `htu`; else taken from the request.
     pub public_url: Option<String>,
     pub auditors: AuditorRule,
@@ -32,6 +37,19 @@ pub struct AuthContext {
 
 impl AuthContext {
     pub fn new(validator: Validator, public_url: Option<String>, auditors: AuditorRule) -> Self {
+        Self::with_limit(validator, public_url, auditors, None)
+    }
+
+    /// With a per-principal rate: `per_minute` requests, `burst` at once.
+    pub fn with_limit(
+        validator: Validator,
+        public_url: Option<String>,
+        auditors: AuditorRule,
+        limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+    ) -> Self {
+        let limiter = limit.map(|(per_minute, burst)| {
+            governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute).allow_burst(burst))
+        });
         let dpop_algs = validator
             .dpop()
             .algorithms()
@@ -41,10 +59,49 @@ impl AuthContext {
             .join(" ");
         Self {
             validator,
+            limiter,
             public_url,
             auditors,
             realm: "icbt-gateway".into(),
             dpop_algs,
+        }
+    }
+
+    /// Counts a request of `caller` against its rate; 429 with `Retry-After` when over.
+    pub fn admit(&self, caller: &Authenticated) -> Result<(), Problem> {
+        use governor::clock::Clock as _;
+        use icbt_auth::principal::Principal;
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let identity = match &caller.principal {
+            Principal::Patient(p) => format!("patient\u{0}{}", p.pid.expose()),
+            Principal::Clinician(c) => format!("clinician\u{0}{}", c.hpr_number),
+            Principal::System(s) => format!("system\u{0}{}", s.client_id),
+        };
+        let mut key = [0u8; 32];
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{}\u{0}{identity}", caller.issuer).as_bytes(),
+        );
+        key.copy_from_slice(digest.as_ref());
+        limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            tracing::info!(reason = "rate_limited", "request refused");
+            let mut problem =
+                Problem::new(ProblemKind::RateLimited).with("retry_after_seconds", seconds);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                problem = problem.header(header::RETRY_AFTER, value);
+            }
+            problem
+        })
+    }
+
+    /// Forgets rate state of principals not seen lately (bounded memory).
+    pub fn forget_idle_principals(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
         }
     }
 
@@ -127,6 +184,7 @@ impl FromRequestParts<AppState> for Caller {
             return match crate::login::session_principal(state, parts, &cookie).await {
                 Ok(authenticated) => {
                     tracing::Span::current().record("principal", authenticated.principal.kind());
+                    auth.admit(&authenticated)?;
                     let caller = Caller(authenticated);
                     parts.extensions.insert(caller.clone());
                     Ok(caller)
@@ -156,6 +214,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         match auth.validator.authenticate(facts, &state.store).await {
             Ok(authenticated) => {
+                auth.admit(&authenticated)?;
                 let span = tracing::Span::current();
                 span.record("principal", authenticated.principal.kind());
                 span.record("issuer", &*authenticated.issuer);

@@ -140,7 +140,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         login,
         outbound: outbound_client(&config)?,
     };
-    let purge = tokio::spawn(purge_replay_entries(store.clone()));
+    let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
@@ -198,10 +198,15 @@ fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {
             .collect::<anyhow::Result<_>>()?,
         scope: config.auth.auditors.scope.clone(),
     };
-    Ok(AuthContext::new(
+    let limit = std::num::NonZeroU32::new(config.server.rate_limit_per_minute).map(|per_minute| {
+        let burst = std::num::NonZeroU32::new(config.server.rate_limit_burst).unwrap_or(per_minute);
+        (per_minute, burst)
+    });
+    Ok(AuthContext::with_limit(
         validator,
         config.server.public_url.clone(),
         auditors,
+        limit,
     ))
 }
 
@@ -221,8 +226,9 @@ fn outbound_client(config: &Config) -> anyhow::Result<Option<Arc<OutboundTokens>
     Ok(Some(Arc::new(tokens)))
 }
 
-/// Deletes expired DPoP proof ids once a minute.
-async fn purge_replay_entries(store: Store) {
+/// Once a minute: deletes expired DPoP proof ids and forgets the rate state of
+/// principals not seen lately.
+async fn housekeeping(store: Store, auth: Arc<AuthContext>) {
     let mut tick = tokio::time::interval(Duration::from_mins(1));
     loop {
         tick.tick().await;
@@ -232,5 +238,6 @@ async fn purge_replay_entries(store: Store) {
         {
             tracing::warn!(error = %e, "purging DPoP replay entries failed");
         }
+        auth.forget_idle_principals();
     }
 }

@@ -47,11 +47,12 @@ pub enum ProblemKind {
     EpisodeClosed,
     MessageIdConflict,
     KindNotAllowed,
+    RateLimited,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 28] = [
+    pub const ALL: [ProblemKind; 29] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -80,6 +81,7 @@ impl ProblemKind {
         Self::EpisodeClosed,
         Self::MessageIdConflict,
         Self::KindNotAllowed,
+        Self::RateLimited,
     ];
 
     /// The last segment of the `type` URI.
@@ -113,6 +115,7 @@ impl ProblemKind {
             Self::EpisodeClosed => "episode-closed",
             Self::MessageIdConflict => "message-id-conflict",
             Self::KindNotAllowed => "kind-not-allowed",
+            Self::RateLimited => "rate-limited",
         }
     }
 
@@ -145,6 +148,7 @@ impl ProblemKind {
             | Self::EpisodeClosed
             | Self::MessageIdConflict => StatusCode::CONFLICT,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -180,6 +184,9 @@ impl ProblemKind {
             Self::EpisodeClosed => "The episode is finished or cancelled and takes no new messages",
             Self::MessageIdConflict => "The message id was used for a different message",
             Self::KindNotAllowed => "This kind of message cannot be sent by this principal",
+            Self::RateLimited => {
+                "Too many requests from this principal; retry after the given time"
+            }
         }
     }
 

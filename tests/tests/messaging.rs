@@ -778,3 +778,40 @@ async fn receipts_show_the_sender_who_received_and_read_and_count_unread() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn each_principal_is_rate_limited_on_its_own() {
+    let idps = IdentityProviders::shared();
+    let options = GatewayOptions {
+        config_toml: Some(idps.gateway_config()),
+        env: vec![
+            ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "6".into()),
+            ("ICBT_SERVER__RATE_LIMIT_BURST".into(), "3".into()),
+        ],
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(Backend::Sqlite, options).await;
+    let http = gw.client();
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let url = format!("{}/v1/episodes", gw.url);
+    for _ in 0..3 {
+        assert_eq!(
+            patient.call(&http, Method::GET, &url, None).await.status(),
+            200
+        );
+    }
+    let limited = patient.call(&http, Method::GET, &url, None).await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    expect_problem(limited, 429, "rate-limited").await;
+    let other = Actor::patient(OTHER_PATIENT).await;
+    assert_eq!(
+        other.call(&http, Method::GET, &url, None).await.status(),
+        200,
+        "another principal has its own budget"
+    );
+}
