@@ -33,39 +33,98 @@ pub struct AppState {
     pub outbound: Option<Arc<icbt_auth::client::OutboundTokens>>,
 }
 
+/// The OpenAPI document's fixed parts; the paths come from the routes themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "icbt-gateway",
+        description = "Messaging gateway between iCBT platforms, patients, therapists and hospital systems. Errors are RFC 9457 problem details (docs/problems.md)."
+    ),
+    components(schemas(crate::problem::ProblemDocument)),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "dpop",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "DPoP",
+                "RFC 9449: `Authorization: DPoP <token>` with a proof in the `DPoP` header",
+            ))),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::login::SESSION_COOKIE,
+                "hosted-login session (see /auth/login)",
+            ))),
+        );
+    }
+}
+
+/// The routes with their OpenAPI document, built from the same handler list so the two
+/// cannot disagree.
+fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(me))
+        .routes(routes!(crate::push::stream))
+        .routes(routes!(crate::push::inbox))
+        .routes(routes!(messaging::list_episodes))
+        .routes(routes!(messaging::get_episode, messaging::put_episode))
+        .routes(routes!(messaging::put_care_team))
+        .routes(routes!(messaging::put_state))
+        .routes(routes!(messaging::list_messages))
+        .routes(routes!(messaging::get_receipts, messaging::put_receipts))
+        .routes(routes!(messaging::put_message))
+        .routes(routes!(crate::login::start))
+        .routes(routes!(crate::login::callback))
+        .routes(routes!(crate::login::logout))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document as JSON.
+pub fn openapi_json() -> String {
+    documented().1.to_pretty_json().unwrap_or_default()
+}
+
 /// The router, without the cross-cutting stack.
 pub fn router(state: AppState, metrics_enabled: bool) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/me", get(me))
-        .route("/v1/stream", get(crate::push::stream))
-        .route("/v1/inbox", get(crate::push::inbox))
-        .route("/v1/episodes", get(messaging::list_episodes))
-        .route(
-            "/v1/episodes/{id}",
-            get(messaging::get_episode).put(messaging::put_episode),
-        )
-        .route(
-            "/v1/episodes/{id}/care-team",
-            axum::routing::put(messaging::put_care_team),
-        )
-        .route(
-            "/v1/episodes/{id}/state",
-            axum::routing::put(messaging::put_state),
-        )
-        .route("/v1/episodes/{id}/messages", get(messaging::list_messages))
-        .route(
-            "/v1/episodes/{id}/receipts",
-            get(messaging::get_receipts).put(messaging::put_receipts),
-        )
-        .route(
-            "/v1/episodes/{id}/messages/{message_id}",
-            axum::routing::put(messaging::put_message),
-        )
-        .route("/auth/login/{issuer}", get(crate::login::start))
-        .route("/auth/callback", get(crate::login::callback))
-        .route("/auth/logout", axum::routing::post(crate::login::logout));
+    let (mut router, document) = documented();
+    let document = Arc::new(document.to_pretty_json().unwrap_or_default());
+    router = router.route(
+        "/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.as_str().to_owned(),
+                )
+            }
+        }),
+    );
     if metrics_enabled {
         router = router.route("/metrics", get(metrics));
     }
@@ -75,17 +134,18 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
         .with_state(state)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
 }
 
 /// Alive: the process answers. Says nothing about the database.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "alive" })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Ready {
     status: &'static str,
     backend: &'static str,
@@ -94,6 +154,7 @@ struct Ready {
 }
 
 /// Ready: the database answers and the schema is current.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Ready), (status = 503, body = crate::problem::ProblemDocument)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let r = state.store.readiness().await;
     if r.reachable && r.migrations_applied {
@@ -133,7 +194,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// What the gateway knows of the caller: enough for a platform to check its set-up,
 /// without the national id number.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Me {
     kind: &'static str,
     issuer: String,
@@ -152,6 +213,7 @@ struct Me {
 }
 
 #[allow(clippy::unused_async)] // axum handlers are async
+#[utoipa::path(get, path = "/v1/me", tag = "principals", responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = Me)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 async fn me(State(state): State<AppState>, Caller(auth): Caller) -> Json<Me> {
     let mut me = Me {
         kind: auth.principal.kind(),

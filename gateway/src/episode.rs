@@ -37,7 +37,7 @@ uuid_id!(
 );
 
 /// The life cycle of a treatment episode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EpisodeState {
     Planned,

@@ -141,13 +141,14 @@ fn upstream(error: &icbt_auth::client::ClientError) -> Problem {
     Problem::new(ProblemKind::UpstreamUnavailable)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct LoginQuery {
     return_to: Option<String>,
     login_hint: Option<String>,
 }
 
 /// `GET /auth/login/{issuer}`: starts a login and sends the browser to the issuer.
+#[utoipa::path(get, path = "/auth/login/{issuer}", tag = "login", params(("issuer" = String, Path, description = "name of a configured issuer"), LoginQuery), responses((status = 303, description = "to the issuer"), (status = 404, body = crate::problem::ProblemDocument)))]
 pub async fn start(
     State(state): State<AppState>,
     Path(issuer): Path<String>,
@@ -194,7 +195,7 @@ pub async fn start(
     Ok(redirect(&location))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
@@ -207,6 +208,7 @@ fn login_failed(reason: &str) -> Problem {
 }
 
 /// `GET /auth/callback`: finishes a login and opens the session.
+#[utoipa::path(get, path = "/auth/callback", tag = "login", params(CallbackQuery), responses((status = 303, description = "session cookie set; to return_to"), (status = 400, body = crate::problem::ProblemDocument), (status = 401, body = crate::problem::ProblemDocument)))]
 pub async fn callback(
     State(state): State<AppState>,
     Query(query): Query<CallbackQuery>,
@@ -300,6 +302,7 @@ pub async fn callback(
 
 /// `POST /auth/logout`: ends the session and sends the browser to the issuer's
 /// end-session endpoint (or answers 204 when there was no session).
+#[utoipa::path(post, path = "/auth/logout", tag = "login", responses((status = 303, description = "to the issuer's end-session endpoint"), (status = 204, description = "there was no session")))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,

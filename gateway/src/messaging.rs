@@ -59,7 +59,7 @@ impl From<EpisodeRefusal> for Problem {
 }
 
 /// An episode as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EpisodeView {
     id: Uuid,
     patient: String,
@@ -71,7 +71,7 @@ pub struct EpisodeView {
     updated_at_ms: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CareTeamView {
     hpr_number: String,
     /// `therapist` or `cover`.
@@ -145,7 +145,7 @@ fn manage(state: &AppState, caller: &Authenticated, clinic: &OrgNumber) -> Resul
     .map_err(forbidden)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutEpisode {
     /// Fødselsnummer or D-nummer of the patient.
@@ -159,6 +159,7 @@ pub struct PutEpisode {
 
 /// `PUT /v1/episodes/{id}`: the platform creates an episode under its own id (a retry
 /// returns the same episode).
+#[utoipa::path(put, path = "/v1/episodes/{id}", tag = "episodes", params(("id" = Uuid, Path, description = "the platform's id for the episode")), request_body = PutEpisode, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 201, body = EpisodeView, description = "created"), (status = 200, body = EpisodeView, description = "already existed"), (status = 409, body = crate::problem::ProblemDocument, description = "id taken by another episode")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_episode(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -191,6 +192,7 @@ pub async fn put_episode(
 }
 
 /// `GET /v1/episodes/{id}`.
+#[utoipa::path(get, path = "/v1/episodes/{id}", tag = "episodes", params(("id" = Uuid, Path)), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn get_episode(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -200,7 +202,7 @@ pub async fn get_episode(
     Ok(Json(view(&episode, &clinic, &team)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PageQuery {
     #[serde(default)]
     after: Option<i64>,
@@ -216,12 +218,13 @@ fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EpisodeList {
     episodes: Vec<EpisodeView>,
 }
 
 /// `GET /v1/episodes`: the episodes the caller may see.
+#[utoipa::path(get, path = "/v1/episodes", tag = "episodes", params(PageQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeList)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn list_episodes(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -251,13 +254,14 @@ pub async fn list_episodes(
     Ok(Json(EpisodeList { episodes }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutCareTeam {
     members: Vec<CareTeamView>,
 }
 
 /// `PUT /v1/episodes/{id}/care-team`: the platform sets who treats the patient.
+#[utoipa::path(put, path = "/v1/episodes/{id}/care-team", tag = "episodes", params(("id" = Uuid, Path)), request_body = PutCareTeam, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_care_team(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -313,13 +317,14 @@ pub async fn put_care_team(
     )))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutState {
     state: EpisodeState,
 }
 
 /// `PUT /v1/episodes/{id}/state`: planned → active → finished | cancelled.
+#[utoipa::path(put, path = "/v1/episodes/{id}/state", tag = "episodes", params(("id" = Uuid, Path)), request_body = PutState, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeView), (status = 409, body = crate::problem::ProblemDocument, description = "invalid transition")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_state(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -347,7 +352,7 @@ pub async fn put_state(
 }
 
 /// The kinds of message, and who may send each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum MessageKind {
     Message,
@@ -379,7 +384,7 @@ impl MessageKind {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutMessage {
     kind: MessageKind,
@@ -393,7 +398,7 @@ pub struct PutMessage {
     envelope: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageReceipt {
     id: Uuid,
     episode: Uuid,
@@ -423,6 +428,7 @@ fn request_hash(parts: &[&[u8]]) -> String {
 /// `PUT /v1/episodes/{episode}/messages/{id}`: sends a sealed message under the client's
 /// id. The same id with the same request answers the original result; with a different
 /// request, 409. A 2xx means the message is committed.
+#[utoipa::path(put, path = "/v1/episodes/{id}/messages/{message_id}", tag = "messages", params(("id" = Uuid, Path, description = "episode"), ("message_id" = Uuid, Path, description = "the sender's id for the message")), request_body = PutMessage, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 201, body = MessageReceipt, description = "committed"), (status = 200, body = MessageReceipt, description = "the same request again: the original result"), (status = 409, body = crate::problem::ProblemDocument, description = "id used for another message, or episode closed")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_message(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -503,7 +509,7 @@ pub async fn put_message(
     Ok((status, Json(receipt)).into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     id: Uuid,
     seq: i64,
@@ -515,7 +521,7 @@ pub struct MessageView {
     created_at_ms: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SenderView {
     kind: String,
     /// HPR number of a therapist, client id of a system; absent for the patient.
@@ -541,7 +547,7 @@ pub(crate) fn message_view(m: StoredMessage) -> MessageView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagePage {
     messages: Vec<MessageView>,
     /// Pass as `after` for the next page; equals the request's `after` when nothing is new.
@@ -549,6 +555,7 @@ pub struct MessagePage {
 }
 
 /// `GET /v1/episodes/{episode}/messages?after=SEQ&limit=N`: history in order.
+#[utoipa::path(get, path = "/v1/episodes/{id}/messages", tag = "messages", params(("id" = Uuid, Path), PageQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = MessagePage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn list_messages(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -569,7 +576,7 @@ pub async fn list_messages(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutReceipt {
     #[serde(default)]
@@ -578,7 +585,7 @@ pub struct PutReceipt {
     read_up_to: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReaderMarks {
     kind: String,
     /// HPR number of a therapist; absent for the patient.
@@ -589,7 +596,7 @@ pub struct ReaderMarks {
     updated_at_ms: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptsView {
     /// Every reader's marks: a message with `seq` at or below a mark is delivered to /
     /// read by that reader.
@@ -645,6 +652,7 @@ async fn receipts_view(
 
 /// `PUT /v1/episodes/{id}/receipts`: the caller has received / read up to these
 /// sequence numbers. Marks only move forward; reading implies delivery.
+#[utoipa::path(put, path = "/v1/episodes/{id}/receipts", tag = "messages", params(("id" = Uuid, Path)), request_body = PutReceipt, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = ReceiptsView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_receipts(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -675,6 +683,7 @@ pub async fn put_receipts(
 
 /// `GET /v1/episodes/{id}/receipts`: who has received and read what, and the caller's
 /// unread count.
+#[utoipa::path(get, path = "/v1/episodes/{id}/receipts", tag = "messages", params(("id" = Uuid, Path)), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = ReceiptsView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn get_receipts(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -196,6 +196,17 @@ impl ProblemKind {
     }
 }
 
+/// The shape of every error body, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProblemDocument {
+    /// Stable URI of the kind of problem, `urn:icbt-gateway:problem:<slug>`.
+    r#type: String,
+    title: String,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
 /// A problem response under construction.
 #[derive(Debug, Clone)]
 pub struct Problem {

@@ -108,7 +108,7 @@ fn parse_position(value: &str) -> Result<StreamPosition, Problem> {
 }
 
 /// One entry as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryView {
     position: String,
     episode: uuid::Uuid,
@@ -123,7 +123,7 @@ fn entry_view(entry: StreamEntry) -> EntryView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct StreamQuery {
     after: Option<String>,
 }
@@ -179,6 +179,7 @@ impl Reader {
 /// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
 /// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
 /// exactly what came after it. Without either, the stream starts at the present.
+#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -219,7 +220,7 @@ pub async fn stream(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct InboxQuery {
     after: Option<String>,
     limit: Option<i64>,
@@ -227,7 +228,7 @@ pub struct InboxQuery {
     wait: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InboxPage {
     entries: Vec<EntryView>,
     /// Pass as `after` next time.
@@ -236,6 +237,7 @@ pub struct InboxPage {
 
 /// `GET /v1/inbox?after=POS&limit=N&wait=S`: the caller's messages across episodes, in
 /// order; with `wait`, a long poll that answers as soon as something arrives.
+#[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = InboxPage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn inbox(
     State(state): State<AppState>,
     Caller(caller): Caller,
