@@ -139,6 +139,8 @@ pub struct StorageConfig {
     pub max_connections: u32,
     /// Time to wait for a connection before a request fails.
     pub acquire_timeout_ms: u64,
+    /// Largest attachment accepted, in bytes.
+    pub attachment_limit_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -149,6 +151,7 @@ impl Default for StorageConfig {
             password: None,
             max_connections: 16,
             acquire_timeout_ms: 5_000,
+            attachment_limit_bytes: 25 * 1024 * 1024,
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: SharedAuth,
+    /// Where attachment uploads are checked, and their size limit.
+    pub uploads: crate::attachments::SharedUploads,
     /// Wake-ups for stream readers.
     pub push: crate::push::Push,
     /// Hosted logins, by issuer name.
@@ -98,6 +100,10 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messaging::list_messages))
         .routes(routes!(messaging::get_receipts, messaging::put_receipts))
         .routes(routes!(messaging::put_message))
+        .routes(routes!(
+            crate::attachments::get_attachment,
+            crate::attachments::put_attachment
+        ))
         .routes(routes!(crate::login::start))
         .routes(routes!(crate::login::callback))
         .routes(routes!(crate::login::logout))

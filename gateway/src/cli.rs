@@ -137,6 +137,10 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         auth,
         push: push.clone(),
+        uploads: Arc::new(crate::attachments::Uploads {
+            dir: config.storage.data_dir.join("uploads"),
+            limit_bytes: config.storage.attachment_limit_bytes,
+        }),
         login,
         outbound: outbound_client(&config)?,
     };
@@ -144,6 +148,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
+        attachment_limit_bytes: config.storage.attachment_limit_bytes,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
         concurrency_limit: config.server.concurrency_limit,
         hsts_max_age_seconds: config.server.hsts_max_age_seconds,

@@ -11,6 +11,7 @@
 //! [`server::serve`] with the stack built by [`stack::build`].
 
 pub mod api;
+pub mod attachments;
 pub mod authn;
 pub mod cli;
 pub mod episode;

@@ -28,7 +28,7 @@ use crate::storage::{
 pub const MAX_PAGE: i64 = 200;
 const DEFAULT_PAGE: i64 = 50;
 
-fn invalid(path: &str, detail: impl Into<String>) -> Problem {
+pub(crate) fn invalid(path: &str, detail: impl Into<String>) -> Problem {
     Problem::new(ProblemKind::InvalidField)
         .detail(detail)
         .with("path", path)
@@ -102,7 +102,7 @@ fn view(episode: &Episode, clinic: &Clinic, team: &[CareTeamEntry]) -> EpisodeVi
 }
 
 /// Loads an episode with its clinic and care team, and checks `caller` may reach it.
-async fn reach(
+pub(crate) async fn reach(
     state: &AppState,
     caller: &Authenticated,
     id: EpisodeId,
@@ -396,6 +396,53 @@ pub struct PutMessage {
     content_type: String,
     /// The sealed envelope, base64url without padding.
     envelope: String,
+    /// SHA-256 (hex) of attachments already uploaded to this episode.
+    #[serde(default)]
+    attachments: Vec<String>,
+}
+
+impl PutMessage {
+    /// Checks the fields' shapes; returns the decoded envelope.
+    fn checked(&self) -> Result<Vec<u8>, Problem> {
+        if self.sender_device.is_empty() || self.sender_device.len() > 200 {
+            return Err(invalid("sender_device", "1 to 200 characters"));
+        }
+        if self.recipients.is_empty()
+            || self.recipients.len() > 100
+            || self
+                .recipients
+                .iter()
+                .any(|r| r.is_empty() || r.len() > 200)
+        {
+            return Err(invalid(
+                "recipients",
+                "1 to 100 key ids of 1 to 200 characters",
+            ));
+        }
+        if self.content_type.is_empty() || self.content_type.len() > 100 {
+            return Err(invalid("content_type", "1 to 100 characters"));
+        }
+        let envelope = URL_SAFE_NO_PAD
+            .decode(&self.envelope)
+            .map_err(|_| invalid("envelope", "not base64url without padding"))?;
+        if envelope.is_empty() {
+            return Err(invalid("envelope", "empty"));
+        }
+        if self.attachments.len() > 20 {
+            return Err(invalid("attachments", "at most 20"));
+        }
+        if let Some(i) = self
+            .attachments
+            .iter()
+            .position(|h| !crate::attachments::is_sha256_hex(h))
+        {
+            return Err(invalid(
+                &format!("attachments[{i}]"),
+                "a SHA-256 as 64 lower-case hex digits",
+            ));
+        }
+        Ok(envelope)
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -406,7 +453,7 @@ pub struct MessageReceipt {
     created_at_ms: i64,
 }
 
-fn sender_ref(principal: &Principal) -> String {
+pub(crate) fn sender_ref(principal: &Principal) -> String {
     match principal {
         // The episode names the patient; the message need not repeat the number.
         Principal::Patient(_) => "patient".to_owned(),
@@ -444,30 +491,24 @@ pub async fn put_message(
         );
         return Err(Problem::new(ProblemKind::KindNotAllowed).with("kind", body.kind.as_str()));
     }
-    if body.sender_device.is_empty() || body.sender_device.len() > 200 {
-        return Err(invalid("sender_device", "1 to 200 characters"));
-    }
-    if body.recipients.is_empty()
-        || body.recipients.len() > 100
-        || body
-            .recipients
+    let envelope = body.checked()?;
+    let missing = state
+        .store
+        .missing_attachments(episode.id, &body.attachments)
+        .await?;
+    if let Some(first) = missing.first() {
+        let i = body
+            .attachments
             .iter()
-            .any(|r| r.is_empty() || r.len() > 200)
-    {
+            .position(|h| h == first)
+            .unwrap_or(0);
         return Err(invalid(
-            "recipients",
-            "1 to 100 key ids of 1 to 200 characters",
+            &format!("attachments[{i}]"),
+            "no such attachment in this episode; upload it first",
         ));
     }
-    if body.content_type.is_empty() || body.content_type.len() > 100 {
-        return Err(invalid("content_type", "1 to 100 characters"));
-    }
-    let envelope = URL_SAFE_NO_PAD
-        .decode(&body.envelope)
-        .map_err(|_| invalid("envelope", "not base64url without padding"))?;
-    if envelope.is_empty() {
-        return Err(invalid("envelope", "empty"));
-    }
+    let attachments = serde_json::to_string(&body.attachments)
+        .map_err(|_| Problem::new(ProblemKind::Internal))?;
     let recipients =
         serde_json::to_string(&body.recipients).map_err(|_| Problem::new(ProblemKind::Internal))?;
     let sender = sender_ref(&caller.principal);
@@ -479,6 +520,7 @@ pub async fn put_message(
         recipients.as_bytes(),
         body.content_type.as_bytes(),
         &envelope,
+        attachments.as_bytes(),
     ]);
     let message = NewMessage {
         episode: episode.id,
@@ -490,6 +532,7 @@ pub async fn put_message(
         recipients: &recipients,
         content_type: &body.content_type,
         body: &envelope,
+        attachments: &attachments,
         request_hash: &hash,
     };
     let (status, position) = match state.store.append_message(&message).await? {
@@ -518,6 +561,8 @@ pub struct MessageView {
     recipients: Vec<String>,
     content_type: String,
     envelope: String,
+    /// SHA-256 of attachments, fetched from `…/attachments/{sha256}`.
+    attachments: Vec<String>,
     created_at_ms: i64,
 }
 
@@ -543,6 +588,7 @@ pub(crate) fn message_view(m: StoredMessage) -> MessageView {
         kind: m.kind,
         content_type: m.content_type,
         envelope: URL_SAFE_NO_PAD.encode(&m.body),
+        attachments: serde_json::from_str(&m.attachments).unwrap_or_default(),
         created_at_ms: m.created_at_ms,
     }
 }

@@ -37,6 +37,8 @@ pub type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub body_limit_bytes: u64,
+    /// The declared-length limit of attachment uploads (they stream; see `attachments`).
+    pub attachment_limit_bytes: u64,
     pub request_timeout: Duration,
     pub concurrency_limit: usize,
     pub hsts_max_age_seconds: u64,
@@ -68,7 +70,10 @@ pub fn build(router: Router, limits: &Limits, metrics: Arc<Metrics>) -> HttpServ
         )
         .layer(from_fn_with_state(metrics, observe))
         .layer(map_response_with_state(security, security_headers))
-        .layer(from_fn_with_state(limits.body_limit_bytes, declared_length))
+        .layer(from_fn_with_state(
+            (limits.body_limit_bytes, limits.attachment_limit_bytes),
+            declared_length,
+        ))
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
         .concurrency_limit(limits.concurrency_limit)
@@ -171,7 +176,16 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
     }
 }
 
-async fn declared_length(State(limit): State<u64>, req: Request, next: Next) -> Response {
+async fn declared_length(
+    State((body_limit, upload_limit)): State<(u64, u64)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = if crate::attachments::is_upload_path(req.uri().path()) {
+        upload_limit
+    } else {
+        body_limit
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -258,6 +272,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             body_limit_bytes: 64,
+            attachment_limit_bytes: 128,
             request_timeout: Duration::from_millis(200),
             concurrency_limit: 8,
             hsts_max_age_seconds: 600,

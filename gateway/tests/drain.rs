@@ -35,6 +35,7 @@ async fn in_flight_request_completes_during_shutdown() {
     );
     let limits = Limits {
         body_limit_bytes: 1024,
+        attachment_limit_bytes: 1024,
         request_timeout: Duration::from_secs(10),
         concurrency_limit: 8,
         hsts_max_age_seconds: 60,

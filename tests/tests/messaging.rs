@@ -815,3 +815,218 @@ async fn each_principal_is_rate_limited_on_its_own() {
         "another principal has its own budget"
     );
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .fold(String::new(), |mut out, b| {
+            write!(out, "{b:02x}").unwrap();
+            out
+        })
+}
+
+#[tokio::test]
+async fn attachments_upload_checked_download_by_the_episode_only() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let episode = w.episode().await;
+        let blob: Vec<u8> = (0..200_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let sha = sha256_hex(&blob);
+        let url = w.url(&format!("/v1/episodes/{episode}/attachments/{sha}"));
+        let upload = |bytes: Vec<u8>, url: String| {
+            let w = &w;
+            async move {
+                let key = w.patient.client.dpop_key();
+                assert!(
+                    key.is_none(),
+                    "the ID-porten patient token is a bearer token"
+                );
+                w.http
+                    .put(url)
+                    .header(
+                        "authorization",
+                        format!("Bearer {}", w.patient.token.access_token),
+                    )
+                    .header("content-type", "application/octet-stream")
+                    .body(bytes)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let created = upload(blob.clone(), url.clone()).await;
+        assert_eq!(created.status(), 201, "{backend:?}");
+        let receipt: Value = created.json().await.unwrap();
+        assert_eq!(receipt["size"], 200_000);
+        assert_eq!(
+            upload(blob.clone(), url.clone()).await.status(),
+            200,
+            "stored once"
+        );
+
+        // Bytes that are not what the path names are refused, and nothing is kept.
+        let other = sha256_hex(b"something else");
+        let wrong = upload(
+            blob.clone(),
+            w.url(&format!("/v1/episodes/{episode}/attachments/{other}")),
+        )
+        .await;
+        expect_problem(wrong, 422, "invalid-field").await;
+        let missing = w
+            .call(
+                &w.therapist,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/attachments/{other}"),
+                None,
+            )
+            .await;
+        expect_problem(missing, 404, "not-found").await;
+
+        // A message refers to it; the care team downloads it; others cannot.
+        let mut with_attachment = message("message", "see attached");
+        with_attachment["attachments"] = json!([sha]);
+        let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+        assert_eq!(
+            w.call(&w.patient, Method::PUT, &path, Some(&with_attachment))
+                .await
+                .status(),
+            201
+        );
+        with_attachment["attachments"] = json!([other]);
+        let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+        let problem = expect_problem(
+            w.call(&w.patient, Method::PUT, &path, Some(&with_attachment))
+                .await,
+            422,
+            "invalid-field",
+        )
+        .await;
+        assert_eq!(problem["path"], "attachments[0]");
+
+        let history: Value = w
+            .call(
+                &w.therapist,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history["messages"][0]["attachments"], json!([sha]));
+        let download = w
+            .call(
+                &w.therapist,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/attachments/{sha}"),
+                None,
+            )
+            .await;
+        assert_eq!(download.status(), 200);
+        assert_eq!(
+            download.bytes().await.unwrap().as_ref(),
+            blob.as_slice(),
+            "{backend:?}"
+        );
+        let stranger = Actor::patient(OTHER_PATIENT).await;
+        expect_problem(
+            w.call(
+                &stranger,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/attachments/{sha}"),
+                None,
+            )
+            .await,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn oversized_and_interrupted_uploads_leave_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+    let idps = IdentityProviders::shared();
+    let options = GatewayOptions {
+        config_toml: Some(idps.gateway_config()),
+        env: vec![("ICBT_STORAGE__ATTACHMENT_LIMIT_BYTES".into(), "5000".into())],
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(Backend::Sqlite, options).await;
+    let w = World {
+        http: gw.client(),
+        platform: Actor::system("icbt-platform").await,
+        patient: Actor::patient(SYNTHETIC_FNR).await,
+        therapist: Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await,
+        gw,
+    };
+    let episode = w.episode().await;
+    let big = vec![7u8; 6000];
+    let sha = sha256_hex(&big);
+    let path = format!("/v1/episodes/{episode}/attachments/{sha}");
+    let response = w
+        .http
+        .put(w.url(&path))
+        .header(
+            "authorization",
+            format!("Bearer {}", w.patient.token.access_token),
+        )
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(response, 413, "payload-too-large").await;
+    assert_eq!(problem["limit"], 5000);
+
+    // An upload whose client goes away half-way.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&w.gw.certificate_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let address = w.gw.url.trim_start_matches("https://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-length: 4000\r\n\r\n",
+        w.patient.token.access_token
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[7u8; 1500]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(tls);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let uploads = w.gw.data_dir.path().join("uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|d| d.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spooled files left behind: {left:?}");
+    let short_sha = sha256_hex(&[7u8; 4000]);
+    let get = w
+        .call(
+            &w.therapist,
+            Method::GET,
+            &format!("/v1/episodes/{episode}/attachments/{short_sha}"),
+            None,
+        )
+        .await;
+    expect_problem(get, 404, "not-found").await;
+}

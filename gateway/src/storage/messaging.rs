@@ -48,6 +48,8 @@ pub struct NewMessage<'a> {
     pub recipients: &'a str,
     pub content_type: &'a str,
     pub body: &'a [u8],
+    /// JSON array of attachment SHA-256s.
+    pub attachments: &'a str,
     /// SHA-256 over everything above: a retry must match it exactly.
     pub request_hash: &'a str,
 }
@@ -92,6 +94,8 @@ pub struct StoredMessage {
     pub recipients: String,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// JSON array of attachment SHA-256s.
+    pub attachments: String,
     pub created_at_ms: i64,
 }
 
@@ -361,7 +365,8 @@ impl Store {
         let created_at_ms = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, sender_device, recipients, \
-             content_type, body, request_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             content_type, body, request_hash, created_at_ms, attachments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&episode)
         .bind(seq)
@@ -375,6 +380,7 @@ impl Store {
         .bind(message.body)
         .bind(message.request_hash)
         .bind(created_at_ms)
+        .bind(message.attachments)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -408,7 +414,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<StoredMessage>, StorageError> {
         let rows = sqlx::query(
-            "SELECT id, seq, kind, sender_kind, sender_ref, sender_device, recipients, content_type, body, created_at_ms \
+            "SELECT id, seq, kind, sender_kind, sender_ref, sender_device, recipients, content_type, body, attachments, \
+             created_at_ms \
              FROM messages WHERE episode_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(episode.to_string())
@@ -468,6 +475,7 @@ pub(super) fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError
         recipients: r.try_get("recipients")?,
         content_type: r.try_get("content_type")?,
         body: r.try_get("body")?,
+        attachments: r.try_get("attachments")?,
         created_at_ms: r.try_get("created_at_ms")?,
     })
 }

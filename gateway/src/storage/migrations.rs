@@ -27,6 +27,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0005_stream.sql"),
     ),
     (6, "receipts", RECEIPTS, RECEIPTS),
+    (
+        7,
+        "attachments",
+        include_str!("../../migrations/sqlite/0007_attachments.sql"),
+        include_str!("../../migrations/postgres/0007_attachments.sql"),
+    ),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");

@@ -5,12 +5,14 @@
 //! by several instances). Migrations are embedded in the binary and applied at start.
 //! Where the backends need different SQL, [`Backend`] says which one is in use.
 
+mod attachments;
 mod messaging;
 mod migrations;
 mod receipts;
 mod sessions;
 pub mod stream;
 
+pub use attachments::NewAttachment;
 pub use messaging::{
     Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,

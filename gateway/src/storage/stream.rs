@@ -108,7 +108,7 @@ impl Store {
         // unused numbered parameters only if every one is bound, so all are bound.
         let sql = format!(
             "SELECT {position}, m.episode_id, m.id, m.seq, m.kind, m.sender_kind, m.sender_ref, m.sender_device, \
-             m.recipients, m.content_type, m.body, m.created_at_ms \
+             m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms \
              FROM messages m JOIN episodes e ON e.id = m.episode_id \
              WHERE {visible} AND {condition} AND $3 = $3 AND $1 = $1 ORDER BY {order} LIMIT ${limit_slot}"
         );
