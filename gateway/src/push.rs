@@ -136,8 +136,10 @@ struct Reader {
     buffer: VecDeque<StreamEntry>,
 }
 
-/// How long a reader waits for a wake-up before looking anyway.
-const RECHECK: Duration = Duration::from_secs(5);
+/// How long a reader waits for a wake-up before looking anyway: a safety net only, since
+/// wake-ups are reliable (and a reconnected listener wakes everyone); idle streams cost
+/// no queries.
+const RECHECK: Duration = Duration::from_mins(1);
 /// Entries read per query.
 const BATCH: i64 = 100;
 

@@ -152,7 +152,7 @@ async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
         let first = stream
             .next(Duration::from_secs(3))
             .await
-            .expect("pushed, not found by the 5 s re-check");
+            .expect("pushed, not found by the one-minute re-check");
         assert_eq!(envelope_text(&first.data), "one", "{backend:?}");
         assert_eq!(first.data["episode"], episode.to_string());
         assert_eq!(first.data["position"], first.id);

@@ -1,0 +1,320 @@
+//! Messaging figures on PostgreSQL, all from one run (`scripts/bench/messaging`):
+//! durable sends per second through the whole stack (TLS, token + DPoP, policy, commit) at
+//! 1, 8 and 64 concurrent clients beside plain INSERT+COMMIT of the same row from sqlx at
+//! the same concurrency; p50/p99 send latency; push delivery p99 to 1 000 SSE subscribers;
+//! RSS of the gateway holding 10 000 idle SSE connections.
+//!
+//! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a
+//! release build. Client and server share this machine's cores.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::too_many_lines
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::{Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, TestDatabase};
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+const HPR: &str = "565501872";
+const RUN: Duration = Duration::from_secs(6);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn client_for(gw: &Gateway, http1_only: bool) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.certificate_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
+    let builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .pool_max_idle_per_host(512);
+    if http1_only {
+        builder.http1_only()
+    } else {
+        builder
+    }
+    .build()
+    .unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn sends(
+    gw: &Gateway,
+    therapist: &Arc<Actor>,
+    episodes: &[Uuid],
+    clients: usize,
+) -> (f64, Duration, Duration) {
+    let http = client_for(gw, clients > 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, therapist, stop, url) = (
+            http.clone(),
+            therapist.clone(),
+            stop.clone(),
+            gw.url.clone(),
+        );
+        let episode = episodes[c % episodes.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let body = json!({ "kind": "feedback", "sender_device": "bench", "recipients": ["k1", "k2", "journal"],
+                "content_type": "application/jose+json", "envelope": URL_SAFE_NO_PAD.encode([7u8; 2048]) });
+            while !stop.load(Ordering::Relaxed) {
+                let target = format!("{url}/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+                let started = Instant::now();
+                let response = therapist.call(&http, Method::PUT, &target, Some(&body)).await;
+                assert_eq!(response.status(), 201);
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    (
+        all.len() as f64 / RUN.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
+
+async fn raw_inserts(url: &str, clients: usize) -> f64 {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(clients).unwrap())
+        .connect(url)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS raw_messages (episode_id TEXT, seq BIGINT, id TEXT PRIMARY KEY, kind TEXT, \
+        sender_kind TEXT, sender_ref TEXT, sender_device TEXT, recipients TEXT, content_type TEXT, body BYTEA, \
+        request_hash TEXT, created_at_ms BIGINT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (pool, stop, count) = (pool.clone(), stop.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                sqlx::query("INSERT INTO raw_messages VALUES ($1, 1, $2, 'feedback', 'clinician', '565501872', 'bench', \
+                    '[\"k1\",\"k2\",\"journal\"]', 'application/jose+json', $3, 'hash', 0)")
+                    .bind(Uuid::new_v4().to_string())
+                    .bind(Uuid::new_v4().to_string())
+                    .bind(vec![7u8; 2048])
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / RUN.as_secs_f64()
+}
+
+async fn open_streams(gw: &Gateway, who: &Actor, n: usize) -> Vec<reqwest::Response> {
+    let url = format!("{}/v1/stream", gw.url);
+    let mut streams = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let opened = futures_util::future::join_all(chunk.iter().map(|_| {
+            let http = client_for(gw, true);
+            let url = url.clone();
+            async move { who.call(&http, Method::GET, &url, None).await }
+        }))
+        .await;
+        for response in opened {
+            assert_eq!(response.status(), 200);
+            streams.push(response);
+        }
+    }
+    streams
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let idps = IdentityProviders::shared();
+    let options = GatewayOptions {
+        config_toml: Some(idps.gateway_config()),
+        env: vec![
+            ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+            ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
+            ("ICBT_STORAGE__MAX_CONNECTIONS".into(), "64".into()),
+            ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
+        ],
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(Backend::Postgres, options).await;
+    let platform = Actor::system("icbt-platform").await;
+    let therapist = Arc::new(Actor::therapist("01018512528", HPR).await);
+    let http = gw.client();
+    let mut episodes = Vec::new();
+    for _ in 0..64 {
+        let id = Uuid::new_v4();
+        let body =
+            json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "bench" });
+        platform
+            .call(
+                &http,
+                Method::PUT,
+                &format!("{}/v1/episodes/{id}", gw.url),
+                Some(&body),
+            )
+            .await;
+        let team = json!({ "members": [{ "hpr_number": HPR, "role": "therapist" }] });
+        platform
+            .call(
+                &http,
+                Method::PUT,
+                &format!("{}/v1/episodes/{id}/care-team", gw.url),
+                Some(&team),
+            )
+            .await;
+        episodes.push(id);
+    }
+    let raw_db = TestDatabase::create().await;
+    println!("gateway idle RSS: {} KiB", rss_kib(gw.pid()));
+    println!("clients  sends/s  p50 ms  p99 ms  raw INSERT+COMMIT/s  ratio");
+    for clients in [1, 8, 64] {
+        let (rate, p50, p99) = sends(&gw, &therapist, &episodes, clients).await;
+        let raw = raw_inserts(&raw_db.url, clients).await;
+        println!(
+            "{clients:>7}  {rate:>7.0}  {:>6.2}  {:>6.2}  {raw:>19.0}  {:>4.0} %",
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0,
+            100.0 * rate / raw
+        );
+    }
+
+    // Push: 1 000 subscribers, 30 messages; latency from the send's start to each receipt.
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let subscribers = open_streams(&gw, &therapist, 1000).await;
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        Instant,
+    >::new()));
+    let mut readers = Vec::new();
+    for mut response in subscribers {
+        let (latencies, sent_at) = (latencies.clone(), sent_at.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buffer = String::new();
+            let mut seen = 0;
+            while seen < 30 {
+                let Ok(Ok(Some(chunk))) =
+                    tokio::time::timeout(Duration::from_secs(20), response.chunk()).await
+                else {
+                    break;
+                };
+                let now = Instant::now();
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let block: String = buffer.drain(..end + 2).collect();
+                    if let Some(text) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+                        let id = value["message"]["id"].as_str().unwrap().to_owned();
+                        if let Some(start) = sent_at.lock().unwrap().get(&id) {
+                            latencies.lock().unwrap().push(now - *start);
+                        }
+                        seen += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let episode = episodes[0];
+    let sender_http = client_for(&gw, false);
+    for _ in 0..30 {
+        let id = Uuid::new_v4();
+        sent_at
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), Instant::now());
+        let body = json!({ "kind": "message", "sender_device": "bench", "recipients": ["k1"],
+            "content_type": "application/jose+json", "envelope": URL_SAFE_NO_PAD.encode([1u8; 512]) });
+        patient
+            .call(
+                &sender_http,
+                Method::PUT,
+                &format!("{}/v1/episodes/{episode}/messages/{id}", gw.url),
+                Some(&body),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let mut all = latencies.lock().unwrap().clone();
+    all.sort();
+    println!(
+        "push to 1000 subscribers: {} deliveries, p50 {:.1} ms, p99 {:.1} ms",
+        all.len(),
+        percentile(&all, 0.5).as_secs_f64() * 1000.0,
+        percentile(&all, 0.99).as_secs_f64() * 1000.0
+    );
+
+    // Idle streams.
+    let before = rss_kib(gw.pid());
+    let idle = open_streams(&gw, &therapist, 10_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(gw.pid());
+    println!(
+        "10000 idle SSE connections: gateway RSS {after} KiB ({} KiB before, {:.1} KiB each)",
+        before,
+        (after.saturating_sub(before)) as f64 / 10_000.0
+    );
+    drop(idle);
+    drop(raw_db);
+}
