@@ -190,7 +190,7 @@ async fn main() {
         env: vec![
             ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
             ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
-            ("ICBT_STORAGE__MAX_CONNECTIONS".into(), "64".into()),
+            ("ICBT_STORAGE__MAX_CONNECTIONS".into(), "24".into()),
             ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
         ],
         ..Default::default()
