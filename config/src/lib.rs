@@ -48,6 +48,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
     /// The gateway's own HelseID client for outbound calls; unset means none are made.
     pub outbound: Option<OutboundClientConfig>,
     /// Hosted logins, one per issuer (`[[login]]`); empty means none.
@@ -123,6 +124,63 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// Client-certificate verification: off, optional or required.
     pub client_auth: ClientAuth,
+}
+
+/// The tamper-evident access log.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// PEM PKCS#8 Ed25519 key that signs the log's checkpoints. Unset: a key is generated
+    /// in `storage.data_dir` on first start (SQLite only; every PostgreSQL instance must
+    /// sign with the same, configured key).
+    pub signing_key_file: Option<PathBuf>,
+    /// Base64 Ed25519 public keys of earlier signing keys, whose checkpoints still verify.
+    pub trusted_public_keys: Vec<String>,
+    /// How often new records are added to the tree and a checkpoint is signed.
+    pub checkpoint_interval_ms: u64,
+    /// Days each class of record is kept; unset keeps it for ever.
+    pub retention_days: RetentionConfig,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            trusted_public_keys: Vec::new(),
+            checkpoint_interval_ms: 1_000,
+            retention_days: RetentionConfig::default(),
+        }
+    }
+}
+
+/// Retention per record class, in days.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Reads, searches and exports of patient data.
+    pub access: Option<u32>,
+    /// Creations and changes.
+    pub change: Option<u32>,
+    /// Logins and logouts.
+    pub authentication: Option<u32>,
+    /// Device key publications and revocations.
+    pub keys: Option<u32>,
+    /// Reads of the access log itself.
+    pub audit: Option<u32>,
+}
+
+impl RetentionConfig {
+    /// Days for `class` (`access`, `change`, `authentication`, `keys`, `audit`).
+    pub fn days(&self, class: &str) -> Option<u32> {
+        match class {
+            "access" => self.access,
+            "change" => self.change,
+            "authentication" => self.authentication,
+            "keys" => self.keys,
+            "audit" => self.audit,
+            _ => None,
+        }
+    }
 }
 
 /// Where records are stored.
@@ -318,6 +376,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_audit(mode)?;
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
@@ -326,6 +385,44 @@ impl Config {
                 format!("`{endpoint}` is not an http(s) URL"),
                 "use the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_audit(&self, mode: Mode) -> Result<(), ConfigError> {
+        let audit = &self.audit;
+        match &audit.signing_key_file {
+            Some(path) => readable_file(
+                "audit.signing_key_file",
+                path,
+                "point it at a PEM Ed25519 key, e.g. from `openssl genpkey -algorithm ed25519`",
+            )?,
+            None if self.storage.url.is_some() && mode == Mode::Production => {
+                return Err(invalid(
+                    "audit.signing_key_file",
+                    "is not set, and instances sharing PostgreSQL must sign with one key".into(),
+                    "set it to a PEM Ed25519 key, e.g. from `openssl genpkey -algorithm ed25519`",
+                ));
+            }
+            None => {}
+        }
+        if audit.checkpoint_interval_ms == 0 {
+            return Err(invalid(
+                "audit.checkpoint_interval_ms",
+                "must be above 0".into(),
+                "set milliseconds, e.g. 1000",
+            ));
+        }
+        for key in &audit.trusted_public_keys {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(key.trim());
+            if decoded.map(|k| k.len()) != Ok(32) {
+                return Err(invalid(
+                    "audit.trusted_public_keys",
+                    format!("`{key}` is not a base64 Ed25519 public key"),
+                    "list the 32-byte public keys in base64, as `audit public-key` prints them",
+                ));
+            }
         }
         Ok(())
     }

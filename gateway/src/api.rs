@@ -33,6 +33,8 @@ pub struct AppState {
     pub login: Arc<crate::login::LoginContext>,
     /// The gateway's own HelseID client for outbound calls, when configured.
     pub outbound: Option<Arc<icbt_auth::client::OutboundTokens>>,
+    /// The access log's signing key and settings.
+    pub audit: Arc<crate::audit::sequencer::AuditLog>,
 }
 
 /// The OpenAPI document's fixed parts; the paths come from the routes themselves.
@@ -104,6 +106,11 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             crate::attachments::get_attachment,
             crate::attachments::put_attachment
         ))
+        .routes(routes!(crate::audit::api::records))
+        .routes(routes!(crate::audit::api::checkpoint))
+        .routes(routes!(crate::audit::api::inclusion))
+        .routes(routes!(crate::audit::api::consistency))
+        .routes(routes!(crate::audit::api::access_log))
         .routes(routes!(crate::login::start))
         .routes(routes!(crate::login::callback))
         .routes(routes!(crate::login::logout))

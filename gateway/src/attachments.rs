@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::audit::{Access, Action};
 use crate::authn::Caller;
 use crate::episode::EpisodeId;
 use crate::messaging::{invalid, reach, sender_ref};
@@ -75,6 +76,7 @@ fn hex(bytes: &[u8]) -> String {
     security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_attachment(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path((episode_id, sha256)): Path<(Uuid, String)>,
     headers: HeaderMap,
@@ -83,7 +85,15 @@ pub async fn put_attachment(
     if !is_sha256_hex(&sha256) {
         return Err(invalid("sha256", "64 lower-case hex digits"));
     }
-    let (episode, _, _) = reach(&state, &caller, EpisodeId(episode_id)).await?;
+    let (episode, _, _, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(episode_id),
+        (Action::Create, "attachment"),
+    )
+    .await?;
+    let record = record.resource_id(sha256.clone());
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -122,14 +132,17 @@ pub async fn put_attachment(
     let bytes = tokio::fs::read(spool.path()).await.map_err(internal)?;
     let created = state
         .store
-        .insert_attachment(&NewAttachment {
-            episode: episode.id,
-            sha256: &sha256,
-            content_type: &content_type,
-            created_by_kind: caller.principal.kind(),
-            created_by_ref: &sender_ref(&caller.principal),
-            body: &bytes,
-        })
+        .insert_attachment(
+            &NewAttachment {
+                episode: episode.id,
+                sha256: &sha256,
+                content_type: &content_type,
+                created_by_kind: caller.principal.kind(),
+                created_by_ref: &sender_ref(&caller.principal),
+                body: &bytes,
+            },
+            &record,
+        )
         .await?;
     drop(spool);
     let status = if created {
@@ -147,18 +160,30 @@ pub async fn put_attachment(
     security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn get_attachment(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path((episode_id, sha256)): Path<(Uuid, String)>,
 ) -> Result<Response, Problem> {
     if !is_sha256_hex(&sha256) {
         return Err(invalid("sha256", "64 lower-case hex digits"));
     }
-    let (episode, _, _) = reach(&state, &caller, EpisodeId(episode_id)).await?;
+    let (episode, _, _, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(episode_id),
+        (Action::Read, "attachment"),
+    )
+    .await?;
     let (content_type, bytes) = state
         .store
         .attachment(episode.id, &sha256)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
+    state
+        .store
+        .record_access(&[record.resource_id(sha256)])
+        .await?;
     let mut response = bytes.into_response();
     if let Ok(value) = HeaderValue::from_str(&content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);

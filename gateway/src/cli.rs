@@ -15,6 +15,7 @@ use icbt_auth::policy::AuditorRule;
 use icbt_auth::token::Validator;
 
 use crate::api::{self, AppState};
+use crate::audit::sequencer::AuditLog;
 use crate::authn::AuthContext;
 use crate::login::LoginContext;
 use crate::server::{self, ListenerTimeouts};
@@ -46,6 +47,31 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Check the access log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the whole tree from the stored records, check every checkpoint, and name
+    /// the first record that does not fit. Exits non-zero if anything is wrong.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Use dev mode's defaults (SQLite in ./data).
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print the base64 public key that verifies the log's checkpoints.
+    PublicKey {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dev: bool,
     },
 }
 
@@ -82,6 +108,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.shutdown_timeout(Duration::from_secs(5));
             telemetry.shutdown();
             result
+        }
+        Command::Audit { command } => {
+            let (config, dev, verify) = match command {
+                AuditCommand::Verify { config, dev } => (config, dev, true),
+                AuditCommand::PublicKey { config, dev } => (config, dev, false),
+            };
+            let config = Config::load(config.as_deref(), mode(dev))?;
+            let log = AuditLog::from_config(&config.audit, &config.storage.data_dir)?;
+            if !verify {
+                use base64::Engine as _;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!(
+                        "{}",
+                        base64::engine::general_purpose::STANDARD.encode(log.signer.public_key())
+                    );
+                }
+                return Ok(());
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(verify_audit(&config, &log))
         }
         Command::Config {
             command: ConfigCommand::Check { file, dev },
@@ -130,6 +180,10 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         &auth.validator,
         &login_http,
     )?);
+    let audit_log = Arc::new(AuditLog::from_config(
+        &config.audit,
+        &config.storage.data_dir,
+    )?);
     let metrics = Metrics::shared();
     let push = crate::push::Push::default();
     let state = AppState {
@@ -143,9 +197,11 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         }),
         login,
         outbound: outbound_client(&config)?,
+        audit: audit_log.clone(),
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
+    let sequencer = tokio::spawn(audit_log.clone().run(store.clone()));
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         attachment_limit_bytes: config.storage.attachment_limit_bytes,
@@ -179,9 +235,62 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     .await;
     purge.abort();
     notifications.abort();
+    sequencer.abort();
+    // Records of the last requests join the tree before the pool closes.
+    if let Err(e) = audit_log.sequence_all(&store).await {
+        tracing::warn!(error = %e, "adding the last audit records to the tree failed; the next start adds them");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `audit verify`: one pass over the log in tree order.
+async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Result<()> {
+    const PAGE: i64 = 10_000;
+    let started = std::time::Instant::now();
+    let store = Store::open(&config.storage).await?;
+    let checkpoints = store.audit_checkpoints().await?;
+    let pending = store.audit_pending().await?;
+    let mut verifier = crate::audit::verify::Verifier::new(
+        checkpoints,
+        log.trusted.clone(),
+        &log.retention,
+        crate::storage::now_ms(),
+    );
+    let mut from = 0;
+    loop {
+        let page = store.audit_scan(from, PAGE).await?;
+        let Some(last) = page.last().and_then(|s| s.leaf_index) else {
+            break;
+        };
+        for stored in &page {
+            verifier.feed(stored);
+        }
+        if verifier.failed() || i64::try_from(page.len()).unwrap_or(i64::MAX) < PAGE {
+            break;
+        }
+        from = last + 1;
+    }
+    let report = verifier.finish();
+    store.close().await;
+    let seconds = started.elapsed().as_secs_f64();
+    #[allow(clippy::print_stdout, clippy::cast_precision_loss)]
+    match report.problem {
+        None => {
+            println!(
+                "audit log verified: {} records, {} checkpoints, {pending} waiting to join the tree ({:.0} records/s)",
+                report.records,
+                report.checkpoints,
+                report.records as f64 / seconds.max(1e-9)
+            );
+            Ok(())
+        }
+        Some(problem) => {
+            println!("audit log NOT verified: {problem}");
+            anyhow::bail!("audit log verification failed: {problem}")
+        }
+    }
 }
 
 fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {

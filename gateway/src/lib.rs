@@ -2,7 +2,7 @@
 //!
 //! Owns: the listener and its tower stack ([`stack`]), routes ([`api`]), RFC 9457 errors
 //! ([`problem`]), the database ([`storage`]; no SQL anywhere else), and the domain records
-//! ([`episode`]).
+//! ([`episode`]), and the tamper-evident access log ([`audit`]).
 //!
 //! Must not know about: token formats or FHIR (the `icbt-auth` and `icbt-fhir-mapping`
 //! crates own them).
@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod attachments;
+pub mod audit;
 pub mod authn;
 pub mod cli;
 pub mod episode;

@@ -17,6 +17,7 @@ use icbt_config::LoginConfig;
 use serde::Deserialize;
 
 use crate::api::AppState;
+use crate::audit::{Access, Action};
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::{LoginAttempt, SessionRecord};
 
@@ -211,7 +212,26 @@ fn login_failed(reason: &str) -> Problem {
 #[utoipa::path(get, path = "/auth/callback", tag = "login", params(CallbackQuery), responses((status = 303, description = "session cookie set; to return_to"), (status = 400, body = crate::problem::ProblemDocument), (status = 401, body = crate::problem::ProblemDocument)))]
 pub async fn callback(
     State(state): State<AppState>,
+    access: Access,
     Query(query): Query<CallbackQuery>,
+) -> Result<Response, Problem> {
+    match finish_login(&state, &access, &query).await {
+        Ok(response) => Ok(response),
+        Err(problem) => {
+            // A failed login is an access attempt too; who it was is not known.
+            let record = access
+                .anonymous(Action::Login, "session")
+                .refused(problem.kind().slug());
+            state.store.record_access(&[record]).await?;
+            Err(problem)
+        }
+    }
+}
+
+async fn finish_login(
+    state: &AppState,
+    access: &Access,
+    query: &CallbackQuery,
 ) -> Result<Response, Problem> {
     let now = now_secs();
     let invalid_state = || Problem::new(ProblemKind::LoginStateInvalid);
@@ -274,6 +294,7 @@ pub async fn callback(
     let principal =
         serde_json::to_string(&authenticated).map_err(|_| Problem::new(ProblemKind::Internal))?;
     let cookie_value = random_value();
+    let record = access.record(&authenticated, Action::Login, "session");
     let absolute =
         i64::try_from(provider.config.session_absolute_timeout_seconds).unwrap_or(43_200);
     let session = SessionRecord {
@@ -287,7 +308,7 @@ pub async fn callback(
     };
     state
         .store
-        .insert_session(&session_id_hash(&cookie_value), &session)
+        .insert_session(&session_id_hash(&cookie_value), &session, &record)
         .await?;
     tracing::info!(principal = authenticated.principal.kind(), issuer = %attempt.issuer, "login completed");
     let mut response = redirect(&attempt.return_to);
@@ -305,12 +326,22 @@ pub async fn callback(
 #[utoipa::path(post, path = "/auth/logout", tag = "login", responses((status = 303, description = "to the issuer's end-session endpoint"), (status = 204, description = "there was no session")))]
 pub async fn logout(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let ended = match session_cookie(&headers) {
         Some(value) => state.store.delete_session(&session_id_hash(value)).await?,
         None => None,
     };
+    if let Some(session) = &ended
+        && let Ok(who) =
+            serde_json::from_str::<icbt_auth::principal::Authenticated>(&session.principal)
+    {
+        state
+            .store
+            .record_access(&[access.record(&who, Action::Logout, "session")])
+            .await?;
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(session) = ended
         && let Some(provider) = state.login.providers.get(&session.issuer)

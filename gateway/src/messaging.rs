@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::audit::{Access, Action, Record};
 use crate::authn::Caller;
 use crate::episode::{Clinic, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
 use crate::json::ApiJson;
@@ -101,12 +102,16 @@ fn view(episode: &Episode, clinic: &Clinic, team: &[CareTeamEntry]) -> EpisodeVi
     }
 }
 
-/// Loads an episode with its clinic and care team, and checks `caller` may reach it.
+/// Loads an episode with its clinic and care team, and checks `caller` may reach it for
+/// `action` on `resource`. A refusal is recorded in the access log; on success, the
+/// record to commit with the access is returned.
 pub(crate) async fn reach(
     state: &AppState,
+    access: &Access,
     caller: &Authenticated,
     id: EpisodeId,
-) -> Result<(Episode, Clinic, Vec<CareTeamEntry>), Problem> {
+    (action, resource): (Action, &str),
+) -> Result<(Episode, Clinic, Vec<CareTeamEntry>, Record), Problem> {
     let episode = state
         .store
         .episode(id)
@@ -124,25 +129,73 @@ pub(crate) async fn reach(
         clinic: &clinic.org_number,
         care_team: &members,
     };
-    policy::decide(
+    let record = access.record(caller, action, resource).episode(&episode);
+    if let Err(denial) = policy::decide(
+        caller,
+        &state.auth.auditors,
+        &Resource::Episode(facts),
+        now_secs(),
+    ) {
+        state
+            .store
+            .record_access(&[record.refused(denial.reason_code())])
+            .await?;
+        return Err(forbidden(denial));
+    }
+    Ok((episode, clinic, team, record))
+}
+
+/// The episode with its clinic and team if `caller` may see it; for lists, where an
+/// episode the caller may not see is left out rather than refused.
+async fn visible(
+    state: &AppState,
+    caller: &Authenticated,
+    id: EpisodeId,
+) -> Result<Option<(Episode, Clinic, Vec<CareTeamEntry>)>, Problem> {
+    let Some(episode) = state.store.episode(id).await? else {
+        return Ok(None);
+    };
+    let Some(clinic) = state.store.clinic(episode.clinic_id).await? else {
+        return Ok(None);
+    };
+    let team = state.store.care_team(id).await?;
+    let members: Vec<_> = team.iter().map(CareTeamEntry::as_member).collect();
+    let facts = EpisodeFacts {
+        patient: &episode.patient,
+        clinic: &clinic.org_number,
+        care_team: &members,
+    };
+    Ok(policy::decide(
         caller,
         &state.auth.auditors,
         &Resource::Episode(facts),
         now_secs(),
     )
-    .map_err(forbidden)?;
-    Ok((episode, clinic, team))
+    .is_ok()
+    .then_some((episode, clinic, team)))
 }
 
-/// Checks `caller` may manage the episodes of `clinic` (the platform's job).
-fn manage(state: &AppState, caller: &Authenticated, clinic: &OrgNumber) -> Result<(), Problem> {
-    policy::decide(
+/// Checks `caller` may manage the episodes of `clinic` (the platform's job); a refusal
+/// is recorded with `refused`, the record of the attempt.
+async fn manage(
+    state: &AppState,
+    caller: &Authenticated,
+    clinic: &OrgNumber,
+    refused: Record,
+) -> Result<(), Problem> {
+    if let Err(denial) = policy::decide(
         caller,
         &state.auth.auditors,
         &Resource::ClinicEpisodes { clinic },
         now_secs(),
-    )
-    .map_err(forbidden)
+    ) {
+        state
+            .store
+            .record_access(&[refused.refused(denial.reason_code())])
+            .await?;
+        return Err(forbidden(denial));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -162,6 +215,7 @@ pub struct PutEpisode {
 #[utoipa::path(put, path = "/v1/episodes/{id}", tag = "episodes", params(("id" = Uuid, Path, description = "the platform's id for the episode")), request_body = PutEpisode, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 201, body = EpisodeView, description = "created"), (status = 200, body = EpisodeView, description = "already existed"), (status = 409, body = crate::problem::ProblemDocument, description = "id taken by another episode")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_episode(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<PutEpisode>,
@@ -173,15 +227,27 @@ pub async fn put_episode(
     if body.programme.is_empty() || body.programme.len() > 200 {
         return Err(invalid("programme", "1 to 200 characters"));
     }
-    manage(&state, &caller, &org)?;
+    let mut record = access
+        .record(&caller, Action::Create, "episode")
+        .resource_id(id.to_string());
+    record.episode_id = Some(id);
+    record.patient = Some(patient.expose().to_owned());
+    manage(&state, &caller, &org, record.clone()).await?;
     let clinic = state
         .store
         .upsert_clinic(&org, body.clinic_name.as_deref().unwrap_or(org.as_str()))
         .await?;
     let (episode, created) = state
         .store
-        .put_episode(EpisodeId(id), clinic.id, &patient, &body.programme)
+        .put_episode(EpisodeId(id), clinic.id, &patient, &body.programme, &record)
         .await?;
+    if !created {
+        // A retry: it reads what is there.
+        state
+            .store
+            .record_access(&[record.action(Action::Read)])
+            .await?;
+    }
     let team = state.store.care_team(episode.id).await?;
     let status = if created {
         StatusCode::CREATED
@@ -195,10 +261,19 @@ pub async fn put_episode(
 #[utoipa::path(get, path = "/v1/episodes/{id}", tag = "episodes", params(("id" = Uuid, Path)), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn get_episode(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<EpisodeView>, Problem> {
-    let (episode, clinic, team) = reach(&state, &caller, EpisodeId(id)).await?;
+    let (episode, clinic, team, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(id),
+        (Action::Read, "episode"),
+    )
+    .await?;
+    state.store.record_access(&[record]).await?;
     Ok(Json(view(&episode, &clinic, &team)))
 }
 
@@ -227,6 +302,7 @@ pub struct EpisodeList {
 #[utoipa::path(get, path = "/v1/episodes", tag = "episodes", params(PageQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeList)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn list_episodes(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<EpisodeList>, Problem> {
@@ -242,15 +318,23 @@ pub async fn list_episodes(
             .map(EpisodeFilter::Clinic)
             .collect(),
     };
+    let mut records = Vec::new();
     for filter in filters {
         for episode in state.store.episodes_for(&filter, limit).await? {
             // The filter narrows; the policy decides (an ended cover, an auditor).
-            if let Ok((episode, clinic, team)) = reach(&state, &caller, episode.id).await {
+            if let Some((episode, clinic, team)) = visible(&state, &caller, episode.id).await? {
+                records.push(
+                    access
+                        .record(&caller, Action::Search, "episodes")
+                        .episode(&episode),
+                );
                 episodes.push(view(&episode, &clinic, &team));
             }
         }
     }
     episodes.truncate(usize::try_from(limit).unwrap_or(0));
+    records.truncate(episodes.len());
+    state.store.record_access(&records).await?;
     Ok(Json(EpisodeList { episodes }))
 }
 
@@ -264,6 +348,7 @@ pub struct PutCareTeam {
 #[utoipa::path(put, path = "/v1/episodes/{id}/care-team", tag = "episodes", params(("id" = Uuid, Path)), request_body = PutCareTeam, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_care_team(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<PutCareTeam>,
@@ -279,7 +364,10 @@ pub async fn put_care_team(
         .clinic(episode.clinic_id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    manage(&state, &caller, &clinic.org_number)?;
+    let record = access
+        .record(&caller, Action::Update, "care-team")
+        .episode(&episode);
+    manage(&state, &caller, &clinic.org_number, record.clone()).await?;
     if body.members.len() > 50 {
         return Err(invalid("members", "at most 50 members"));
     }
@@ -304,7 +392,7 @@ pub async fn put_care_team(
             until_ms: member.until_ms,
         });
     }
-    state.store.set_care_team(id, &team).await?;
+    state.store.set_care_team(id, &team, &record).await?;
     let episode = state
         .store
         .episode(id)
@@ -327,6 +415,7 @@ pub struct PutState {
 #[utoipa::path(put, path = "/v1/episodes/{id}/state", tag = "episodes", params(("id" = Uuid, Path)), request_body = PutState, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = EpisodeView), (status = 409, body = crate::problem::ProblemDocument, description = "invalid transition")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_state(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<PutState>,
@@ -342,8 +431,12 @@ pub async fn put_state(
         .clinic(episode.clinic_id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    manage(&state, &caller, &clinic.org_number)?;
-    let episode = state.store.transition(id, body.state).await?;
+    let record = access
+        .record(&caller, Action::Update, "episode")
+        .episode(&episode)
+        .resource_id(body.state.as_str());
+    manage(&state, &caller, &clinic.org_number, record.clone()).await?;
+    let episode = state.store.transition(id, body.state, &record).await?;
     Ok(Json(view(
         &episode,
         &clinic,
@@ -478,11 +571,20 @@ fn request_hash(parts: &[&[u8]]) -> String {
 #[utoipa::path(put, path = "/v1/episodes/{id}/messages/{message_id}", tag = "messages", params(("id" = Uuid, Path, description = "episode"), ("message_id" = Uuid, Path, description = "the sender's id for the message")), request_body = PutMessage, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 201, body = MessageReceipt, description = "committed"), (status = 200, body = MessageReceipt, description = "the same request again: the original result"), (status = 409, body = crate::problem::ProblemDocument, description = "id used for another message, or episode closed")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_message(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path((episode_id, message_id)): Path<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMessage>,
 ) -> Result<Response, Problem> {
-    let (episode, _, _) = reach(&state, &caller, EpisodeId(episode_id)).await?;
+    let (episode, _, _, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(episode_id),
+        (Action::Create, "messages"),
+    )
+    .await?;
+    let record = record.resource_id(message_id.to_string());
     if !body.kind.allowed_for(&caller.principal) {
         tracing::info!(
             kind = body.kind.as_str(),
@@ -535,12 +637,18 @@ pub async fn put_message(
         attachments: &attachments,
         request_hash: &hash,
     };
-    let (status, position) = match state.store.append_message(&message).await? {
+    let (status, position) = match state.store.append_message(&message, &record).await? {
         Appended::Created(p) => {
             state.push.wake();
             (StatusCode::CREATED, p)
         }
-        Appended::Replayed(p) => (StatusCode::OK, p),
+        Appended::Replayed(p) => {
+            state
+                .store
+                .record_access(&[record.action(Action::Read)])
+                .await?;
+            (StatusCode::OK, p)
+        }
         Appended::Conflict => return Err(Problem::new(ProblemKind::MessageIdConflict)),
     };
     let receipt = MessageReceipt {
@@ -604,6 +712,7 @@ pub struct MessagePage {
 #[utoipa::path(get, path = "/v1/episodes/{id}/messages", tag = "messages", params(("id" = Uuid, Path), PageQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = MessagePage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn list_messages(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(episode_id): Path<Uuid>,
     Query(query): Query<PageQuery>,
@@ -613,7 +722,15 @@ pub async fn list_messages(
     if after < 0 {
         return Err(invalid("after", "a sequence number, 0 or more"));
     }
-    let (episode, _, _) = reach(&state, &caller, EpisodeId(episode_id)).await?;
+    let (episode, _, _, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(episode_id),
+        (Action::Read, "messages"),
+    )
+    .await?;
+    state.store.record_access(&[record]).await?;
     let messages = state.store.messages_after(episode.id, after, limit).await?;
     let next_after = messages.last().map_or(after, |m| m.seq);
     Ok(Json(MessagePage {
@@ -701,11 +818,19 @@ async fn receipts_view(
 #[utoipa::path(put, path = "/v1/episodes/{id}/receipts", tag = "messages", params(("id" = Uuid, Path)), request_body = PutReceipt, responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = ReceiptsView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_receipts(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<PutReceipt>,
 ) -> Result<Json<ReceiptsView>, Problem> {
-    let (episode, _, _) = reach(&state, &caller, EpisodeId(id)).await?;
+    let (episode, _, _, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(id),
+        (Action::Update, "receipts"),
+    )
+    .await?;
     let Some((kind, reference)) = reader(&caller.principal) else {
         tracing::info!(reason = "not_a_reader", "authorisation refused");
         return Err(Problem::new(ProblemKind::Forbidden));
@@ -722,7 +847,7 @@ pub async fn put_receipts(
     let read = check(body.read_up_to, "read_up_to")?;
     state
         .store
-        .mark(episode.id, kind, &reference, delivered, read)
+        .mark(episode.id, kind, &reference, delivered, read, &record)
         .await?;
     Ok(Json(receipts_view(&state, &caller, episode.id).await?))
 }
@@ -732,10 +857,19 @@ pub async fn put_receipts(
 #[utoipa::path(get, path = "/v1/episodes/{id}/receipts", tag = "messages", params(("id" = Uuid, Path)), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = ReceiptsView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn get_receipts(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ReceiptsView>, Problem> {
-    let (episode, _, _) = reach(&state, &caller, EpisodeId(id)).await?;
+    let (episode, _, _, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(id),
+        (Action::Read, "receipts"),
+    )
+    .await?;
+    state.store.record_access(&[record]).await?;
     Ok(Json(receipts_view(&state, &caller, episode.id).await?))
 }
 

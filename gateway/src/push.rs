@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::api::AppState;
+use crate::audit::{Access, Action};
 use crate::authn::Caller;
+use crate::episode::EpisodeId;
 use crate::messaging::{MAX_PAGE, MessageView, message_view};
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::stream::{StreamEntry, StreamFilter, StreamPosition};
@@ -128,8 +130,33 @@ pub struct StreamQuery {
     after: Option<String>,
 }
 
+/// Records that `caller` was given the messages of `entries`: one read per episode.
+async fn record_delivery(
+    store: &Store,
+    access: &Access,
+    caller: &Authenticated,
+    entries: &[StreamEntry],
+) -> Result<(), crate::storage::StorageError> {
+    let mut episodes: Vec<EpisodeId> = entries.iter().map(|e| e.episode).collect();
+    episodes.sort_unstable_by_key(|e| e.0);
+    episodes.dedup();
+    let mut records = Vec::with_capacity(episodes.len());
+    for id in episodes {
+        if let Some(episode) = store.episode(id).await? {
+            records.push(
+                access
+                    .record(caller, Action::Read, "messages")
+                    .episode(&episode),
+            );
+        }
+    }
+    store.record_access(&records).await
+}
+
 struct Reader {
     store: Store,
+    access: Access,
+    caller: Authenticated,
     filter: StreamFilter,
     position: StreamPosition,
     wake: broadcast::Receiver<()>,
@@ -156,6 +183,14 @@ impl Reader {
                 .await
             {
                 Ok(entries) if !entries.is_empty() => {
+                    // Delivered only once the access is recorded.
+                    if let Err(e) =
+                        record_delivery(&self.store, &self.access, &self.caller, &entries).await
+                    {
+                        tracing::warn!(error = %e, "recording a stream delivery failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     if let Some(last) = entries.last() {
                         self.position = last.position;
                     }
@@ -184,6 +219,7 @@ impl Reader {
 #[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
@@ -201,6 +237,8 @@ pub async fn stream(
     };
     let reader = Reader {
         store: state.store.clone(),
+        access,
+        caller,
         filter,
         position,
         wake,
@@ -242,6 +280,7 @@ pub struct InboxPage {
 #[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = InboxPage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn inbox(
     State(state): State<AppState>,
+    access: Access,
     Caller(caller): Caller,
     Query(query): Query<InboxQuery>,
 ) -> Result<Json<InboxPage>, Problem> {
@@ -270,6 +309,7 @@ pub async fn inbox(
             .stream_after(&filter, after, now_ms(), limit)
             .await?;
         if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            record_delivery(&state.store, &access, &caller, &entries).await?;
             let next_after = entries.last().map_or(after, |e| e.position).to_string();
             return Ok(Json(InboxPage {
                 entries: entries.into_iter().map(entry_view).collect(),

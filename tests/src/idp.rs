@@ -586,6 +586,16 @@ impl Actor {
         Self { token, client }
     }
 
+    /// A clinician whose token carries the auditor scope.
+    pub async fn auditor(pid: &str, hpr: &str) -> Self {
+        let account = clinician_account(pid, Some(hpr), 4);
+        let scope = format!("openid {} nhn:icbt-gateway/audit", Idp::Helseid.api_scope());
+        let (token, client) = IdentityProviders::shared()
+            .login(Idp::Helseid, &account, &scope, true)
+            .await;
+        Self { token, client }
+    }
+
     /// `method` on `url` with an optional JSON body; panics if the request fails.
     pub async fn call(
         &self,

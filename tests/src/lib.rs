@@ -120,15 +120,29 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> Self {
+        Self::create_from(None).await
+    }
+
+    /// A new database holding a copy of this one (nobody may be connected to it).
+    pub async fn copy(&self) -> Self {
+        Self::create_from(Some(&self.name)).await
+    }
+
+    async fn create_from(template: Option<&str>) -> Self {
         let admin_url = postgres_admin_url().expect("PostgreSQL configured");
         let name = format!("icbt_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
             .expect("connect to PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        let template = template
+            .map(|t| format!(" TEMPLATE {t}"))
+            .unwrap_or_default();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name}{template}"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
         admin.close().await.ok();
         let mut url = url_with_database(&admin_url, &name);
         if url.starts_with("postgresql://") {
@@ -202,6 +216,11 @@ pub async fn storage_for(
 }
 
 /// How to start a gateway.
+/// The test-only Ed25519 key that signs the access log's checkpoints.
+pub fn audit_signing_key() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-only-audit-signing-key.pem")
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct GatewayOptions {
     /// Extra environment variables (`ICBT_…`).
@@ -291,7 +310,10 @@ impl Gateway {
         cmd.current_dir(data_dir.path())
             .env("ICBT_SERVER__BIND", "127.0.0.1:0")
             .env("ICBT_STORAGE__DATA_DIR", data_dir.path())
-            .env("ICBT_SERVER__SHUTDOWN_GRACE_SECONDS", "10");
+            .env("ICBT_SERVER__SHUTDOWN_GRACE_SECONDS", "10")
+            // One signing key for every instance, as production configures it.
+            .env("ICBT_AUDIT__SIGNING_KEY_FILE", audit_signing_key())
+            .env("ICBT_AUDIT__CHECKPOINT_INTERVAL_MS", "200");
         if let Some(db) = &database {
             cmd.env("ICBT_STORAGE__URL", &db.url);
         }
@@ -356,6 +378,11 @@ impl Gateway {
     /// A client that trusts only this gateway's certificate, offering h2 and http/1.1.
     pub fn client(&self) -> reqwest::Client {
         client_trusting(&self.certificate_pem(), ClientTls::default())
+    }
+
+    /// The PostgreSQL database, when the gateway runs on one.
+    pub fn database(&self) -> Option<&TestDatabase> {
+        self.database.as_ref()
     }
 
     pub fn pid(&self) -> u32 {

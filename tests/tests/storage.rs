@@ -149,7 +149,10 @@ async fn sessions_end_at_idle_and_absolute_timeouts() {
             idle_timeout: 100,
             absolute_expiry: created + 250,
         };
-        store.insert_session("a", &session(1_000)).await.unwrap();
+        store
+            .insert_session("a", &session(1_000), &login_record())
+            .await
+            .unwrap();
         // Used within the idle time again and again: alive until the absolute end.
         for now in [1_090, 1_180, 1_240] {
             assert!(
@@ -166,14 +169,20 @@ async fn sessions_end_at_idle_and_absolute_timeouts() {
             "an ended session stays ended"
         );
 
-        store.insert_session("b", &session(2_000)).await.unwrap();
+        store
+            .insert_session("b", &session(2_000), &login_record())
+            .await
+            .unwrap();
         assert!(store.session("b", 2_050).await.unwrap().is_some());
         assert!(
             store.session("b", 2_151).await.unwrap().is_none(),
             "{backend:?}: idle timeout"
         );
 
-        store.insert_session("c", &session(3_000)).await.unwrap();
+        store
+            .insert_session("c", &session(3_000), &login_record())
+            .await
+            .unwrap();
         assert!(
             store.delete_session("c").await.unwrap().is_some(),
             "revoked"
@@ -220,4 +229,8 @@ async fn login_attempts_are_single_use_and_expire() {
             "{backend:?}: expired"
         );
     }
+}
+
+fn login_record() -> icbt_gateway::audit::Record {
+    icbt_gateway::audit::Access::default().anonymous(icbt_gateway::audit::Action::Login, "session")
 }

@@ -27,7 +27,12 @@ impl std::fmt::Debug for NewAttachment<'_> {
 
 impl Store {
     /// Stores the attachment; `true` if new, `false` if the episode already had it.
-    pub async fn insert_attachment(&self, a: &NewAttachment<'_>) -> Result<bool, StorageError> {
+    pub async fn insert_attachment(
+        &self,
+        a: &NewAttachment<'_>,
+        audit: &crate::audit::Record,
+    ) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "INSERT INTO attachments (episode_id, sha256, size, content_type, created_by_kind, created_by_ref, created_at_ms, body) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (episode_id, sha256) DO NOTHING",
@@ -40,8 +45,10 @@ impl Store {
         .bind(a.created_by_ref)
         .bind(now_ms())
         .bind(a.body)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        super::audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 

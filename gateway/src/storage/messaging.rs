@@ -11,6 +11,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{StorageError, Store, now_ms};
+use crate::audit::Record;
 use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
 use icbt_auth::identity::HprNumber;
 use icbt_auth::policy::CareTeamMember;
@@ -183,8 +184,10 @@ impl Store {
         clinic: ClinicId,
         patient: &NationalId,
         programme: &str,
+        audit: &Record,
     ) -> Result<(Episode, bool), EpisodeRefusal> {
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO episodes (id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, 'planned', $5, $5) ON CONFLICT (id) DO NOTHING",
@@ -194,10 +197,14 @@ impl Store {
         .bind(patient.expose())
         .bind(programme)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
+        if inserted {
+            super::audit::insert(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
         let episode = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
         if episode.clinic_id != clinic
             || &episode.patient != patient
@@ -213,8 +220,10 @@ impl Store {
         &self,
         episode: EpisodeId,
         team: &[CareTeamEntry],
+        audit: &Record,
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
+        super::audit::insert(&mut tx, audit).await?;
         sqlx::query("DELETE FROM care_team WHERE episode_id = $1")
             .bind(episode.to_string())
             .execute(&mut *tx)
@@ -259,6 +268,7 @@ impl Store {
         &self,
         id: EpisodeId,
         to: EpisodeState,
+        audit: &Record,
     ) -> Result<Episode, EpisodeRefusal> {
         let current = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
         if !allowed(current.state, to) {
@@ -271,6 +281,7 @@ impl Store {
             return Ok(current);
         }
         // Compare-and-set: a concurrent transition makes this one re-check.
+        let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE episodes SET state = $1, updated_at_ms = $2 WHERE id = $3 AND state = $4",
         )
@@ -278,9 +289,13 @@ impl Store {
         .bind(now_ms())
         .bind(id.to_string())
         .bind(current.state.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if changed == 1 {
+            super::audit::insert(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
         if changed == 0 {
             let now = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
             return if now.state == to {
@@ -323,6 +338,7 @@ impl Store {
     pub async fn append_message(
         &self,
         message: &NewMessage<'_>,
+        audit: &Record,
     ) -> Result<Appended, EpisodeRefusal> {
         let episode = message.episode.to_string();
         let mut tx = self.pool.begin().await?;
@@ -385,6 +401,7 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => {
+                super::audit::insert(&mut tx, audit).await?;
                 if self.backend == super::Backend::Postgres {
                     // Delivered to every listening instance when, and only if, this commits.
                     sqlx::query("SELECT pg_notify($1, $2)")

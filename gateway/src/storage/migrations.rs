@@ -33,11 +33,13 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_attachments.sql"),
         include_str!("../../migrations/postgres/0007_attachments.sql"),
     ),
+    (8, "audit log", AUDIT, AUDIT),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
 const DPOP: &str = include_str!("../../migrations/0002_dpop_replay.sql");
 const LOGIN: &str = include_str!("../../migrations/0003_login_sessions.sql");
+const AUDIT: &str = include_str!("../../migrations/0008_audit.sql");
 const RECEIPTS: &str = include_str!("../../migrations/0006_receipts.sql");
 
 pub(super) fn migrator(backend: Backend) -> Migrator {

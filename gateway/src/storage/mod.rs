@@ -6,6 +6,7 @@
 //! Where the backends need different SQL, [`Backend`] says which one is in use.
 
 mod attachments;
+mod audit;
 mod messaging;
 mod migrations;
 mod receipts;
@@ -13,6 +14,7 @@ mod sessions;
 pub mod stream;
 
 pub use attachments::NewAttachment;
+pub use audit::AuditFilter;
 pub use messaging::{
     Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,

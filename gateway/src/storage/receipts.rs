@@ -33,6 +33,7 @@ impl Store {
         reader_ref: &str,
         delivered_up_to: i64,
         read_up_to: i64,
+        audit: &crate::audit::Record,
     ) -> Result<ReceiptMarks, StorageError> {
         let max = match self.backend {
             Backend::Sqlite => "MAX",
@@ -45,6 +46,7 @@ impl Store {
              delivered_up_to = {max}(receipts.delivered_up_to, excluded.delivered_up_to), \
              read_up_to = {max}(receipts.read_up_to, excluded.read_up_to), updated_at_ms = excluded.updated_at_ms"
         );
+        let mut tx = self.pool.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(episode.to_string())
             .bind(reader_kind)
@@ -52,8 +54,10 @@ impl Store {
             .bind(delivered)
             .bind(read_up_to)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        super::audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
         let marks = self.receipts(episode).await?;
         marks
             .into_iter()

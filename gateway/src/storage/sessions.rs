@@ -109,7 +109,9 @@ impl Store {
         &self,
         id_hash: &str,
         session: &SessionRecord,
+        audit: &crate::audit::Record,
     ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id_hash, issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -122,8 +124,10 @@ impl Store {
         .bind(session.last_seen_at)
         .bind(session.idle_timeout)
         .bind(session.absolute_expiry)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        super::audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 

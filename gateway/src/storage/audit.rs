@@ -1,0 +1,376 @@
+//! The access log's tables: records written beside the accesses they describe, the
+//! sequencer that adds them to the Merkle tree and signs checkpoints, and the reads that
+//! the audit API and `audit verify` need.
+
+use std::fmt::Write as _;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer, Tree};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use super::{StorageError, Store, now_ms};
+use crate::audit::{Action, ORIGIN, Outcome, Record, Stored};
+
+const COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
+    principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+    patient, request_id, source";
+
+/// Writes `record` on `conn`, inside the caller's transaction.
+pub(super) async fn insert(conn: &mut AnyConnection, r: &Record) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_records ({COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    )))
+    .bind(r.id.to_string())
+    .bind(r.recorded_at_ms)
+    .bind(r.action.as_str())
+    .bind(r.outcome.as_str())
+    .bind(r.reason.as_deref())
+    .bind(&r.principal_kind)
+    .bind(r.principal_id.as_deref())
+    .bind(r.principal_organisation.as_deref())
+    .bind(r.issuer.as_deref())
+    .bind(r.client_id.as_deref())
+    .bind(r.token_jti.as_deref())
+    .bind(&r.resource_type)
+    .bind(r.resource_id.as_deref())
+    .bind(r.episode_id.map(|e| e.to_string()))
+    .bind(r.patient.as_deref())
+    .bind(r.request_id.as_deref())
+    .bind(r.source.as_deref())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn record_from_row(r: &AnyRow) -> Result<Record, StorageError> {
+    let uuid = |column: &'static str, value: Option<String>| {
+        value
+            .map(|v| Uuid::parse_str(&v).map_err(|_| StorageError::Corrupt(column)))
+            .transpose()
+    };
+    Ok(Record {
+        id: super::parse_uuid(r, "id")?,
+        recorded_at_ms: r.try_get("recorded_at_ms")?,
+        action: Action::parse(&r.try_get::<String, _>("action")?)
+            .ok_or(StorageError::Corrupt("audit_records.action"))?,
+        outcome: Outcome::parse(&r.try_get::<String, _>("outcome")?)
+            .ok_or(StorageError::Corrupt("audit_records.outcome"))?,
+        reason: r.try_get("reason")?,
+        principal_kind: r.try_get("principal_kind")?,
+        principal_id: r.try_get("principal_id")?,
+        principal_organisation: r.try_get("principal_organisation")?,
+        issuer: r.try_get("issuer")?,
+        client_id: r.try_get("client_id")?,
+        token_jti: r.try_get("token_jti")?,
+        resource_type: r.try_get("resource_type")?,
+        resource_id: r.try_get("resource_id")?,
+        episode_id: uuid("audit_records.episode_id", r.try_get("episode_id")?)?,
+        patient: r.try_get("patient")?,
+        request_id: r.try_get("request_id")?,
+        source: r.try_get("source")?,
+    })
+}
+
+fn stored_from_row(r: &AnyRow) -> Result<Stored, StorageError> {
+    let index: Option<i64> = r.try_get("leaf_index")?;
+    Ok(Stored {
+        record: record_from_row(r)?,
+        leaf_index: index
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| StorageError::Corrupt("audit_records.leaf_index"))?,
+        leaf_hash: r.try_get("leaf_hash")?,
+        pruned: r.try_get::<i64, _>("pruned")? != 0,
+    })
+}
+
+fn checkpoint_from_row(r: &AnyRow) -> Result<SignedCheckpoint, StorageError> {
+    let corrupt = || StorageError::Corrupt("audit_checkpoints");
+    let root = icbt_merkle::from_hex(&r.try_get::<String, _>("root")?).ok_or_else(corrupt)?;
+    Ok(SignedCheckpoint {
+        checkpoint: Checkpoint {
+            origin: ORIGIN.to_owned(),
+            size: u64::try_from(r.try_get::<i64, _>("size")?).map_err(|_| corrupt())?,
+            root,
+            timestamp_ms: r.try_get("timestamp_ms")?,
+        },
+        key_id: r.try_get("key_id")?,
+        signature: STANDARD
+            .decode(r.try_get::<String, _>("signature")?)
+            .map_err(|_| corrupt())?,
+    })
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What the security team filters the log by.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub patient: Option<String>,
+    /// HPR number, client id or national id of whoever acted.
+    pub principal: Option<String>,
+    pub episode: Option<Uuid>,
+    pub action: Option<Action>,
+    pub outcome: Option<Outcome>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+impl Store {
+    /// Commits access records that come with no other change (reads).
+    pub async fn record_access(&self, records: &[Record]) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        for record in records {
+            insert(&mut tx, record).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds up to `batch` waiting records to the tree and signs a checkpoint over the new
+    /// size, in one transaction. Returns how many were added. Safe to run on several
+    /// instances at once: the head row's lock orders them.
+    pub async fn sequence_audit(&self, signer: &Signer, batch: i64) -> Result<u64, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let head =
+            sqlx::query("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
+                .fetch_one(&mut *tx)
+                .await?;
+        let size = u64::try_from(head.try_get::<i64, _>("size")?)
+            .map_err(|_| StorageError::Corrupt("audit_head.size"))?;
+        let peaks: Vec<Hash> = head
+            .try_get::<String, _>("peaks")?
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(icbt_merkle::from_hex)
+            .collect::<Option<_>>()
+            .ok_or(StorageError::Corrupt("audit_head.peaks"))?;
+        let mut tree = Tree::restore(size, &peaks).ok_or(StorageError::Corrupt("audit_head"))?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM audit_records WHERE leaf_index IS NULL \
+             ORDER BY recorded_at_ms, id LIMIT $1"
+        )))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        for row in &rows {
+            let record = record_from_row(row)?;
+            let index = tree.size();
+            let hash = record.leaf_hash(index);
+            sqlx::query("UPDATE audit_records SET leaf_index = $1, leaf_hash = $2 WHERE id = $3")
+                .bind(to_i64(index))
+                .bind(icbt_merkle::to_hex(&hash))
+                .bind(record.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tree.push(hash);
+        }
+        let head_checkpoint = signer.sign(Checkpoint {
+            origin: ORIGIN.to_owned(),
+            size: tree.size(),
+            root: tree.root(),
+            timestamp_ms: now_ms(),
+        });
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, root, timestamp_ms, key_id, signature) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(to_i64(head_checkpoint.checkpoint.size))
+        .bind(icbt_merkle::to_hex(&head_checkpoint.checkpoint.root))
+        .bind(head_checkpoint.checkpoint.timestamp_ms)
+        .bind(&head_checkpoint.key_id)
+        .bind(STANDARD.encode(&head_checkpoint.signature))
+        .execute(&mut *tx)
+        .await?;
+        let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
+        sqlx::query("UPDATE audit_head SET size = $1, peaks = $2 WHERE id = 1")
+            .bind(to_i64(tree.size()))
+            .bind(peaks.join(","))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Sequenced records matching `filter`, after leaf index `after`, oldest first.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        after: Option<u64>,
+        limit: i64,
+    ) -> Result<Vec<Stored>, StorageError> {
+        let mut sql = format!(
+            "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+             WHERE leaf_index IS NOT NULL AND pruned = 0"
+        );
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut and = |column: &str, op: &str, value: Bind| {
+            binds.push(value);
+            let _ = write!(sql, " AND {column} {op} ${}", binds.len());
+        };
+        if let Some(p) = &filter.patient {
+            and("patient", "=", Bind::Text(p.clone()));
+        }
+        if let Some(p) = &filter.principal {
+            and("principal_id", "=", Bind::Text(p.clone()));
+        }
+        if let Some(e) = filter.episode {
+            and("episode_id", "=", Bind::Text(e.to_string()));
+        }
+        if let Some(a) = filter.action {
+            and("action", "=", Bind::Text(a.as_str().into()));
+        }
+        if let Some(o) = filter.outcome {
+            and("outcome", "=", Bind::Text(o.as_str().into()));
+        }
+        if let Some(t) = filter.from_ms {
+            and("recorded_at_ms", ">=", Bind::Int(t));
+        }
+        if let Some(t) = filter.to_ms {
+            and("recorded_at_ms", "<", Bind::Int(t));
+        }
+        if let Some(a) = after {
+            and("leaf_index", ">", Bind::Int(to_i64(a)));
+        }
+        let _ = write!(sql, " ORDER BY leaf_index LIMIT ${}", binds.len() + 1);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(t) => query.bind(t),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    /// Every sequenced record from leaf index `from`, pruned or not, in tree order: what
+    /// `audit verify` walks.
+    pub async fn audit_scan(&self, from: u64, limit: i64) -> Result<Vec<Stored>, StorageError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+             WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2"
+        )))
+        .bind(to_i64(from))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    /// Records not yet in the tree.
+    pub async fn audit_pending(&self) -> Result<i64, StorageError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_records WHERE leaf_index IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Every checkpoint, smallest tree first.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    /// The newest checkpoint, or the one at exactly `size`.
+    pub async fn audit_checkpoint(
+        &self,
+        size: Option<u64>,
+    ) -> Result<Option<SignedCheckpoint>, StorageError> {
+        let row = match size {
+            None => {
+                sqlx::query("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            Some(size) => {
+                sqlx::query("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints WHERE size = $1")
+                    .bind(to_i64(size))
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    /// The stored leaf hashes of the first `size` records, for proofs.
+    pub async fn audit_leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT leaf_hash FROM audit_records WHERE leaf_index IS NOT NULL AND leaf_index < $1 ORDER BY leaf_index",
+        )
+        .bind(to_i64(size))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                icbt_merkle::from_hex(&r.try_get::<String, _>("leaf_hash")?)
+                    .ok_or(StorageError::Corrupt("audit_records.leaf_hash"))
+            })
+            .collect()
+    }
+
+    /// The name of the clinic with organisation number `org`, if it is one.
+    pub async fn clinic_name(&self, org: &str) -> Result<Option<String>, StorageError> {
+        let row = sqlx::query("SELECT name FROM clinics WHERE org_number = $1")
+            .bind(org)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("name")).transpose()?)
+    }
+
+    /// The leaf index of the record with `id`, once sequenced.
+    pub async fn audit_index_of(&self, id: Uuid) -> Result<Option<u64>, StorageError> {
+        let row = sqlx::query("SELECT leaf_index FROM audit_records WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<i64>, _>("leaf_index"))
+            .transpose()?
+            .flatten()
+            .and_then(|i| u64::try_from(i).ok()))
+    }
+
+    /// Removes the content of sequenced records of `actions` recorded before
+    /// `before_ms`; their hash, position, action and time stay, so the tree still
+    /// verifies. Returns how many were pruned.
+    pub async fn prune_audit(
+        &self,
+        actions: &[Action],
+        before_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let mut pruned = 0;
+        for action in actions {
+            let result = sqlx::query(
+                "UPDATE audit_records SET pruned = 1, outcome = 'success', reason = NULL, principal_kind = '', \
+                 principal_id = NULL, principal_organisation = NULL, issuer = NULL, client_id = NULL, \
+                 token_jti = NULL, resource_type = '', resource_id = NULL, episode_id = NULL, patient = NULL, \
+                 request_id = NULL, source = NULL \
+                 WHERE action = $1 AND recorded_at_ms < $2 AND leaf_index IS NOT NULL AND pruned = 0",
+            )
+            .bind(action.as_str())
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+            pruned += result.rows_affected();
+        }
+        Ok(pruned)
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
