@@ -234,3 +234,75 @@ async fn login_attempts_are_single_use_and_expire() {
 fn login_record() -> icbt_gateway::audit::Record {
     icbt_gateway::audit::Access::default().anonymous(icbt_gateway::audit::Action::Login, "session")
 }
+
+/// Retention prunes the content of old records of its class only, and the pruned log
+/// still verifies (and would not under a longer retention).
+#[tokio::test]
+async fn pruning_keeps_the_access_log_verifiable() {
+    use icbt_gateway::audit::sequencer::AuditLog;
+    use icbt_gateway::audit::verify::Verifier;
+    use icbt_gateway::audit::{Access, Action};
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let day = 86_400_000;
+        let now = 1_800_000_000_000_i64;
+        let mut records = Vec::new();
+        for (i, action) in [Action::Read, Action::Create, Action::Read, Action::Login]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = Access::default().anonymous(action, "messages");
+            r.patient = Some("01018512345".into());
+            r.recorded_at_ms = now - 40 * day + i64::try_from(i).unwrap();
+            records.push(r);
+        }
+        let mut recent = Access::default().anonymous(Action::Read, "messages");
+        recent.recorded_at_ms = now - day;
+        records.push(recent);
+        store.record_access(&records).await.unwrap();
+        let audit = icbt_config::AuditConfig {
+            retention_days: icbt_config::RetentionConfig {
+                access: Some(30),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let log = AuditLog::from_config(&audit, dir.path()).unwrap();
+        assert_eq!(log.sequence_all(&store).await.unwrap(), 5);
+        assert_eq!(log.prune(&store, now).await.unwrap(), 2, "{backend:?}");
+
+        let scan = store.audit_scan(0, 100).await.unwrap();
+        let pruned: Vec<_> = scan.iter().filter(|s| s.pruned).collect();
+        assert_eq!(pruned.len(), 2);
+        assert!(
+            pruned
+                .iter()
+                .all(|s| s.record.action == Action::Read && s.record.patient.is_none())
+        );
+        let mut v = Verifier::new(
+            store.audit_checkpoints().await.unwrap(),
+            log.trusted.clone(),
+            &log.retention,
+            now,
+        );
+        for s in &scan {
+            v.feed(s);
+        }
+        assert_eq!(v.finish().problem, None, "{backend:?}");
+        let longer = icbt_config::RetentionConfig {
+            access: Some(60),
+            ..Default::default()
+        };
+        let mut v = Verifier::new(Vec::new(), log.trusted.clone(), &longer, now);
+        for s in &scan {
+            v.feed(s);
+        }
+        assert!(
+            v.failed(),
+            "a longer retention refuses the pruned records: {backend:?}"
+        );
+        store.close().await;
+    }
+}
