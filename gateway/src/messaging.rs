@@ -112,30 +112,12 @@ pub(crate) async fn reach(
     id: EpisodeId,
     (action, resource): (Action, &str),
 ) -> Result<(Episode, Clinic, Vec<CareTeamEntry>, Record), Problem> {
-    let episode = state
-        .store
-        .episode(id)
-        .await?
-        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    let clinic = state
-        .store
-        .clinic(episode.clinic_id)
+    let (episode, clinic) = episode_with_clinic(state, id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
     let team = state.store.care_team(id).await?;
-    let members: Vec<_> = team.iter().map(CareTeamEntry::as_member).collect();
-    let facts = EpisodeFacts {
-        patient: &episode.patient,
-        clinic: &clinic.org_number,
-        care_team: &members,
-    };
     let record = access.record(caller, action, resource).episode(&episode);
-    if let Err(denial) = policy::decide(
-        caller,
-        &state.auth.auditors,
-        &Resource::Episode(facts),
-        now_secs(),
-    ) {
+    if let Err(denial) = decide_episode(state, caller, &episode, &clinic, &team) {
         state
             .store
             .record_access(&[record.refused(denial.reason_code())])
@@ -152,27 +134,50 @@ async fn visible(
     caller: &Authenticated,
     id: EpisodeId,
 ) -> Result<Option<(Episode, Clinic, Vec<CareTeamEntry>)>, Problem> {
-    let Some(episode) = state.store.episode(id).await? else {
-        return Ok(None);
-    };
-    let Some(clinic) = state.store.clinic(episode.clinic_id).await? else {
+    let Some((episode, clinic)) = episode_with_clinic(state, id).await? else {
         return Ok(None);
     };
     let team = state.store.care_team(id).await?;
+    Ok(decide_episode(state, caller, &episode, &clinic, &team)
+        .is_ok()
+        .then_some((episode, clinic, team)))
+}
+
+/// The episode and its clinic; `None` when either is missing.
+async fn episode_with_clinic(
+    state: &AppState,
+    id: EpisodeId,
+) -> Result<Option<(Episode, Clinic)>, Problem> {
+    let Some(episode) = state.store.episode(id).await? else {
+        return Ok(None);
+    };
+    Ok(state
+        .store
+        .clinic(episode.clinic_id)
+        .await?
+        .map(|clinic| (episode, clinic)))
+}
+
+/// The policy's answer for `caller` on an episode with this clinic and care team.
+fn decide_episode(
+    state: &AppState,
+    caller: &Authenticated,
+    episode: &Episode,
+    clinic: &Clinic,
+    team: &[CareTeamEntry],
+) -> Result<(), policy::Denial> {
     let members: Vec<_> = team.iter().map(CareTeamEntry::as_member).collect();
     let facts = EpisodeFacts {
         patient: &episode.patient,
         clinic: &clinic.org_number,
         care_team: &members,
     };
-    Ok(policy::decide(
+    policy::decide(
         caller,
         &state.auth.auditors,
         &Resource::Episode(facts),
         now_secs(),
     )
-    .is_ok()
-    .then_some((episode, clinic, team)))
 }
 
 /// Checks `caller` may manage the episodes of `clinic` (the platform's job); a refusal
@@ -354,14 +359,7 @@ pub async fn put_care_team(
     ApiJson(body): ApiJson<PutCareTeam>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let id = EpisodeId(id);
-    let episode = state
-        .store
-        .episode(id)
-        .await?
-        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    let clinic = state
-        .store
-        .clinic(episode.clinic_id)
+    let (episode, clinic) = episode_with_clinic(&state, id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
     let record = access
@@ -421,14 +419,7 @@ pub async fn put_state(
     ApiJson(body): ApiJson<PutState>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let id = EpisodeId(id);
-    let episode = state
-        .store
-        .episode(id)
-        .await?
-        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    let clinic = state
-        .store
-        .clinic(episode.clinic_id)
+    let (episode, clinic) = episode_with_clinic(&state, id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
     let record = access

@@ -384,18 +384,7 @@ async fn every_access_is_recorded_searchable_provable_and_shown_to_the_patient()
                 None,
             )
             .await;
-        let path: Vec<icbt_merkle::Hash> = proof["proof"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                STANDARD
-                    .decode(h.as_str().unwrap())
-                    .unwrap()
-                    .try_into()
-                    .unwrap()
-            })
-            .collect();
+        let path = hashes(&proof["proof"]);
         icbt_merkle::verify_inclusion(&leaf, index, checkpoint.size, &path, &checkpoint.root)
             .unwrap();
         w.ok(
@@ -421,18 +410,7 @@ async fn every_access_is_recorded_searchable_provable_and_shown_to_the_patient()
                 None,
             )
             .await;
-        let path: Vec<icbt_merkle::Hash> = proof["proof"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                STANDARD
-                    .decode(h.as_str().unwrap())
-                    .unwrap()
-                    .try_into()
-                    .unwrap()
-            })
-            .collect();
+        let path = hashes(&proof["proof"]);
         icbt_merkle::verify_consistency(
             checkpoint.size,
             later.size,
@@ -530,6 +508,22 @@ async fn every_access_is_recorded_searchable_provable_and_shown_to_the_patient()
             output(&verified)
         );
     }
+}
+
+/// Base64 hashes of a proof.
+fn hashes(proof: &Value) -> Vec<icbt_merkle::Hash> {
+    proof
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            STANDARD
+                .decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect()
 }
 
 fn output(o: &std::process::Output) -> String {
