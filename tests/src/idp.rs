@@ -152,7 +152,7 @@ pub struct IdentityProviders {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
-fn peers_dir() -> PathBuf {
+pub(crate) fn peers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 

@@ -17,6 +17,7 @@
 // A harness exists to stop the test at the first surprise, loudly.
 
 pub mod idp;
+pub mod jose;
 pub mod otlp;
 
 use std::io::{BufRead, BufReader};
