@@ -1,6 +1,8 @@
 //! Envelopes sealed by our SDK open with npm `jose`, and envelopes sealed by `jose` open
 //! with our SDK: the format is plain JOSE that a browser client can produce.
 
+#![allow(clippy::unwrap_used)] // test code stops at the first surprise
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::jose;
