@@ -49,6 +49,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+    pub devices: DevicesConfig,
     /// The gateway's own HelseID client for outbound calls; unset means none are made.
     pub outbound: Option<OutboundClientConfig>,
     /// Hosted logins, one per issuer (`[[login]]`); empty means none.
@@ -149,6 +150,25 @@ impl Default for AuditConfig {
             trusted_public_keys: Vec::new(),
             checkpoint_interval_ms: 1_000,
             retention_days: RetentionConfig::default(),
+        }
+    }
+}
+
+/// The device key directory.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// The longest a published device key may live; clients republish before expiry.
+    pub max_lifetime_days: u32,
+    /// Active devices one person (or one clinic's journal) may have at once.
+    pub max_per_owner: u32,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            max_lifetime_days: 400,
+            max_per_owner: 10,
         }
     }
 }
@@ -377,6 +397,13 @@ impl Config {
             }
         }
         self.validate_audit(mode)?;
+        if self.devices.max_lifetime_days == 0 || self.devices.max_per_owner == 0 {
+            return Err(invalid(
+                "devices",
+                "max_lifetime_days and max_per_owner must be above 0".into(),
+                "set e.g. max_lifetime_days = 400 and max_per_owner = 10",
+            ));
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {

@@ -35,6 +35,10 @@ pub struct AppState {
     pub outbound: Option<Arc<icbt_auth::client::OutboundTokens>>,
     /// The access log's signing key and settings.
     pub audit: Arc<crate::audit::sequencer::AuditLog>,
+    /// The device directory's limits.
+    pub devices: icbt_config::DevicesConfig,
+    /// Bounds on a sealed envelope.
+    pub envelope_limits: icbt_envelope::Limits,
 }
 
 /// The OpenAPI document's fixed parts; the paths come from the routes themselves.
@@ -106,6 +110,15 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             crate::attachments::get_attachment,
             crate::attachments::put_attachment
         ))
+        .routes(routes!(
+            crate::devices::put_device,
+            crate::devices::delete_device
+        ))
+        .routes(routes!(crate::devices::list_devices))
+        .routes(routes!(crate::devices::put_journal_key))
+        .routes(routes!(crate::devices::episode_devices))
+        .routes(routes!(crate::devices::key_checkpoint))
+        .routes(routes!(crate::devices::key_consistency))
         .routes(routes!(crate::audit::api::records))
         .routes(routes!(crate::audit::api::checkpoint))
         .routes(routes!(crate::audit::api::inclusion))

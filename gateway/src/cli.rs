@@ -198,6 +198,11 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         login,
         outbound: outbound_client(&config)?,
         audit: audit_log.clone(),
+        devices: config.devices.clone(),
+        envelope_limits: icbt_envelope::Limits {
+            max_bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
+            max_recipients: 64,
+        },
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));

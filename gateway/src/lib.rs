@@ -15,6 +15,7 @@ pub mod attachments;
 pub mod audit;
 pub mod authn;
 pub mod cli;
+pub mod devices;
 pub mod episode;
 pub mod json;
 pub mod login;

@@ -12,12 +12,15 @@ use icbt_auth::identity::HprNumber;
 use icbt_auth::now_secs;
 use icbt_auth::policy::{self, EpisodeFacts, Resource};
 use icbt_auth::principal::{Authenticated, Principal};
+use icbt_envelope::Envelope;
+use icbt_envelope::policy::{self as envelope_policy, Violation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::AppState;
 use crate::audit::{Access, Action, Record};
 use crate::authn::Caller;
+use crate::devices;
 use crate::episode::{Clinic, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
 use crate::json::ApiJson;
 use crate::problem::{Problem, ProblemKind};
@@ -35,7 +38,7 @@ pub(crate) fn invalid(path: &str, detail: impl Into<String>) -> Problem {
         .with("path", path)
 }
 
-fn forbidden(denial: policy::Denial) -> Problem {
+pub(crate) fn forbidden(denial: policy::Denial) -> Problem {
     tracing::info!(reason = denial.reason_code(), "authorisation refused");
     Problem::new(ProblemKind::Forbidden)
 }
@@ -182,7 +185,7 @@ fn decide_episode(
 
 /// Checks `caller` may manage the episodes of `clinic` (the platform's job); a refusal
 /// is recorded with `refused`, the record of the attempt.
-async fn manage(
+pub(crate) async fn manage(
     state: &AppState,
     caller: &Authenticated,
     clinic: &OrgNumber,
@@ -472,13 +475,9 @@ impl MessageKind {
 #[serde(deny_unknown_fields)]
 pub struct PutMessage {
     kind: MessageKind,
-    /// Key id of the sender's device.
-    sender_device: String,
-    /// Key ids the envelope is sealed to.
-    recipients: Vec<String>,
-    /// Media type of the envelope.
-    content_type: String,
-    /// The sealed envelope, base64url without padding.
+    /// The sealed envelope (docs/envelope.md: JWE JSON, `application/jose+json`),
+    /// base64url without padding. Its protected header names the sender device and its
+    /// recipient entries the keys it is sealed to.
     envelope: String,
     /// SHA-256 (hex) of attachments already uploaded to this episode.
     #[serde(default)]
@@ -486,26 +485,8 @@ pub struct PutMessage {
 }
 
 impl PutMessage {
-    /// Checks the fields' shapes; returns the decoded envelope.
+    /// Checks the fields' shapes; returns the decoded envelope bytes.
     fn checked(&self) -> Result<Vec<u8>, Problem> {
-        if self.sender_device.is_empty() || self.sender_device.len() > 200 {
-            return Err(invalid("sender_device", "1 to 200 characters"));
-        }
-        if self.recipients.is_empty()
-            || self.recipients.len() > 100
-            || self
-                .recipients
-                .iter()
-                .any(|r| r.is_empty() || r.len() > 200)
-        {
-            return Err(invalid(
-                "recipients",
-                "1 to 100 key ids of 1 to 200 characters",
-            ));
-        }
-        if self.content_type.is_empty() || self.content_type.len() > 100 {
-            return Err(invalid("content_type", "1 to 100 characters"));
-        }
         let envelope = URL_SAFE_NO_PAD
             .decode(&self.envelope)
             .map_err(|_| invalid("envelope", "not base64url without padding"))?;
@@ -527,6 +508,77 @@ impl PutMessage {
         }
         Ok(envelope)
     }
+}
+
+/// The envelope policy (`icbt_envelope::policy`) with what storage knows: the caller's
+/// active devices, the participants' and the clinic's journal keys. Returns the parsed
+/// envelope.
+async fn check_envelope(
+    state: &AppState,
+    caller: &Authenticated,
+    (episode, clinic, team): (&Episode, &Clinic, &[CareTeamEntry]),
+    message_id: Uuid,
+    kind: MessageKind,
+    bytes: &[u8],
+) -> Result<Envelope, Problem> {
+    let envelope = Envelope::parse(bytes, &state.envelope_limits).map_err(|e| {
+        Problem::new(ProblemKind::EnvelopeMalformed)
+            .detail(e.to_string())
+            .with("reason", e.to_string())
+    })?;
+    let now = crate::storage::now_ms();
+    let people = devices::participants(episode.patient.expose(), team, now, false);
+    let me = devices::owner_of(&caller.principal);
+    let journal = devices::journal_of(&clinic.org_number);
+    let mut owners = people.clone();
+    owners.push(journal.clone());
+    if !owners.contains(&me) {
+        owners.push(me.clone());
+    }
+    let mut sender_devices = Vec::new();
+    let mut participant_keys = Vec::new();
+    let mut journal_keys = Vec::new();
+    for device in state.store.devices_of(&owners).await? {
+        if !device.active_at(now) {
+            continue;
+        }
+        if device.owner == me {
+            sender_devices.push(device.device_id.clone());
+        }
+        if device.owner == journal {
+            journal_keys.push(device.encryption_kid);
+        } else if people.contains(&device.owner) {
+            participant_keys.push(device.encryption_kid);
+        }
+    }
+    let episode_id = episode.id.0.to_string();
+    let message = message_id.to_string();
+    let expected = envelope_policy::Expectation {
+        episode: &episode_id,
+        message: &message,
+        kind: kind.as_str(),
+        sender_devices: &sender_devices,
+        participants: &participant_keys,
+        journal: &journal_keys,
+    };
+    envelope_policy::check(&envelope, &expected).map_err(|violation| match violation {
+        Violation::Binding { field } => {
+            Problem::new(ProblemKind::EnvelopeBindingMismatch).with("field", field)
+        }
+        Violation::SenderNotADevice => Problem::new(ProblemKind::EnvelopeSenderNotADevice),
+        Violation::NoJournalKey => {
+            Problem::new(ProblemKind::JournalKeyMissing).with("clinic", clinic.org_number.as_str())
+        }
+        Violation::RecipientMissing { kids, journal } => {
+            Problem::new(ProblemKind::EnvelopeRecipientMissing)
+                .with("missing", kids)
+                .with("journal", journal)
+        }
+        Violation::RecipientUnknown { kids } => {
+            Problem::new(ProblemKind::EnvelopeRecipientUnknown).with("unknown", kids)
+        }
+    })?;
+    Ok(envelope)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -567,7 +619,7 @@ pub async fn put_message(
     Path((episode_id, message_id)): Path<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMessage>,
 ) -> Result<Response, Problem> {
-    let (episode, _, _, record) = reach(
+    let (episode, clinic, team, record) = reach(
         &state,
         &access,
         &caller,
@@ -584,7 +636,16 @@ pub async fn put_message(
         );
         return Err(Problem::new(ProblemKind::KindNotAllowed).with("kind", body.kind.as_str()));
     }
-    let envelope = body.checked()?;
+    let envelope_bytes = body.checked()?;
+    let envelope = check_envelope(
+        &state,
+        &caller,
+        (&episode, &clinic, &team),
+        message_id,
+        body.kind,
+        &envelope_bytes,
+    )
+    .await?;
     let missing = state
         .store
         .missing_attachments(episode.id, &body.attachments)
@@ -602,17 +663,20 @@ pub async fn put_message(
     }
     let attachments = serde_json::to_string(&body.attachments)
         .map_err(|_| Problem::new(ProblemKind::Internal))?;
+    let kids: Vec<&str> = envelope
+        .recipients()
+        .iter()
+        .map(|r| r.kid.as_str())
+        .collect();
     let recipients =
-        serde_json::to_string(&body.recipients).map_err(|_| Problem::new(ProblemKind::Internal))?;
+        serde_json::to_string(&kids).map_err(|_| Problem::new(ProblemKind::Internal))?;
     let sender = sender_ref(&caller.principal);
+    let sender_device = envelope.binding().sender.clone();
     let hash = request_hash(&[
         body.kind.as_str().as_bytes(),
         caller.principal.kind().as_bytes(),
         sender.as_bytes(),
-        body.sender_device.as_bytes(),
-        recipients.as_bytes(),
-        body.content_type.as_bytes(),
-        &envelope,
+        &envelope_bytes,
         attachments.as_bytes(),
     ]);
     let message = NewMessage {
@@ -621,10 +685,10 @@ pub async fn put_message(
         kind: body.kind.as_str(),
         sender_kind: caller.principal.kind(),
         sender_ref: &sender,
-        sender_device: &body.sender_device,
+        sender_device: &sender_device,
         recipients: &recipients,
-        content_type: &body.content_type,
-        body: &envelope,
+        content_type: icbt_envelope::MEDIA_TYPE,
+        body: &envelope_bytes,
         attachments: &attachments,
         request_hash: &hash,
     };

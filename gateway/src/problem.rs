@@ -48,11 +48,19 @@ pub enum ProblemKind {
     MessageIdConflict,
     KindNotAllowed,
     RateLimited,
+    EnvelopeMalformed,
+    EnvelopeBindingMismatch,
+    EnvelopeSenderNotADevice,
+    EnvelopeRecipientMissing,
+    EnvelopeRecipientUnknown,
+    JournalKeyMissing,
+    DeviceConflict,
+    DeviceLimit,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 29] = [
+    pub const ALL: [ProblemKind; 37] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -82,6 +90,14 @@ impl ProblemKind {
         Self::MessageIdConflict,
         Self::KindNotAllowed,
         Self::RateLimited,
+        Self::EnvelopeMalformed,
+        Self::EnvelopeBindingMismatch,
+        Self::EnvelopeSenderNotADevice,
+        Self::EnvelopeRecipientMissing,
+        Self::EnvelopeRecipientUnknown,
+        Self::JournalKeyMissing,
+        Self::DeviceConflict,
+        Self::DeviceLimit,
     ];
 
     /// The last segment of the `type` URI.
@@ -116,6 +132,14 @@ impl ProblemKind {
             Self::MessageIdConflict => "message-id-conflict",
             Self::KindNotAllowed => "kind-not-allowed",
             Self::RateLimited => "rate-limited",
+            Self::EnvelopeMalformed => "envelope-malformed",
+            Self::EnvelopeBindingMismatch => "envelope-binding-mismatch",
+            Self::EnvelopeSenderNotADevice => "envelope-sender-not-a-device",
+            Self::EnvelopeRecipientMissing => "envelope-recipient-missing",
+            Self::EnvelopeRecipientUnknown => "envelope-recipient-unknown",
+            Self::JournalKeyMissing => "journal-key-missing",
+            Self::DeviceConflict => "device-conflict",
+            Self::DeviceLimit => "device-limit",
         }
     }
 
@@ -142,11 +166,19 @@ impl ProblemKind {
             | Self::Forbidden
             | Self::CrossSiteRequest
             | Self::KindNotAllowed => StatusCode::FORBIDDEN,
-            Self::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidField
+            | Self::EnvelopeMalformed
+            | Self::EnvelopeBindingMismatch
+            | Self::EnvelopeSenderNotADevice
+            | Self::EnvelopeRecipientMissing
+            | Self::EnvelopeRecipientUnknown
+            | Self::JournalKeyMissing => StatusCode::UNPROCESSABLE_ENTITY,
             Self::EpisodeIdConflict
             | Self::InvalidTransition
             | Self::EpisodeClosed
-            | Self::MessageIdConflict => StatusCode::CONFLICT,
+            | Self::MessageIdConflict
+            | Self::DeviceConflict
+            | Self::DeviceLimit => StatusCode::CONFLICT,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -187,6 +219,26 @@ impl ProblemKind {
             Self::RateLimited => {
                 "Too many requests from this principal; retry after the given time"
             }
+            Self::EnvelopeMalformed => "The sealed envelope is not a valid icbt envelope",
+            Self::EnvelopeBindingMismatch => {
+                "The envelope's protected header names another episode, message or kind"
+            }
+            Self::EnvelopeSenderNotADevice => {
+                "The envelope's sender is not an active device of the caller"
+            }
+            Self::EnvelopeRecipientMissing => {
+                "The envelope leaves out a required recipient (a participant's device or the journal)"
+            }
+            Self::EnvelopeRecipientUnknown => {
+                "The envelope is sealed to a key of no participant of the episode"
+            }
+            Self::JournalKeyMissing => {
+                "The clinic has no active journal key, so nothing can be sealed to its record"
+            }
+            Self::DeviceConflict => {
+                "The device id or its encryption key is already published with other details"
+            }
+            Self::DeviceLimit => "The owner already has the most active devices allowed",
         }
     }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, TestDatabase};
 use reqwest::Method;
 use serde_json::json;
@@ -80,31 +81,52 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sealed sends queued per client: sealing (ECDH per recipient, ES256) happens before
+/// the timed run, so the run measures the gateway, not the client's crypto on the same
+/// cores.
+type Queue = Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+
+async fn presealed(sealer: &Sealer, therapist: &Actor, episode: Uuid, n: usize) -> Queue {
+    let mut bodies = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+        let text = format!("{i:>2048}");
+        bodies.push((
+            path.clone(),
+            sealer.body(therapist, &path, "feedback", &text).await,
+        ));
+    }
+    Arc::new(std::sync::Mutex::new(bodies))
+}
+
 async fn sends(
     gw: &Gateway,
     therapist: &Arc<Actor>,
-    episodes: &[Uuid],
-    clients: usize,
+    queues: Vec<Queue>,
 ) -> (f64, Duration, Duration) {
+    let clients = queues.len();
     let http = client_for(gw, clients > 1);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for c in 0..clients {
+    for queue in queues {
         let (http, therapist, stop, url) = (
             http.clone(),
             therapist.clone(),
             stop.clone(),
             gw.url.clone(),
         );
-        let episode = episodes[c % episodes.len()];
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let body = json!({ "kind": "feedback", "sender_device": "bench", "recipients": ["k1", "k2", "journal"],
-                "content_type": "application/jose+json", "envelope": URL_SAFE_NO_PAD.encode([7u8; 2048]) });
             while !stop.load(Ordering::Relaxed) {
-                let target = format!("{url}/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+                let Some((path, body)) = queue.lock().unwrap().pop() else {
+                    println!("a client ran out of sealed messages before the run ended");
+                    break;
+                };
+                let target = format!("{url}{path}");
                 let started = Instant::now();
-                let response = therapist.call(&http, Method::PUT, &target, Some(&body)).await;
+                let response = therapist
+                    .call(&http, Method::PUT, &target, Some(&body))
+                    .await;
                 assert_eq!(response.status(), 201);
                 latencies.push(started.elapsed());
             }
@@ -125,7 +147,7 @@ async fn sends(
     )
 }
 
-async fn raw_inserts(url: &str, clients: usize) -> f64 {
+async fn raw_inserts(url: &str, clients: usize, body_bytes: usize) -> f64 {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(u32::try_from(clients).unwrap())
         .connect(url)
@@ -148,7 +170,7 @@ async fn raw_inserts(url: &str, clients: usize) -> f64 {
                     '[\"k1\",\"k2\",\"journal\"]', 'application/jose+json', $3, 'hash', 0)")
                     .bind(Uuid::new_v4().to_string())
                     .bind(Uuid::new_v4().to_string())
-                    .bind(vec![7u8; 2048])
+                    .bind(vec![7u8; body_bytes])
                     .execute(&pool)
                     .await
                     .unwrap();
@@ -198,6 +220,7 @@ async fn main() {
     let gw = Gateway::start_with(Backend::Postgres, options).await;
     let platform = Actor::system("icbt-platform").await;
     let therapist = Arc::new(Actor::therapist("01018512528", HPR).await);
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
     let http = gw.client();
     let mut episodes = Vec::new();
     for _ in 0..64 {
@@ -223,12 +246,36 @@ async fn main() {
             .await;
         episodes.push(id);
     }
+    let sealer = Sealer::new(&gw.url, &http, &platform, CLINIC_ORG).await;
+    sealer.device(&therapist).await;
+    sealer.device(&patient).await;
+    let sample = presealed(&sealer, &therapist, episodes[0], 1).await;
+    let envelope_bytes = URL_SAFE_NO_PAD
+        .decode(sample.lock().unwrap()[0].1["envelope"].as_str().unwrap())
+        .unwrap()
+        .len();
     let raw_db = TestDatabase::create().await;
     println!("gateway idle RSS: {} KiB", rss_kib(gw.pid()));
+    println!(
+        "a 2 KiB message sealed to 3 keys (patient, therapist, journal) is a {envelope_bytes}-byte envelope"
+    );
     println!("clients  sends/s  p50 ms  p99 ms  raw INSERT+COMMIT/s  ratio");
     for clients in [1, 8, 64] {
-        let (rate, p50, p99) = sends(&gw, &therapist, &episodes, clients).await;
-        let raw = raw_inserts(&raw_db.url, clients).await;
+        let per_client = 14_000 / clients + 200;
+        let mut queues = Vec::new();
+        for c in 0..clients {
+            queues.push(
+                presealed(
+                    &sealer,
+                    &therapist,
+                    episodes[c % episodes.len()],
+                    per_client,
+                )
+                .await,
+            );
+        }
+        let (rate, p50, p99) = sends(&gw, &therapist, queues).await;
+        let raw = raw_inserts(&raw_db.url, clients, envelope_bytes).await;
         println!(
             "{clients:>7}  {rate:>7.0}  {:>6.2}  {:>6.2}  {raw:>19.0}  {:>4.0} %",
             p50.as_secs_f64() * 1000.0,
@@ -238,7 +285,6 @@ async fn main() {
     }
 
     // Push: 1 000 subscribers, 30 messages; latency from the send's start to each receipt.
-    let patient = Actor::patient(SYNTHETIC_FNR).await;
     let subscribers = open_streams(&gw, &therapist, 1000).await;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
@@ -275,14 +321,22 @@ async fn main() {
     }
     let episode = episodes[0];
     let sender_http = client_for(&gw, false);
+    let mut pushes = Vec::new();
     for _ in 0..30 {
         let id = Uuid::new_v4();
+        let path = format!("/v1/episodes/{episode}/messages/{id}");
+        pushes.push((
+            id,
+            sealer
+                .body(&patient, &path, "message", &"p".repeat(512))
+                .await,
+        ));
+    }
+    for (id, body) in pushes {
         sent_at
             .lock()
             .unwrap()
             .insert(id.to_string(), Instant::now());
-        let body = json!({ "kind": "message", "sender_device": "bench", "recipients": ["k1"],
-            "content_type": "application/jose+json", "envelope": URL_SAFE_NO_PAD.encode([1u8; 512]) });
         patient
             .call(
                 &sender_http,

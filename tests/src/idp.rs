@@ -275,6 +275,16 @@ impl IdentityProviders {
 
     /// An OAuth client of `idp` as `client_id`, DPoP-bound when `dpop`.
     pub fn oauth_client(&self, idp: Idp, client_id: &str, dpop: bool) -> OidcClient {
+        self.oauth_client_with(idp, client_id, dpop.then(|| DpopKey::generate().unwrap()))
+    }
+
+    /// An OAuth client of `idp` as `client_id` with this DPoP key, if any.
+    pub fn oauth_client_with(
+        &self,
+        idp: Idp,
+        client_id: &str,
+        dpop: Option<DpopKey>,
+    ) -> OidcClient {
         let issuer = self.info(idp).issuer.clone();
         let keys = IssuerKeys::new(
             issuer.clone(),
@@ -291,7 +301,6 @@ impl IdentityProviders {
             Some(format!("{client_id}-key")),
         )
         .unwrap();
-        let dpop = dpop.then(|| DpopKey::generate().unwrap());
         OidcClient::new(
             client_id.to_owned(),
             key,
@@ -322,7 +331,24 @@ impl IdentityProviders {
         scope: &str,
         dpop: bool,
     ) -> (TokenResponse, OidcClient) {
-        let client = self.oauth_client(idp, "icbt-platform", dpop);
+        self.login_with(
+            idp,
+            account,
+            scope,
+            dpop.then(|| DpopKey::generate().unwrap()),
+        )
+        .await
+    }
+
+    /// [`Self::login`] with a given DPoP key.
+    pub async fn login_with(
+        &self,
+        idp: Idp,
+        account: &Value,
+        scope: &str,
+        dpop: Option<DpopKey>,
+    ) -> (TokenResponse, OidcClient) {
+        let client = self.oauth_client_with(idp, "icbt-platform", dpop);
         let pkce = Pkce::generate();
         let state = random_value();
         let nonce = random_value();
@@ -558,6 +584,8 @@ pub fn clinician_account(pid: &str, hpr: Option<&str>, security_level: u8) -> Va
 pub struct Actor {
     pub token: TokenResponse,
     pub client: OidcClient,
+    /// PKCS#8 DER of the DPoP key the token is bound to, for handing to a CLI.
+    pub dpop_pkcs8: Option<Vec<u8>>,
 }
 
 impl Actor {
@@ -565,7 +593,11 @@ impl Actor {
         let (token, client) = IdentityProviders::shared()
             .system_token(client_id, true)
             .await;
-        Self { token, client }
+        Self {
+            token,
+            client,
+            dpop_pkcs8: None,
+        }
     }
 
     pub async fn patient(pid: &str) -> Self {
@@ -574,16 +606,36 @@ impl Actor {
         let (token, client) = IdentityProviders::shared()
             .login(Idp::Idporten, &account, &scope, false)
             .await;
-        Self { token, client }
+        Self {
+            token,
+            client,
+            dpop_pkcs8: None,
+        }
     }
 
     pub async fn therapist(pid: &str, hpr: &str) -> Self {
         let account = clinician_account(pid, Some(hpr), 4);
         let scope = format!("openid {}", Idp::Helseid.api_scope());
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap()
+        .as_ref()
+        .to_vec();
         let (token, client) = IdentityProviders::shared()
-            .login(Idp::Helseid, &account, &scope, true)
+            .login_with(
+                Idp::Helseid,
+                &account,
+                &scope,
+                Some(DpopKey::from_pkcs8(&pkcs8).unwrap()),
+            )
             .await;
-        Self { token, client }
+        Self {
+            token,
+            client,
+            dpop_pkcs8: Some(pkcs8),
+        }
     }
 
     /// A clinician whose token carries the auditor scope.
@@ -593,7 +645,11 @@ impl Actor {
         let (token, client) = IdentityProviders::shared()
             .login(Idp::Helseid, &account, &scope, true)
             .await;
-        Self { token, client }
+        Self {
+            token,
+            client,
+            dpop_pkcs8: None,
+        }
     }
 
     /// `method` on `url` with an optional JSON body; panics if the request fails.

@@ -19,6 +19,7 @@
 pub mod idp;
 pub mod jose;
 pub mod otlp;
+pub mod sealed;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,28 @@ pub fn gateway_binary() -> PathBuf {
         let target =
             std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         target.join("debug").join("icbt-gateway")
+    })
+    .clone()
+}
+
+/// The `icbt` client command line, built once per test process.
+pub fn client_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "icbt-client", "--bin", "icbt"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building icbt failed");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("debug").join("icbt")
     })
     .clone()
 }
@@ -217,9 +240,45 @@ pub async fn storage_for(
 }
 
 /// How to start a gateway.
+/// A direct connection to a gateway's database (its SQLite file in `data_dir`, or
+/// `database`), for tests that look at or tamper with rows.
+pub async fn connect_database(
+    data_dir: &Path,
+    database: Option<&TestDatabase>,
+) -> sqlx::AnyConnection {
+    sqlx::any::install_default_drivers();
+    let url = match database {
+        Some(db) => db.url.clone(),
+        None => format!(
+            "sqlite://{}",
+            data_dir.join("icbt-gateway.sqlite3").display()
+        ),
+    };
+    sqlx::AnyConnection::connect(&url).await.unwrap()
+}
+
 /// The test-only Ed25519 key that signs the access log's checkpoints.
 pub fn audit_signing_key() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-only-audit-signing-key.pem")
+}
+
+/// The raw Ed25519 public key of [`audit_signing_key`]: what clients pin to check the
+/// gateway's signed checkpoints.
+pub fn audit_public_key() -> Vec<u8> {
+    icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der())
+        .unwrap()
+        .public_key()
+        .to_vec()
+}
+
+/// [`audit_signing_key`] as PKCS#8 DER.
+pub fn audit_signing_key_der() -> Vec<u8> {
+    use base64::Engine;
+    let pem = std::fs::read_to_string(audit_signing_key()).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 #[derive(Debug, Default, Clone)]

@@ -15,6 +15,7 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{
     Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, TestDatabase, audit_signing_key, backends,
     expect_problem, run_cli,
@@ -38,6 +39,7 @@ struct World {
     therapist: Actor,
     outsider: Actor,
     auditor: Actor,
+    sealer: Sealer,
 }
 
 async fn world(backend: Backend) -> World {
@@ -49,14 +51,20 @@ async fn world(backend: Backend) -> World {
         },
     )
     .await;
+    let http = gw.client();
+    let platform = Actor::system("icbt-platform").await;
+    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+    let sealer = Sealer::new(&gw.url, &http, &platform, CLINIC_ORG).await;
+    sealer.device(&therapist).await;
     World {
-        http: gw.client(),
+        http,
         gw,
-        platform: Actor::system("icbt-platform").await,
+        platform,
         patient: Actor::patient(SYNTHETIC_FNR).await,
-        therapist: Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await,
+        therapist,
         outsider: Actor::therapist("01018512609", OTHER_HPR).await,
         auditor: Actor::auditor("01018512870", AUDITOR_HPR).await,
+        sealer,
     }
 }
 
@@ -111,20 +119,13 @@ impl World {
             Some(&json!({ "state": "active" })),
         )
         .await;
-        let message = json!({
-            "kind": "message",
-            "sender_device": "patient-device-1",
-            "recipients": ["therapist-device-1", "clinic-journal-2026"],
-            "content_type": "application/jose+json",
-            "envelope": URL_SAFE_NO_PAD.encode(SECRET_TEXT),
-        });
-        self.ok(
-            &self.patient,
-            Method::PUT,
-            &format!("/v1/episodes/{id}/messages/{}", Uuid::new_v4()),
-            Some(&message),
-        )
-        .await;
+        let path = format!("/v1/episodes/{id}/messages/{}", Uuid::new_v4());
+        let message = self
+            .sealer
+            .body(&self.patient, &path, "message", SECRET_TEXT)
+            .await;
+        self.ok(&self.patient, Method::PUT, &path, Some(&message))
+            .await;
         self.ok(
             &self.therapist,
             Method::GET,
@@ -563,15 +564,7 @@ fn verify_at(
 }
 
 async fn connect(gw_data: &Path, database: Option<&TestDatabase>) -> sqlx::AnyConnection {
-    sqlx::any::install_default_drivers();
-    let url = match database {
-        Some(db) => db.url.clone(),
-        None => format!(
-            "sqlite://{}",
-            gw_data.join("icbt-gateway.sqlite3").display()
-        ),
-    };
-    sqlx::AnyConnection::connect(&url).await.unwrap()
+    icbt_e2e::connect_database(gw_data, database).await
 }
 
 async fn dump_audit_tables(gw: &Gateway) -> String {

@@ -10,9 +10,8 @@
     clippy::too_many_lines
 )] // test code stops at the first surprise; scenarios read top to bottom
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, backends, expect_problem};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -29,25 +28,38 @@ struct World {
     platform: Actor,
     patient: Actor,
     therapist: Actor,
+    sealer: Sealer,
 }
 
 async fn world(backend: Backend) -> World {
     let idps = IdentityProviders::shared();
-    let gw = Gateway::start_with(
+    world_with(
         backend,
         GatewayOptions {
             config_toml: Some(idps.gateway_config()),
             ..Default::default()
         },
     )
-    .await;
+    .await
+}
+
+async fn world_with(backend: Backend, options: GatewayOptions) -> World {
+    let gw = Gateway::start_with(backend, options).await;
     let http = gw.client();
+    let platform = Actor::system("icbt-platform").await;
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+    let sealer = Sealer::new(&gw.url, &http, &platform, CLINIC_ORG).await;
+    // Readers publish their devices first, so that what is sent can be opened.
+    sealer.device(&patient).await;
+    sealer.device(&therapist).await;
     World {
-        platform: Actor::system("icbt-platform").await,
-        patient: Actor::patient(SYNTHETIC_FNR).await,
-        therapist: Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await,
         gw,
         http,
+        platform,
+        patient,
+        therapist,
+        sealer,
     }
 }
 
@@ -63,7 +75,37 @@ impl World {
         path: &str,
         body: Option<&Value>,
     ) -> reqwest::Response {
-        who.call(&self.http, method, &self.url(path), body).await
+        let sealed = match body {
+            Some(plain) if plain.get("plain").is_some() => Some(self.seal(who, path, plain).await),
+            _ => None,
+        };
+        who.call(
+            &self.http,
+            method,
+            &self.url(path),
+            sealed.as_ref().or(body),
+        )
+        .await
+    }
+
+    /// A [`message`] placeholder sealed by `who`'s device for the message at `path`;
+    /// other members (attachments) are kept.
+    async fn seal(&self, who: &Actor, path: &str, plain: &Value) -> Value {
+        let mut body = self
+            .sealer
+            .body(
+                who,
+                path,
+                plain["kind"].as_str().unwrap(),
+                plain["plain"].as_str().unwrap(),
+            )
+            .await;
+        for (key, value) in plain.as_object().unwrap() {
+            if key != "plain" && key != "kind" {
+                body[key] = value.clone();
+            }
+        }
+        body
     }
 
     /// An active episode of the patient with the therapist on its care team.
@@ -102,14 +144,10 @@ impl World {
     }
 }
 
+/// A message to send: `World::call` seals it with the sender's device, as its client
+/// would.
 fn message(kind: &str, text: &str) -> Value {
-    json!({
-        "kind": kind,
-        "sender_device": "device-1",
-        "recipients": ["patient-device-1", "therapist-device-1", "clinic-journal-2026"],
-        "content_type": "application/jose+json",
-        "envelope": URL_SAFE_NO_PAD.encode(text),
-    })
+    json!({ "kind": kind, "plain": text })
 }
 
 #[tokio::test]
@@ -271,9 +309,12 @@ async fn sends_are_idempotent_ordered_and_readable_by_the_care_team() {
             .map(|m| m["seq"].as_i64().unwrap())
             .collect();
         assert_eq!(seqs, vec![1, 2], "no second message from the retry");
+        let reader = w.sealer.device(&w.therapist).await;
+        assert_eq!(w.sealer.open(&reader, &history["messages"][0]), "first");
+        let patient_device = w.sealer.device(&w.patient).await;
         assert_eq!(
-            history["messages"][0]["envelope"],
-            URL_SAFE_NO_PAD.encode("first")
+            w.sealer.open(&patient_device, &history["messages"][1]),
+            "week 1 feedback"
         );
         assert_eq!(history["messages"][1]["sender"]["reference"], THERAPIST_HPR);
         assert!(
@@ -535,8 +576,7 @@ async fn bad_fields_name_their_path() {
     .await;
     assert_eq!(problem["path"], "patient");
     let episode = w.episode().await;
-    let mut bad = message("message", "x");
-    bad["envelope"] = json!("not base64 !!");
+    let bad = json!({ "kind": "message", "envelope": "not base64 !!" });
     let problem = expect_problem(
         w.call(
             &w.patient,
@@ -573,12 +613,19 @@ async fn every_acknowledged_send_survives_sigkill() {
         let w = world(backend).await;
         let episode = w.episode().await;
         let acks = AtomicUsize::new(0);
-        let send = |i: usize| {
-            let (w, acks) = (&w, &acks);
+        // Sealed before the run, so that the kill interrupts only sends.
+        let mut bodies = Vec::new();
+        for i in 0..80 {
             let id = Uuid::new_v4();
             let path = format!("/v1/episodes/{episode}/messages/{id}");
+            let body = w
+                .seal(&w.patient, &path, &message("message", &format!("m{i}")))
+                .await;
+            bodies.push((id, path, body));
+        }
+        let send = |(id, path, body): (Uuid, String, Value)| {
+            let (w, acks) = (&w, &acks);
             async move {
-                let body = message("message", &format!("m{i}"));
                 let response = w
                     .patient
                     .try_call(&w.http, Method::PUT, &w.url(&path), Some(&body))
@@ -604,7 +651,10 @@ async fn every_acknowledged_send_survives_sigkill() {
                 .status()
                 .unwrap();
         };
-        let (results, ()) = tokio::join!(futures_util::future::join_all((0..80).map(send)), kill);
+        let (results, ()) = tokio::join!(
+            futures_util::future::join_all(bodies.into_iter().map(send)),
+            kill
+        );
         let acknowledged: Vec<Uuid> = results
             .iter()
             .filter(|(_, ok)| *ok)
@@ -623,6 +673,7 @@ async fn every_acknowledged_send_survives_sigkill() {
             platform,
             patient,
             therapist,
+            sealer,
         } = w;
         let gw = gw.restart_after("KILL").await;
         let w = World {
@@ -631,6 +682,7 @@ async fn every_acknowledged_send_survives_sigkill() {
             platform,
             patient,
             therapist,
+            sealer,
         };
         let history: Value = w
             .call(
@@ -958,14 +1010,7 @@ async fn oversized_and_interrupted_uploads_leave_nothing_behind() {
         env: vec![("ICBT_STORAGE__ATTACHMENT_LIMIT_BYTES".into(), "5000".into())],
         ..Default::default()
     };
-    let gw = Gateway::start_with(Backend::Sqlite, options).await;
-    let w = World {
-        http: gw.client(),
-        platform: Actor::system("icbt-platform").await,
-        patient: Actor::patient(SYNTHETIC_FNR).await,
-        therapist: Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await,
-        gw,
-    };
+    let w = world_with(Backend::Sqlite, options).await;
     let episode = w.episode().await;
     let big = vec![7u8; 6000];
     let sha = sha256_hex(&big);

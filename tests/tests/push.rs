@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{Backend, EventStream, Gateway, GatewayOptions, SYNTHETIC_FNR, backends};
+use icbt_envelope::DeviceKeys;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -65,13 +65,22 @@ async fn episode(gw: &Gateway, platform: &Actor) -> Uuid {
     id
 }
 
-async fn send(gw: &Gateway, who: &Actor, episode: Uuid, text: &str) -> Uuid {
+/// The clinic's journal key and the therapist's device (the reader here), published.
+async fn keys(
+    gw: &Gateway,
+    platform: &Actor,
+    therapist: &Actor,
+) -> (Sealer, std::sync::Arc<DeviceKeys>) {
+    let sealer = Sealer::new(&gw.url, &gw.client(), platform, CLINIC_ORG).await;
+    let reader = sealer.device(therapist).await;
+    (sealer, reader)
+}
+
+async fn send(gw: &Gateway, sealer: &Sealer, who: &Actor, episode: Uuid, text: &str) -> Uuid {
     let id = Uuid::new_v4();
-    let body = json!({
-        "kind": "message", "sender_device": "d1", "recipients": ["k1"],
-        "content_type": "application/jose+json", "envelope": URL_SAFE_NO_PAD.encode(text),
-    });
-    let url = format!("{}/v1/episodes/{episode}/messages/{id}", gw.url);
+    let path = format!("/v1/episodes/{episode}/messages/{id}");
+    let body = sealer.body(who, &path, "message", text).await;
+    let url = format!("{}{path}", gw.url);
     assert_eq!(
         who.call(&gw.client(), Method::PUT, &url, Some(&body))
             .await
@@ -129,13 +138,9 @@ fn rustls_config(gw: &Gateway) -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
-fn envelope_text(event: &Value) -> String {
-    String::from_utf8(
-        URL_SAFE_NO_PAD
-            .decode(event["message"]["envelope"].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap()
+/// The text of a delivered message, opened by `reader`.
+fn text(sealer: &Sealer, reader: &DeviceKeys, event: &Value) -> String {
+    sealer.open(reader, &event["message"])
 }
 
 #[tokio::test]
@@ -146,26 +151,30 @@ async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
         let patient = Actor::patient(SYNTHETIC_FNR).await;
         let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
         let episode = episode(&gw, &platform).await;
+        let (sealer, reader) = keys(&gw, &platform, &therapist).await;
 
         let mut stream = open_stream(&gw, &therapist, None).await;
-        send(&gw, &patient, episode, "one").await;
+        send(&gw, &sealer, &patient, episode, "one").await;
         let first = stream
             .next(Duration::from_secs(3))
             .await
             .expect("pushed, not found by the one-minute re-check");
-        assert_eq!(envelope_text(&first.data), "one", "{backend:?}");
+        assert_eq!(text(&sealer, &reader, &first.data), "one", "{backend:?}");
         assert_eq!(first.data["episode"], episode.to_string());
         assert_eq!(first.data["position"], first.id);
         drop(stream);
 
         // Missed while disconnected.
-        send(&gw, &patient, episode, "two").await;
-        send(&gw, &patient, episode, "three").await;
+        send(&gw, &sealer, &patient, episode, "two").await;
+        send(&gw, &sealer, &patient, episode, "three").await;
         let mut resumed = open_stream(&gw, &therapist, Some(&first.id)).await;
         let two = resumed.next(Duration::from_secs(10)).await.unwrap();
         let three = resumed.next(Duration::from_secs(10)).await.unwrap();
         assert_eq!(
-            (envelope_text(&two.data), envelope_text(&three.data)),
+            (
+                text(&sealer, &reader, &two.data),
+                text(&sealer, &reader, &three.data)
+            ),
             ("two".into(), "three".into()),
             "{backend:?}"
         );
@@ -173,9 +182,13 @@ async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
             resumed.next(Duration::from_millis(300)).await.is_none(),
             "{backend:?}: nothing replayed twice"
         );
-        send(&gw, &patient, episode, "four").await;
+        send(&gw, &sealer, &patient, episode, "four").await;
         assert_eq!(
-            envelope_text(&resumed.next(Duration::from_secs(10)).await.unwrap().data),
+            text(
+                &sealer,
+                &reader,
+                &resumed.next(Duration::from_secs(10)).await.unwrap().data
+            ),
             "four"
         );
 
@@ -197,7 +210,8 @@ async fn long_poll_inbox_answers_when_a_message_arrives() {
         let patient = Actor::patient(SYNTHETIC_FNR).await;
         let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
         let episode = episode(&gw, &platform).await;
-        send(&gw, &patient, episode, "before").await;
+        let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+        send(&gw, &sealer, &patient, episode, "before").await;
 
         let http = gw.client();
         let page: Value = therapist
@@ -213,7 +227,7 @@ async fn long_poll_inbox_answers_when_a_message_arrives() {
         let url = format!("{}/v1/inbox?after={after}&wait=10", gw.url);
         let (page, ()) = tokio::join!(therapist.call(&http, Method::GET, &url, None), async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            send(&gw, &patient, episode, "during the wait").await;
+            send(&gw, &sealer, &patient, episode, "during the wait").await;
         });
         let page: Value = page.json().await.unwrap();
         assert_eq!(
@@ -221,7 +235,10 @@ async fn long_poll_inbox_answers_when_a_message_arrives() {
             1,
             "{backend:?}: {page}"
         );
-        assert_eq!(envelope_text(&page["entries"][0]), "during the wait");
+        assert_eq!(
+            text(&sealer, &reader, &page["entries"][0]),
+            "during the wait"
+        );
     }
 }
 
@@ -236,11 +253,12 @@ async fn a_message_written_through_one_instance_reaches_a_subscriber_on_another(
     let patient = Actor::patient(SYNTHETIC_FNR).await;
     let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
     let episode = episode(&a, &platform).await;
+    let (sealer, reader) = keys(&a, &platform, &therapist).await;
     let mut on_b = open_stream(&b, &therapist, None).await;
-    send(&a, &patient, episode, "across instances").await;
+    send(&a, &sealer, &patient, episode, "across instances").await;
     let event = on_b
         .next(Duration::from_secs(10))
         .await
         .expect("delivered through PostgreSQL NOTIFY");
-    assert_eq!(envelope_text(&event.data), "across instances");
+    assert_eq!(text(&sealer, &reader, &event.data), "across instances");
 }

@@ -248,16 +248,26 @@ pub async fn checkpoint(
         .audit_checkpoint(query.size)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    Ok(Json(CheckpointView {
-        origin: signed.checkpoint.origin.clone(),
-        size: signed.checkpoint.size,
-        root: STANDARD.encode(signed.checkpoint.root),
-        timestamp_ms: signed.checkpoint.timestamp_ms,
-        body: signed.checkpoint.body(),
-        key_id: signed.key_id,
-        signature: STANDARD.encode(&signed.signature),
-        public_key: STANDARD.encode(state.audit.signer.public_key()),
-    }))
+    Ok(Json(CheckpointView::new(
+        &signed,
+        state.audit.signer.public_key(),
+    )))
+}
+
+impl CheckpointView {
+    /// The view of `signed`, with the gateway's current public key beside it.
+    pub(crate) fn new(signed: &icbt_merkle::SignedCheckpoint, public_key: &[u8]) -> Self {
+        Self {
+            origin: signed.checkpoint.origin.clone(),
+            size: signed.checkpoint.size,
+            root: STANDARD.encode(signed.checkpoint.root),
+            timestamp_ms: signed.checkpoint.timestamp_ms,
+            body: signed.checkpoint.body(),
+            key_id: signed.key_id.clone(),
+            signature: STANDARD.encode(&signed.signature),
+            public_key: STANDARD.encode(public_key),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

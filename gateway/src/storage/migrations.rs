@@ -34,9 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0007_attachments.sql"),
     ),
     (8, "audit log", AUDIT, AUDIT),
+    (9, "device keys", DEVICES, DEVICES),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
+const DEVICES: &str = include_str!("../../migrations/0009_devices.sql");
 const DPOP: &str = include_str!("../../migrations/0002_dpop_replay.sql");
 const LOGIN: &str = include_str!("../../migrations/0003_login_sessions.sql");
 const AUDIT: &str = include_str!("../../migrations/0008_audit.sql");

@@ -7,6 +7,7 @@
 
 mod attachments;
 mod audit;
+mod devices;
 mod messaging;
 mod migrations;
 mod receipts;
@@ -15,6 +16,7 @@ pub mod stream;
 
 pub use attachments::NewAttachment;
 pub use audit::AuditFilter;
+pub use devices::{DeviceRecord, KEY_LOG_ORIGIN, Owner, Published};
 pub use messaging::{
     Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,

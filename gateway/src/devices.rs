@@ -1,0 +1,460 @@
+//! The device key directory's API: people and systems publish their devices' public keys,
+//! clinics their journal keys; senders fetch an episode's keys with proofs that each key
+//! is in the signed key log; everyone can check the log only grows.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use icbt_auth::principal::{Authenticated, Principal};
+use icbt_envelope::{Jwk, PublicKey};
+use icbt_merkle::{Hash, consistency_proof, inclusion_proof};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::AppState;
+use crate::audit::api::CheckpointView;
+use crate::audit::{Access, Action};
+use crate::authn::Caller;
+use crate::episode::{EpisodeId, OrgNumber};
+use crate::json::ApiJson;
+use crate::messaging::{invalid, manage, reach};
+use crate::problem::{Problem, ProblemKind};
+use crate::storage::{CareTeamEntry, DeviceRecord, Owner, Published, now_ms};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Whose devices a caller publishes: their own.
+pub(crate) fn owner_of(principal: &Principal) -> Owner {
+    match principal {
+        Principal::Patient(p) => Owner {
+            kind: "patient",
+            reference: p.pid.expose().to_owned(),
+        },
+        Principal::Clinician(c) => Owner {
+            kind: "clinician",
+            reference: c.hpr_number.as_str().to_owned(),
+        },
+        Principal::System(s) => Owner {
+            kind: "system",
+            reference: s.client_id.clone(),
+        },
+    }
+}
+
+pub(crate) fn journal_of(org: &OrgNumber) -> Owner {
+    Owner {
+        kind: "journal",
+        reference: org.as_str().to_owned(),
+    }
+}
+
+/// The episode's participants as key owners: the patient and the care team members
+/// whose membership has not ended at `now_ms`.
+pub(crate) fn participants(
+    patient: &str,
+    team: &[CareTeamEntry],
+    now_ms: i64,
+    include_ended: bool,
+) -> Vec<Owner> {
+    let mut owners = vec![Owner {
+        kind: "patient",
+        reference: patient.to_owned(),
+    }];
+    owners.extend(
+        team.iter()
+            .filter(|m| include_ended || m.until_ms.is_none_or(|until| now_ms < until))
+            .map(|m| Owner {
+                kind: "clinician",
+                reference: m.hpr_number.as_str().to_owned(),
+            }),
+    );
+    owners.sort();
+    owners.dedup();
+    owners
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutDevice {
+    /// Public P-256 JWK for ES256 signatures; the device id is its RFC 7638 thumbprint.
+    #[schema(value_type = Object)]
+    signing_jwk: Jwk,
+    /// Public P-256 JWK for ECDH-ES+A256KW.
+    #[schema(value_type = Object)]
+    encryption_jwk: Jwk,
+    /// When the keys stop being used (Unix ms); at most `devices.max_lifetime_days` ahead.
+    expires_at_ms: i64,
+}
+
+/// A leaf of the key log with its inclusion proof in the checkpoint's tree.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LeafView {
+    index: u64,
+    /// The leaf's exact text (JSON); its RFC 9162 leaf hash is what the tree holds.
+    leaf: String,
+    /// Base64 sibling hashes from the leaf up (RFC 9162 §2.1.3).
+    proof: Vec<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceView {
+    device_id: String,
+    /// `patient:<national id>`, `clinician:<HPR number>`, `system:<client id>` or
+    /// `journal:<organisation number>`.
+    owner: String,
+    #[schema(value_type = Object)]
+    signing_jwk: serde_json::Value,
+    encryption_kid: String,
+    #[schema(value_type = Object)]
+    encryption_jwk: serde_json::Value,
+    published_at_ms: i64,
+    expires_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at_ms: Option<i64>,
+    active: bool,
+    /// The publish leaf, proven against `checkpoint` where one is given.
+    publish: LeafView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoke: Option<LeafView>,
+}
+
+/// Devices with proofs against one signed checkpoint of the key log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DirectoryView {
+    checkpoint: CheckpointView,
+    devices: Vec<DeviceView>,
+}
+
+/// Builds views of `devices` with inclusion proofs against the newest checkpoint.
+async fn directory(state: &AppState, devices: Vec<DeviceRecord>) -> Result<DirectoryView, Problem> {
+    let head = state
+        .store
+        .key_log_head()
+        .await?
+        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
+    let size = head.checkpoint.size;
+    let hashes = state.store.key_log_hashes(size).await?;
+    let mut indexes = Vec::new();
+    for d in &devices {
+        indexes.push(d.publish_index);
+        indexes.extend(d.revoke_index);
+    }
+    let mut leaves = state.store.key_log_leaves(&indexes).await?.into_iter();
+    let now = now_ms();
+    let mut views = Vec::with_capacity(devices.len());
+    for d in devices {
+        let publish = leaf_view(&hashes, d.publish_index, leaves.next())?;
+        let revoke = match d.revoke_index {
+            Some(i) => Some(leaf_view(&hashes, i, leaves.next())?),
+            None => None,
+        };
+        views.push(DeviceView {
+            active: d.active_at(now),
+            owner: d.owner.label(),
+            signing_jwk: serde_json::from_str(&d.signing_jwk).unwrap_or_default(),
+            encryption_jwk: serde_json::from_str(&d.encryption_jwk).unwrap_or_default(),
+            device_id: d.device_id,
+            encryption_kid: d.encryption_kid,
+            published_at_ms: d.published_at_ms,
+            expires_at_ms: d.expires_at_ms,
+            revoked_at_ms: d.revoked_at_ms,
+            publish,
+            revoke,
+        });
+    }
+    Ok(DirectoryView {
+        checkpoint: CheckpointView::new(&head, state.audit.signer.public_key()),
+        devices: views,
+    })
+}
+
+fn leaf_view(hashes: &[Hash], index: u64, leaf: Option<String>) -> Result<LeafView, Problem> {
+    let proof = inclusion_proof(hashes, index).map_err(|_| Problem::new(ProblemKind::Internal))?;
+    Ok(LeafView {
+        index,
+        leaf: leaf.ok_or_else(|| Problem::new(ProblemKind::Internal))?,
+        proof: proof.iter().map(|h| STANDARD.encode(h)).collect(),
+    })
+}
+
+/// Checks a publish request; returns the device to store.
+fn checked_device(
+    state: &AppState,
+    device_id: &str,
+    body: &PutDevice,
+    owner: Owner,
+) -> Result<DeviceRecord, Problem> {
+    let signing = PublicKey::from_jwk(&body.signing_jwk)
+        .map_err(|e| invalid("signing_jwk", e.to_string()))?;
+    let encryption = PublicKey::from_jwk(&body.encryption_jwk)
+        .map_err(|e| invalid("encryption_jwk", e.to_string()))?;
+    if signing.thumbprint() != device_id {
+        return Err(invalid(
+            "device_id",
+            "must be the RFC 7638 thumbprint of signing_jwk",
+        ));
+    }
+    if signing == encryption {
+        return Err(invalid(
+            "encryption_jwk",
+            "must be another key than signing_jwk",
+        ));
+    }
+    let now = now_ms();
+    let max = i64::from(state.devices.max_lifetime_days).saturating_mul(DAY_MS);
+    if body.expires_at_ms <= now || body.expires_at_ms > now.saturating_add(max) {
+        return Err(invalid(
+            "expires_at_ms",
+            format!(
+                "must be in the future and at most {} days ahead",
+                state.devices.max_lifetime_days
+            ),
+        ));
+    }
+    let json = |key: &PublicKey| serde_json::to_string(&key.to_jwk()).unwrap_or_default();
+    Ok(DeviceRecord {
+        device_id: device_id.to_owned(),
+        owner,
+        signing_jwk: json(&signing),
+        encryption_kid: encryption.thumbprint(),
+        encryption_jwk: json(&encryption),
+        published_at_ms: now,
+        expires_at_ms: body.expires_at_ms,
+        revoked_at_ms: None,
+        publish_index: 0,
+        revoke_index: None,
+    })
+}
+
+async fn publish(
+    state: &AppState,
+    access: &Access,
+    caller: &Authenticated,
+    device: DeviceRecord,
+) -> Result<Response, Problem> {
+    let record = access
+        .record(caller, Action::KeyPublish, "device")
+        .resource_id(device.device_id.clone());
+    let published = state
+        .store
+        .publish_device(
+            &device,
+            state.devices.max_per_owner,
+            &state.audit.signer,
+            &record,
+        )
+        .await?;
+    let (status, stored) = match published {
+        Published::Created(stored, _) => (StatusCode::CREATED, stored),
+        Published::Existing(stored) => (StatusCode::OK, stored),
+        Published::Conflict => return Err(Problem::new(ProblemKind::DeviceConflict)),
+        Published::TooMany => {
+            return Err(
+                Problem::new(ProblemKind::DeviceLimit).with("limit", state.devices.max_per_owner)
+            );
+        }
+    };
+    let view = directory(state, vec![stored]).await?;
+    Ok((status, Json(view)).into_response())
+}
+
+/// Refuses auditors, who reach the access log and nothing else.
+fn not_an_auditor(state: &AppState, caller: &Authenticated) -> Result<(), Problem> {
+    if state.auth.auditors.holds(caller) {
+        return Err(Problem::new(ProblemKind::Forbidden));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/devices/{device_id}`: publishes one of the caller's devices. The same
+/// request again answers the stored device (200); other keys under a taken id, 409.
+#[utoipa::path(put, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 409, body = crate::problem::ProblemDocument, description = "id or key taken, or too many devices"), (status = 422, body = crate::problem::ProblemDocument, description = "invalid key or expiry")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn put_device(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    Path(device_id): Path<String>,
+    ApiJson(body): ApiJson<PutDevice>,
+) -> Result<Response, Problem> {
+    not_an_auditor(&state, &caller)?;
+    let device = checked_device(&state, &device_id, &body, owner_of(&caller.principal))?;
+    publish(&state, &access, &caller, device).await
+}
+
+/// `PUT /v1/clinics/{org}/journal-keys/{device_id}`: publishes a clinic's journal key
+/// (the exporter's), which every message in the clinic's episodes must be sealed to.
+#[utoipa::path(put, path = "/v1/clinics/{org}/journal-keys/{device_id}", tag = "devices", params(("org" = String, Path, description = "the clinic's organisation number"), ("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 403, body = crate::problem::ProblemDocument, description = "not a system client of this clinic"), (status = 409, body = crate::problem::ProblemDocument, description = "id or key taken, or too many keys")), security(("bearer" = []), ("dpop" = [])))]
+pub async fn put_journal_key(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    Path((org, device_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PutDevice>,
+) -> Result<Response, Problem> {
+    let org = OrgNumber::parse(&org).map_err(|e| invalid("org", e.to_string()))?;
+    let record = access
+        .record(&caller, Action::KeyPublish, "journal-key")
+        .resource_id(device_id.clone());
+    manage(&state, &caller, &org, record).await?;
+    let device = checked_device(&state, &device_id, &body, journal_of(&org))?;
+    publish(&state, &access, &caller, device).await
+}
+
+/// `DELETE /v1/devices/{device_id}`: revokes a device of the caller's, or a journal key
+/// of a clinic the caller (a system client) acts for.
+#[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path)), responses((status = 200, body = DirectoryView, description = "revoked, with the revoke leaf's proof"), (status = 404, body = crate::problem::ProblemDocument, description = "no such device of the caller's")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn delete_device(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    Path(device_id): Path<String>,
+) -> Result<Response, Problem> {
+    not_an_auditor(&state, &caller)?;
+    let device = state
+        .store
+        .device(&device_id)
+        .await?
+        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
+    let record = access
+        .record(&caller, Action::KeyRevoke, "device")
+        .resource_id(device_id.clone());
+    if device.owner.kind == "journal" {
+        let org = OrgNumber::parse(&device.owner.reference)
+            .map_err(|_| Problem::new(ProblemKind::Internal))?;
+        manage(&state, &caller, &org, record.clone()).await?;
+    } else if device.owner != owner_of(&caller.principal) {
+        // Someone else's device is, to the caller, no device at all.
+        return Err(Problem::new(ProblemKind::NotFound));
+    }
+    let revoked = match state
+        .store
+        .revoke_device(&device, now_ms(), &state.audit.signer, &record)
+        .await?
+    {
+        Some(revoked) => revoked,
+        None => state
+            .store
+            .device(&device_id)
+            .await?
+            .ok_or_else(|| Problem::new(ProblemKind::NotFound))?,
+    };
+    Ok(Json(directory(&state, vec![revoked]).await?).into_response())
+}
+
+/// `GET /v1/devices`: the caller's own devices, revoked and expired ones included.
+#[utoipa::path(get, path = "/v1/devices", tag = "devices", responses((status = 200, body = DirectoryView), (status = 404, body = crate::problem::ProblemDocument, description = "the key log is still empty")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<DirectoryView>, Problem> {
+    not_an_auditor(&state, &caller)?;
+    let devices = state
+        .store
+        .devices_of(&[owner_of(&caller.principal)])
+        .await?;
+    Ok(Json(directory(&state, devices).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EpisodeDevicesQuery {
+    /// Also revoked and expired devices, and those of ended cover therapists: what a
+    /// reader needs to check the senders of older messages.
+    #[serde(default)]
+    include_inactive: bool,
+}
+
+/// `GET /v1/episodes/{id}/devices`: the keys a message in this episode must be sealed
+/// to (every participant's active devices and the clinic's journal keys), each with its
+/// inclusion proof against the newest signed checkpoint of the key log.
+#[utoipa::path(get, path = "/v1/episodes/{id}/devices", tag = "devices", params(("id" = Uuid, Path), EpisodeDevicesQuery), responses((status = 200, body = DirectoryView), (status = 403, body = crate::problem::ProblemDocument, description = "not allowed"), (status = 404, body = crate::problem::ProblemDocument, description = "no such episode, or no keys yet")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn episode_devices(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+    Query(query): Query<EpisodeDevicesQuery>,
+) -> Result<Json<DirectoryView>, Problem> {
+    let (episode, clinic, team, record) = reach(
+        &state,
+        &access,
+        &caller,
+        EpisodeId(id),
+        (Action::Read, "devices"),
+    )
+    .await?;
+    state.store.record_access(&[record]).await?;
+    let now = now_ms();
+    let mut owners = participants(episode.patient.expose(), &team, now, query.include_inactive);
+    owners.push(journal_of(&clinic.org_number));
+    let devices = state
+        .store
+        .devices_of(&owners)
+        .await?
+        .into_iter()
+        .filter(|d| query.include_inactive || d.active_at(now))
+        .collect();
+    Ok(Json(directory(&state, devices).await?))
+}
+
+/// `GET /v1/keys/checkpoint`: the key log's newest signed checkpoint.
+#[utoipa::path(get, path = "/v1/keys/checkpoint", tag = "devices", responses((status = 200, body = CheckpointView), (status = 404, body = crate::problem::ProblemDocument, description = "the key log is still empty")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn key_checkpoint(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+) -> Result<Json<CheckpointView>, Problem> {
+    let head = state
+        .store
+        .key_log_head()
+        .await?
+        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
+    Ok(Json(CheckpointView::new(
+        &head,
+        state.audit.signer.public_key(),
+    )))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct KeyConsistencyQuery {
+    /// The older tree size, one the client has seen signed.
+    from: u64,
+    /// The newer tree size; default the newest.
+    to: Option<u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyConsistencyView {
+    from: u64,
+    to: u64,
+    /// Base64 hashes (RFC 9162 §2.1.4).
+    proof: Vec<String>,
+}
+
+/// `GET /v1/keys/proof/consistency`: proves the key log at `to` extends the log at
+/// `from`, so no published key was taken back or changed in between.
+#[utoipa::path(get, path = "/v1/keys/proof/consistency", tag = "devices", params(KeyConsistencyQuery), responses((status = 200, body = KeyConsistencyView), (status = 422, body = crate::problem::ProblemDocument, description = "sizes out of range")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn key_consistency(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Query(query): Query<KeyConsistencyQuery>,
+) -> Result<Json<KeyConsistencyView>, Problem> {
+    let head = state
+        .store
+        .key_log_head()
+        .await?
+        .map_or(0, |h| h.checkpoint.size);
+    let to = query.to.unwrap_or(head);
+    if to > head || query.from > to {
+        return Err(invalid("from", format!("need from <= to <= {head}")));
+    }
+    let hashes = state.store.key_log_hashes(to).await?;
+    let proof =
+        consistency_proof(&hashes, query.from).map_err(|e| invalid("from", e.to_string()))?;
+    Ok(Json(KeyConsistencyView {
+        from: query.from,
+        to,
+        proof: proof.iter().map(|h| STANDARD.encode(h)).collect(),
+    }))
+}

@@ -1,0 +1,400 @@
+//! The device key directory and its key log: devices with their public keys, and the
+//! Merkle tree of every publish and revoke, whose head is signed in the same transaction.
+
+use std::fmt::Write as _;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer, Tree};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{StorageError, Store};
+use crate::audit::Record;
+
+/// The key log's name in its checkpoints.
+pub const KEY_LOG_ORIGIN: &str = "icbt-gateway/keys";
+
+const COLUMNS: &str = "device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, \
+    encryption_jwk, published_at_ms, expires_at_ms, revoked_at_ms, publish_index, revoke_index";
+
+/// Who a device belongs to: `patient`/national id, `clinician`/HPR number,
+/// `system`/client id, or `journal`/organisation number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub kind: &'static str,
+    pub reference: String,
+}
+
+impl Owner {
+    /// `kind:reference`, as written in key log leaves.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.kind, self.reference)
+    }
+
+    fn parse_kind(kind: &str) -> Option<&'static str> {
+        ["patient", "clinician", "system", "journal"]
+            .into_iter()
+            .find(|k| *k == kind)
+    }
+}
+
+/// A device as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub owner: Owner,
+    /// Public JWKs as JSON text.
+    pub signing_jwk: String,
+    pub encryption_kid: String,
+    pub encryption_jwk: String,
+    pub published_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+    pub publish_index: u64,
+    pub revoke_index: Option<u64>,
+}
+
+impl DeviceRecord {
+    pub fn active_at(&self, now_ms: i64) -> bool {
+        self.revoked_at_ms.is_none() && now_ms < self.expires_at_ms
+    }
+
+    /// The key log leaf that published this device.
+    fn publish_leaf(&self) -> String {
+        serde_json::json!({
+            "v": 1,
+            "index": self.publish_index,
+            "op": "publish",
+            "device": self.device_id,
+            "owner": self.owner.label(),
+            "signing_jwk": raw(&self.signing_jwk),
+            "encryption_jwk": raw(&self.encryption_jwk),
+            "expires_at_ms": self.expires_at_ms,
+            "at_ms": self.published_at_ms,
+        })
+        .to_string()
+    }
+
+    fn revoke_leaf(&self, index: u64, at_ms: i64) -> String {
+        serde_json::json!({
+            "v": 1,
+            "index": index,
+            "op": "revoke",
+            "device": self.device_id,
+            "owner": self.owner.label(),
+            "at_ms": at_ms,
+        })
+        .to_string()
+    }
+}
+
+fn raw(json: &str) -> serde_json::Value {
+    serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+}
+
+fn device_from_row(r: &AnyRow) -> Result<DeviceRecord, StorageError> {
+    let index = |v: i64| u64::try_from(v).map_err(|_| StorageError::Corrupt("devices.index"));
+    Ok(DeviceRecord {
+        device_id: r.try_get("device_id")?,
+        owner: Owner {
+            kind: Owner::parse_kind(&r.try_get::<String, _>("owner_kind")?)
+                .ok_or(StorageError::Corrupt("devices.owner_kind"))?,
+            reference: r.try_get("owner_ref")?,
+        },
+        signing_jwk: r.try_get("signing_jwk")?,
+        encryption_kid: r.try_get("encryption_kid")?,
+        encryption_jwk: r.try_get("encryption_jwk")?,
+        published_at_ms: r.try_get("published_at_ms")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        revoked_at_ms: r.try_get("revoked_at_ms")?,
+        publish_index: index(r.try_get("publish_index")?)?,
+        revoke_index: r
+            .try_get::<Option<i64>, _>("revoke_index")?
+            .map(index)
+            .transpose()?,
+    })
+}
+
+/// The outcome of a publish.
+#[derive(Debug)]
+pub enum Published {
+    Created(DeviceRecord, SignedCheckpoint),
+    /// The same device with the same keys, owner and expiry: the earlier result.
+    Existing(DeviceRecord),
+    /// The device id or its encryption key is already taken by something else.
+    Conflict,
+    /// The owner already has the most active devices allowed.
+    TooMany,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Appends the leaf that `leaf(index)` makes to the key log and signs the new head, on
+/// `conn` inside the caller's transaction. The head row's lock orders writers.
+async fn append(
+    conn: &mut AnyConnection,
+    signer: &Signer,
+    now_ms: i64,
+    leaf: impl FnOnce(u64) -> String,
+) -> Result<(u64, SignedCheckpoint), StorageError> {
+    let head =
+        sqlx::query("UPDATE key_log_head SET size = size WHERE id = 1 RETURNING size, peaks")
+            .fetch_one(&mut *conn)
+            .await?;
+    let size = u64::try_from(head.try_get::<i64, _>("size")?)
+        .map_err(|_| StorageError::Corrupt("key_log_head.size"))?;
+    let peaks: Vec<Hash> = head
+        .try_get::<String, _>("peaks")?
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(icbt_merkle::from_hex)
+        .collect::<Option<_>>()
+        .ok_or(StorageError::Corrupt("key_log_head.peaks"))?;
+    let mut tree = Tree::restore(size, &peaks).ok_or(StorageError::Corrupt("key_log_head"))?;
+    let leaf = leaf(size);
+    let hash = icbt_merkle::leaf_hash(leaf.as_bytes());
+    sqlx::query("INSERT INTO key_log (leaf_index, leaf, leaf_hash) VALUES ($1, $2, $3)")
+        .bind(to_i64(size))
+        .bind(&leaf)
+        .bind(icbt_merkle::to_hex(&hash))
+        .execute(&mut *conn)
+        .await?;
+    tree.push(hash);
+    let head = signer.sign(Checkpoint {
+        origin: KEY_LOG_ORIGIN.to_owned(),
+        size: tree.size(),
+        root: tree.root(),
+        timestamp_ms: now_ms,
+    });
+    let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
+    sqlx::query(
+        "UPDATE key_log_head SET size = $1, peaks = $2, root = $3, timestamp_ms = $4, \
+         key_id = $5, signature = $6 WHERE id = 1",
+    )
+    .bind(to_i64(tree.size()))
+    .bind(peaks.join(","))
+    .bind(icbt_merkle::to_hex(&head.checkpoint.root))
+    .bind(now_ms)
+    .bind(&head.key_id)
+    .bind(STANDARD.encode(&head.signature))
+    .execute(&mut *conn)
+    .await?;
+    Ok((size, head))
+}
+
+impl Store {
+    /// Publishes `device` (its `publish_index` is assigned here) with its audit record,
+    /// in one transaction.
+    pub async fn publish_device(
+        &self,
+        device: &DeviceRecord,
+        max_per_owner: u32,
+        signer: &Signer,
+        audit: &Record,
+    ) -> Result<Published, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // Take the key log's lock first: its writers are serialised, and on SQLite a
+        // transaction that starts by writing waits for the lock instead of failing.
+        sqlx::query("UPDATE key_log_head SET size = size WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM devices WHERE device_id = $1 OR encryption_kid = $2"
+        )))
+        .bind(&device.device_id)
+        .bind(&device.encryption_kid)
+        .fetch_all(&mut *tx)
+        .await?;
+        if let Some(row) = existing.first() {
+            let stored = device_from_row(row)?;
+            let same = existing.len() == 1
+                && stored.device_id == device.device_id
+                && stored.encryption_kid == device.encryption_kid
+                && stored.owner == device.owner
+                && stored.expires_at_ms == device.expires_at_ms
+                && stored.revoked_at_ms.is_none()
+                && raw(&stored.signing_jwk) == raw(&device.signing_jwk)
+                && raw(&stored.encryption_jwk) == raw(&device.encryption_jwk);
+            return Ok(if same {
+                Published::Existing(stored)
+            } else {
+                Published::Conflict
+            });
+        }
+        let active: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM devices WHERE owner_kind = $1 AND owner_ref = $2 \
+             AND revoked_at_ms IS NULL AND expires_at_ms > $3",
+        )
+        .bind(device.owner.kind)
+        .bind(&device.owner.reference)
+        .bind(device.published_at_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if active >= i64::from(max_per_owner) {
+            return Ok(Published::TooMany);
+        }
+        super::audit::insert(&mut tx, audit).await?;
+        let mut stored = device.clone();
+        let (index, checkpoint) = append(&mut tx, signer, device.published_at_ms, |index| {
+            stored.publish_index = index;
+            stored.publish_leaf()
+        })
+        .await?;
+        stored.publish_index = index;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO devices ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL)"
+        )))
+        .bind(&stored.device_id)
+        .bind(stored.owner.kind)
+        .bind(&stored.owner.reference)
+        .bind(&stored.signing_jwk)
+        .bind(&stored.encryption_kid)
+        .bind(&stored.encryption_jwk)
+        .bind(stored.published_at_ms)
+        .bind(stored.expires_at_ms)
+        .bind(to_i64(index))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Published::Created(stored, checkpoint))
+    }
+
+    /// Revokes a device with its audit record; `None` if it was already revoked.
+    pub async fn revoke_device(
+        &self,
+        device: &DeviceRecord,
+        at_ms: i64,
+        signer: &Signer,
+        audit: &Record,
+    ) -> Result<Option<DeviceRecord>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        super::audit::insert(&mut tx, audit).await?;
+        let (index, _) = append(&mut tx, signer, at_ms, |index| {
+            device.revoke_leaf(index, at_ms)
+        })
+        .await?;
+        let updated = sqlx::query(
+            "UPDATE devices SET revoked_at_ms = $1, revoke_index = $2 \
+             WHERE device_id = $3 AND revoked_at_ms IS NULL",
+        )
+        .bind(at_ms)
+        .bind(to_i64(index))
+        .bind(&device.device_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            // Revoked meanwhile: drop the leaf and the record with the transaction.
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(DeviceRecord {
+            revoked_at_ms: Some(at_ms),
+            revoke_index: Some(index),
+            ..device.clone()
+        }))
+    }
+
+    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StorageError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM devices WHERE device_id = $1"
+        )))
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(device_from_row)
+        .transpose()
+    }
+
+    /// Every device of `owners`, oldest first, revoked and expired ones included.
+    pub async fn devices_of(&self, owners: &[Owner]) -> Result<Vec<DeviceRecord>, StorageError> {
+        if owners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = format!("SELECT {COLUMNS} FROM devices WHERE ");
+        for i in 0..owners.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            let _ = write!(
+                sql,
+                "(owner_kind = ${} AND owner_ref = ${})",
+                2 * i + 1,
+                2 * i + 2
+            );
+        }
+        sql.push_str(" ORDER BY publish_index");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for owner in owners {
+            query = query.bind(owner.kind).bind(owner.reference.clone());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device_from_row)
+            .collect()
+    }
+
+    /// The newest signed head of the key log; `None` while the log is empty.
+    pub async fn key_log_head(&self) -> Result<Option<SignedCheckpoint>, StorageError> {
+        let r = sqlx::query(
+            "SELECT size, root, timestamp_ms, key_id, signature FROM key_log_head WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let size = u64::try_from(r.try_get::<i64, _>("size")?)
+            .map_err(|_| StorageError::Corrupt("key_log_head.size"))?;
+        if size == 0 {
+            return Ok(None);
+        }
+        let corrupt = || StorageError::Corrupt("key_log_head");
+        Ok(Some(SignedCheckpoint {
+            checkpoint: Checkpoint {
+                origin: KEY_LOG_ORIGIN.to_owned(),
+                size,
+                root: icbt_merkle::from_hex(&r.try_get::<String, _>("root")?)
+                    .ok_or_else(corrupt)?,
+                timestamp_ms: r.try_get("timestamp_ms")?,
+            },
+            key_id: r.try_get("key_id")?,
+            signature: STANDARD
+                .decode(r.try_get::<String, _>("signature")?)
+                .map_err(|_| corrupt())?,
+        }))
+    }
+
+    /// The first `size` leaf hashes of the key log.
+    pub async fn key_log_hashes(&self, size: u64) -> Result<Vec<Hash>, StorageError> {
+        sqlx::query("SELECT leaf_hash FROM key_log WHERE leaf_index < $1 ORDER BY leaf_index")
+            .bind(to_i64(size))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                icbt_merkle::from_hex(&r.try_get::<String, _>("leaf_hash")?)
+                    .ok_or(StorageError::Corrupt("key_log.leaf_hash"))
+            })
+            .collect()
+    }
+
+    /// The leaf texts at `indexes`, in the order asked.
+    pub async fn key_log_leaves(&self, indexes: &[u64]) -> Result<Vec<String>, StorageError> {
+        let mut leaves = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let leaf: String = sqlx::query("SELECT leaf FROM key_log WHERE leaf_index = $1")
+                .bind(to_i64(*index))
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StorageError::Corrupt("key_log: missing leaf"))?
+                .try_get("leaf")?;
+            leaves.push(leaf);
+        }
+        Ok(leaves)
+    }
+}
