@@ -205,6 +205,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         },
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
+    let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let sequencer = tokio::spawn(audit_log.clone().run(store.clone()));
     let limits = Limits {
@@ -240,6 +241,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     .await;
     purge.abort();
     notifications.abort();
+    hub.abort();
     sequencer.abort();
     // Records of the last requests join the tree before the pool closes.
     if let Err(e) = audit_log.sequence_all(&store).await {

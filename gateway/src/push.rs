@@ -5,9 +5,16 @@
 //! lagged notification costs latency, never a message. Within an instance, sends publish
 //! on a bounded broadcast channel; across instances, PostgreSQL's NOTIFY (sent inside each
 //! send's transaction) reaches every instance's listener.
+//!
+//! One reader per instance ([`Hub`]) reads each new batch once, records the deliveries of
+//! all its streams in one transaction, and hands each stream its entries in memory. A
+//! stream reads the database itself only to catch up: when it starts from a position, and
+//! when it fell behind (its bounded queue overflowed, or the hub could not record).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -17,7 +24,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::api::AppState;
 use crate::audit::{Access, Action};
@@ -26,19 +33,216 @@ use crate::episode::EpisodeId;
 use crate::messaging::{MAX_PAGE, MessageView, message_view};
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::stream::{StreamEntry, StreamFilter, StreamPosition};
-use crate::storage::{Store, now_ms};
+use crate::storage::{CareTeamEntry, Store, now_ms};
 
 /// Wake-ups for stream readers; bounded, so a slow reader lags (and re-reads) rather than
 /// holding memory.
 #[derive(Debug, Clone)]
 pub struct Push {
     tx: broadcast::Sender<()>,
+    pub hub: Arc<Hub>,
 }
 
 impl Default for Push {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(256).0,
+            hub: Arc::new(Hub::default()),
+        }
+    }
+}
+
+/// Entries a stream may have queued before it counts as behind and catches up from the
+/// database.
+const QUEUE: usize = 256;
+
+/// One open stream, as the hub sees it.
+#[derive(Debug)]
+struct Subscriber {
+    filter: StreamFilter,
+    access: Access,
+    caller: Authenticated,
+    queue: mpsc::Sender<Arc<StreamEntry>>,
+    behind: Arc<AtomicBool>,
+}
+
+/// The instance's one stream reader and the streams it serves.
+#[derive(Debug, Default)]
+pub struct Hub {
+    subscribers: Mutex<HashMap<u64, Subscriber>>,
+    next_id: AtomicU64,
+}
+
+/// A stream's place in the hub; dropping it (the client went away) leaves.
+#[derive(Debug)]
+struct Registration {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut subscribers) = self.hub.subscribers.lock() {
+            subscribers.remove(&self.id);
+        }
+    }
+}
+
+impl Hub {
+    fn register(
+        self: &Arc<Self>,
+        filter: StreamFilter,
+        access: Access,
+        caller: Authenticated,
+    ) -> (
+        Registration,
+        mpsc::Receiver<Arc<StreamEntry>>,
+        Arc<AtomicBool>,
+    ) {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let behind = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.insert(
+                id,
+                Subscriber {
+                    filter,
+                    access,
+                    caller,
+                    queue,
+                    behind: behind.clone(),
+                },
+            );
+        }
+        (
+            Registration {
+                hub: self.clone(),
+                id,
+            },
+            receiver,
+            behind,
+        )
+    }
+
+    /// Open streams.
+    pub fn streams(&self) -> usize {
+        self.subscribers.lock().map_or(0, |s| s.len())
+    }
+
+    /// Reads every new message once and dispatches it, woken by `push`; runs until the
+    /// wake-up channel closes.
+    pub async fn run(self: Arc<Self>, mut wake: broadcast::Receiver<()>, store: Store) {
+        let mut head = loop {
+            match store.stream_head().await {
+                Ok(head) => break head,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream hub cannot read the head; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        loop {
+            match store
+                .stream_after(&StreamFilter::Everything, head, now_ms(), HUB_BATCH)
+                .await
+            {
+                Ok(entries) if !entries.is_empty() => {
+                    if let Some(last) = entries.last() {
+                        head = last.position;
+                    }
+                    self.dispatch(&store, entries).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream hub read failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                signal = wake.recv() => if matches!(signal, Err(broadcast::error::RecvError::Closed)) {
+                    return;
+                },
+                () = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    /// Hands each stream its entries of `entries`, once their deliveries are recorded.
+    async fn dispatch(&self, store: &Store, entries: Vec<StreamEntry>) {
+        let now = now_ms();
+        let mut episodes: HashMap<
+            EpisodeId,
+            (Option<crate::episode::Episode>, Vec<CareTeamEntry>),
+        > = HashMap::new();
+        for entry in &entries {
+            if episodes.contains_key(&entry.episode) {
+                continue;
+            }
+            let episode = store.episode(entry.episode).await.ok().flatten();
+            let team = store.care_team(entry.episode).await.unwrap_or_default();
+            episodes.insert(entry.episode, (episode, team));
+        }
+        let entries: Vec<Arc<StreamEntry>> = entries.into_iter().map(Arc::new).collect();
+        let mut deliveries = Vec::new();
+        let mut records = Vec::new();
+        {
+            let Ok(subscribers) = self.subscribers.lock() else {
+                return;
+            };
+            for subscriber in subscribers.values() {
+                if subscriber.behind.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let mine: Vec<Arc<StreamEntry>> = entries
+                    .iter()
+                    .filter(|e| {
+                        let team = episodes.get(&e.episode).map_or(&[][..], |(_, t)| t);
+                        subscriber.filter.matches(e, team, now)
+                    })
+                    .cloned()
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let mut seen: Vec<EpisodeId> = Vec::new();
+                for entry in &mine {
+                    if seen.contains(&entry.episode) {
+                        continue;
+                    }
+                    seen.push(entry.episode);
+                    if let Some((Some(episode), _)) = episodes.get(&entry.episode) {
+                        records.push(
+                            subscriber
+                                .access
+                                .record(&subscriber.caller, Action::Read, "messages")
+                                .episode(episode),
+                        );
+                    }
+                }
+                deliveries.push((subscriber.queue.clone(), subscriber.behind.clone(), mine));
+            }
+        }
+        if deliveries.is_empty() {
+            return;
+        }
+        // Delivered only once the accesses are recorded; if they cannot be, each stream
+        // catches up by itself (and records its own reads).
+        if let Err(e) = store.record_access(&records).await {
+            tracing::warn!(error = %e, "recording stream deliveries failed; streams catch up");
+            for (_, behind, _) in &deliveries {
+                behind.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
+        for (queue, behind, mine) in deliveries {
+            for entry in mine {
+                if queue.try_send(entry).is_err() {
+                    behind.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
         }
     }
 }
@@ -159,16 +363,22 @@ struct Reader {
     caller: Authenticated,
     filter: StreamFilter,
     position: StreamPosition,
-    wake: broadcast::Receiver<()>,
     buffer: VecDeque<StreamEntry>,
+    /// Entries the hub hands over, and whether it had to give up on this stream.
+    live: mpsc::Receiver<Arc<StreamEntry>>,
+    behind: Arc<AtomicBool>,
+    /// Reading the database until it has nothing newer, then taking the hub's entries.
+    catching_up: bool,
+    _registration: Registration,
 }
 
-/// How long a reader waits for a wake-up before looking anyway: a safety net only, since
-/// wake-ups are reliable (and a reconnected listener wakes everyone); idle streams cost
-/// no queries.
+/// How long a stream waits for the hub before reading the database anyway: a safety net
+/// only, since wake-ups are reliable (and a reconnected listener wakes everyone).
 const RECHECK: Duration = Duration::from_mins(1);
-/// Entries read per query.
+/// Entries a catching-up stream reads per query.
 const BATCH: i64 = 100;
+/// Entries the hub reads per query.
+const HUB_BATCH: i64 = 500;
 
 impl Reader {
     /// The next entry, waiting for one as long as it takes.
@@ -177,37 +387,50 @@ impl Reader {
             if let Some(entry) = self.buffer.pop_front() {
                 return Some(entry);
             }
-            match self
-                .store
-                .stream_after(&self.filter, self.position, now_ms(), BATCH)
-                .await
-            {
-                Ok(entries) if !entries.is_empty() => {
-                    // Delivered only once the access is recorded.
-                    if let Err(e) =
-                        record_delivery(&self.store, &self.access, &self.caller, &entries).await
-                    {
-                        tracing::warn!(error = %e, "recording a stream delivery failed; retrying");
+            if self.behind.swap(false, Ordering::Relaxed) {
+                // The hub gave up on this stream: drop what it queued and catch up.
+                while self.live.try_recv().is_ok() {}
+                self.catching_up = true;
+            }
+            if self.catching_up {
+                match self
+                    .store
+                    .stream_after(&self.filter, self.position, now_ms(), BATCH)
+                    .await
+                {
+                    Ok(entries) if !entries.is_empty() => {
+                        // Delivered only once the access is recorded.
+                        if let Err(e) =
+                            record_delivery(&self.store, &self.access, &self.caller, &entries).await
+                        {
+                            tracing::warn!(error = %e, "recording a stream delivery failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        if let Some(last) = entries.last() {
+                            self.position = last.position;
+                        }
+                        self.buffer.extend(entries);
+                    }
+                    Ok(_) => self.catching_up = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream read failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                    if let Some(last) = entries.last() {
-                        self.position = last.position;
-                    }
-                    self.buffer.extend(entries);
-                }
-                Ok(_) => {
-                    tokio::select! {
-                        woke = self.wake.recv() => if matches!(woke, Err(broadcast::error::RecvError::Closed)) {
-                            return None;
-                        },
-                        () = tokio::time::sleep(RECHECK) => {}
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream read failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                continue;
+            }
+            tokio::select! {
+                entry = self.live.recv() => match entry {
+                    // Skip what catching up already delivered.
+                    Some(entry) if entry.position > self.position => {
+                        self.position = entry.position;
+                        return Some(StreamEntry::clone(&entry));
+                    }
+                    Some(_) => {}
+                    None => return None,
+                },
+                () = tokio::time::sleep(RECHECK) => self.catching_up = true,
             }
         }
     }
@@ -225,7 +448,6 @@ pub async fn stream(
     Query(query): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let filter = filter_for(&state, &caller)?;
-    let wake = state.push.subscribe();
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -235,14 +457,23 @@ pub async fn stream(
         Some(value) => parse_position(&value)?,
         None => state.store.stream_head().await?,
     };
+    // Registered before catching up, so nothing committed meanwhile is missed.
+    let (registration, live, behind) =
+        state
+            .push
+            .hub
+            .register(filter.clone(), access.clone(), caller.clone());
     let reader = Reader {
         store: state.store.clone(),
         access,
         caller,
         filter,
         position,
-        wake,
         buffer: VecDeque::new(),
+        live,
+        behind,
+        catching_up: true,
+        _registration: registration,
     };
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
         let entry = reader.next().await?;

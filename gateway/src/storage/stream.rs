@@ -59,6 +59,23 @@ pub enum StreamFilter {
     CareTeam(HprNumber),
     /// A system client: the clinics of its organisations.
     Clinics(Vec<OrgNumber>),
+    /// Every message: the instance's one shared reader, which dispatches in memory.
+    Everything,
+}
+
+impl StreamFilter {
+    /// Whether an entry belongs to this stream, given the episode's care team at `now_ms`;
+    /// the same rule as the SQL of [`Store::stream_after`].
+    pub fn matches(&self, entry: &StreamEntry, team: &[super::CareTeamEntry], now_ms: i64) -> bool {
+        match self {
+            Self::Patient(pid) => entry.patient == pid.expose(),
+            Self::CareTeam(hpr) => team
+                .iter()
+                .any(|m| &m.hpr_number == hpr && m.until_ms.is_none_or(|until| until > now_ms)),
+            Self::Clinics(orgs) => orgs.iter().any(|o| o.as_str() == entry.organisation),
+            Self::Everything => true,
+        }
+    }
 }
 
 /// One stream entry.
@@ -67,6 +84,10 @@ pub struct StreamEntry {
     pub position: StreamPosition,
     pub episode: EpisodeId,
     pub message: StoredMessage,
+    /// The episode's patient (national id) and clinic (organisation number), for routing
+    /// in memory; never shown to clients.
+    pub patient: String,
+    pub organisation: String,
 }
 
 impl Store {
@@ -99,8 +120,9 @@ impl Store {
                     orgs.iter().map(|o| o.as_str().to_owned()).collect(),
                 )
             }
+            StreamFilter::Everything => ("1 = 1".into(), Vec::new()),
         };
-        if values.is_empty() {
+        if values.is_empty() && !matches!(filter, StreamFilter::Everything) {
             return Ok(Vec::new());
         }
         let limit_slot = values.len() + 4;
@@ -108,8 +130,9 @@ impl Store {
         // unused numbered parameters only if every one is bound, so all are bound.
         let sql = format!(
             "SELECT {position}, m.episode_id, m.id, m.seq, m.kind, m.sender_kind, m.sender_ref, m.sender_device, \
-             m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms \
-             FROM messages m JOIN episodes e ON e.id = m.episode_id \
+             m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms, \
+             e.patient_nin AS route_patient, c.org_number AS route_organisation \
+             FROM messages m JOIN episodes e ON e.id = m.episode_id JOIN clinics c ON c.id = e.clinic_id \
              WHERE {visible} AND {condition} AND $3 = $3 AND $1 = $1 ORDER BY {order} LIMIT ${limit_slot}"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -129,6 +152,8 @@ impl Store {
                     },
                     episode: EpisodeId(super::parse_uuid(r, "episode_id")?),
                     message: super::messaging::message_from_row(r)?,
+                    patient: r.try_get("route_patient")?,
+                    organisation: r.try_get("route_organisation")?,
                 })
             })
             .collect()
