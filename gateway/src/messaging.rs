@@ -151,14 +151,7 @@ async fn episode_with_clinic(
     state: &AppState,
     id: EpisodeId,
 ) -> Result<Option<(Episode, Clinic)>, Problem> {
-    let Some(episode) = state.store.episode(id).await? else {
-        return Ok(None);
-    };
-    Ok(state
-        .store
-        .clinic(episode.clinic_id)
-        .await?
-        .map(|clinic| (episode, clinic)))
+    Ok(state.store.episode_with_clinic(id).await?)
 }
 
 /// The policy's answer for `caller` on an episode with this clinic and care team.

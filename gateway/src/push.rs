@@ -60,10 +60,28 @@ const QUEUE: usize = 256;
 #[derive(Debug)]
 struct Subscriber {
     filter: StreamFilter,
+    /// Where the stream started: the hub hands over (and records) only what is after.
+    start: StreamPosition,
     access: Access,
     caller: Authenticated,
-    queue: mpsc::Sender<Arc<StreamEntry>>,
+    queue: mpsc::Sender<Arc<Delivery>>,
     behind: Arc<AtomicBool>,
+}
+
+/// An entry ready for the wire: its position and its JSON, made once for every stream.
+#[derive(Debug)]
+struct Delivery {
+    position: StreamPosition,
+    data: String,
+}
+
+impl Delivery {
+    fn of(entry: StreamEntry) -> Self {
+        Self {
+            position: entry.position,
+            data: serde_json::to_string(&entry_view(entry)).unwrap_or_default(),
+        }
+    }
 }
 
 /// The instance's one stream reader and the streams it serves.
@@ -92,13 +110,10 @@ impl Hub {
     fn register(
         self: &Arc<Self>,
         filter: StreamFilter,
+        start: StreamPosition,
         access: Access,
         caller: Authenticated,
-    ) -> (
-        Registration,
-        mpsc::Receiver<Arc<StreamEntry>>,
-        Arc<AtomicBool>,
-    ) {
+    ) -> (Registration, mpsc::Receiver<Arc<Delivery>>, Arc<AtomicBool>) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let behind = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -107,6 +122,7 @@ impl Hub {
                 id,
                 Subscriber {
                     filter,
+                    start,
                     access,
                     caller,
                     queue,
@@ -142,6 +158,29 @@ impl Hub {
             }
         };
         loop {
+            if self.streams() == 0 {
+                // Nobody to serve: keep up with the head instead of reading messages. The
+                // head is read before the second look, so a stream that registers after
+                // it is served from a head older than its registration.
+                match store.stream_head().await {
+                    Ok(now) if self.streams() == 0 => {
+                        head = head.max(now);
+                        tokio::select! {
+                            signal = wake.recv() => if matches!(signal, Err(broadcast::error::RecvError::Closed)) {
+                                return;
+                            },
+                            () = tokio::time::sleep(RECHECK) => {}
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream hub cannot read the head; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
             match store
                 .stream_after(&StreamFilter::Everything, head, now_ms(), HUB_BATCH)
                 .await
@@ -184,8 +223,7 @@ impl Hub {
             let team = store.care_team(entry.episode).await.unwrap_or_default();
             episodes.insert(entry.episode, (episode, team));
         }
-        let entries: Vec<Arc<StreamEntry>> = entries.into_iter().map(Arc::new).collect();
-        let mut deliveries = Vec::new();
+        let mut deliveries: Vec<(_, _, Vec<usize>)> = Vec::new();
         let mut records = Vec::new();
         {
             let Ok(subscribers) = self.subscribers.lock() else {
@@ -195,19 +233,23 @@ impl Hub {
                 if subscriber.behind.load(Ordering::Relaxed) {
                     continue;
                 }
-                let mine: Vec<Arc<StreamEntry>> = entries
+                let mine: Vec<usize> = entries
                     .iter()
-                    .filter(|e| {
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        if e.position <= subscriber.start {
+                            return false;
+                        }
                         let team = episodes.get(&e.episode).map_or(&[][..], |(_, t)| t);
                         subscriber.filter.matches(e, team, now)
                     })
-                    .cloned()
+                    .map(|(i, _)| i)
                     .collect();
                 if mine.is_empty() {
                     continue;
                 }
                 let mut seen: Vec<EpisodeId> = Vec::new();
-                for entry in &mine {
+                for entry in mine.iter().map(|i| &entries[*i]) {
                     if seen.contains(&entry.episode) {
                         continue;
                     }
@@ -236,9 +278,14 @@ impl Hub {
             }
             return;
         }
+        // Each entry serialised once, shared by every stream it goes to.
+        let ready: Vec<Arc<Delivery>> = entries
+            .into_iter()
+            .map(|e| Arc::new(Delivery::of(e)))
+            .collect();
         for (queue, behind, mine) in deliveries {
-            for entry in mine {
-                if queue.try_send(entry).is_err() {
+            for i in mine {
+                if queue.try_send(ready[i].clone()).is_err() {
                     behind.store(true, Ordering::Relaxed);
                     break;
                 }
@@ -363,9 +410,9 @@ struct Reader {
     caller: Authenticated,
     filter: StreamFilter,
     position: StreamPosition,
-    buffer: VecDeque<StreamEntry>,
+    buffer: VecDeque<Arc<Delivery>>,
     /// Entries the hub hands over, and whether it had to give up on this stream.
-    live: mpsc::Receiver<Arc<StreamEntry>>,
+    live: mpsc::Receiver<Arc<Delivery>>,
     behind: Arc<AtomicBool>,
     /// Reading the database until it has nothing newer, then taking the hub's entries.
     catching_up: bool,
@@ -382,7 +429,7 @@ const HUB_BATCH: i64 = 500;
 
 impl Reader {
     /// The next entry, waiting for one as long as it takes.
-    async fn next(&mut self) -> Option<StreamEntry> {
+    async fn next(&mut self) -> Option<Arc<Delivery>> {
         loop {
             if let Some(entry) = self.buffer.pop_front() {
                 return Some(entry);
@@ -410,7 +457,8 @@ impl Reader {
                         if let Some(last) = entries.last() {
                             self.position = last.position;
                         }
-                        self.buffer.extend(entries);
+                        self.buffer
+                            .extend(entries.into_iter().map(|e| Arc::new(Delivery::of(e))));
                     }
                     Ok(_) => self.catching_up = false,
                     Err(e) => {
@@ -425,7 +473,7 @@ impl Reader {
                     // Skip what catching up already delivered.
                     Some(entry) if entry.position > self.position => {
                         self.position = entry.position;
-                        return Some(StreamEntry::clone(&entry));
+                        return Some(entry);
                     }
                     Some(_) => {}
                     None => return None,
@@ -462,7 +510,7 @@ pub async fn stream(
         state
             .push
             .hub
-            .register(filter.clone(), access.clone(), caller.clone());
+            .register(filter.clone(), position, access.clone(), caller.clone());
     let reader = Reader {
         store: state.store.clone(),
         access,
@@ -477,12 +525,11 @@ pub async fn stream(
     };
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
         let entry = reader.next().await?;
-        let id = entry.position.to_string();
-        let data = serde_json::to_string(&entry_view(entry)).unwrap_or_default();
-        Some((
-            Ok(Event::default().id(id).event("message").data(data)),
-            reader,
-        ))
+        let event = Event::default()
+            .id(entry.position.to_string())
+            .event("message")
+            .data(&entry.data);
+        Some((Ok(event), reader))
     });
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()

@@ -20,29 +20,52 @@ const COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_ki
 
 /// Writes `record` on `conn`, inside the caller's transaction.
 pub(super) async fn insert(conn: &mut AnyConnection, r: &Record) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO audit_records ({COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    )))
-    .bind(r.id.to_string())
-    .bind(r.recorded_at_ms)
-    .bind(r.action.as_str())
-    .bind(r.outcome.as_str())
-    .bind(r.reason.as_deref())
-    .bind(&r.principal_kind)
-    .bind(r.principal_id.as_deref())
-    .bind(r.principal_organisation.as_deref())
-    .bind(r.issuer.as_deref())
-    .bind(r.client_id.as_deref())
-    .bind(r.token_jti.as_deref())
-    .bind(&r.resource_type)
-    .bind(r.resource_id.as_deref())
-    .bind(r.episode_id.map(|e| e.to_string()))
-    .bind(r.patient.as_deref())
-    .bind(r.request_id.as_deref())
-    .bind(r.source.as_deref())
-    .execute(conn)
-    .await?;
+    insert_many(conn, std::slice::from_ref(r)).await
+}
+
+/// Rows per INSERT statement: 17 parameters each stays far below both backends' limit.
+const ROWS_PER_INSERT: usize = 100;
+
+/// Writes `records` on `conn` with one multi-row INSERT per hundred, inside the caller's
+/// transaction: a stream hub batch for a thousand streams is ten statements, not a
+/// thousand round trips.
+pub(super) async fn insert_many(
+    conn: &mut AnyConnection,
+    records: &[Record],
+) -> Result<(), sqlx::Error> {
+    for chunk in records.chunks(ROWS_PER_INSERT) {
+        let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
+        for i in 0..chunk.len() {
+            let base = i * 17;
+            let slots: Vec<String> = (1..=17).map(|k| format!("${}", base + k)).collect();
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "({})", slots.join(", "));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            query = query
+                .bind(r.id.to_string())
+                .bind(r.recorded_at_ms)
+                .bind(r.action.as_str())
+                .bind(r.outcome.as_str())
+                .bind(r.reason.clone())
+                .bind(r.principal_kind.clone())
+                .bind(r.principal_id.clone())
+                .bind(r.principal_organisation.clone())
+                .bind(r.issuer.clone())
+                .bind(r.client_id.clone())
+                .bind(r.token_jti.clone())
+                .bind(r.resource_type.clone())
+                .bind(r.resource_id.clone())
+                .bind(r.episode_id.map(|e| e.to_string()))
+                .bind(r.patient.clone())
+                .bind(r.request_id.clone())
+                .bind(r.source.clone());
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -125,10 +148,11 @@ pub struct AuditFilter {
 impl Store {
     /// Commits access records that come with no other change (reads).
     pub async fn record_access(&self, records: &[Record]) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
-        for record in records {
-            insert(&mut tx, record).await?;
+        if records.is_empty() {
+            return Ok(());
         }
+        let mut tx = self.pool.begin().await?;
+        insert_many(&mut tx, records).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -85,6 +85,12 @@ pub struct Readiness {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// DPoP proof ids. On PostgreSQL a small pool whose commits do not wait for the WAL
+    /// flush: a crash may forget the last fraction of a second of proof ids, which lets
+    /// such a proof be replayed only within its few seconds of validity, by the holder
+    /// of its token; every request no longer pays a second durable commit. On SQLite the
+    /// main pool.
+    replay: AnyPool,
     backend: Backend,
     /// PostgreSQL URL (with password) for LISTEN; never logged.
     listen_url: Option<String>,
@@ -167,9 +173,29 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
+        let replay = match backend {
+            Backend::Sqlite => pool.clone(),
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections((config.max_connections / 4).max(2))
+                .acquire_timeout(acquire)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute("SET synchronous_commit = off").await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(
+                    AnyConnectOptions::from_str(&url)
+                        .map_err(|e| StorageError::Url(e.to_string()))?
+                        .disable_statement_logging(),
+                )
+                .await
+                .map_err(connect_error)?,
+        };
         let listen_url = (backend == Backend::Postgres).then_some(url);
         let store = Self {
             pool,
+            replay,
             backend,
             listen_url,
         };
@@ -194,6 +220,7 @@ impl Store {
 
     /// Waits for in-flight queries and closes every connection.
     pub async fn close(&self) {
+        self.replay.close().await;
         self.pool.close().await;
     }
 
@@ -226,16 +253,26 @@ impl Store {
                 .bind(id.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|r| {
-            Ok(Clinic {
-                id: ClinicId(parse_uuid(&r, "id")?),
-                name: r.try_get("name")?,
-                org_number: OrgNumber::parse(&r.try_get::<String, _>("org_number")?)
-                    .map_err(|_| StorageError::Corrupt("clinics.org_number"))?,
-                created_at_ms: r.try_get("created_at_ms")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(|r| clinic_from_row(r, "")).transpose()
+    }
+
+    /// An episode with its clinic, in one round trip (the send path's first read).
+    pub async fn episode_with_clinic(
+        &self,
+        id: EpisodeId,
+    ) -> Result<Option<(Episode, Clinic)>, StorageError> {
+        let row = sqlx::query(
+            "SELECT e.id, e.clinic_id, e.patient_nin, e.programme, e.state, e.created_at_ms, \
+             e.updated_at_ms, c.id AS c_id, c.name AS c_name, c.org_number AS c_org_number, \
+             c.created_at_ms AS c_created_at_ms \
+             FROM episodes e JOIN clinics c ON c.id = e.clinic_id WHERE e.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(|r| Ok((episode_from_row(r)?, clinic_from_row(r, "c_")?)))
+            .transpose()
     }
 
     pub async fn insert_episode(
@@ -306,7 +343,7 @@ impl icbt_auth::dpop::ReplayStore for Store {
         let result = sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&self.replay)
             .await
             .map_err(|e| icbt_auth::dpop::ReplayStoreError(e.to_string()))?;
         Ok(result.rows_affected() == 1)
@@ -322,6 +359,21 @@ impl Store {
             .await?;
         Ok(result.rows_affected())
     }
+}
+
+/// A clinic from columns named with `prefix`.
+fn clinic_from_row(r: &AnyRow, prefix: &str) -> Result<Clinic, StorageError> {
+    let column = |name: &str| format!("{prefix}{name}");
+    Ok(Clinic {
+        id: ClinicId(parse_uuid(
+            r,
+            if prefix.is_empty() { "id" } else { "c_id" },
+        )?),
+        name: r.try_get(column("name").as_str())?,
+        org_number: OrgNumber::parse(&r.try_get::<String, _>(column("org_number").as_str())?)
+            .map_err(|_| StorageError::Corrupt("clinics.org_number"))?,
+        created_at_ms: r.try_get(column("created_at_ms").as_str())?,
+    })
 }
 
 fn episode_from_row(r: &AnyRow) -> Result<Episode, StorageError> {
