@@ -4,17 +4,19 @@
 //! Owns: the identifier systems and codes (`../shared/REFERENCE.md`), treatment episodes
 //! as EpisodeOfCare ([`episode::episode_of_care`]), PHQ-9 and GAD-7 answers as
 //! QuestionnaireResponse with a total-score Observation and its severity band
-//! ([`questionnaire`]), and the risk rule for PHQ-9 item 9.
+//! ([`questionnaire`]), the risk rule for PHQ-9 item 9 and its Task, and opened messages
+//! as a virtual Encounter with a Communication ([`message`]).
 //!
 //! Must not know about: I/O of any kind (no HTTP, no database, no clock reads). Values in,
 //! values out, so every mapping is tested without a server.
 //!
-//! Still to come (the FHIR export issue): Encounter and Communication for messages, the
-//! risk Task, the treatment summary and its ITI-65 bundle, and the transaction bundles.
+//! Still to come (the FHIR export issue): the treatment summary and its ITI-65 bundle, and
+//! the transaction bundles with conditional creates.
 //!
 //! A reader starts at [`episode::EpisodeRecord`] and [`questionnaire::Answers`].
 
 pub mod episode;
+pub mod message;
 pub mod questionnaire;
 pub mod systems;
 
