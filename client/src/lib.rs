@@ -181,21 +181,35 @@ impl Client {
         })
     }
 
+    /// PUTs `keys` at `path` and checks the answer's proof.
+    async fn put_device(
+        &self,
+        path: &str,
+        keys: &DeviceKeys,
+        expires_at_ms: i64,
+    ) -> Result<Directory, ClientError> {
+        let (_, view) = self
+            .call(
+                reqwest::Method::PUT,
+                path,
+                Some(&Self::device_body(keys, expires_at_ms)),
+            )
+            .await?;
+        self.checked(&view).await
+    }
+
     /// Publishes this device's public keys as the caller's; checks the answer's proof.
     pub async fn publish_device(
         &self,
         keys: &DeviceKeys,
         expires_at_ms: i64,
     ) -> Result<Directory, ClientError> {
-        let path = format!("v1/devices/{}", keys.device_id());
-        let (_, view) = self
-            .call(
-                reqwest::Method::PUT,
-                &path,
-                Some(&Self::device_body(keys, expires_at_ms)),
-            )
-            .await?;
-        self.checked(&view).await
+        self.put_device(
+            &format!("v1/devices/{}", keys.device_id()),
+            keys,
+            expires_at_ms,
+        )
+        .await
     }
 
     /// Publishes a clinic's journal key (a system client of that clinic).
@@ -209,14 +223,7 @@ impl Client {
             "v1/clinics/{organisation}/journal-keys/{}",
             keys.device_id()
         );
-        let (_, view) = self
-            .call(
-                reqwest::Method::PUT,
-                &path,
-                Some(&Self::device_body(keys, expires_at_ms)),
-            )
-            .await?;
-        self.checked(&view).await
+        self.put_device(&path, keys, expires_at_ms).await
     }
 
     pub async fn revoke_device(&self, device_id: &str) -> Result<Directory, ClientError> {

@@ -37,30 +37,10 @@ pub const SYNTHETIC_FNR: &str = "01018512366";
 pub fn gateway_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("E2E_GATEWAY_BIN") {
-            return PathBuf::from(path);
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_owned();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "icbt-gateway",
-                "--bin",
-                "icbt-gateway",
-            ])
-            .current_dir(&root)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building icbt-gateway failed");
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join("debug").join("icbt-gateway")
+        std::env::var_os("E2E_GATEWAY_BIN").map_or_else(
+            || built_binary("icbt-gateway", "icbt-gateway"),
+            PathBuf::from,
+        )
     })
     .clone()
 }
@@ -68,23 +48,26 @@ pub fn gateway_binary() -> PathBuf {
 /// The `icbt` client command line, built once per test process.
 pub fn client_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_owned();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "icbt-client", "--bin", "icbt"])
-            .current_dir(&root)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building icbt failed");
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join("debug").join("icbt")
-    })
-    .clone()
+    BIN.get_or_init(|| built_binary("icbt-client", "icbt"))
+        .clone()
+}
+
+/// Builds `bin` of `package` (debug profile) and returns its path.
+fn built_binary(package: &str, bin: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(&root)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("debug").join(bin)
 }
 
 /// The binary as a command, without any `ICBT_*` variable of the caller's environment:

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer, Tree};
+use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -166,16 +166,7 @@ impl Store {
             sqlx::query("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
                 .fetch_one(&mut *tx)
                 .await?;
-        let size = u64::try_from(head.try_get::<i64, _>("size")?)
-            .map_err(|_| StorageError::Corrupt("audit_head.size"))?;
-        let peaks: Vec<Hash> = head
-            .try_get::<String, _>("peaks")?
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(icbt_merkle::from_hex)
-            .collect::<Option<_>>()
-            .ok_or(StorageError::Corrupt("audit_head.peaks"))?;
-        let mut tree = Tree::restore(size, &peaks).ok_or(StorageError::Corrupt("audit_head"))?;
+        let mut tree = super::tree_from_head(&head, "audit_head")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM audit_records WHERE leaf_index IS NULL \
              ORDER BY recorded_at_ms, id LIMIT $1"

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer, Tree};
+use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -144,16 +144,8 @@ async fn append(
         sqlx::query("UPDATE key_log_head SET size = size WHERE id = 1 RETURNING size, peaks")
             .fetch_one(&mut *conn)
             .await?;
-    let size = u64::try_from(head.try_get::<i64, _>("size")?)
-        .map_err(|_| StorageError::Corrupt("key_log_head.size"))?;
-    let peaks: Vec<Hash> = head
-        .try_get::<String, _>("peaks")?
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(icbt_merkle::from_hex)
-        .collect::<Option<_>>()
-        .ok_or(StorageError::Corrupt("key_log_head.peaks"))?;
-    let mut tree = Tree::restore(size, &peaks).ok_or(StorageError::Corrupt("key_log_head"))?;
+    let mut tree = super::tree_from_head(&head, "key_log_head")?;
+    let size = tree.size();
     let leaf = leaf(size);
     let hash = icbt_merkle::leaf_hash(leaf.as_bytes());
     sqlx::query("INSERT INTO key_log (leaf_index, leaf, leaf_hash) VALUES ($1, $2, $3)")

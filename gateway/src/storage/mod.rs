@@ -390,6 +390,21 @@ fn episode_from_row(r: &AnyRow) -> Result<Episode, StorageError> {
     })
 }
 
+/// A Merkle tree's frontier from a locked head row (`size`, comma-separated hex `peaks`),
+/// as the access log and the key log both keep it; `table` names the row in errors.
+fn tree_from_head(head: &AnyRow, table: &'static str) -> Result<icbt_merkle::Tree, StorageError> {
+    let size =
+        u64::try_from(head.try_get::<i64, _>("size")?).map_err(|_| StorageError::Corrupt(table))?;
+    let peaks: Vec<icbt_merkle::Hash> = head
+        .try_get::<String, _>("peaks")?
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(icbt_merkle::from_hex)
+        .collect::<Option<_>>()
+        .ok_or(StorageError::Corrupt(table))?;
+    icbt_merkle::Tree::restore(size, &peaks).ok_or(StorageError::Corrupt(table))
+}
+
 fn parse_uuid(r: &AnyRow, column: &'static str) -> Result<uuid::Uuid, StorageError> {
     uuid::Uuid::parse_str(&r.try_get::<String, _>(column)?)
         .map_err(|_| StorageError::Corrupt(column))
