@@ -436,6 +436,7 @@ impl Reader {
             }
             if self.behind.swap(false, Ordering::Relaxed) {
                 // The hub gave up on this stream: drop what it queued and catch up.
+                tracing::info!("stream fell behind; catching up from the database");
                 while self.live.try_recv().is_ok() {}
                 self.catching_up = true;
             }

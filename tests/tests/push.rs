@@ -262,3 +262,52 @@ async fn a_message_written_through_one_instance_reaches_a_subscriber_on_another(
         .expect("delivered through PostgreSQL NOTIFY");
     assert_eq!(text(&sealer, &reader, &event.data), "across instances");
 }
+
+#[tokio::test]
+async fn a_stream_that_falls_behind_catches_up_without_gaps_or_repeats() {
+    for backend in backends() {
+        let idps = IdentityProviders::shared();
+        let gw = Gateway::start_with(
+            backend,
+            GatewayOptions {
+                config_toml: Some(idps.gateway_config()),
+                env: vec![("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into())],
+                ..Default::default()
+            },
+        )
+        .await;
+        let platform = Actor::system("icbt-platform").await;
+        let patient = Actor::patient(SYNTHETIC_FNR).await;
+        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+        let episode = episode(&gw, &platform).await;
+        let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+
+        // The therapist's stream is open but not read while far more arrives than its
+        // queue and the socket's buffers hold.
+        let mut stream = open_stream(&gw, &therapist, None).await;
+        let count = 600;
+        let mut sent = Vec::new();
+        for i in 0..count {
+            // Large enough that the socket's buffers fill long before the last one.
+            sent.push(send(&gw, &sealer, &patient, episode, &format!("{i:>16000}")).await);
+        }
+        let mut received = Vec::new();
+        while received.len() < count {
+            let event = stream
+                .next(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("{backend:?}: only {} of {count}", received.len()));
+            received.push(text(&sealer, &reader, &event.data));
+        }
+        let expected: Vec<String> = (0..count).map(|i| format!("{i:>16000}")).collect();
+        assert_eq!(
+            received, expected,
+            "{backend:?}: in order, none missing, none twice"
+        );
+        assert!(
+            gw.logs().iter().any(|l| l.contains("stream fell behind")),
+            "{backend:?}: the stream did fall behind"
+        );
+        assert_eq!(sent.len(), count);
+    }
+}
