@@ -56,6 +56,14 @@ impl Default for Push {
 /// database.
 const QUEUE: usize = 256;
 
+/// Waits for a wake-up, or [`RECHECK`] at most; `false` once the channel is closed.
+async fn woken(wake: &mut broadcast::Receiver<()>) -> bool {
+    tokio::select! {
+        signal = wake.recv() => !matches!(signal, Err(broadcast::error::RecvError::Closed)),
+        () = tokio::time::sleep(RECHECK) => true,
+    }
+}
+
 /// One open stream, as the hub sees it.
 #[derive(Debug)]
 struct Subscriber {
@@ -165,11 +173,8 @@ impl Hub {
                 match store.stream_head().await {
                     Ok(now) if self.streams() == 0 => {
                         head = head.max(now);
-                        tokio::select! {
-                            signal = wake.recv() => if matches!(signal, Err(broadcast::error::RecvError::Closed)) {
-                                return;
-                            },
-                            () = tokio::time::sleep(RECHECK) => {}
+                        if !woken(&mut wake).await {
+                            return;
                         }
                         continue;
                     }
@@ -199,11 +204,8 @@ impl Hub {
                     continue;
                 }
             }
-            tokio::select! {
-                signal = wake.recv() => if matches!(signal, Err(broadcast::error::RecvError::Closed)) {
-                    return;
-                },
-                () = tokio::time::sleep(RECHECK) => {}
+            if !woken(&mut wake).await {
+                return;
             }
         }
     }
