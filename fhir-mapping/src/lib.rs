@@ -10,14 +10,19 @@
 //! Must not know about: I/O of any kind (no HTTP, no database, no clock reads). Values in,
 //! values out, so every mapping is tested without a server.
 //!
-//! Still to come (the FHIR export issue): the treatment summary and its ITI-65 bundle, and
-//! the transaction bundles with conditional creates.
+//! The inner format of an opened message ([`content::Content`]), the treatment summary and
+//! its ITI-65 bundle ([`summary`]), and transaction bundles whose entries are conditional
+//! creates or updates ([`bundle::Transaction`]), so a retried export never duplicates.
 //!
 //! A reader starts at [`episode::EpisodeRecord`] and [`questionnaire::Answers`].
 
+pub mod bundle;
+pub mod content;
 pub mod episode;
+pub mod export;
 pub mod message;
 pub mod questionnaire;
+pub mod summary;
 pub mod systems;
 
 /// Why a record could not be mapped. The exporter dead-letters such a record at once:
@@ -34,6 +39,8 @@ pub enum MappingError {
     AnswerOutOfRange { item: usize, value: u8 },
     #[error("{0} is not a valid national id number")]
     NationalId(&'static str),
+    #[error("the opened message is not in the content format: {0}")]
+    Content(String),
     #[error("a required FHIR element is missing: {0}")]
     Incomplete(String),
 }

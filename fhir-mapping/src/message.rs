@@ -133,12 +133,14 @@ pub fn communication(
 /// The task a PHQ-9 item 9 above 0 creates for the care team: urgent, about the
 /// response (`focus`), for the patient, owned by the care manager.
 pub fn risk_task(
+    identifier: (&str, &str),
     patient: &str,
     care_manager_hpr: &str,
     response: Reference,
     authored_at_ms: i64,
 ) -> Result<Task, MappingError> {
     Ok(Task::builder()
+        .identifier(vec![Some(systems::identifier(identifier.0, identifier.1)?)])
         .status(TaskStatus::Requested)
         .intent(TaskIntent::_Custom("order".to_owned()))
         .priority(RequestPriority::Urgent)
@@ -208,8 +210,10 @@ mod tests {
             .reference("urn:uuid:qr".to_owned())
             .build()
             .unwrap();
-        let t =
-            serde_json::to_value(risk_task("01018512366", "565501872", focus, 0).unwrap()).unwrap();
+        let t = serde_json::to_value(
+            risk_task(("urn:t", "m-risk"), "01018512366", "565501872", focus, 0).unwrap(),
+        )
+        .unwrap();
         assert_eq!(t["resourceType"], "Task");
         assert_eq!(t["intent"], "order");
         assert_eq!(t["priority"], "urgent");

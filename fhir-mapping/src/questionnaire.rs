@@ -29,6 +29,15 @@ const ANSWERS: [(&str, &str); 4] = [
 ];
 
 impl Instrument {
+    /// By its name as [`Instrument::name`] gives it (`PHQ-9`, `GAD-7`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "PHQ-9" => Some(Self::Phq9),
+            "GAD-7" => Some(Self::Gad7),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Phq9 => "PHQ-9",
