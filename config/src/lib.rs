@@ -54,6 +54,8 @@ pub struct Config {
     pub outbound: Option<OutboundClientConfig>,
     /// Hosted logins, one per issuer (`[[login]]`); empty means none.
     pub login: Vec<LoginConfig>,
+    /// The journal exporter (`icbt-gateway export`).
+    pub export: ExportConfig,
 }
 
 /// The HTTP listener and the limits of its request pipeline.
@@ -169,6 +171,74 @@ impl Default for DevicesConfig {
         Self {
             max_lifetime_days: 400,
             max_per_owner: 10,
+        }
+    }
+}
+
+/// The journal exporter: where the EPJ and the summary record are, the clinic journal
+/// keys it opens envelopes with, and how it retries.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// The EPJ's FHIR R4 base URL (`https://…/fhir/R4`); unset: nothing is exported.
+    pub epj_base_url: Option<String>,
+    /// The summary record's FHIR base for ITI-65; unset means the EPJ's.
+    pub summary_base_url: Option<String>,
+    /// PEM bundle of CAs trusted for the EPJ and summary record; unset means `auth.trust_roots_file`
+    /// (or the system's roots).
+    pub trust_roots_file: Option<PathBuf>,
+    /// Private journal keys (device JSON from `icbt keygen`, mode 0600), one per clinic.
+    pub journal_key_files: Vec<PathBuf>,
+    /// HelseID client credentials (with DPoP) for the EPJ: scope and resource of the EPJ.
+    pub client: Option<OutboundClientConfig>,
+    /// Run the exporter inside `serve` (dev set-ups); production runs `icbt-gateway export`.
+    pub in_process: bool,
+    /// Our identifier systems are `{identifier_base}:episode`, `:message`, `:document`.
+    pub identifier_base: String,
+    /// Episodes claimed at once.
+    pub batch_size: u32,
+    /// Wait between polls when there is nothing due.
+    pub poll_interval_ms: u64,
+    /// Failed attempts before a row is dead-lettered (refusals with an OperationOutcome are
+    /// dead-lettered at once).
+    pub max_attempts: u32,
+    /// Back-off after the first failure; doubles each time, up to `backoff_max_ms`, with
+    /// full jitter on the upper half.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Time for one request to the EPJ.
+    pub request_timeout_ms: u64,
+    /// Summary document codes (volven 9602) and confidentiality (`N`, `R`, `V`).
+    pub document_code_system: String,
+    pub document_type_code: String,
+    pub document_type_display: String,
+    pub document_category_code: String,
+    pub document_category_display: String,
+    pub document_confidentiality: String,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            epj_base_url: None,
+            summary_base_url: None,
+            trust_roots_file: None,
+            journal_key_files: Vec::new(),
+            client: None,
+            in_process: false,
+            identifier_base: "urn:icbt-gateway".into(),
+            batch_size: 32,
+            poll_interval_ms: 500,
+            max_attempts: 12,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            request_timeout_ms: 30_000,
+            document_code_system: "urn:oid:2.16.578.1.12.4.1.1.9602".into(),
+            document_type_code: "J01-2".into(),
+            document_type_display: "Sammenfatning av journal".into(),
+            document_category_code: "J01".into(),
+            document_category_display: "Epikriser og sammenfatninger".into(),
+            document_confidentiality: "R".into(),
         }
     }
 }
@@ -396,6 +466,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_export()?;
         self.validate_audit(mode)?;
         if self.devices.max_lifetime_days == 0 || self.devices.max_per_owner == 0 {
             return Err(invalid(
@@ -411,6 +482,68 @@ impl Config {
                 "telemetry.otlp_endpoint",
                 format!("`{endpoint}` is not an http(s) URL"),
                 "use the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_export(&self) -> Result<(), ConfigError> {
+        let export = &self.export;
+        let Some(base) = &export.epj_base_url else {
+            return Ok(());
+        };
+        for (key, url) in [
+            ("export.epj_base_url", Some(base)),
+            ("export.summary_base_url", export.summary_base_url.as_ref()),
+        ] {
+            if let Some(url) = url
+                && !url.starts_with("https://")
+            {
+                return Err(invalid(
+                    key,
+                    format!("`{url}` is not an https URL"),
+                    "use the FHIR base, e.g. https://epj.example.no/fhir/R4",
+                ));
+            }
+        }
+        if export.journal_key_files.is_empty() {
+            return Err(invalid(
+                "export.journal_key_files",
+                "no journal key is configured".into(),
+                "list the clinic's private journal key file(s) from `icbt keygen`",
+            ));
+        }
+        for file in &export.journal_key_files {
+            readable_file(
+                "export.journal_key_files",
+                file,
+                "point it at the clinic's private journal key (JSON)",
+            )?;
+        }
+        let Some(client) = &export.client else {
+            return Err(invalid(
+                "export.client",
+                "the EPJ needs a HelseID client".into(),
+                "set [export.client] with issuer, client_id, key_file, scope and resource",
+            ));
+        };
+        readable_file(
+            "export.client.key_file",
+            &client.key_file,
+            "point it at the client's PEM private key",
+        )?;
+        if export.batch_size == 0 || export.max_attempts == 0 || export.backoff_base_ms == 0 {
+            return Err(invalid(
+                "export",
+                "batch_size, max_attempts and backoff_base_ms must be above 0".into(),
+                "e.g. batch_size = 32, max_attempts = 12, backoff_base_ms = 1000",
+            ));
+        }
+        if export.backoff_max_ms < export.backoff_base_ms {
+            return Err(invalid(
+                "export.backoff_max_ms",
+                "is below backoff_base_ms".into(),
+                "e.g. backoff_max_ms = 300000",
             ));
         }
         Ok(())

@@ -25,6 +25,9 @@ pub mod questionnaire;
 pub mod summary;
 pub mod systems;
 
+/// The FHIR Bundle type every export produces.
+pub use fhir_sdk::r4b::resources::Bundle;
+
 /// Why a record could not be mapped. The exporter dead-letters such a record at once:
 /// retrying cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

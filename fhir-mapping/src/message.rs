@@ -22,6 +22,8 @@ pub enum Party {
     Patient(String),
     /// A therapist, by HPR number.
     Therapist(String),
+    /// The clinic (a system notice), by organisation number.
+    Organisation(String),
 }
 
 impl Party {
@@ -31,6 +33,7 @@ impl Party {
                 .identifier(systems::national_id(number)?)
                 .build()?),
             Self::Therapist(hpr) => systems::by_identifier(HPR, hpr),
+            Self::Organisation(org) => systems::by_identifier(systems::ORGANISATION, org),
         }
     }
 }

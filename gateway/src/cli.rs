@@ -1,4 +1,4 @@
-//! The command line: `serve` and `config check`.
+//! The command line: `serve`, `export`, `audit` and `config check`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use icbt_auth::token::Validator;
 use crate::api::{self, AppState};
 use crate::audit::sequencer::AuditLog;
 use crate::authn::AuthContext;
+use crate::export::epj::Epj;
+use crate::export::records::JournalKeys;
+use crate::export::{Exporter, Settings as ExportSettings};
 use crate::login::LoginContext;
 use crate::server::{self, ListenerTimeouts};
 use crate::stack::{self, Limits};
@@ -53,6 +56,45 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The journal exporter: run it, or look after its dead letters.
+    Export {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Use dev mode's defaults (SQLite in ./data).
+        #[arg(long, global = true)]
+        dev: bool,
+        #[command(subcommand)]
+        command: Option<ExportCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// Export until stopped (SIGTERM/SIGINT); the default.
+    Run,
+    /// Counts of pending, done and dead rows, and the age of the oldest pending one.
+    Status,
+    /// Rows that will not be retried until an operator replays them.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// One line per dead row: id, episode, kind, attempts, last error.
+    List {
+        /// Start after this row id.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One row in full, with the EPJ's OperationOutcome if it refused it.
+    Show { id: i64 },
+    /// Put rows back in line, due now (after the cause is fixed).
+    Replay { ids: Vec<i64> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +175,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(verify_audit(&config, &log))
         }
+        Command::Export {
+            config,
+            dev,
+            command,
+        } => {
+            let config = Config::load(config.as_deref(), mode(dev))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            match command.unwrap_or(ExportCommand::Run) {
+                ExportCommand::Run => {
+                    let telemetry = Telemetry::init(&config.telemetry)?;
+                    let result = runtime.block_on(run_exporter(config));
+                    runtime.shutdown_timeout(Duration::from_secs(5));
+                    telemetry.shutdown();
+                    result
+                }
+                ExportCommand::Status => runtime.block_on(export_status(&config)),
+                ExportCommand::DeadLetters { command } => {
+                    runtime.block_on(dead_letters(&config, command))
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { file, dev },
         } => {
@@ -148,16 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
-    let files = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert_file), Some(key_file)) => CertificateFiles {
-            cert_file: cert_file.clone(),
-            key_file: key_file.clone(),
-        },
-        _ if mode == Mode::Dev => tls::ensure_dev_certificate(&config.storage.data_dir)?,
-        _ => anyhow::bail!(
-            "configuration key `tls.cert_file`: is not set; fix: set tls.cert_file and tls.key_file"
-        ),
-    };
+    let files = certificate_files(&config, mode)?;
     let tls_config = Arc::new(tls::server_config(&config.tls, &files)?);
     let fingerprint = tls::fingerprint(&files.cert_file)?;
     let store = Store::open(&config.storage).await?;
@@ -208,6 +265,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let sequencer = tokio::spawn(audit_log.clone().run(store.clone()));
+    let exporter = in_process_exporter(&config, &store)?;
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         attachment_limit_bytes: config.storage.attachment_limit_bytes,
@@ -239,10 +297,12 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         server::shutdown_signal(),
     )
     .await;
-    purge.abort();
-    notifications.abort();
-    hub.abort();
-    sequencer.abort();
+    for task in [purge, notifications, hub, sequencer]
+        .into_iter()
+        .chain(exporter)
+    {
+        task.abort();
+    }
     // Records of the last requests join the tree before the pool closes.
     if let Err(e) = audit_log.sequence_all(&store).await {
         tracing::warn!(error = %e, "adding the last audit records to the tree failed; the next start adds them");
@@ -250,6 +310,186 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The exporter as configured, or `None` when `export.epj_base_url` is unset.
+pub fn exporter(config: &Config, store: Store) -> anyhow::Result<Option<Exporter>> {
+    let export = &config.export;
+    let Some(client) = &export.client else {
+        if export.epj_base_url.is_some() {
+            anyhow::bail!(
+                "configuration key `export.client`: is not set; fix: set [export.client]"
+            );
+        }
+        return Ok(None);
+    };
+    let Some(settings) = ExportSettings::from_config(export, &client.client_id) else {
+        return Ok(None);
+    };
+    let mut keys = Vec::new();
+    for file in &export.journal_key_files {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "configuration key `export.journal_key_files`: cannot read {}",
+                file.display()
+            )
+        })?);
+        let device = icbt_envelope::DeviceKeys::from_private_json(&text).with_context(|| {
+            format!(
+                "configuration key `export.journal_key_files`: {} is not a device key file",
+                file.display()
+            )
+        })?;
+        keys.push(device.encryption);
+    }
+    let idp_http = icbt_auth::http::https_client(
+        config.auth.trust_roots_file.as_deref(),
+        Duration::from_millis(config.auth.jwks.fetch_timeout_ms),
+    )?;
+    let policy = KeyCachePolicy {
+        max_age: Duration::from_secs(config.auth.jwks.max_age_seconds),
+        min_refetch_interval: Duration::from_secs(config.auth.jwks.min_refetch_interval_seconds),
+    };
+    let tokens = OutboundTokens::from_config(client, idp_http, policy)
+        .context("configuration key `export.client.key_file`")?;
+    let epj_http = icbt_auth::http::https_client(
+        export
+            .trust_roots_file
+            .as_deref()
+            .or(config.auth.trust_roots_file.as_deref()),
+        Duration::from_millis(export.request_timeout_ms),
+    )?;
+    Ok(Some(Exporter::new(
+        store,
+        Epj::new(epj_http, Arc::new(tokens)),
+        JournalKeys::new(keys),
+        settings,
+    )))
+}
+
+async fn run_exporter(config: Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.storage).await?;
+    let Some(exporter) = exporter(&config, store.clone())? else {
+        anyhow::bail!(
+            "configuration key `export.epj_base_url`: is not set; fix: set the EPJ's FHIR base URL"
+        );
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("icbt-gateway exporter running");
+    }
+    Arc::new(exporter).run(server::shutdown_signal()).await;
+    store.close().await;
+    Ok(())
+}
+
+async fn export_status(config: &Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.storage).await?;
+    let counts = store.outbox_counts().await?;
+    store.close().await;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "pending {} (oldest {} s), done {}, dead {}",
+            counts.pending,
+            counts.oldest_pending_ms.unwrap_or(0) / 1_000,
+            counts.done,
+            counts.dead
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn dead_letters(config: &Config, command: DeadLetterCommand) -> anyhow::Result<()> {
+    let store = Store::open(&config.storage).await?;
+    let result = async {
+        match command {
+            DeadLetterCommand::List { after, limit } => {
+                for row in store
+                    .outbox_rows("dead", after, limit.clamp(1, 10_000))
+                    .await?
+                {
+                    println!(
+                        "{}\t{}\t{}\t{} attempts\t{}",
+                        row.id,
+                        row.episode,
+                        row.kind.as_str(),
+                        row.attempts,
+                        row.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            DeadLetterCommand::Show { id } => {
+                let row = store
+                    .outbox_row(id)
+                    .await?
+                    .with_context(|| format!("there is no outbox row {id}"))?;
+                let seq = match row.kind {
+                    crate::storage::OutboxKind::Message(seq) => Some(seq),
+                    _ => None,
+                };
+                let outcome = row
+                    .outcome
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "id": row.id,
+                        "episode": row.episode.to_string(),
+                        "kind": row.kind.as_str(),
+                        "message_seq": seq,
+                        "state": row.state,
+                        "attempts": row.attempts,
+                        "created_at_ms": row.created_at_ms,
+                        "last_error": row.last_error,
+                        "outcome": outcome,
+                    }))?
+                );
+            }
+            DeadLetterCommand::Replay { ids } => {
+                anyhow::ensure!(!ids.is_empty(), "name the rows to replay");
+                for id in ids {
+                    if store.replay_outbox(id).await? {
+                        println!("{id}\treplaying");
+                    } else {
+                        anyhow::bail!("row {id} is not a dead letter");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// The configured certificate, or dev mode's generated one.
+fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateFiles> {
+    Ok(match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert_file), Some(key_file)) => CertificateFiles {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        },
+        _ if mode == Mode::Dev => tls::ensure_dev_certificate(&config.storage.data_dir)?,
+        _ => anyhow::bail!(
+            "configuration key `tls.cert_file`: is not set; fix: set tls.cert_file and tls.key_file"
+        ),
+    })
+}
+
+/// Dev set-ups may run the exporter inside `serve` (`export.in_process`).
+fn in_process_exporter(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !config.export.in_process {
+        return Ok(None);
+    }
+    Ok(exporter(config, store.clone())?
+        .map(|e| tokio::spawn(Arc::new(e).run(std::future::pending::<()>()))))
 }
 
 /// `audit verify`: one pass over the log in tree order.

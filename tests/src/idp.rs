@@ -160,7 +160,11 @@ pub(crate) fn peers_dir() -> PathBuf {
 pub fn ensure_node_packages() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        if peers_dir().join("node_modules/oidc-provider").is_dir() {
+        let modules = peers_dir().join("node_modules");
+        if ["oidc-provider", "jose", "@medplum/fhir-router"]
+            .iter()
+            .all(|m| modules.join(m).is_dir())
+        {
             return;
         }
         let status = Command::new("npm")

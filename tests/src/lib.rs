@@ -16,6 +16,7 @@
 )]
 // A harness exists to stop the test at the first surprise, loudly.
 
+pub mod epj;
 pub mod idp;
 pub mod jose;
 pub mod otlp;
@@ -72,7 +73,7 @@ fn built_binary(package: &str, bin: &str) -> PathBuf {
 
 /// The binary as a command, without any `ICBT_*` variable of the caller's environment:
 /// each test sets exactly the configuration it means.
-fn gateway_command() -> Command {
+pub(crate) fn gateway_command() -> Command {
     let mut cmd = Command::new(gateway_binary());
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ICBT_") {

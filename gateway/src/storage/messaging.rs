@@ -10,6 +10,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::outbox::OutboxKind;
 use super::{StorageError, Store, now_ms};
 use crate::audit::Record;
 use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
@@ -203,6 +204,7 @@ impl Store {
             == 1;
         if inserted {
             super::audit::insert(&mut tx, audit).await?;
+            super::outbox::enqueue(&mut tx, &id.to_string(), OutboxKind::Episode).await?;
         }
         tx.commit().await?;
         let episode = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
@@ -242,6 +244,7 @@ impl Store {
             .bind(episode.to_string())
             .execute(&mut *tx)
             .await?;
+        super::outbox::enqueue(&mut tx, &episode.to_string(), OutboxKind::Episode).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -294,6 +297,10 @@ impl Store {
         .rows_affected();
         if changed == 1 {
             super::audit::insert(&mut tx, audit).await?;
+            super::outbox::enqueue(&mut tx, &id.to_string(), OutboxKind::Episode).await?;
+            if to == EpisodeState::Finished {
+                super::outbox::enqueue(&mut tx, &id.to_string(), OutboxKind::Summary).await?;
+            }
         }
         tx.commit().await?;
         if changed == 0 {
@@ -402,6 +409,7 @@ impl Store {
         match inserted {
             Ok(_) => {
                 super::audit::insert(&mut tx, audit).await?;
+                super::outbox::enqueue(&mut tx, &episode, OutboxKind::Message(seq)).await?;
                 if self.backend == super::Backend::Postgres {
                     // Delivered to every listening instance when, and only if, this commits.
                     sqlx::query("SELECT pg_notify($1, $2)")

@@ -35,6 +35,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     ),
     (8, "audit log", AUDIT, AUDIT),
     (9, "device keys", DEVICES, DEVICES),
+    (
+        10,
+        "journal outbox",
+        include_str!("../../migrations/sqlite/0010_outbox.sql"),
+        include_str!("../../migrations/postgres/0010_outbox.sql"),
+    ),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");

@@ -10,6 +10,7 @@ mod audit;
 mod devices;
 mod messaging;
 mod migrations;
+mod outbox;
 mod receipts;
 mod sessions;
 pub mod stream;
@@ -21,6 +22,7 @@ pub use messaging::{
     Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,
 };
+pub use outbox::{Claim, Finish, OutboxCounts, OutboxKind, OutboxRow};
 pub use receipts::ReceiptMarks;
 pub use sessions::{LoginAttempt, SessionRecord};
 

