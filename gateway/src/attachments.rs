@@ -56,7 +56,7 @@ pub struct AttachmentReceipt {
     size: u64,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()

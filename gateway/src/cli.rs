@@ -263,9 +263,9 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
+    let exporter = in_process_exporter(&config, &store, &push)?;
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let sequencer = tokio::spawn(audit_log.clone().run(store.clone()));
-    let exporter = in_process_exporter(&config, &store)?;
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         attachment_limit_bytes: config.storage.attachment_limit_bytes,
@@ -340,7 +340,7 @@ pub fn exporter(config: &Config, store: Store) -> anyhow::Result<Option<Exporter
                 file.display()
             )
         })?;
-        keys.push(device.encryption);
+        keys.push(device);
     }
     let idp_http = icbt_auth::http::https_client(
         config.auth.trust_roots_file.as_deref(),
@@ -484,12 +484,16 @@ fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateF
 fn in_process_exporter(
     config: &Config,
     store: &Store,
+    push: &crate::push::Push,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if !config.export.in_process {
         return Ok(None);
     }
-    Ok(exporter(config, store.clone())?
-        .map(|e| tokio::spawn(Arc::new(e).run(std::future::pending::<()>()))))
+    Ok(exporter(config, store.clone())?.map(|e| {
+        let push = push.clone();
+        let e = e.waking(move || push.wake());
+        tokio::spawn(Arc::new(e).run(std::future::pending::<()>()))
+    }))
 }
 
 /// `audit verify`: one pass over the log in tree order.

@@ -25,7 +25,7 @@ use crate::episode::{Clinic, Episode, EpisodeId, EpisodeState, NationalId, OrgNu
 use crate::json::ApiJson;
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::{
-    Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, NewMessage, StoredMessage,
+    Appended, Audience, CareTeamEntry, EpisodeFilter, EpisodeRefusal, NewMessage, StoredMessage,
 };
 
 /// Largest page of any list.
@@ -684,6 +684,7 @@ pub async fn put_message(
         body: &envelope_bytes,
         attachments: &attachments,
         request_hash: &hash,
+        audience: Audience::All,
     };
     let (status, position) = match state.store.append_message(&message, &record).await? {
         Appended::Created(p) => {
@@ -720,6 +721,8 @@ pub struct MessageView {
     /// SHA-256 of attachments, fetched from `…/attachments/{sha256}`.
     attachments: Vec<String>,
     created_at_ms: i64,
+    /// `all`, or `care-team` for what the patient never sees (risk alerts).
+    audience: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -746,6 +749,7 @@ pub(crate) fn message_view(m: StoredMessage) -> MessageView {
         envelope: URL_SAFE_NO_PAD.encode(&m.body),
         attachments: serde_json::from_str(&m.attachments).unwrap_or_default(),
         created_at_ms: m.created_at_ms,
+        audience: m.audience,
     }
 }
 
@@ -779,7 +783,11 @@ pub async fn list_messages(
     )
     .await?;
     state.store.record_access(&[record]).await?;
-    let messages = state.store.messages_after(episode.id, after, limit).await?;
+    let patient_view = caller.principal.kind() == "patient";
+    let messages = state
+        .store
+        .messages_after(episode.id, after, limit, patient_view)
+        .await?;
     let next_after = messages.last().map_or(after, |m| m.seq);
     Ok(Json(MessagePage {
         messages: messages.into_iter().map(message_view).collect(),

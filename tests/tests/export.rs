@@ -131,6 +131,35 @@ impl Scene {
         id
     }
 
+    /// The episode's history as `who` lists it.
+    async fn history(&self, who: &Actor, episode: Uuid) -> Vec<Value> {
+        let url = format!(
+            "{}/v1/episodes/{episode}/messages?after=0&limit=100",
+            self.gw.url
+        );
+        let page: Value = who
+            .call(&self.gw.client(), Method::GET, &url, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["messages"].as_array().unwrap().clone()
+    }
+
+    /// The risk alerts in the therapist's history, opened with the therapist's device.
+    async fn alerts(&self, episode: Uuid) -> Vec<Value> {
+        let device = self.sealer.device(&self.therapist).await;
+        self.history(&self.therapist, episode)
+            .await
+            .iter()
+            .filter(|m| m["audience"] == "care-team")
+            .map(|m| {
+                assert_eq!(m["kind"], "notice");
+                serde_json::from_str(&self.sealer.open(&device, m)).unwrap()
+            })
+            .collect()
+    }
+
     fn exporter(&self, epj: &Epj) -> ExporterProcess {
         ExporterProcess::start(&self.gw, &self.config(epj), &["run"])
     }
@@ -397,8 +426,10 @@ async fn an_epj_that_is_down_then_fails_half_its_requests_and_a_killed_exporter_
     let epj = Epj::start();
     epj.faults(true, 0).await;
     let mut expected = Vec::new();
+    let mut episodes = Vec::new();
     for _ in 0..4 {
         let episode = s.episode().await;
+        episodes.push(episode);
         for i in 0..8 {
             let who = if i % 2 == 0 { &s.patient } else { &s.therapist };
             let kind = if i % 2 == 0 { "message" } else { "feedback" };
@@ -411,9 +442,31 @@ async fn an_epj_that_is_down_then_fails_half_its_requests_and_a_killed_exporter_
     }
     expected.sort();
 
-    // Down: nothing arrives, the exporter backs off and keeps every row.
+    let risky = s
+        .send(
+            &s.patient,
+            episodes[0],
+            "questionnaire-response",
+            &questionnaire("PHQ-9", &[1, 1, 1, 1, 1, 1, 1, 1, 2]),
+        )
+        .await;
+
+    // Down: nothing arrives, the exporter backs off and keeps every row; the risk alert
+    // reaches the care team all the same.
     let mut first = s.exporter(&epj);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.alerts(episodes[0]).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no alert while the EPJ is down:\n{}",
+            first.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        s.alerts(episodes[0]).await[0]["in_response_to"],
+        risky.to_string()
+    );
     assert!(epj.all_resources().await.is_empty());
     assert_eq!(s.status(&epj).2, 0, "nothing dead while the EPJ is away");
 
@@ -441,6 +494,12 @@ async fn an_epj_that_is_down_then_fails_half_its_requests_and_a_killed_exporter_
     );
     assert_eq!(epj.resources("Encounter").await.len(), expected.len());
     assert_eq!(epj.resources("EpisodeOfCare").await.len(), 4);
+    assert_eq!(epj.resources("Task").await.len(), 1);
+    assert_eq!(
+        s.alerts(episodes[0]).await.len(),
+        1,
+        "screened once, alerted once"
+    );
     let stats = epj.stats().await;
     assert!(stats["failed_before"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["failed_after"].as_u64().unwrap() > 0, "{stats}");

@@ -14,6 +14,7 @@
 //! replays them (`icbt-gateway export dead-letters`), and they are counted in the logs
 //! and in `export status`. Other episodes keep flowing meanwhile.
 
+mod alert;
 pub mod epj;
 pub mod records;
 
@@ -91,12 +92,22 @@ pub struct Pass {
     pub dead: usize,
 }
 
-#[derive(Debug)]
 pub struct Exporter {
     store: Store,
     epj: Epj,
     keys: JournalKeys,
     settings: Settings,
+    /// Wakes this process's push hub after an alert (the exporter inside `serve`; across
+    /// processes PostgreSQL's NOTIFY does it).
+    wake: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an attempt did not deliver.
@@ -149,7 +160,15 @@ impl Exporter {
             epj,
             keys,
             settings,
+            wake: None,
         }
+    }
+
+    /// Calls `wake` after appending an alert.
+    #[must_use]
+    pub fn waking(mut self, wake: impl Fn() + Send + Sync + 'static) -> Self {
+        self.wake = Some(Box::new(wake));
+        self
     }
 
     /// Runs until `stop` resolves; between passes waits `poll_interval` when idle.
@@ -157,6 +176,9 @@ impl Exporter {
         tokio::pin!(stop);
         tracing::info!(epj = %self.settings.epj_base, "exporter started");
         loop {
+            if let Err(e) = self.screen().await {
+                tracing::warn!(error = %e, "risk screening failed; trying again");
+            }
             let idle = match self.pass().await {
                 Ok(pass) => pass.claimed == 0,
                 Err(e) => {
@@ -324,7 +346,7 @@ impl Exporter {
         loop {
             let page = self
                 .store
-                .messages_after(facts.episode.id, after, PAGE)
+                .messages_after(facts.episode.id, after, PAGE, false)
                 .await
                 .map_err(Failed::Storage)?;
             for m in &page {

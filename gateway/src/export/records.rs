@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use icbt_envelope::{DecryptionKey, Envelope, Jwk, Limits, PublicKey};
+use icbt_envelope::{DeviceKeys, Envelope, Jwk, Limits, PublicKey};
 use icbt_fhir_mapping::content::Content;
 use icbt_fhir_mapping::episode::{EpisodeRecord, State};
 use icbt_fhir_mapping::message::{MessageRecord, Party};
@@ -52,21 +52,34 @@ impl Systems {
     }
 }
 
-/// The journal keys, by encryption key id.
+/// The clinics' journal devices: the encryption key opens envelopes, the signing key
+/// signs risk alerts.
 #[derive(Debug, Default)]
 pub struct JournalKeys {
-    by_kid: HashMap<String, DecryptionKey>,
+    /// By encryption key id.
+    by_kid: HashMap<String, std::sync::Arc<DeviceKeys>>,
 }
 
 impl JournalKeys {
-    pub fn new(keys: Vec<DecryptionKey>) -> Self {
+    pub fn new(keys: Vec<DeviceKeys>) -> Self {
         Self {
-            by_kid: keys.into_iter().map(|k| (k.kid(), k)).collect(),
+            by_kid: keys
+                .into_iter()
+                .map(|k| (k.encryption.kid(), std::sync::Arc::new(k)))
+                .collect(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_kid.is_empty()
+    }
+
+    /// Our device with this device id (signing key thumbprint), if we hold it.
+    pub fn device(&self, device_id: &str) -> Option<std::sync::Arc<DeviceKeys>> {
+        self.by_kid
+            .values()
+            .find(|k| k.device_id() == device_id)
+            .cloned()
     }
 }
 
@@ -127,7 +140,7 @@ pub async fn episode(
 /// The message at `seq`.
 pub async fn message(store: &Store, id: EpisodeId, seq: i64) -> Result<StoredMessage, Unready> {
     store
-        .messages_after(id, seq - 1, 1)
+        .messages_after(id, seq - 1, 1, false)
         .await?
         .into_iter()
         .find(|m| m.seq == seq)
@@ -151,6 +164,7 @@ pub async fn open(
         .recipients()
         .iter()
         .find_map(|r| keys.by_kid.get(&r.kid))
+        .map(|k| &k.encryption)
         .ok_or_else(|| {
             Unready::Unmappable("no configured journal key is a recipient of this envelope".into())
         })?;

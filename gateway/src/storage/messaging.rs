@@ -54,6 +54,26 @@ pub struct NewMessage<'a> {
     pub attachments: &'a str,
     /// SHA-256 over everything above: a retry must match it exactly.
     pub request_hash: &'a str,
+    /// Who may list it: everyone in the episode, or the care team only.
+    pub audience: Audience,
+}
+
+/// Who may list a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The patient and the care team (every message a client sends).
+    All,
+    /// The care team only (risk alerts).
+    CareTeam,
+}
+
+impl Audience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::CareTeam => "care-team",
+        }
+    }
 }
 
 impl std::fmt::Debug for NewMessage<'_> {
@@ -99,6 +119,8 @@ pub struct StoredMessage {
     /// JSON array of attachment SHA-256s.
     pub attachments: String,
     pub created_at_ms: i64,
+    /// `all` or `care-team`.
+    pub audience: String,
 }
 
 impl std::fmt::Debug for StoredMessage {
@@ -388,8 +410,8 @@ impl Store {
         let created_at_ms = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, sender_device, recipients, \
-             content_type, body, request_hash, created_at_ms, attachments) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             content_type, body, request_hash, created_at_ms, attachments, audience) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&episode)
         .bind(seq)
@@ -404,12 +426,16 @@ impl Store {
         .bind(message.request_hash)
         .bind(created_at_ms)
         .bind(message.attachments)
+        .bind(message.audience.as_str())
         .execute(&mut *tx)
         .await;
         match inserted {
             Ok(_) => {
                 super::audit::insert(&mut tx, audit).await?;
-                super::outbox::enqueue(&mut tx, &episode, OutboxKind::Message(seq)).await?;
+                if message.audience == Audience::All {
+                    let screen = message.kind == "questionnaire-response";
+                    super::outbox::enqueue_message(&mut tx, &episode, seq, screen).await?;
+                }
                 if self.backend == super::Backend::Postgres {
                     // Delivered to every listening instance when, and only if, this commits.
                     sqlx::query("SELECT pg_notify($1, $2)")
@@ -432,20 +458,24 @@ impl Store {
     }
 
     /// Messages of `episode` with `seq > after`, in order, at most `limit`.
+    /// With `patient_view`, only what the patient may list (`audience` `all`).
     pub async fn messages_after(
         &self,
         episode: EpisodeId,
         after: i64,
         limit: i64,
+        patient_view: bool,
     ) -> Result<Vec<StoredMessage>, StorageError> {
         let rows = sqlx::query(
             "SELECT id, seq, kind, sender_kind, sender_ref, sender_device, recipients, content_type, body, attachments, \
-             created_at_ms \
-             FROM messages WHERE episode_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+             created_at_ms, audience \
+             FROM messages WHERE episode_id = $1 AND seq > $2 AND (audience = 'all' OR $4 = 0) \
+             ORDER BY seq LIMIT $3",
         )
         .bind(episode.to_string())
         .bind(after)
         .bind(limit)
+        .bind(i32::from(patient_view))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(message_from_row).collect()
@@ -502,6 +532,7 @@ pub(super) fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError
         body: r.try_get("body")?,
         attachments: r.try_get("attachments")?,
         created_at_ms: r.try_get("created_at_ms")?,
+        audience: r.try_get("audience")?,
     })
 }
 

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_outbox.sql"),
         include_str!("../../migrations/postgres/0010_outbox.sql"),
     ),
+    (11, "risk alerts", RISK_ALERTS, RISK_ALERTS),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
@@ -48,6 +49,7 @@ const DEVICES: &str = include_str!("../../migrations/0009_devices.sql");
 const DPOP: &str = include_str!("../../migrations/0002_dpop_replay.sql");
 const LOGIN: &str = include_str!("../../migrations/0003_login_sessions.sql");
 const AUDIT: &str = include_str!("../../migrations/0008_audit.sql");
+const RISK_ALERTS: &str = include_str!("../../migrations/0011_risk_alerts.sql");
 const RECEIPTS: &str = include_str!("../../migrations/0006_receipts.sql");
 
 pub(super) fn migrator(backend: Backend) -> Migrator {

@@ -19,7 +19,7 @@ pub use attachments::NewAttachment;
 pub use audit::AuditFilter;
 pub use devices::{DeviceRecord, KEY_LOG_ORIGIN, Owner, Published};
 pub use messaging::{
-    Appended, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
+    Appended, Audience, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,
 };
 pub use outbox::{Claim, Finish, OutboxCounts, OutboxKind, OutboxRow};

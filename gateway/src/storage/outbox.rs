@@ -137,7 +137,58 @@ pub(super) async fn enqueue(
     Ok(())
 }
 
+/// Adds a message row; `screen`: a questionnaire response the exporter must screen for
+/// risk at once.
+pub(super) async fn enqueue_message(
+    conn: &mut AnyConnection,
+    episode: &str,
+    seq: i64,
+    screen: bool,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, created_at_ms, screened) \
+         VALUES ($1, 'message', $2, $3, $3, $4)",
+    )
+    .bind(episode)
+    .bind(seq)
+    .bind(now)
+    .bind(i32::from(!screen))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Store {
+    /// Questionnaire responses not yet screened for risk, oldest first:
+    /// `(row id, episode, seq)`.
+    pub async fn unscreened(&self, limit: i64) -> Result<Vec<(i64, EpisodeId, i64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, episode_id, message_seq FROM outbox WHERE screened = 0 ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    EpisodeId(super::parse_uuid(r, "episode_id")?),
+                    r.try_get::<Option<i64>, _>("message_seq")?
+                        .ok_or(StorageError::Corrupt("outbox.message_seq"))?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn mark_screened(&self, id: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE outbox SET screened = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Claims up to `limit` rows that are due: the oldest pending row of each episode.
     pub async fn claim_outbox(&self, limit: i64) -> Result<Claim, StorageError> {
         let lock = match self.backend {

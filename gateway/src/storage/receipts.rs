@@ -97,7 +97,7 @@ impl Store {
     ) -> Result<i64, StorageError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM messages WHERE episode_id = $1 AND seq > $2 \
-             AND NOT (sender_kind = $3 AND sender_ref = $4)",
+             AND NOT (sender_kind = $3 AND sender_ref = $4) AND (audience = 'all' OR $3 <> 'patient')",
         )
         .bind(episode.to_string())
         .bind(read_up_to)

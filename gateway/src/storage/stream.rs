@@ -68,7 +68,7 @@ impl StreamFilter {
     /// the same rule as the SQL of [`Store::stream_after`].
     pub fn matches(&self, entry: &StreamEntry, team: &[super::CareTeamEntry], now_ms: i64) -> bool {
         match self {
-            Self::Patient(pid) => entry.patient == pid.expose(),
+            Self::Patient(pid) => entry.patient == pid.expose() && entry.message.audience == "all",
             Self::CareTeam(hpr) => team
                 .iter()
                 .any(|m| &m.hpr_number == hpr && m.until_ms.is_none_or(|until| until > now_ms)),
@@ -108,7 +108,7 @@ impl Store {
             ),
         };
         let (condition, values): (String, Vec<String>) = match filter {
-            StreamFilter::Patient(pid) => ("e.patient_nin = $4".into(), vec![pid.expose().to_owned()]),
+            StreamFilter::Patient(pid) => ("e.patient_nin = $4 AND m.audience = 'all'".into(), vec![pid.expose().to_owned()]),
             StreamFilter::CareTeam(hpr) => (
                 "e.id IN (SELECT episode_id FROM care_team WHERE hpr_number = $4 AND (until_ms IS NULL OR until_ms > $3))".into(),
                 vec![hpr.as_str().to_owned()],
@@ -130,7 +130,7 @@ impl Store {
         // unused numbered parameters only if every one is bound, so all are bound.
         let sql = format!(
             "SELECT {position}, m.episode_id, m.id, m.seq, m.kind, m.sender_kind, m.sender_ref, m.sender_device, \
-             m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms, \
+             m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms, m.audience, \
              e.patient_nin AS route_patient, c.org_number AS route_organisation \
              FROM messages m JOIN episodes e ON e.id = m.episode_id JOIN clinics c ON c.id = e.clinic_id \
              WHERE {visible} AND {condition} AND $3 = $3 AND $1 = $1 ORDER BY {order} LIMIT ${limit_slot}"
