@@ -18,9 +18,12 @@
 //
 // The admin port (plain HTTP, loopback, no auth) is the test's hand on the fault switches
 // and its view of what was stored:
-//   POST /faults  {"down": bool, "fail_every": n}   down: connections are reset at once;
-//                 fail_every n: every n-th FHIR request answers 500, alternately before
-//                 processing and after it (the engine committed, the answer is lost)
+//   POST /faults  {"down": bool, "fail_every": n, "refuse_next": n}
+//                 down: connections are reset at once; fail_every n: every n-th FHIR
+//                 request answers 500, alternately before processing and after it (the
+//                 engine committed, the answer is lost); refuse_next n: the next n
+//                 transactions are refused with 422 and an OperationOutcome (a business
+//                 rule of the hospital, say)
 //   GET  /resources?type=T   every stored resource of type T (JSON array)
 //   GET  /stats              request counters
 
@@ -57,8 +60,8 @@ const BASE_PATH = '/fhir/R4';
 
 const router = new FhirRouter();
 const repo = new MemoryRepository();
-const faults = { down: false, fail_every: 0 };
-const stats = { requests: 0, ok: 0, failed_before: 0, failed_after: 0, invalid: 0, unauthorized: 0 };
+const faults = { down: false, fail_every: 0, refuse_next: 0 };
+const stats = { requests: 0, ok: 0, failed_before: 0, failed_after: 0, invalid: 0, unauthorized: 0, refused: 0 };
 const seenProofs = new Map();
 
 let jwks;
@@ -156,6 +159,11 @@ async function handleFhir(req, res) {
   if (issues.length > 0) {
     stats.invalid += 1;
     return send(res, 400, { resourceType: 'OperationOutcome', issue: issues });
+  }
+  if (faults.refuse_next > 0 && body?.resourceType === 'Bundle') {
+    faults.refuse_next -= 1;
+    stats.refused += 1;
+    return send(res, 422, outcome('business-rule', 'the EPJ does not accept this record (injected)'));
   }
   const failNow = faults.fail_every > 0 && stats.requests % faults.fail_every === 0;
   const failAfter = failNow && (stats.failed_before + stats.failed_after) % 2 === 1;

@@ -102,10 +102,20 @@ impl Epj {
     /// Sets the fault switches: `down` resets every connection; every `fail_every`-th
     /// FHIR request answers 500, alternately before and after processing it.
     pub async fn faults(&self, down: bool, fail_every: u32) {
+        self.set_faults(&json!({ "down": down, "fail_every": fail_every }))
+            .await;
+    }
+
+    /// The next `n` transactions are refused with 422 and an OperationOutcome.
+    pub async fn refuse_next(&self, n: u32) {
+        self.set_faults(&json!({ "refuse_next": n })).await;
+    }
+
+    async fn set_faults(&self, faults: &Value) {
         let response = self
             .http
             .post(format!("{}/faults", self.admin))
-            .json(&json!({ "down": down, "fail_every": fail_every }))
+            .json(faults)
             .send()
             .await
             .unwrap();

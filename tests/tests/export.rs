@@ -506,3 +506,49 @@ async fn an_epj_that_is_down_then_fails_half_its_requests_and_a_killed_exporter_
     let invalid = validate_independently(&epj.all_resources().await);
     assert!(invalid.is_empty(), "{invalid:#?}");
 }
+
+#[tokio::test]
+async fn a_refusal_with_an_operation_outcome_is_a_dead_letter_at_once_and_the_others_flow() {
+    let s = Scene::new(Backend::Postgres).await;
+    let epj = Epj::start();
+    let episode = s.episode().await;
+    let other = s.episode().await;
+    // The first transaction the EPJ sees (an EpisodeOfCare of either episode) is refused.
+    epj.refuse_next(1).await;
+    let exporter = s.exporter(&epj);
+    let (_, dead) = s.drained(&epj, &exporter).await;
+    assert_eq!(dead, 1, "{}", exporter.logs().join("\n"));
+    let sent = s.send(&s.patient, other, "message", &text("Hei")).await;
+    let later = s.send(&s.patient, episode, "message", &text("Hallo")).await;
+    let (_, dead) = s.drained(&epj, &exporter).await;
+    assert_eq!(dead, 1, "nothing else died");
+    let mut both = vec![sent.to_string(), later.to_string()];
+    both.sort();
+    assert_eq!(
+        identifiers(&epj.resources("Communication").await, MESSAGES),
+        both
+    );
+    let (ok, list) =
+        ExporterProcess::start(&s.gw, &s.config(&epj), &["dead-letters", "list"]).finish();
+    assert!(ok, "{list}");
+    let line = list.lines().find(|l| l.contains("\tepisode\t")).unwrap();
+    assert!(
+        line.contains("1 attempts") && line.contains("HTTP 422"),
+        "{line}"
+    );
+    let id = line.split('\t').next().unwrap().to_owned();
+    let (ok, shown) =
+        ExporterProcess::start(&s.gw, &s.config(&epj), &["dead-letters", "show", &id]).finish();
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("business-rule") && shown.contains("OperationOutcome"),
+        "the outcome is kept: {shown}"
+    );
+    // Fixed at the hospital: the replay goes through.
+    let (ok, _) =
+        ExporterProcess::start(&s.gw, &s.config(&epj), &["dead-letters", "replay", &id]).finish();
+    assert!(ok);
+    let (_, dead) = s.drained(&epj, &exporter).await;
+    assert_eq!(dead, 0);
+    assert_eq!(epj.resources("EpisodeOfCare").await.len(), 2);
+}
