@@ -195,8 +195,10 @@ pub struct ExportConfig {
     pub in_process: bool,
     /// Our identifier systems are `{identifier_base}:episode`, `:message`, `:document`.
     pub identifier_base: String,
-    /// Episodes claimed at once.
+    /// Episodes claimed at once, per worker.
     pub batch_size: u32,
+    /// Claim loops on PostgreSQL (SQLite runs one), so the EPJ works while one commits.
+    pub workers: u32,
     /// Wait between polls when there is nothing due.
     pub poll_interval_ms: u64,
     /// Failed attempts before a row is dead-lettered (refusals with an OperationOutcome are
@@ -228,6 +230,7 @@ impl Default for ExportConfig {
             in_process: false,
             identifier_base: "urn:icbt-gateway".into(),
             batch_size: 32,
+            workers: 2,
             poll_interval_ms: 500,
             max_attempts: 12,
             backoff_base_ms: 1_000,
@@ -532,11 +535,15 @@ impl Config {
             &client.key_file,
             "point it at the client's PEM private key",
         )?;
-        if export.batch_size == 0 || export.max_attempts == 0 || export.backoff_base_ms == 0 {
+        if export.batch_size == 0
+            || export.workers == 0
+            || export.max_attempts == 0
+            || export.backoff_base_ms == 0
+        {
             return Err(invalid(
                 "export",
-                "batch_size, max_attempts and backoff_base_ms must be above 0".into(),
-                "e.g. batch_size = 32, max_attempts = 12, backoff_base_ms = 1000",
+                "batch_size, workers, max_attempts and backoff_base_ms must be above 0".into(),
+                "e.g. batch_size = 32, workers = 2, max_attempts = 12, backoff_base_ms = 1000",
             ));
         }
         if export.backoff_max_ms < export.backoff_base_ms {

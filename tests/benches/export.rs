@@ -2,7 +2,7 @@
 //! - mapping throughput on one core: records mapped to transaction bundles and serialised
 //!   to JSON, in resources per second;
 //! - the FHIR engine's ingest rate from a direct client (the same bundles, the same
-//!   HelseID DPoP token handling, 32 episodes in flight, order kept per episode) beside the
+//!   HelseID DPoP token handling, 64 episodes in flight, order kept per episode) beside the
 //!   end-to-end export rate of `icbt-gateway export` (claim, open the envelope with the
 //!   journal key, verify the sender, map, send, record) into a fresh engine of the same
 //!   kind, for the same records.
@@ -43,8 +43,8 @@ use uuid::Uuid;
 const HPR: &str = "565501872";
 const EPISODES: usize = 64;
 const MESSAGES_PER_EPISODE: usize = 16;
-/// Episodes in flight at once: the exporter's default batch.
-const IN_FLIGHT: usize = 32;
+/// Episodes in flight at once: the exporter's default (2 workers of 32).
+const IN_FLIGHT: usize = 64;
 
 fn episode_record(id: Uuid) -> EpisodeRecord {
     EpisodeRecord {
@@ -198,9 +198,11 @@ async fn direct_ingest(epj: &Epj, work: Vec<Vec<Value>>) -> (f64, usize, u64) {
         }));
     }
     for t in tasks {
-        if t.await.is_err() {
-            panic!("the direct client failed; the engine said:\n{}", epj.logs().join("\n"));
-        }
+        assert!(
+            t.await.is_ok(),
+            "the direct client failed; the engine said:\n{}",
+            epj.logs().join("\n")
+        );
     }
     (
         total as f64 / started.elapsed().as_secs_f64(),

@@ -45,6 +45,8 @@ pub struct Settings {
     pub batch_size: i64,
     pub poll_interval: Duration,
     pub max_attempts: i64,
+    /// Claim loops on PostgreSQL, so the EPJ works while a loop commits.
+    pub workers: usize,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     /// The client id the EPJ knows us by, for the export audit records.
@@ -76,6 +78,7 @@ impl Settings {
             batch_size: i64::from(config.batch_size),
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             max_attempts: i64::from(config.max_attempts),
+            workers: usize::try_from(config.workers).unwrap_or(1),
             backoff_base_ms: config.backoff_base_ms,
             backoff_max_ms: config.backoff_max_ms,
             client_id: client_id.to_owned(),
@@ -171,12 +174,29 @@ impl Exporter {
         self
     }
 
-    /// Runs until `stop` resolves; between passes waits `poll_interval` when idle.
+    /// Runs until `stop` resolves: `workers` loops claiming and exporting (one on SQLite),
+    /// the first also screening for risk; each waits `poll_interval` when idle.
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        tracing::info!(epj = %self.settings.epj_base, "exporter started");
-        loop {
-            if let Err(e) = self.screen().await {
+        let workers = match self.store.backend() {
+            crate::storage::Backend::Postgres => self.settings.workers.max(1),
+            crate::storage::Backend::Sqlite => 1,
+        };
+        tracing::info!(epj = %self.settings.epj_base, workers, "exporter started");
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..workers)
+            .map(|i| tokio::spawn(self.clone().work(i == 0, stopped.clone())))
+            .collect();
+        stop.await;
+        let _ = stopping.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!("exporter stopped");
+    }
+
+    async fn work(self: Arc<Self>, screens: bool, mut stop: tokio::sync::watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            if screens && let Err(e) = self.screen().await {
                 tracing::warn!(error = %e, "risk screening failed; trying again");
             }
             let idle = match self.pass().await {
@@ -188,14 +208,11 @@ impl Exporter {
             };
             if idle {
                 tokio::select! {
-                    () = &mut stop => break,
+                    _ = stop.changed() => {}
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
                 }
-            } else if futures_util::FutureExt::now_or_never(&mut stop).is_some() {
-                break;
             }
         }
-        tracing::info!("exporter stopped");
     }
 
     /// Claims due rows (one per episode), attempts them concurrently, records the
@@ -209,9 +226,14 @@ impl Exporter {
             claimed: rows.len(),
             ..Pass::default()
         };
+        let mut done = Vec::new();
         for (row, finish) in rows.iter().zip(finishes) {
             match &finish {
-                Finish::Done { .. } => pass.done += 1,
+                Finish::Done { audit } => {
+                    pass.done += 1;
+                    done.push((row.id, audit.clone()));
+                    continue;
+                }
                 Finish::Retry { error, at_ms } => {
                     pass.retried += 1;
                     tracing::info!(row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
@@ -225,6 +247,7 @@ impl Exporter {
             }
             self.store.finish_outbox(&mut claim, row, &finish).await?;
         }
+        self.store.finish_done(&mut claim, &done).await?;
         self.store.commit_claim(claim).await?;
         Ok(pass)
     }

@@ -280,6 +280,42 @@ impl Store {
         Ok(())
     }
 
+    /// Marks delivered rows done and writes their export records, in two statements
+    /// (inside the claim on PostgreSQL).
+    pub async fn finish_done(
+        &self,
+        claim: &mut Claim,
+        done: &[(i64, Option<Box<Record>>)],
+    ) -> Result<(), StorageError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = done
+            .iter()
+            .filter_map(|(_, r)| r.as_deref().cloned())
+            .collect();
+        let slots: Vec<String> = (0..done.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE outbox SET state = 'done', attempts = attempts + 1, done_at_ms = $1, last_error = NULL \
+             WHERE id IN ({})",
+            slots.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+        for (id, _) in done {
+            query = query.bind(*id);
+        }
+        if let Some(tx) = claim.tx.as_mut() {
+            query.execute(&mut **tx).await?;
+            super::audit::insert_many(tx, &records).await?;
+            return Ok(());
+        }
+        let mut own = self.pool.begin().await?;
+        query.execute(&mut *own).await?;
+        super::audit::insert_many(&mut own, &records).await?;
+        own.commit().await?;
+        Ok(())
+    }
+
     /// Ends the claim: on PostgreSQL commits what was finished and releases the rows.
     pub async fn commit_claim(&self, claim: Claim) -> Result<(), StorageError> {
         if let Some(tx) = claim.tx {
