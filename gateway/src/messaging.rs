@@ -115,10 +115,11 @@ pub(crate) async fn reach(
     id: EpisodeId,
     (action, resource): (Action, &str),
 ) -> Result<(Episode, Clinic, Vec<CareTeamEntry>, Record), Problem> {
-    let (episode, clinic) = episode_with_clinic(state, id)
+    let (episode, clinic, team) = state
+        .store
+        .episode_with_team(id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    let team = state.store.care_team(id).await?;
     let record = access.record(caller, action, resource).episode(&episode);
     if let Err(denial) = decide_episode(state, caller, &episode, &clinic, &team) {
         state
@@ -137,21 +138,12 @@ async fn visible(
     caller: &Authenticated,
     id: EpisodeId,
 ) -> Result<Option<(Episode, Clinic, Vec<CareTeamEntry>)>, Problem> {
-    let Some((episode, clinic)) = episode_with_clinic(state, id).await? else {
+    let Some((episode, clinic, team)) = state.store.episode_with_team(id).await? else {
         return Ok(None);
     };
-    let team = state.store.care_team(id).await?;
     Ok(decide_episode(state, caller, &episode, &clinic, &team)
         .is_ok()
         .then_some((episode, clinic, team)))
-}
-
-/// The episode and its clinic; `None` when either is missing.
-async fn episode_with_clinic(
-    state: &AppState,
-    id: EpisodeId,
-) -> Result<Option<(Episode, Clinic)>, Problem> {
-    Ok(state.store.episode_with_clinic(id).await?)
 }
 
 /// The policy's answer for `caller` on an episode with this clinic and care team.
@@ -355,7 +347,9 @@ pub async fn put_care_team(
     ApiJson(body): ApiJson<PutCareTeam>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let id = EpisodeId(id);
-    let (episode, clinic) = episode_with_clinic(&state, id)
+    let (episode, clinic, _) = state
+        .store
+        .episode_with_team(id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
     let record = access
@@ -387,16 +381,12 @@ pub async fn put_care_team(
         });
     }
     state.store.set_care_team(id, &team, &record).await?;
-    let episode = state
+    let (episode, clinic, team) = state
         .store
-        .episode(id)
+        .episode_with_team(id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    Ok(Json(view(
-        &episode,
-        &clinic,
-        &state.store.care_team(id).await?,
-    )))
+    Ok(Json(view(&episode, &clinic, &team)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -415,7 +405,9 @@ pub async fn put_state(
     ApiJson(body): ApiJson<PutState>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let id = EpisodeId(id);
-    let (episode, clinic) = episode_with_clinic(&state, id)
+    let (episode, clinic, team) = state
+        .store
+        .episode_with_team(id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
     let record = access
@@ -424,11 +416,7 @@ pub async fn put_state(
         .resource_id(body.state.as_str());
     manage(&state, &caller, &clinic.org_number, record.clone()).await?;
     let episode = state.store.transition(id, body.state, &record).await?;
-    Ok(Json(view(
-        &episode,
-        &clinic,
-        &state.store.care_team(id).await?,
-    )))
+    Ok(Json(view(&episode, &clinic, &team)))
 }
 
 /// The kinds of message, and who may send each.

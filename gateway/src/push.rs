@@ -221,8 +221,10 @@ impl Hub {
             if episodes.contains_key(&entry.episode) {
                 continue;
             }
-            let episode = store.episode(entry.episode).await.ok().flatten();
-            let team = store.care_team(entry.episode).await.unwrap_or_default();
+            let (episode, team) = match store.episode_with_team(entry.episode).await {
+                Ok(Some((episode, _, team))) => (Some(episode), team),
+                _ => (None, Vec::new()),
+            };
             episodes.insert(entry.episode, (episode, team));
         }
         let mut deliveries: Vec<(_, _, Vec<usize>)> = Vec::new();

@@ -103,11 +103,10 @@ pub async fn episode(
     id: EpisodeId,
     systems: &Systems,
 ) -> Result<EpisodeFacts, Unready> {
-    let (episode, clinic) = store
-        .episode_with_clinic(id)
+    let (episode, clinic, mut team) = store
+        .episode_with_team(id)
         .await?
         .ok_or_else(|| Unready::Unmappable("the episode is gone".into()))?;
-    let mut team = store.care_team(id).await?;
     team.sort_by_key(|m| m.cover);
     let state = match episode.state {
         EpisodeState::Planned => State::Planned,

@@ -14,7 +14,10 @@ use uuid::Uuid;
 use super::{StorageError, Store, now_ms};
 use crate::audit::{Action, ORIGIN, Outcome, Record, Stored};
 
-const COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
+/// A query on either backend, as built by `sqlx::query`.
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+pub(super) const COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
     principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
     patient, request_id, source";
 
@@ -45,26 +48,61 @@ pub(super) async fn insert_many(
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
-            query = query
-                .bind(r.id.to_string())
-                .bind(r.recorded_at_ms)
-                .bind(r.action.as_str())
-                .bind(r.outcome.as_str())
-                .bind(r.reason.clone())
-                .bind(r.principal_kind.clone())
-                .bind(r.principal_id.clone())
-                .bind(r.principal_organisation.clone())
-                .bind(r.issuer.clone())
-                .bind(r.client_id.clone())
-                .bind(r.token_jti.clone())
-                .bind(r.resource_type.clone())
-                .bind(r.resource_id.clone())
-                .bind(r.episode_id.map(|e| e.to_string()))
-                .bind(r.patient.clone())
-                .bind(r.request_id.clone())
-                .bind(r.source.clone());
+            query = bind_record(query, r);
         }
         query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The 17 parameters of a record, in the order of [`COLUMNS`].
+pub(super) fn bind_record<'q>(query: AnyQuery<'q>, r: &Record) -> AnyQuery<'q> {
+    query
+        .bind(r.id.to_string())
+        .bind(r.recorded_at_ms)
+        .bind(r.action.as_str())
+        .bind(r.outcome.as_str())
+        .bind(r.reason.clone())
+        .bind(r.principal_kind.clone())
+        .bind(r.principal_id.clone())
+        .bind(r.principal_organisation.clone())
+        .bind(r.issuer.clone())
+        .bind(r.client_id.clone())
+        .bind(r.token_jti.clone())
+        .bind(r.resource_type.clone())
+        .bind(r.resource_id.clone())
+        .bind(r.episode_id.map(|e| e.to_string()))
+        .bind(r.patient.clone())
+        .bind(r.request_id.clone())
+        .bind(r.source.clone())
+}
+
+/// Gives each record its leaf index and hash: one UPDATE per hundred rows, not one per
+/// record (the sequencer keeps pace with sends only this way). `VALUES` columns are
+/// `column1…` on both backends.
+async fn assign_leaves(
+    conn: &mut AnyConnection,
+    leaves: &[(Uuid, i64, String)],
+) -> Result<(), sqlx::Error> {
+    for chunk in leaves.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "UPDATE audit_records SET leaf_index = v.column2, leaf_hash = v.column3 FROM (VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3);
+        }
+        sql.push_str(") AS v WHERE audit_records.id = v.column1");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, index, hash) in chunk {
+            query = query.bind(id.to_string()).bind(*index).bind(hash.as_str());
+        }
+        let done = query.execute(&mut *conn).await?;
+        if done.rows_affected() != chunk.len() as u64 {
+            return Err(sqlx::Error::RowNotFound);
+        }
     }
     Ok(())
 }
@@ -177,18 +215,15 @@ impl Store {
         if rows.is_empty() {
             return Ok(0);
         }
+        let mut leaves = Vec::with_capacity(rows.len());
         for row in &rows {
             let record = record_from_row(row)?;
             let index = tree.size();
             let hash = record.leaf_hash(index);
-            sqlx::query("UPDATE audit_records SET leaf_index = $1, leaf_hash = $2 WHERE id = $3")
-                .bind(to_i64(index))
-                .bind(icbt_merkle::to_hex(&hash))
-                .bind(record.id.to_string())
-                .execute(&mut *tx)
-                .await?;
             tree.push(hash);
+            leaves.push((record.id, to_i64(index), icbt_merkle::to_hex(&hash)));
         }
+        assign_leaves(&mut tx, &leaves).await?;
         let head_checkpoint = signer.sign(Checkpoint {
             origin: ORIGIN.to_owned(),
             size: tree.size(),

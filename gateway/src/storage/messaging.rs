@@ -5,7 +5,11 @@
 //! episode row, so sends to one episode are ordered and sends to different episodes run
 //! side by side), then checks the client's message id, then inserts. A rollback undoes the
 //! bump, so sequence numbers never have gaps. Taking the write lock first also spares
-//! SQLite the read-then-write upgrade that fails instead of waiting.
+//! SQLite the read-then-write upgrade that fails instead of waiting. On PostgreSQL the
+//! same steps, with the audit record, the outbox row and the notification, are one
+//! statement: one round trip and one commit per send.
+
+use std::sync::LazyLock;
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -369,6 +373,9 @@ impl Store {
         message: &NewMessage<'_>,
         audit: &Record,
     ) -> Result<Appended, EpisodeRefusal> {
+        if self.backend == super::Backend::Postgres {
+            return self.append_message_in_one_statement(message, audit).await;
+        }
         let episode = message.episode.to_string();
         let mut tx = self.pool.begin().await?;
         let seq: Option<i64> = sqlx::query(
@@ -455,6 +462,86 @@ impl Store {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// PostgreSQL: the whole append as one statement, so one round trip and one commit.
+    /// Data-modifying CTEs run to completion together or not at all; a closed or missing
+    /// episode bumps nothing and inserts nothing, and a message id already used fails
+    /// the statement on `UNIQUE (episode_id, id)`, undoing the bump. Both fall back to
+    /// [`Self::existing_message`] to tell a retry from a conflict.
+    async fn append_message_in_one_statement(
+        &self,
+        message: &NewMessage<'_>,
+        audit: &Record,
+    ) -> Result<Appended, EpisodeRefusal> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH s AS (UPDATE episodes SET next_seq = next_seq + 1 \
+               WHERE id = $1 AND state IN ('planned', 'active') RETURNING next_seq - 1 AS seq), \
+             m AS (INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, \
+               sender_device, recipients, content_type, body, request_hash, created_at_ms, \
+               attachments, audience) \
+               SELECT $1, s.seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM s \
+               RETURNING seq, created_at_ms), \
+             o AS (INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, \
+               created_at_ms, screened) \
+               SELECT $1, 'message', m.seq, $11, $11, $14 FROM m WHERE $13 = 'all'), \
+             a AS (INSERT INTO audit_records ({columns}) SELECT {audit} FROM m), \
+             n AS (SELECT pg_notify($15, $1) FROM m) \
+             SELECT m.seq, m.created_at_ms, (SELECT count(*) FROM n) AS notified FROM m",
+                columns = super::audit::COLUMNS,
+                audit = (16..=32)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        });
+        let screen = message.kind == "questionnaire-response";
+        let query = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(message.episode.to_string())
+            .bind(message.id.to_string())
+            .bind(message.kind)
+            .bind(message.sender_kind)
+            .bind(message.sender_ref)
+            .bind(message.sender_device)
+            .bind(message.recipients)
+            .bind(message.content_type)
+            .bind(message.body)
+            .bind(message.request_hash)
+            .bind(now_ms())
+            .bind(message.attachments)
+            .bind(message.audience.as_str())
+            .bind(i32::from(!screen))
+            .bind(super::stream::CHANNEL);
+        let appended = super::audit::bind_record(query, audit)
+            .fetch_optional(&self.pool)
+            .await;
+        let failure = match appended {
+            Ok(Some(row)) => {
+                return Ok(Appended::Created(MessagePosition {
+                    seq: row.try_get("seq")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                }));
+            }
+            Ok(None) => None,
+            Err(e) if is_unique_violation(&e) => Some(e),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(done) = self
+            .existing_message(message.episode, message.id, message.request_hash)
+            .await?
+        {
+            return Ok(done);
+        }
+        if let Some(e) = failure {
+            return Err(EpisodeRefusal::Storage(StorageError::Database(e)));
+        }
+        let state = self
+            .episode(message.episode)
+            .await?
+            .ok_or(EpisodeRefusal::NotFound)?
+            .state;
+        Err(EpisodeRefusal::Closed(state.as_str()))
     }
 
     /// Messages of `episode` with `seq > after`, in order, at most `limit`.

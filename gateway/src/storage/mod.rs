@@ -35,6 +35,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 
 use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
+use icbt_auth::identity::HprNumber;
 
 /// Which database engine a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,23 +259,42 @@ impl Store {
         row.as_ref().map(|r| clinic_from_row(r, "")).transpose()
     }
 
-    /// An episode with its clinic, in one round trip (the send path's first read).
-    pub async fn episode_with_clinic(
+    /// An episode with its clinic and care team, in one round trip: what every access to
+    /// an episode is decided on (a send's first read).
+    pub async fn episode_with_team(
         &self,
         id: EpisodeId,
-    ) -> Result<Option<(Episode, Clinic)>, StorageError> {
-        let row = sqlx::query(
+    ) -> Result<Option<(Episode, Clinic, Vec<CareTeamEntry>)>, StorageError> {
+        let rows = sqlx::query(
             "SELECT e.id, e.clinic_id, e.patient_nin, e.programme, e.state, e.created_at_ms, \
              e.updated_at_ms, c.id AS c_id, c.name AS c_name, c.org_number AS c_org_number, \
-             c.created_at_ms AS c_created_at_ms \
-             FROM episodes e JOIN clinics c ON c.id = e.clinic_id WHERE e.id = $1",
+             c.created_at_ms AS c_created_at_ms, t.hpr_number AS t_hpr_number, t.role AS t_role, \
+             t.until_ms AS t_until_ms \
+             FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
+             LEFT JOIN care_team t ON t.episode_id = e.id WHERE e.id = $1 ORDER BY t.hpr_number",
         )
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref()
-            .map(|r| Ok((episode_from_row(r)?, clinic_from_row(r, "c_")?)))
-            .transpose()
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut team = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(hpr) = r.try_get::<Option<String>, _>("t_hpr_number")? {
+                team.push(CareTeamEntry {
+                    hpr_number: HprNumber::parse(&hpr)
+                        .map_err(|_| StorageError::Corrupt("care_team.hpr_number"))?,
+                    cover: r.try_get::<String, _>("t_role")? == "cover",
+                    until_ms: r.try_get("t_until_ms")?,
+                });
+            }
+        }
+        Ok(Some((
+            episode_from_row(first)?,
+            clinic_from_row(first, "c_")?,
+            team,
+        )))
     }
 
     pub async fn insert_episode(
