@@ -389,18 +389,7 @@ impl Store {
         .transpose()?;
         let Some(seq) = seq else {
             drop(tx);
-            if let Some(done) = self
-                .existing_message(message.episode, message.id, message.request_hash)
-                .await?
-            {
-                return Ok(done);
-            }
-            let state = self
-                .episode(message.episode)
-                .await?
-                .ok_or(EpisodeRefusal::NotFound)?
-                .state;
-            return Err(EpisodeRefusal::Closed(state.as_str()));
+            return self.retry_or_closed(message).await;
         };
         let existing = sqlx::query("SELECT 1 FROM messages WHERE episode_id = $1 AND id = $2")
             .bind(&episode)
@@ -516,25 +505,28 @@ impl Store {
         let appended = super::audit::bind_record(query, audit)
             .fetch_optional(&self.pool)
             .await;
-        let failure = match appended {
-            Ok(Some(row)) => {
-                return Ok(Appended::Created(MessagePosition {
-                    seq: row.try_get("seq")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
-                }));
-            }
-            Ok(None) => None,
-            Err(e) if is_unique_violation(&e) => Some(e),
-            Err(e) => return Err(e.into()),
-        };
+        match appended {
+            Ok(Some(row)) => Ok(Appended::Created(MessagePosition {
+                seq: row.try_get("seq")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+            })),
+            Ok(None) => self.retry_or_closed(message).await,
+            Err(e) if is_unique_violation(&e) => self
+                .existing_message(message.episode, message.id, message.request_hash)
+                .await?
+                .ok_or(EpisodeRefusal::Storage(StorageError::Database(e))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Why nothing was appended: the message is already there (a retry, or its id was
+    /// used for another), else the episode is closed or gone.
+    async fn retry_or_closed(&self, message: &NewMessage<'_>) -> Result<Appended, EpisodeRefusal> {
         if let Some(done) = self
             .existing_message(message.episode, message.id, message.request_hash)
             .await?
         {
             return Ok(done);
-        }
-        if let Some(e) = failure {
-            return Err(EpisodeRefusal::Storage(StorageError::Database(e)));
         }
         let state = self
             .episode(message.episode)
