@@ -197,6 +197,9 @@ pub struct ExportConfig {
     pub identifier_base: String,
     /// Episodes claimed at once, per worker.
     pub batch_size: u32,
+    /// Consecutive rows of one episode claimed together and sent in order, so a busy
+    /// episode is not one claim, one commit and one wait per row.
+    pub rows_per_episode: u32,
     /// Claim loops on PostgreSQL (SQLite runs one), so the EPJ works while one commits.
     pub workers: u32,
     /// Wait between polls when there is nothing due.
@@ -230,6 +233,7 @@ impl Default for ExportConfig {
             in_process: false,
             identifier_base: "urn:icbt-gateway".into(),
             batch_size: 32,
+            rows_per_episode: 16,
             workers: 2,
             poll_interval_ms: 500,
             max_attempts: 12,
@@ -536,14 +540,16 @@ impl Config {
             "point it at the client's PEM private key",
         )?;
         if export.batch_size == 0
+            || export.rows_per_episode == 0
             || export.workers == 0
             || export.max_attempts == 0
             || export.backoff_base_ms == 0
         {
             return Err(invalid(
                 "export",
-                "batch_size, workers, max_attempts and backoff_base_ms must be above 0".into(),
-                "e.g. batch_size = 32, workers = 2, max_attempts = 12, backoff_base_ms = 1000",
+                "batch_size, rows_per_episode, workers, max_attempts and backoff_base_ms must be above 0"
+                    .into(),
+                "e.g. batch_size = 32, rows_per_episode = 16, workers = 2, max_attempts = 12, backoff_base_ms = 1000",
             ));
         }
         if export.backoff_max_ms < export.backoff_base_ms {

@@ -5,7 +5,8 @@
 //! RSS of the gateway holding 10 000 idle SSE connections.
 //!
 //! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a
-//! release build. Client and server share this machine's cores.
+//! release build. Client and server share this machine's cores. `ICBT_BENCH_PARTS` (a
+//! comma-separated subset of `sends,push,idle`) runs only those parts, for profiling one.
 
 #![allow(
     clippy::unwrap_used,
@@ -204,6 +205,10 @@ async fn open_streams(gw: &Gateway, who: &Actor, n: usize) -> Vec<reqwest::Respo
     streams
 }
 
+fn part(name: &str) -> bool {
+    std::env::var("ICBT_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p == name))
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let idps = IdentityProviders::shared();
@@ -259,8 +264,10 @@ async fn main() {
     println!(
         "a 2 KiB message sealed to 3 keys (patient, therapist, journal) is a {envelope_bytes}-byte envelope"
     );
-    println!("clients  sends/s  p50 ms  p99 ms  raw INSERT+COMMIT/s  ratio");
-    for clients in [1, 8, 64] {
+    if part("sends") {
+        println!("clients  sends/s  p50 ms  p99 ms  raw INSERT+COMMIT/s  ratio");
+    }
+    for clients in [1, 8, 64].into_iter().filter(|_| part("sends")) {
         let per_client = 14_000 / clients + 200;
         let mut queues = Vec::new();
         for c in 0..clients {
@@ -284,8 +291,18 @@ async fn main() {
         );
     }
 
-    // Push: 1 000 subscribers, 30 messages; latency from the send's start to each receipt.
-    let subscribers = open_streams(&gw, &therapist, 1000).await;
+    if part("push") {
+        push(&gw, &sealer, &therapist, &patient, episodes[0]).await;
+    }
+    if part("idle") {
+        idle(&gw, &therapist).await;
+    }
+    drop(raw_db);
+}
+
+/// 1 000 subscribers, 30 messages; latency from the send's start to each receipt.
+async fn push(gw: &Gateway, sealer: &Sealer, therapist: &Actor, patient: &Actor, episode: Uuid) {
+    let subscribers = open_streams(gw, therapist, 1000).await;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
         String,
@@ -319,8 +336,7 @@ async fn main() {
             }
         }));
     }
-    let episode = episodes[0];
-    let sender_http = client_for(&gw, false);
+    let sender_http = client_for(gw, false);
     let mut pushes = Vec::new();
     for _ in 0..30 {
         let id = Uuid::new_v4();
@@ -328,7 +344,7 @@ async fn main() {
         pushes.push((
             id,
             sealer
-                .body(&patient, &path, "message", &"p".repeat(512))
+                .body(patient, &path, "message", &"p".repeat(512))
                 .await,
         ));
     }
@@ -358,10 +374,11 @@ async fn main() {
         percentile(&all, 0.5).as_secs_f64() * 1000.0,
         percentile(&all, 0.99).as_secs_f64() * 1000.0
     );
+}
 
-    // Idle streams.
+async fn idle(gw: &Gateway, therapist: &Actor) {
     let before = rss_kib(gw.pid());
-    let idle = open_streams(&gw, &therapist, 10_000).await;
+    let idle = open_streams(gw, therapist, 10_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(gw.pid());
     println!(
@@ -370,5 +387,4 @@ async fn main() {
         (after.saturating_sub(before)) as f64 / 10_000.0
     );
     drop(idle);
-    drop(raw_db);
 }

@@ -26,6 +26,7 @@
 //                 rule of the hospital, say)
 //   GET  /resources?type=T   every stored resource of type T (JSON array)
 //   GET  /stats              request counters
+//   GET  /arrivals           [resourceType, identifier values] of each creation, in order
 
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
@@ -119,7 +120,13 @@ class IndexedRepository extends MemoryRepository {
 const router = new FhirRouter();
 const repo = new IndexedRepository();
 const faults = { down: false, fail_every: 0, refuse_next: 0 };
-const stats = { requests: 0, ok: 0, failed_before: 0, failed_after: 0, invalid: 0, unauthorized: 0, refused: 0 };
+// What the engine created, in order: [resourceType, identifier values], so tests can check
+// that an episode's records arrived in the order they were written.
+const arrivals = [];
+const stats = { requests: 0, ok: 0, failed_before: 0, failed_after: 0, invalid: 0, unauthorized: 0, refused: 0,
+  // When the first request came and the last successful answer went (ms since start), so a
+  // benchmark times any client the same way, from the engine's side.
+  first_request_ms: null, last_ok_ms: null };
 const seenProofs = new Map();
 
 let jwks;
@@ -199,6 +206,7 @@ async function handleFhir(req, res) {
   const url = new URL(req.url, `https://${req.headers.host}`);
   if (!url.pathname.startsWith(BASE_PATH)) return send(res, 404, outcome('not-found', 'no such path'));
   stats.requests += 1;
+  stats.first_request_ms ??= performance.now();
   try {
     await authorize(req, url);
   } catch (e) {
@@ -244,12 +252,21 @@ async function handleFhir(req, res) {
     },
     repo,
   );
+  for (const entry of resource?.entry ?? []) {
+    if (String(entry.response?.status ?? '').startsWith('201') && entry.resource) {
+      const ids = [entry.resource.identifier ?? []].flat().map((i) => i.value);
+      arrivals.push([entry.resource.resourceType, ids]);
+    }
+  }
   if (failAfter) {
     stats.failed_after += 1;
     return send(res, 500, outcome('transient', 'injected failure after processing'));
   }
   const status = getStatus(result);
-  if (status < 300) stats.ok += 1;
+  if (status < 300) {
+    stats.ok += 1;
+    stats.last_ok_ms = performance.now();
+  }
   return send(res, status, resource ?? result);
 }
 
@@ -278,6 +295,7 @@ const admin = createPlainServer(async (req, res) => {
       return send(res, 200, found);
     }
     if (req.method === 'GET' && url.pathname === '/stats') return send(res, 200, stats);
+    if (req.method === 'GET' && url.pathname === '/arrivals') return send(res, 200, arrivals);
     return send(res, 404, outcome('not-found', 'no such admin path'));
   } catch (e) {
     return send(res, 500, outcome('exception', String(e)));

@@ -143,6 +143,23 @@ impl Epj {
         all
     }
 
+    /// Identifier values of each `resource_type` the engine created, in creation order.
+    pub async fn arrivals(&self, resource_type: &str) -> Vec<String> {
+        let all: Vec<(String, Vec<String>)> = self
+            .http
+            .get(format!("{}/arrivals", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all.into_iter()
+            .filter(|(t, _)| t == resource_type)
+            .flat_map(|(_, ids)| ids)
+            .collect()
+    }
+
     pub async fn stats(&self) -> Value {
         self.http
             .get(format!("{}/stats", self.admin))

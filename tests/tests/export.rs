@@ -427,18 +427,22 @@ async fn an_epj_that_is_down_then_fails_half_its_requests_and_a_killed_exporter_
     epj.faults(true, 0).await;
     let mut expected = Vec::new();
     let mut episodes = Vec::new();
+    let mut in_order = Vec::new();
     for _ in 0..4 {
         let episode = s.episode().await;
         episodes.push(episode);
+        let mut sent = Vec::new();
         for i in 0..8 {
             let who = if i % 2 == 0 { &s.patient } else { &s.therapist };
             let kind = if i % 2 == 0 { "message" } else { "feedback" };
-            expected.push(
+            sent.push(
                 s.send(who, episode, kind, &text(&format!("melding {i}")))
                     .await
                     .to_string(),
             );
         }
+        expected.extend(sent.iter().cloned());
+        in_order.push(sent);
     }
     expected.sort();
 
@@ -492,6 +496,15 @@ async fn an_epj_that_is_down_then_fails_half_its_requests_and_a_killed_exporter_
         expected,
         "every message once"
     );
+    let arrivals = epj.arrivals("Communication").await;
+    for sent in &in_order {
+        let arrived: Vec<&String> = arrivals.iter().filter(|id| sent.contains(id)).collect();
+        assert_eq!(
+            arrived,
+            sent.iter().collect::<Vec<_>>(),
+            "an episode's messages reach the EPJ in the order they were sent"
+        );
+    }
     assert_eq!(epj.resources("Encounter").await.len(), expected.len());
     assert_eq!(epj.resources("EpisodeOfCare").await.len(), 4);
     assert_eq!(epj.resources("Task").await.len(), 1);

@@ -45,8 +45,13 @@ impl Exporter {
     async fn screen_one(&self, episode: EpisodeId, seq: i64) -> Result<bool, Failed> {
         let facts = records::episode(&self.store, episode, &self.settings.systems).await?;
         let message = records::message(&self.store, episode, seq).await?;
-        let Content::Questionnaire { instrument, items } =
-            records::open(&self.store, &self.keys, &message).await?
+        let Content::Questionnaire { instrument, items } = records::open(
+            &self.store,
+            &self.keys,
+            &mut records::Senders::default(),
+            &message,
+        )
+        .await?
         else {
             return Ok(false);
         };

@@ -43,6 +43,7 @@ pub struct Settings {
     pub systems: Systems,
     pub codes: DocumentCodes,
     pub batch_size: i64,
+    pub rows_per_episode: i64,
     pub poll_interval: Duration,
     pub max_attempts: i64,
     /// Claim loops on PostgreSQL, so the EPJ works while a loop commits.
@@ -76,6 +77,7 @@ impl Settings {
                 confidentiality: config.document_confidentiality.clone(),
             },
             batch_size: i64::from(config.batch_size),
+            rows_per_episode: i64::from(config.rows_per_episode),
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             max_attempts: i64::from(config.max_attempts),
             workers: usize::try_from(config.workers).unwrap_or(1),
@@ -111,6 +113,15 @@ impl std::fmt::Debug for Exporter {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// What the rows of one run share: the episode as it is now, its messages read ahead,
+/// the senders' signing keys.
+#[derive(Default)]
+struct RunContext {
+    facts: Option<EpisodeFacts>,
+    messages: std::collections::HashMap<i64, crate::storage::StoredMessage>,
+    senders: records::Senders,
 }
 
 /// Why an attempt did not deliver.
@@ -215,19 +226,27 @@ impl Exporter {
         }
     }
 
-    /// Claims due rows (one per episode), attempts them concurrently, records the
-    /// outcomes and commits.
+    /// Claims due rows (a run of consecutive rows per episode), attempts the episodes
+    /// concurrently and each run in order, records the outcomes and commits.
     pub async fn pass(&self) -> Result<Pass, crate::storage::StorageError> {
-        let mut claim = self.store.claim_outbox(self.settings.batch_size).await?;
+        let mut claim = self
+            .store
+            .claim_outbox(self.settings.batch_size, self.settings.rows_per_episode)
+            .await?;
         let rows = claim.rows.clone();
+        let runs: Vec<&[OutboxRow]> = rows.chunk_by(|a, b| a.episode == b.episode).collect();
         let finishes =
-            futures_util::future::join_all(rows.iter().map(|row| self.attempt(row))).await;
+            futures_util::future::join_all(runs.iter().map(|run| self.attempt_run(run))).await;
         let mut pass = Pass {
             claimed: rows.len(),
             ..Pass::default()
         };
         let mut done = Vec::new();
-        for (row, finish) in rows.iter().zip(finishes) {
+        let attempted = runs
+            .iter()
+            .zip(finishes)
+            .flat_map(|(run, finishes)| run.iter().zip(finishes));
+        for (row, finish) in attempted {
             match &finish {
                 Finish::Done { audit } => {
                     pass.done += 1;
@@ -252,20 +271,45 @@ impl Exporter {
         Ok(pass)
     }
 
-    async fn attempt(&self, row: &OutboxRow) -> Finish {
-        match self.export(row).await {
-            Ok(audit) => Finish::Done { audit },
-            Err(Failed::Unmappable(error)) => Finish::Dead {
-                error,
-                outcome: None,
-            },
-            Err(Failed::Call(CallError::Refused { status, outcome })) => Finish::Dead {
-                error: format!("the EPJ refused it: HTTP {status}"),
-                outcome: Some(outcome),
-            },
-            Err(Failed::Call(CallError::Transient(error))) => self.retry(row, error),
-            Err(Failed::Storage(e)) => self.retry(row, format!("database: {e}")),
+    /// Attempts one episode's rows in order, up to the first that does not go through:
+    /// the rows behind it stay pending, untouched, so the episode's order holds.
+    async fn attempt_run(&self, run: &[OutboxRow]) -> Vec<Finish> {
+        let mut context = RunContext::default();
+        if let (Some(first), Some(last)) = (run.first(), run.last())
+            && let (OutboxKind::Message(from), OutboxKind::Message(to)) = (first.kind, last.kind)
+        {
+            // One read for the run's messages; a row whose message is not here reads it
+            // itself.
+            if let Ok(messages) = self
+                .store
+                .messages_after(first.episode, from - 1, to - from + 1, false)
+                .await
+            {
+                context.messages = messages.into_iter().map(|m| (m.seq, m)).collect();
+            }
         }
+        let mut finishes = Vec::with_capacity(run.len());
+        for row in run {
+            let finish = match self.export(row, &mut context).await {
+                Ok(audit) => Finish::Done { audit },
+                Err(Failed::Unmappable(error)) => Finish::Dead {
+                    error,
+                    outcome: None,
+                },
+                Err(Failed::Call(CallError::Refused { status, outcome })) => Finish::Dead {
+                    error: format!("the EPJ refused it: HTTP {status}"),
+                    outcome: Some(outcome),
+                },
+                Err(Failed::Call(CallError::Transient(error))) => self.retry(row, error),
+                Err(Failed::Storage(e)) => self.retry(row, format!("database: {e}")),
+            };
+            let go_on = matches!(finish, Finish::Done { .. });
+            finishes.push(finish);
+            if !go_on {
+                break;
+            }
+        }
+        finishes
     }
 
     fn retry(&self, row: &OutboxRow, error: String) -> Finish {
@@ -288,9 +332,18 @@ impl Exporter {
     }
 
     /// Sends what `row` names; returns the audit record of the export.
-    async fn export(&self, row: &OutboxRow) -> Result<Option<Box<Record>>, Failed> {
+    async fn export(
+        &self,
+        row: &OutboxRow,
+        context: &mut RunContext,
+    ) -> Result<Option<Box<Record>>, Failed> {
         let s = &self.settings;
-        let facts = records::episode(&self.store, row.episode, &s.systems).await?;
+        if context.facts.is_none() {
+            context.facts = Some(records::episode(&self.store, row.episode, &s.systems).await?);
+        }
+        let Some(facts) = context.facts.as_ref() else {
+            return Err(Failed::Unmappable("the episode is gone".into()));
+        };
         match row.kind {
             OutboxKind::Episode => {
                 self.send(&s.epj_base, &episode_bundle(&facts.record)?)
@@ -298,27 +351,33 @@ impl Exporter {
                 Ok(None)
             }
             OutboxKind::Message(seq) => {
-                let message = records::message(&self.store, row.episode, seq).await?;
-                let bundle = match records::open(&self.store, &self.keys, &message).await? {
-                    Content::Text {
-                        text,
-                        in_response_to,
-                    } => message_bundle(&records::message_record(
-                        &facts,
-                        &s.systems,
-                        &message,
-                        text,
-                        in_response_to,
-                    ))?,
-                    Content::Questionnaire { instrument, items } => {
-                        let answers =
-                            records::answers(&facts, &s.systems, &message, instrument, items);
-                        questionnaire_bundle(&answers, facts.care_manager())?
-                    }
+                let message = match context.messages.remove(&seq) {
+                    Some(message) => message,
+                    None => records::message(&self.store, row.episode, seq).await?,
                 };
+                let bundle =
+                    match records::open(&self.store, &self.keys, &mut context.senders, &message)
+                        .await?
+                    {
+                        Content::Text {
+                            text,
+                            in_response_to,
+                        } => message_bundle(&records::message_record(
+                            facts,
+                            &s.systems,
+                            &message,
+                            text,
+                            in_response_to,
+                        ))?,
+                        Content::Questionnaire { instrument, items } => {
+                            let answers =
+                                records::answers(facts, &s.systems, &message, instrument, items);
+                            questionnaire_bundle(&answers, facts.care_manager())?
+                        }
+                    };
                 self.send(&s.epj_base, &bundle).await?;
                 Ok(Some(Box::new(self.audit(
-                    &facts,
+                    facts,
                     "messages",
                     message.id.to_string(),
                 ))))
@@ -330,7 +389,7 @@ impl Exporter {
                     .exists(&s.summary_base, "DocumentReference", &query)
                     .await?
                 {
-                    let summary = self.summary(&facts).await?;
+                    let summary = self.summary(facts).await?;
                     let bundle = provide_document_bundle(
                         &summary,
                         &s.codes,
@@ -340,7 +399,7 @@ impl Exporter {
                     self.send(&s.summary_base, &bundle).await?;
                 }
                 Ok(Some(Box::new(self.audit(
-                    &facts,
+                    facts,
                     "episode",
                     facts.record.id.clone(),
                 ))))
@@ -366,6 +425,7 @@ impl Exporter {
             scores: Vec::new(),
         };
         let mut after = 0;
+        let mut senders = records::Senders::default();
         loop {
             let page = self
                 .store
@@ -380,7 +440,7 @@ impl Exporter {
                         // A response that does not open was dead-lettered on its own;
                         // the summary is written from the ones that do.
                         if let Ok(Content::Questionnaire { instrument, items }) =
-                            records::open(&self.store, &self.keys, m).await
+                            records::open(&self.store, &self.keys, &mut senders, m).await
                         {
                             let answers = records::answers(
                                 facts,

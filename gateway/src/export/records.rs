@@ -146,11 +146,36 @@ pub async fn message(store: &Store, id: EpisodeId, seq: i64) -> Result<StoredMes
         .ok_or_else(|| Unready::Unmappable(format!("message {seq} is gone")))
 }
 
+/// Signing keys of sender devices, each read from the database once.
+#[derive(Debug, Default)]
+pub struct Senders(HashMap<String, PublicKey>);
+
+impl Senders {
+    async fn key(&mut self, store: &Store, device_id: &str) -> Result<&PublicKey, Unready> {
+        if !self.0.contains_key(device_id) {
+            let device = store
+                .device(device_id)
+                .await?
+                .ok_or_else(|| Unready::Unmappable("the sender device is unknown".into()))?;
+            let jwk: Jwk = serde_json::from_str(&device.signing_jwk).map_err(|_| {
+                Unready::Unmappable("the sender's signing key does not parse".into())
+            })?;
+            let key = PublicKey::from_jwk(&jwk)
+                .map_err(|e| Unready::Unmappable(format!("the sender's signing key: {e}")))?;
+            self.0.insert(device_id.to_owned(), key);
+        }
+        self.0
+            .get(device_id)
+            .ok_or_else(|| Unready::Unmappable("the sender device is unknown".into()))
+    }
+}
+
 /// Opens `message` with a journal key, verifies it with its sender device's signing key
 /// and reads the content format.
 pub async fn open(
     store: &Store,
     keys: &JournalKeys,
+    senders: &mut Senders,
     message: &StoredMessage,
 ) -> Result<Content, Unready> {
     let limits = Limits {
@@ -167,16 +192,9 @@ pub async fn open(
         .ok_or_else(|| {
             Unready::Unmappable("no configured journal key is a recipient of this envelope".into())
         })?;
-    let device = store
-        .device(&message.sender_device)
-        .await?
-        .ok_or_else(|| Unready::Unmappable("the sender device is unknown".into()))?;
-    let jwk: Jwk = serde_json::from_str(&device.signing_jwk)
-        .map_err(|_| Unready::Unmappable("the sender's signing key does not parse".into()))?;
-    let sender = PublicKey::from_jwk(&jwk)
-        .map_err(|e| Unready::Unmappable(format!("the sender's signing key: {e}")))?;
+    let sender = senders.key(store, &message.sender_device).await?;
     let opened = envelope
-        .open(key, &sender)
+        .open(key, sender)
         .map_err(|e| Unready::Unmappable(format!("the envelope does not open: {e}")))?;
     Ok(Content::parse(&message.kind, &opened.payload)?)
 }

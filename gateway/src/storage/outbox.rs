@@ -91,6 +91,31 @@ pub struct Claim {
 
 const COLUMNS: &str = "id, episode_id, kind, message_seq, state, attempts, next_attempt_at_ms, \
     last_error, outcome, created_at_ms";
+const COLUMNS_O: &str = "o.id, o.episode_id, o.kind, o.message_seq, o.state, o.attempts, \
+    o.next_attempt_at_ms, o.last_error, o.outcome, o.created_at_ms";
+
+/// From `(rank, row)` in row order, the rows to work on: per episode, the rows ranked
+/// 1, 2, 3, … without a gap (a row skipped as locked or not due ends the run), for the
+/// first `episodes` episodes. Episodes stay together, in order of their first row.
+fn runs(rows: Vec<(i64, OutboxRow)>, episodes: usize) -> Vec<OutboxRow> {
+    let mut order: Vec<EpisodeId> = Vec::new();
+    let mut by_episode: std::collections::HashMap<EpisodeId, Vec<OutboxRow>> =
+        std::collections::HashMap::new();
+    for (rank, row) in rows {
+        match by_episode.get_mut(&row.episode) {
+            Some(run) if i64::try_from(run.len()).is_ok_and(|n| n + 1 == rank) => run.push(row),
+            None if rank == 1 && order.len() < episodes => {
+                order.push(row.episode);
+                by_episode.insert(row.episode, vec![row]);
+            }
+            _ => {}
+        }
+    }
+    order
+        .into_iter()
+        .flat_map(|e| by_episode.remove(&e).unwrap_or_default())
+        .collect()
+}
 
 fn row_from(r: &sqlx::any::AnyRow) -> Result<OutboxRow, StorageError> {
     let kind = match r.try_get::<String, _>("kind")?.as_str() {
@@ -189,31 +214,55 @@ impl Store {
         Ok(())
     }
 
-    /// Claims up to `limit` rows that are due: the oldest pending row of each episode.
-    pub async fn claim_outbox(&self, limit: i64) -> Result<Claim, StorageError> {
+    /// Claims due rows of up to `episodes` episodes: of each, a run of at most
+    /// `per_episode` consecutive pending rows that starts at its oldest pending row, in
+    /// order. Episodes come oldest row first.
+    pub async fn claim_outbox(
+        &self,
+        episodes: i64,
+        per_episode: i64,
+    ) -> Result<Claim, StorageError> {
         let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Postgres => " FOR UPDATE OF o SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // The rank is taken from this statement's snapshot; `o.state = 'pending'` is
+        // checked again on the locked row (PostgreSQL re-evaluates the locked table's
+        // conditions on a row changed meanwhile), so a row another exporter finished after
+        // the snapshot is not claimed again, and [`runs`] drops an episode whose first
+        // row is missing.
         let sql = format!(
-            "SELECT {COLUMNS} FROM outbox o WHERE o.state = 'pending' AND o.next_attempt_at_ms <= $1 \
-             AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.episode_id = o.episode_id \
-             AND p.state = 'pending' AND p.id < o.id) ORDER BY o.id LIMIT $2{lock}"
+            "WITH ranked AS (SELECT id, ROW_NUMBER() OVER (PARTITION BY episode_id ORDER BY id) AS rank \
+             FROM outbox WHERE state = 'pending') \
+             SELECT {COLUMNS_O}, r.rank AS rank FROM outbox o JOIN ranked r ON r.id = o.id \
+             WHERE r.rank <= $2 AND o.state = 'pending' AND o.next_attempt_at_ms <= $1 \
+             ORDER BY o.id LIMIT $3{lock}"
         );
         let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now_ms())
-            .bind(limit);
+            .bind(per_episode)
+            .bind(episodes.saturating_mul(per_episode));
+        let ranked = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(i64, OutboxRow)>, StorageError> {
+            rows.iter()
+                .map(|r| Ok((r.try_get::<i64, _>("rank")?, row_from(r)?)))
+                .collect()
+        };
+        let limit = usize::try_from(episodes).unwrap_or(usize::MAX);
         match self.backend {
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                let rows = rows.iter().map(row_from).collect::<Result<_, _>>()?;
-                Ok(Claim { tx: Some(tx), rows })
+                let rows = ranked(query.fetch_all(&mut *tx).await?)?;
+                Ok(Claim {
+                    tx: Some(tx),
+                    rows: runs(rows, limit),
+                })
             }
             Backend::Sqlite => {
-                let rows = query.fetch_all(&self.pool).await?;
-                let rows = rows.iter().map(row_from).collect::<Result<_, _>>()?;
-                Ok(Claim { tx: None, rows })
+                let rows = ranked(query.fetch_all(&self.pool).await?)?;
+                Ok(Claim {
+                    tx: None,
+                    rows: runs(rows, limit),
+                })
             }
         }
     }
@@ -389,5 +438,71 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, episode: u128) -> OutboxRow {
+        OutboxRow {
+            id,
+            episode: EpisodeId(uuid::Uuid::from_u128(episode)),
+            kind: OutboxKind::Message(id),
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_error: None,
+            outcome: None,
+            created_at_ms: 0,
+        }
+    }
+
+    fn ids(rows: &[OutboxRow]) -> Vec<i64> {
+        rows.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn runs_keep_each_episode_in_order_and_together() {
+        let rows = vec![
+            (1, row(10, 1)),
+            (1, row(11, 2)),
+            (2, row(12, 1)),
+            (2, row(13, 2)),
+            (3, row(14, 1)),
+        ];
+        assert_eq!(ids(&runs(rows, 8)), [10, 12, 14, 11, 13]);
+    }
+
+    #[test]
+    fn runs_drop_an_episode_whose_first_row_was_not_claimed() {
+        // Rank 1 of episode 1 is locked by another exporter (or finished meanwhile):
+        // sending its second row first would break the order.
+        let rows = vec![(2, row(12, 1)), (3, row(14, 1)), (1, row(13, 2))];
+        assert_eq!(ids(&runs(rows, 8)), [13]);
+    }
+
+    #[test]
+    fn runs_end_at_the_first_gap() {
+        let rows = vec![
+            (1, row(10, 1)),
+            (2, row(11, 1)),
+            (4, row(13, 1)),
+            (5, row(14, 1)),
+        ];
+        assert_eq!(ids(&runs(rows, 8)), [10, 11]);
+    }
+
+    #[test]
+    fn runs_take_at_most_the_episode_limit() {
+        let rows = vec![
+            (1, row(10, 1)),
+            (1, row(11, 2)),
+            (1, row(12, 3)),
+            (2, row(13, 1)),
+            (2, row(14, 3)),
+        ];
+        assert_eq!(ids(&runs(rows, 2)), [10, 13, 11]);
     }
 }
