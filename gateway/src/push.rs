@@ -165,26 +165,32 @@ impl Hub {
                 }
             }
         };
+        let mut refreshed = tokio::time::Instant::now();
         loop {
             if self.streams() == 0 {
-                // Nobody to serve: keep up with the head instead of reading messages. The
-                // head is read before the second look, so a stream that registers after
-                // it is served from a head older than its registration.
-                match store.stream_head().await {
-                    Ok(now) if self.streams() == 0 => {
-                        head = head.max(now);
-                        if !woken(&mut wake).await {
-                            return;
+                // Nobody to serve: keep up with the head instead of reading messages, at
+                // most once per HEAD_REFRESH (an older head is always safe, it only means
+                // re-reading what nobody needed). The head is read before the second look,
+                // so a stream that registers after it is served from a head older than its
+                // registration.
+                if refreshed.elapsed() >= HEAD_REFRESH {
+                    match store.stream_head().await {
+                        Ok(now) if self.streams() == 0 => {
+                            head = head.max(now);
+                            refreshed = tokio::time::Instant::now();
                         }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "stream hub cannot read the head; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stream hub cannot read the head; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
                     }
                 }
+                if !woken(&mut wake).await {
+                    return;
+                }
+                continue;
             }
             match store
                 .stream_after(&StreamFilter::Everything, head, now_ms(), HUB_BATCH)
@@ -430,6 +436,8 @@ const RECHECK: Duration = Duration::from_mins(1);
 const BATCH: i64 = 100;
 /// Entries the hub reads per query.
 const HUB_BATCH: i64 = 500;
+/// How often the hub, serving no stream, reads the head to keep up: not on every send.
+const HEAD_REFRESH: Duration = Duration::from_secs(1);
 
 impl Reader {
     /// The next entry, waiting for one as long as it takes.

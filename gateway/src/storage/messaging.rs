@@ -432,15 +432,8 @@ impl Store {
                     let screen = message.kind == "questionnaire-response";
                     super::outbox::enqueue_message(&mut tx, &episode, seq, screen).await?;
                 }
-                if self.backend == super::Backend::Postgres {
-                    // Delivered to every listening instance when, and only if, this commits.
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(super::stream::CHANNEL)
-                        .bind(&episode)
-                        .execute(&mut *tx)
-                        .await?;
-                }
                 tx.commit().await?;
+                self.announcer.announce();
                 Ok(Appended::Created(MessagePosition { seq, created_at_ms }))
             }
             Err(e) if is_unique_violation(&e) => {
@@ -475,11 +468,10 @@ impl Store {
              o AS (INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, \
                created_at_ms, screened) \
                SELECT $1, 'message', m.seq, $11, $11, $14 FROM m WHERE $13 = 'all'), \
-             a AS (INSERT INTO audit_records ({columns}) SELECT {audit} FROM m), \
-             n AS (SELECT pg_notify($15, $1) FROM m) \
-             SELECT m.seq, m.created_at_ms, (SELECT count(*) FROM n) AS notified FROM m",
+             a AS (INSERT INTO audit_records ({columns}) SELECT {audit} FROM m) \
+             SELECT m.seq, m.created_at_ms FROM m",
                 columns = super::audit::COLUMNS,
-                audit = (16..=32)
+                audit = (15..=31)
                     .map(|i| format!("${i}"))
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -500,16 +492,18 @@ impl Store {
             .bind(now_ms())
             .bind(message.attachments)
             .bind(message.audience.as_str())
-            .bind(i32::from(!screen))
-            .bind(super::stream::CHANNEL);
+            .bind(i32::from(!screen));
         let appended = super::audit::bind_record(query, audit)
             .fetch_optional(&self.pool)
             .await;
         match appended {
-            Ok(Some(row)) => Ok(Appended::Created(MessagePosition {
-                seq: row.try_get("seq")?,
-                created_at_ms: row.try_get("created_at_ms")?,
-            })),
+            Ok(Some(row)) => {
+                self.announcer.announce();
+                Ok(Appended::Created(MessagePosition {
+                    seq: row.try_get("seq")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                }))
+            }
             Ok(None) => self.retry_or_closed(message).await,
             Err(e) if is_unique_violation(&e) => self
                 .existing_message(message.episode, message.id, message.request_hash)

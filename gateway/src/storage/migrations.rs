@@ -42,6 +42,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0010_outbox.sql"),
     ),
     (11, "risk alerts", RISK_ALERTS, RISK_ALERTS),
+    (
+        12,
+        "ciphertext storage",
+        include_str!("../../migrations/sqlite/0012_ciphertext_storage.sql"),
+        include_str!("../../migrations/postgres/0012_ciphertext_storage.sql"),
+    ),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");

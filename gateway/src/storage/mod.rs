@@ -97,6 +97,7 @@ pub struct Store {
     backend: Backend,
     /// PostgreSQL URL (with password) for LISTEN; never logged.
     listen_url: Option<String>,
+    announcer: stream::Announcer,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -196,11 +197,16 @@ impl Store {
                 .map_err(connect_error)?,
         };
         let listen_url = (backend == Backend::Postgres).then_some(url);
+        let announcer = match backend {
+            Backend::Postgres => stream::Announcer::start(replay.clone()),
+            Backend::Sqlite => stream::Announcer::default(),
+        };
         let store = Self {
             pool,
             replay,
             backend,
             listen_url,
+            announcer,
         };
         migrations::migrator(backend).run(&store.pool).await?;
         Ok(store)

@@ -1,0 +1,2 @@
+-- SQLite does not compress values; nothing to change.
+SELECT 1;
