@@ -48,6 +48,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_ciphertext_storage.sql"),
         include_str!("../../migrations/postgres/0012_ciphertext_storage.sql"),
     ),
+    (
+        13,
+        "audit partial indexes",
+        include_str!("../../migrations/sqlite/0013_audit_partial_indexes.sql"),
+        include_str!("../../migrations/postgres/0013_audit_partial_indexes.sql"),
+    ),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
