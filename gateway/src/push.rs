@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +64,46 @@ async fn woken(wake: &mut broadcast::Receiver<()>) -> bool {
     }
 }
 
+/// Looking again for a message that is committed but held back: after 2 ms, doubling to
+/// 100 ms, for at most [`HELD_BACK_LIMIT`] per transaction id (a message removed before it
+/// was read must not keep the hub polling).
+#[derive(Debug, Default)]
+struct HeldBack {
+    /// The transaction waited for, since when, and the last pause.
+    waiting: Option<(i64, std::time::Instant, Duration)>,
+    /// Transactions up to this one are no longer waited for.
+    gave_up: i64,
+}
+
+const HELD_BACK_LIMIT: Duration = Duration::from_secs(30);
+
+impl HeldBack {
+    /// The pause before looking again for transaction `tx`, or `None` to stop looking.
+    fn next(&mut self, tx: i64, now: std::time::Instant) -> Option<Duration> {
+        if tx <= self.gave_up {
+            return None;
+        }
+        let (since, pause) = match self.waiting {
+            Some((t, since, _)) if t == tx && now - since >= HELD_BACK_LIMIT => {
+                self.gave_up = tx;
+                self.waiting = None;
+                return None;
+            }
+            Some((t, since, pause)) if t == tx => {
+                (since, (pause * 2).min(Duration::from_millis(100)))
+            }
+            _ => (now, Duration::from_millis(2)),
+        };
+        self.waiting = Some((tx, since, pause));
+        Some(pause)
+    }
+
+    /// Something was read: the next wait starts short again.
+    fn clear(&mut self) {
+        self.waiting = None;
+    }
+}
+
 /// One open stream, as the hub sees it.
 #[derive(Debug)]
 struct Subscriber {
@@ -97,6 +137,8 @@ impl Delivery {
 pub struct Hub {
     subscribers: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
+    /// The highest transaction id of a message announced as committed (PostgreSQL).
+    committed_tx: AtomicI64,
 }
 
 /// A stream's place in the hub; dropping it (the client went away) leaves.
@@ -148,6 +190,11 @@ impl Hub {
         )
     }
 
+    /// A message written by transaction `tx` has committed (from an announcement).
+    pub fn committed(&self, tx: i64) {
+        self.committed_tx.fetch_max(tx, Ordering::Relaxed);
+    }
+
     /// Open streams.
     pub fn streams(&self) -> usize {
         self.subscribers.lock().map_or(0, |s| s.len())
@@ -166,6 +213,7 @@ impl Hub {
             }
         };
         let mut refreshed = tokio::time::Instant::now();
+        let mut held_back = HeldBack::default();
         loop {
             if self.streams() == 0 {
                 // Nobody to serve: keep up with the head instead of reading messages, at
@@ -200,10 +248,23 @@ impl Hub {
                     if let Some(last) = entries.last() {
                         head = last.position;
                     }
+                    held_back.clear();
                     self.dispatch(&store, entries).await;
                     continue;
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    // A message announced as committed is not readable yet: a transaction
+                    // older than it is still running (PostgreSQL readers stop below the
+                    // oldest one). Nothing announces that transaction's end, so look again
+                    // shortly instead of waiting for the next message.
+                    let announced = self.committed_tx.load(Ordering::Relaxed);
+                    if announced > head.tx
+                        && let Some(pause) = held_back.next(announced, std::time::Instant::now())
+                    {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "stream hub read failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -326,7 +387,10 @@ impl Push {
                     backoff = Duration::from_millis(200);
                     // Whatever was announced while we were away: everyone re-reads.
                     self.wake();
-                    while listener.recv().await.is_ok() {
+                    while let Ok(notification) = listener.recv().await {
+                        if let Ok(tx) = notification.payload().parse::<i64>() {
+                            self.hub.committed(tx);
+                        }
                         self.wake();
                     }
                     tracing::warn!("message notification listener disconnected");
@@ -594,6 +658,7 @@ pub async fn inbox(
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
     let deadline = tokio::time::Instant::now() + wait;
     let mut wake = state.push.subscribe();
+    let mut held = Duration::ZERO;
     loop {
         let entries = state
             .store
@@ -607,9 +672,47 @@ pub async fn inbox(
                 next_after,
             }));
         }
+        // A message announced as committed but held back below the horizon (an older
+        // transaction still runs) is readable soon, with no announcement when it is: look
+        // again shortly while the horizon has not passed it.
+        let announced = state.push.hub.committed_tx.load(Ordering::Relaxed);
+        if announced > after.tx && state.store.stream_head().await?.tx <= announced {
+            held = (held * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + held)).await;
+            continue;
+        }
+        held = Duration::ZERO;
         tokio::select! {
             _ = wake.recv() => {}
             () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RECHECK)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_back_message_is_looked_for_again_soon_then_less_often() {
+        let start = std::time::Instant::now();
+        let mut held = HeldBack::default();
+        let pauses: Vec<u128> = (0..8)
+            .map(|_| held.next(7, start).unwrap().as_millis())
+            .collect();
+        assert_eq!(pauses, [2, 4, 8, 16, 32, 64, 100, 100]);
+        held.clear();
+        assert_eq!(held.next(7, start), Some(Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn a_held_back_message_is_given_up_on_after_the_limit_but_a_later_one_is_not() {
+        let start = std::time::Instant::now();
+        let mut held = HeldBack::default();
+        assert!(held.next(7, start).is_some());
+        assert_eq!(held.next(7, start + HELD_BACK_LIMIT), None);
+        assert_eq!(held.next(7, start + HELD_BACK_LIMIT * 2), None);
+        assert_eq!(held.next(6, start), None, "older ones too");
+        assert_eq!(held.next(8, start), Some(Duration::from_millis(2)));
     }
 }

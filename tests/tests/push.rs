@@ -311,3 +311,55 @@ async fn a_stream_that_falls_behind_catches_up_without_gaps_or_repeats() {
         assert_eq!(sent.len(), count);
     }
 }
+
+#[tokio::test]
+async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let gw = gateway(Backend::Postgres).await;
+    let platform = Actor::system("icbt-platform").await;
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+    let episode = episode(&gw, &platform).await;
+    let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+    let mut stream = open_stream(&gw, &therapist, None).await;
+    let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
+    let http = gw.client();
+    let page: Value = therapist
+        .call(&http, Method::GET, &format!("{}/v1/inbox", gw.url), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let after = page["next_after"].as_str().unwrap().to_owned();
+
+    // A transaction older than the message, still running: readers stop below it, and
+    // its end announces nothing.
+    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()::text")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let inbox = format!("{}/v1/inbox?after={after}&wait=20", gw.url);
+    let (page, ()) = tokio::join!(therapist.call(&http, Method::GET, &inbox, None), async {
+        send(&gw, &sealer, &patient, episode, "held back").await;
+        assert!(
+            stream.next(Duration::from_millis(500)).await.is_none(),
+            "not readable while the older transaction runs"
+        );
+        sqlx::query("COMMIT").execute(&mut db).await.unwrap();
+    });
+    let ended = std::time::Instant::now();
+
+    // Nothing else is sent: neither waits for the next message nor the periodic re-read.
+    let event = stream
+        .next(Duration::from_secs(5))
+        .await
+        .expect("delivered once the older transaction ended");
+    assert_eq!(text(&sealer, &reader, &event.data), "held back");
+    let page: Value = page.json().await.unwrap();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(text(&sealer, &reader, &page["entries"][0]), "held back");
+    assert!(ended.elapsed() < Duration::from_secs(5));
+}

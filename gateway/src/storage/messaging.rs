@@ -433,7 +433,8 @@ impl Store {
                     super::outbox::enqueue_message(&mut tx, &episode, seq, screen).await?;
                 }
                 tx.commit().await?;
-                self.announcer.announce();
+                // SQLite: one instance, nothing to announce to.
+                self.announcer.announce(0);
                 Ok(Appended::Created(MessagePosition { seq, created_at_ms }))
             }
             Err(e) if is_unique_violation(&e) => {
@@ -464,12 +465,12 @@ impl Store {
                sender_device, recipients, content_type, body, request_hash, created_at_ms, \
                attachments, audience) \
                SELECT $1, s.seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM s \
-               RETURNING seq, created_at_ms), \
+               RETURNING seq, created_at_ms, tx), \
              o AS (INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, \
                created_at_ms, screened) \
                SELECT $1, 'message', m.seq, $11, $11, $14 FROM m WHERE $13 = 'all'), \
              a AS (INSERT INTO audit_records ({columns}) SELECT {audit} FROM m) \
-             SELECT m.seq, m.created_at_ms FROM m",
+             SELECT m.seq, m.created_at_ms, m.tx FROM m",
                 columns = super::audit::COLUMNS,
                 audit = (15..=31)
                     .map(|i| format!("${i}"))
@@ -498,7 +499,7 @@ impl Store {
             .await;
         match appended {
             Ok(Some(row)) => {
-                self.announcer.announce();
+                self.announcer.announce(row.try_get("tx")?);
                 Ok(Appended::Created(MessagePosition {
                     seq: row.try_get("seq")?,
                     created_at_ms: row.try_get("created_at_ms")?,

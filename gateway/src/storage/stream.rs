@@ -12,6 +12,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use sqlx::Row;
 
@@ -19,7 +21,8 @@ use super::{Backend, StorageError, Store, StoredMessage};
 use crate::episode::{EpisodeId, NationalId, OrgNumber};
 use icbt_auth::identity::HprNumber;
 
-/// The NOTIFY channel for new messages; the payload is empty (a wake-up only).
+/// The NOTIFY channel for new messages; the payload is the highest transaction id of a
+/// message committed before it was sent (readers wait for it to come below the horizon).
 pub const CHANNEL: &str = "icbt_messages";
 
 /// Wakes every instance's stream readers after commits: one NOTIFY at a time, on the
@@ -30,27 +33,38 @@ pub const CHANNEL: &str = "icbt_messages";
 /// re-read), never a message: the database is what readers read. Nothing on SQLite,
 /// which is one instance.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Announcer(Option<std::sync::Arc<tokio::sync::Notify>>);
+pub(super) struct Announcer(Option<Arc<Announced>>);
+
+#[derive(Debug, Default)]
+pub(super) struct Announced {
+    signal: tokio::sync::Notify,
+    /// The highest transaction id of a committed message.
+    latest_tx: AtomicI64,
+}
 
 impl Announcer {
     pub(super) fn start(pool: sqlx::AnyPool) -> Self {
-        let signal = std::sync::Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(announce(pool, signal.clone()));
-        Self(Some(signal))
+        let announced = Arc::new(Announced::default());
+        tokio::spawn(announce(pool, announced.clone()));
+        Self(Some(announced))
     }
 
-    pub(super) fn announce(&self) {
-        if let Some(signal) = &self.0 {
-            signal.notify_one();
+    /// After the commit of a message written by transaction `tx`.
+    pub(super) fn announce(&self, tx: i64) {
+        if let Some(announced) = &self.0 {
+            announced.latest_tx.fetch_max(tx, Ordering::Relaxed);
+            announced.signal.notify_one();
         }
     }
 }
 
-async fn announce(pool: sqlx::AnyPool, signal: std::sync::Arc<tokio::sync::Notify>) {
+async fn announce(pool: sqlx::AnyPool, announced: Arc<Announced>) {
     while !pool.is_closed() {
-        signal.notified().await;
-        let sent = sqlx::query("SELECT pg_notify($1, '')")
+        announced.signal.notified().await;
+        let latest = announced.latest_tx.load(Ordering::Relaxed).to_string();
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
+            .bind(latest)
             .execute(&pool)
             .await;
         if let Err(e) = sent {
@@ -59,7 +73,7 @@ async fn announce(pool: sqlx::AnyPool, signal: std::sync::Arc<tokio::sync::Notif
             }
             tracing::warn!(error = %e, "announcing new messages failed; trying again");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            signal.notify_one();
+            announced.signal.notify_one();
         }
     }
 }
