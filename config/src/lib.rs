@@ -232,9 +232,9 @@ impl Default for ExportConfig {
             client: None,
             in_process: false,
             identifier_base: "urn:icbt-gateway".into(),
-            batch_size: 32,
+            batch_size: 8,
             rows_per_episode: 16,
-            workers: 2,
+            workers: 8,
             poll_interval_ms: 500,
             max_attempts: 12,
             backoff_base_ms: 1_000,
@@ -549,7 +549,18 @@ impl Config {
                 "export",
                 "batch_size, rows_per_episode, workers, max_attempts and backoff_base_ms must be above 0"
                     .into(),
-                "e.g. batch_size = 32, rows_per_episode = 16, workers = 2, max_attempts = 12, backoff_base_ms = 1000",
+                "e.g. batch_size = 8, rows_per_episode = 16, workers = 8, max_attempts = 12, backoff_base_ms = 1000",
+            ));
+        }
+        if export.workers >= self.storage.max_connections {
+            return Err(invalid(
+                "export.workers",
+                format!(
+                    "{} workers need more than storage.max_connections = {} connections (each \
+                     holds one for its claim and reads with others)",
+                    export.workers, self.storage.max_connections
+                ),
+                "use fewer workers, each with a larger batch_size, or raise storage.max_connections",
             ));
         }
         if export.backoff_max_ms < export.backoff_base_ms {
@@ -775,6 +786,25 @@ mod tests {
             let c = load_in_jail(jail, "[server]\nbind = \"127.0.0.1:1234\"\n", Mode::Dev).unwrap();
             assert_eq!(c.server.bind.port(), 9999);
             assert_eq!(c.telemetry.log_format, LogFormat::Human);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn export_workers_must_leave_connections_for_their_reads() {
+        Jail::expect_with(|jail| {
+            jail.create_file("journal.json", "{}")?;
+            jail.create_file("client.pem", "")?;
+            let toml = "[storage]\nmax_connections = 8\n\
+                [export]\nepj_base_url = \"https://epj.example/fhir\"\n\
+                journal_key_files = [\"journal.json\"]\nworkers = 8\n\
+                [export.client]\nissuer = \"https://helseid-sts.test.nhn.no\"\n\
+                client_id = \"c\"\nkey_file = \"client.pem\"\nkey_algorithm = \"ES256\"\n\
+                scope = \"nhn:epj/write\"\n";
+            let err = load_in_jail(jail, toml, Mode::Dev).unwrap_err();
+            assert!(err.to_string().contains("`export.workers`"), "{err}");
+            let fewer = toml.replace("workers = 8", "workers = 7");
+            load_in_jail(jail, &fewer, Mode::Dev).unwrap();
             Ok(())
         });
     }

@@ -275,9 +275,11 @@ impl Exporter {
     /// the rows behind it stay pending, untouched, so the episode's order holds.
     async fn attempt_run(&self, run: &[OutboxRow]) -> Vec<Finish> {
         let mut context = RunContext::default();
-        if let (Some(first), Some(last)) = (run.first(), run.last())
-            && let (OutboxKind::Message(from), OutboxKind::Message(to)) = (first.kind, last.kind)
-        {
+        let seqs = run.iter().filter_map(|row| match row.kind {
+            OutboxKind::Message(seq) => Some(seq),
+            _ => None,
+        });
+        if let (Some(first), Some(from), Some(to)) = (run.first(), seqs.clone().min(), seqs.max()) {
             // One read for the run's messages; a row whose message is not here reads it
             // itself.
             if let Ok(messages) = self
