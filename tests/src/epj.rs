@@ -124,8 +124,14 @@ impl Epj {
 
     /// Every stored resource of `resource_type`.
     pub async fn resources(&self, resource_type: &str) -> Vec<Value> {
+        serde_json::from_value(self.admin(&format!("resources?type={resource_type}")).await)
+            .unwrap()
+    }
+
+    /// The admin API's answer at `path`.
+    async fn admin(&self, path: &str) -> Value {
         self.http
-            .get(format!("{}/resources?type={resource_type}", self.admin))
+            .get(format!("{}/{path}", self.admin))
             .send()
             .await
             .unwrap()
@@ -145,15 +151,8 @@ impl Epj {
 
     /// Identifier values of each `resource_type` the engine created, in creation order.
     pub async fn arrivals(&self, resource_type: &str) -> Vec<String> {
-        let all: Vec<(String, Vec<String>)> = self
-            .http
-            .get(format!("{}/arrivals", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let all: Vec<(String, Vec<String>)> =
+            serde_json::from_value(self.admin("arrivals").await).unwrap();
         all.into_iter()
             .filter(|(t, _)| t == resource_type)
             .flat_map(|(_, ids)| ids)
@@ -161,14 +160,7 @@ impl Epj {
     }
 
     pub async fn stats(&self) -> Value {
-        self.http
-            .get(format!("{}/stats", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.admin("stats").await
     }
 }
 

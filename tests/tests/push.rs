@@ -76,6 +76,41 @@ async fn keys(
     (sealer, reader)
 }
 
+/// Everyone a scenario here needs: a patient and a therapist in one episode, each with a
+/// published device, and the therapist's keys to open what arrives.
+struct Cast {
+    patient: Actor,
+    therapist: Actor,
+    episode: Uuid,
+    sealer: Sealer,
+    reader: std::sync::Arc<DeviceKeys>,
+}
+
+async fn cast(gw: &Gateway) -> Cast {
+    let platform = Actor::system("icbt-platform").await;
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+    let episode = episode(gw, &platform).await;
+    let (sealer, reader) = keys(gw, &platform, &therapist).await;
+    Cast {
+        patient,
+        therapist,
+        episode,
+        sealer,
+        reader,
+    }
+}
+
+/// A page of `who`'s inbox; `query` is what follows `/v1/inbox`.
+async fn inbox(gw: &Gateway, who: &Actor, query: &str) -> Value {
+    let url = format!("{}/v1/inbox{query}", gw.url);
+    who.call(&gw.client(), Method::GET, &url, None)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn send(gw: &Gateway, sealer: &Sealer, who: &Actor, episode: Uuid, text: &str) -> Uuid {
     let id = Uuid::new_v4();
     let path = format!("/v1/episodes/{episode}/messages/{id}");
@@ -147,11 +182,13 @@ fn text(sealer: &Sealer, reader: &DeviceKeys, event: &Value) -> String {
 async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
     for backend in backends() {
         let gw = gateway(backend).await;
-        let platform = Actor::system("icbt-platform").await;
-        let patient = Actor::patient(SYNTHETIC_FNR).await;
-        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
-        let episode = episode(&gw, &platform).await;
-        let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+        let Cast {
+            patient,
+            therapist,
+            episode,
+            sealer,
+            reader,
+        } = cast(&gw).await;
 
         let mut stream = open_stream(&gw, &therapist, None).await;
         send(&gw, &sealer, &patient, episode, "one").await;
@@ -206,30 +243,25 @@ async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
 async fn long_poll_inbox_answers_when_a_message_arrives() {
     for backend in backends() {
         let gw = gateway(backend).await;
-        let platform = Actor::system("icbt-platform").await;
-        let patient = Actor::patient(SYNTHETIC_FNR).await;
-        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
-        let episode = episode(&gw, &platform).await;
-        let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+        let Cast {
+            patient,
+            therapist,
+            episode,
+            sealer,
+            reader,
+        } = cast(&gw).await;
         send(&gw, &sealer, &patient, episode, "before").await;
 
-        let http = gw.client();
-        let page: Value = therapist
-            .call(&http, Method::GET, &format!("{}/v1/inbox", gw.url), None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let page = inbox(&gw, &therapist, "").await;
         let entries = page["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 1, "{backend:?}: {page}");
         let after = page["next_after"].as_str().unwrap().to_owned();
 
-        let url = format!("{}/v1/inbox?after={after}&wait=10", gw.url);
-        let (page, ()) = tokio::join!(therapist.call(&http, Method::GET, &url, None), async {
+        let waiting = format!("?after={after}&wait=10");
+        let (page, ()) = tokio::join!(inbox(&gw, &therapist, &waiting), async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             send(&gw, &sealer, &patient, episode, "during the wait").await;
         });
-        let page: Value = page.json().await.unwrap();
         assert_eq!(
             page["entries"].as_array().unwrap().len(),
             1,
@@ -249,11 +281,13 @@ async fn a_message_written_through_one_instance_reaches_a_subscriber_on_another(
     }
     let a = gateway(Backend::Postgres).await;
     let b = a.another_instance();
-    let platform = Actor::system("icbt-platform").await;
-    let patient = Actor::patient(SYNTHETIC_FNR).await;
-    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
-    let episode = episode(&a, &platform).await;
-    let (sealer, reader) = keys(&a, &platform, &therapist).await;
+    let Cast {
+        patient,
+        therapist,
+        episode,
+        sealer,
+        reader,
+    } = cast(&a).await;
     let mut on_b = open_stream(&b, &therapist, None).await;
     send(&a, &sealer, &patient, episode, "across instances").await;
     let event = on_b
@@ -276,11 +310,13 @@ async fn a_stream_that_falls_behind_catches_up_without_gaps_or_repeats() {
             },
         )
         .await;
-        let platform = Actor::system("icbt-platform").await;
-        let patient = Actor::patient(SYNTHETIC_FNR).await;
-        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
-        let episode = episode(&gw, &platform).await;
-        let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+        let Cast {
+            patient,
+            therapist,
+            episode,
+            sealer,
+            reader,
+        } = cast(&gw).await;
 
         // The therapist's stream is open but not read while far more arrives than its
         // queue and the socket's buffers hold.
@@ -318,21 +354,19 @@ async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends()
         return;
     }
     let gw = gateway(Backend::Postgres).await;
-    let platform = Actor::system("icbt-platform").await;
-    let patient = Actor::patient(SYNTHETIC_FNR).await;
-    let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
-    let episode = episode(&gw, &platform).await;
-    let (sealer, reader) = keys(&gw, &platform, &therapist).await;
+    let Cast {
+        patient,
+        therapist,
+        episode,
+        sealer,
+        reader,
+    } = cast(&gw).await;
     let mut stream = open_stream(&gw, &therapist, None).await;
     let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
-    let http = gw.client();
-    let page: Value = therapist
-        .call(&http, Method::GET, &format!("{}/v1/inbox", gw.url), None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let after = page["next_after"].as_str().unwrap().to_owned();
+    let after = inbox(&gw, &therapist, "").await["next_after"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // A transaction older than the message, still running: readers stop below it, and
     // its end announces nothing.
@@ -341,8 +375,8 @@ async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends()
         .execute(&mut db)
         .await
         .unwrap();
-    let inbox = format!("{}/v1/inbox?after={after}&wait=20", gw.url);
-    let (page, ()) = tokio::join!(therapist.call(&http, Method::GET, &inbox, None), async {
+    let waiting = format!("?after={after}&wait=20");
+    let (page, ()) = tokio::join!(inbox(&gw, &therapist, &waiting), async {
         send(&gw, &sealer, &patient, episode, "held back").await;
         assert!(
             stream.next(Duration::from_millis(500)).await.is_none(),
@@ -358,7 +392,6 @@ async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends()
         .await
         .expect("delivered once the older transaction ended");
     assert_eq!(text(&sealer, &reader, &event.data), "held back");
-    let page: Value = page.json().await.unwrap();
     assert_eq!(page["entries"].as_array().unwrap().len(), 1, "{page}");
     assert_eq!(text(&sealer, &reader, &page["entries"][0]), "held back");
     assert!(ended.elapsed() < Duration::from_secs(5));
