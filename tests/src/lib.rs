@@ -438,6 +438,21 @@ impl Gateway {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Whether a log line that `matches` appears within five seconds: the gateway's output
+    /// reaches the harness through a pipe, a moment after its answer reaches the client.
+    pub async fn logged(&self, matches: impl Fn(&str) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if self.logs().iter().any(|l| matches(l)) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends `signal` (e.g. "TERM") and waits for the process to exit. Async, so that
     /// the test's own clients keep answering the server (HTTP/2 GOAWAY and PING) meanwhile.
     pub async fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {

@@ -82,13 +82,13 @@ async fn refused(
         challenge.contains(&format!("error=\"{challenge_error}\"")),
         "challenge: {challenge}"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let refused = gw
+        .logged(|l| {
+            l.contains("authentication refused") && l.contains(&format!("\"reason\":\"{reason}\""))
+        })
+        .await;
     let logs = gw.logs();
-    assert!(
-        logs.iter().any(|l| l.contains("authentication refused")
-            && l.contains(&format!("\"reason\":\"{reason}\""))),
-        "no log line with reason {reason}: {logs:#?}"
-    );
+    assert!(refused, "no log line with reason {reason}: {logs:#?}");
     let signature = token.rsplit('.').next().unwrap();
     assert!(
         signature.len() < 8 || logs.iter().all(|l| !l.contains(signature)),

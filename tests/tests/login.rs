@@ -122,9 +122,8 @@ async fn login_session_and_logout() {
             .unwrap();
         expect_problem(after, 401, "unauthenticated").await;
         assert!(
-            gw.logs()
-                .iter()
-                .any(|l| l.contains("\"reason\":\"session_invalid\""))
+            gw.logged(|l| l.contains("\"reason\":\"session_invalid\""))
+                .await
         );
     }
 }
