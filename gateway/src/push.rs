@@ -658,7 +658,7 @@ pub async fn inbox(
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
     let deadline = tokio::time::Instant::now() + wait;
     let mut wake = state.push.subscribe();
-    let mut held = Duration::ZERO;
+    let mut held_back = HeldBack::default();
     loop {
         let entries = state
             .store
@@ -676,12 +676,14 @@ pub async fn inbox(
         // transaction still runs) is readable soon, with no announcement when it is: look
         // again shortly while the horizon has not passed it.
         let announced = state.push.hub.committed_tx.load(Ordering::Relaxed);
-        if announced > after.tx && state.store.stream_head().await?.tx <= announced {
-            held = (held * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + held)).await;
+        if announced > after.tx
+            && state.store.stream_head().await?.tx <= announced
+            && let Some(pause) = held_back.next(announced, std::time::Instant::now())
+        {
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
             continue;
         }
-        held = Duration::ZERO;
+        held_back.clear();
         tokio::select! {
             _ = wake.recv() => {}
             () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RECHECK)) => {}

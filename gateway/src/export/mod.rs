@@ -117,9 +117,8 @@ impl std::fmt::Debug for Exporter {
 
 /// What the rows of one run share: the episode as it is now, its messages read ahead,
 /// the senders' signing keys.
-#[derive(Default)]
 struct RunContext {
-    facts: Option<EpisodeFacts>,
+    facts: EpisodeFacts,
     messages: std::collections::HashMap<i64, crate::storage::StoredMessage>,
     senders: records::Senders,
 }
@@ -274,12 +273,24 @@ impl Exporter {
     /// Attempts one episode's rows in order, up to the first that does not go through:
     /// the rows behind it stay pending, untouched, so the episode's order holds.
     async fn attempt_run(&self, run: &[OutboxRow]) -> Vec<Finish> {
-        let mut context = RunContext::default();
+        let Some(first) = run.first() else {
+            return Vec::new();
+        };
+        let facts = match records::episode(&self.store, first.episode, &self.settings.systems).await
+        {
+            Ok(facts) => facts,
+            Err(e) => return vec![self.finish(first, Err(e.into()))],
+        };
+        let mut context = RunContext {
+            facts,
+            messages: std::collections::HashMap::new(),
+            senders: records::Senders::default(),
+        };
         let seqs = run.iter().filter_map(|row| match row.kind {
             OutboxKind::Message(seq) => Some(seq),
             _ => None,
         });
-        if let (Some(first), Some(from), Some(to)) = (run.first(), seqs.clone().min(), seqs.max()) {
+        if let (Some(from), Some(to)) = (seqs.clone().min(), seqs.max()) {
             // One read for the run's messages; a row whose message is not here reads it
             // itself.
             if let Ok(messages) = self
@@ -292,19 +303,7 @@ impl Exporter {
         }
         let mut finishes = Vec::with_capacity(run.len());
         for row in run {
-            let finish = match self.export(row, &mut context).await {
-                Ok(audit) => Finish::Done { audit },
-                Err(Failed::Unmappable(error)) => Finish::Dead {
-                    error,
-                    outcome: None,
-                },
-                Err(Failed::Call(CallError::Refused { status, outcome })) => Finish::Dead {
-                    error: format!("the EPJ refused it: HTTP {status}"),
-                    outcome: Some(outcome),
-                },
-                Err(Failed::Call(CallError::Transient(error))) => self.retry(row, error),
-                Err(Failed::Storage(e)) => self.retry(row, format!("database: {e}")),
-            };
+            let finish = self.finish(row, self.export(row, &mut context).await);
             let go_on = matches!(finish, Finish::Done { .. });
             finishes.push(finish);
             if !go_on {
@@ -312,6 +311,23 @@ impl Exporter {
             }
         }
         finishes
+    }
+
+    /// How an attempt at `row` ended, from what exporting it gave.
+    fn finish(&self, row: &OutboxRow, exported: Result<Option<Box<Record>>, Failed>) -> Finish {
+        match exported {
+            Ok(audit) => Finish::Done { audit },
+            Err(Failed::Unmappable(error)) => Finish::Dead {
+                error,
+                outcome: None,
+            },
+            Err(Failed::Call(CallError::Refused { status, outcome })) => Finish::Dead {
+                error: format!("the EPJ refused it: HTTP {status}"),
+                outcome: Some(outcome),
+            },
+            Err(Failed::Call(CallError::Transient(error))) => self.retry(row, error),
+            Err(Failed::Storage(e)) => self.retry(row, format!("database: {e}")),
+        }
     }
 
     fn retry(&self, row: &OutboxRow, error: String) -> Finish {
@@ -340,12 +356,7 @@ impl Exporter {
         context: &mut RunContext,
     ) -> Result<Option<Box<Record>>, Failed> {
         let s = &self.settings;
-        if context.facts.is_none() {
-            context.facts = Some(records::episode(&self.store, row.episode, &s.systems).await?);
-        }
-        let Some(facts) = context.facts.as_ref() else {
-            return Err(Failed::Unmappable("the episode is gone".into()));
-        };
+        let facts = &context.facts;
         match row.kind {
             OutboxKind::Episode => {
                 self.send(&s.epj_base, &episode_bundle(&facts.record)?)

@@ -432,9 +432,9 @@ impl Store {
                     let screen = message.kind == "questionnaire-response";
                     super::outbox::enqueue_message(&mut tx, &episode, seq, screen).await?;
                 }
+                // SQLite only (PostgreSQL appends in one statement): one instance, woken
+                // in-process, nothing to announce to others.
                 tx.commit().await?;
-                // SQLite: one instance, nothing to announce to.
-                self.announcer.announce(0);
                 Ok(Appended::Created(MessagePosition { seq, created_at_ms }))
             }
             Err(e) if is_unique_violation(&e) => {
