@@ -17,6 +17,7 @@ pub mod authn;
 pub mod cli;
 pub mod devices;
 pub mod episode;
+pub mod event_stream;
 pub mod export;
 pub mod json;
 pub mod login;

@@ -110,8 +110,9 @@ struct Subscriber {
     filter: StreamFilter,
     /// Where the stream started: the hub hands over (and records) only what is after.
     start: StreamPosition,
-    access: Access,
-    caller: Authenticated,
+    /// Shared with the stream's reader: an idle stream holds one copy of each.
+    access: Arc<Access>,
+    caller: Arc<Authenticated>,
     queue: mpsc::Sender<Arc<Delivery>>,
     behind: Arc<AtomicBool>,
 }
@@ -161,8 +162,8 @@ impl Hub {
         self: &Arc<Self>,
         filter: StreamFilter,
         start: StreamPosition,
-        access: Access,
-        caller: Authenticated,
+        access: Arc<Access>,
+        caller: Arc<Authenticated>,
     ) -> (Registration, mpsc::Receiver<Arc<Delivery>>, Arc<AtomicBool>) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let behind = Arc::new(AtomicBool::new(false));
@@ -480,8 +481,8 @@ async fn record_delivery(
 
 struct Reader {
     store: Store,
-    access: Access,
-    caller: Authenticated,
+    access: Arc<Access>,
+    caller: Arc<Authenticated>,
     filter: StreamFilter,
     position: StreamPosition,
     buffer: VecDeque<Arc<Delivery>>,
@@ -517,16 +518,25 @@ impl Reader {
                 self.catching_up = true;
             }
             if self.catching_up {
-                match self
-                    .store
-                    .stream_after(&self.filter, self.position, now_ms(), BATCH)
-                    .await
-                {
+                // The database futures are boxed: a stream future is as large as its
+                // largest state, and an idle stream (most of them) waits in the small one.
+                let read =
+                    Box::pin(
+                        self.store
+                            .stream_after(&self.filter, self.position, now_ms(), BATCH),
+                    )
+                    .await;
+                match read {
                     Ok(entries) if !entries.is_empty() => {
                         // Delivered only once the access is recorded.
-                        if let Err(e) =
-                            record_delivery(&self.store, &self.access, &self.caller, &entries).await
-                        {
+                        let recorded = Box::pin(record_delivery(
+                            &self.store,
+                            &self.access,
+                            &self.caller,
+                            &entries,
+                        ))
+                        .await;
+                        if let Err(e) = recorded {
                             tracing::warn!(error = %e, "recording a stream delivery failed; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
@@ -583,6 +593,7 @@ pub async fn stream(
         None => state.store.stream_head().await?,
     };
     // Registered before catching up, so nothing committed meanwhile is missed.
+    let (access, caller) = (Arc::new(access), Arc::new(caller));
     let (registration, live, behind) =
         state
             .push

@@ -1,5 +1,7 @@
 //! The listener: TCP accept, TLS handshake (bounded in time), HTTP/1.1 or HTTP/2 by ALPN
 //! on hyper, and graceful shutdown that stops accepting and drains in-flight requests.
+//! An HTTP/1.1 connection that opens with `GET /v1/stream` is served by the lean path of
+//! [`crate::event_stream`] instead of hyper; on shutdown its stream ends at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +18,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::event_stream::{self, First, Prefixed};
 use crate::stack::HttpService;
+
+/// The largest request head accepted (hyper's read buffer limit as well).
+const MAX_HEAD: usize = 64 * 1024;
 
 /// Facts about the connection a request arrived on, as a request extension.
 #[derive(Clone, Debug)]
@@ -49,7 +55,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.handshake)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -57,6 +63,9 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // Lean event streams end when this turns true; they hold a watcher, so the drain
+    // below waits for them too.
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
 
     loop {
@@ -68,8 +77,12 @@ pub async fn serve(
                     let acceptor = acceptor.clone();
                     let builder = builder.clone();
                     let app = app.clone();
+                    let closing = closing.clone();
                     tokio::spawn(async move {
-                        let Ok(Ok(stream)) = tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await else {
+                        // The handshake and the stream boxed, so a task holding an idle
+                        // event stream holds pointers, not their space.
+                        let handshake = Box::pin(acceptor.accept(tcp));
+                        let Ok(Ok(stream)) = tokio::time::timeout(timeouts.handshake, handshake).await else {
                             tracing::debug!("TLS handshake failed or timed out");
                             return;
                         };
@@ -82,14 +95,30 @@ pub async fn serve(
                                 .and_then(|chain| chain.first())
                                 .map(|c| c.clone().into_owned()),
                         };
-                        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                            let mut req = req.map(Body::new);
-                            req.extensions_mut().insert(info.clone());
-                            app.clone().oneshot(req)
-                        });
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(connection).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let io = Prefixed::new(Vec::new(), stream);
+                            return Box::pin(serve_hyper(&builder, io, info, app, watcher)).await;
+                        }
+                        let mut stream = Box::new(stream);
+                        let first = event_stream::read_first(&mut stream, MAX_HEAD);
+                        match tokio::time::timeout(timeouts.handshake, first).await {
+                            Ok(First::Stream(mut req)) => {
+                                req.extensions_mut().insert(info);
+                                let Ok(response) = app.oneshot(*req).await;
+                                // Holds `watcher` until the stream ends: the drain waits.
+                                event_stream::answer(stream, response, closing).await;
+                                drop(watcher);
+                            }
+                            Ok(First::Other(read)) => {
+                                let io = Prefixed::new(read, stream);
+                                // Boxed: hyper's connection state is large, and a task
+                                // is as large as its largest state; a lean stream (the
+                                // many idle ones) must not carry hyper's size.
+                                Box::pin(serve_hyper(&builder, io, info, app, watcher)).await;
+                            }
+                            Ok(First::Gone) | Err(_) => {
+                                tracing::debug!("no request head arrived in time");
+                            }
                         }
                     });
                 }
@@ -104,6 +133,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    let _ = closing_tx.send(true);
     tracing::info!(
         connections = graceful.count(),
         "shutting down: draining connections"
@@ -115,6 +145,27 @@ pub async fn serve(
         tracing::info!("all connections drained");
     } else {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Serves one connection with hyper: HTTP/1.1 or HTTP/2.
+async fn serve_hyper<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: IO,
+    info: ConnectionInfo,
+    app: HttpService,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(info.clone());
+        app.clone().oneshot(req)
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

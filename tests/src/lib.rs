@@ -424,6 +424,29 @@ impl Gateway {
         client_trusting(&self.certificate_pem(), ClientTls::default())
     }
 
+    /// A TLS connection offering no ALPN, so HTTP/1.1, for requests written by hand.
+    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&self.certificate_pem()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let address = self.url.trim_start_matches("https://").to_owned();
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+
     /// The PostgreSQL database, when the gateway runs on one.
     pub fn database(&self) -> Option<&TestDatabase> {
         self.database.as_ref()
@@ -658,6 +681,19 @@ impl EventStream {
                 .ok()?
                 .unwrap()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Whether the server ends the stream within `wait` with a whole body (the last
+    /// chunk of HTTP/1.1, the end of an HTTP/2 stream), rather than breaking it off.
+    pub async fn ends_cleanly(mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => return true,
+                Ok(Err(_)) | Err(_) => return false,
+            }
         }
     }
 }

@@ -1030,24 +1030,7 @@ async fn oversized_and_interrupted_uploads_leave_nothing_behind() {
     assert_eq!(problem["limit"], 5000);
 
     // An upload whose client goes away half-way.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&w.gw.certificate_pem()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let address = w.gw.url.trim_start_matches("https://").to_owned();
-    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = w.gw.raw_tls().await;
     let head = format!(
         "PUT {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-length: 4000\r\n\r\n",
         w.patient.token.access_token

@@ -125,10 +125,23 @@ async fn send(gw: &Gateway, sealer: &Sealer, who: &Actor, episode: Uuid, text: &
     id
 }
 
+/// A stream over HTTP/1.1, the way browsers' `EventSource` and most apps open one.
 async fn open_stream(gw: &Gateway, who: &Actor, last_event_id: Option<&str>) -> EventStream {
+    open_stream_over(gw, b"http/1.1", who, last_event_id).await
+}
+
+/// A stream over the protocol `alpn` names.
+async fn open_stream_over(
+    gw: &Gateway,
+    alpn: &[u8],
+    who: &Actor,
+    last_event_id: Option<&str>,
+) -> EventStream {
     let url = format!("{}/v1/stream", gw.url);
+    let mut tls = rustls_config(gw);
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(rustls_config(gw))
+        .tls_backend_preconfigured(tls)
         .build()
         .unwrap();
     let mut request = http.get(&url);
@@ -237,6 +250,52 @@ async fn stream_delivers_and_resumes_exactly_after_last_event_id() {
             "{backend:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_stream_over_http2_delivers_and_resumes_too() {
+    let gw = gateway(Backend::Sqlite).await;
+    let Cast {
+        patient,
+        therapist,
+        episode,
+        sealer,
+        reader,
+    } = cast(&gw).await;
+    let mut stream = open_stream_over(&gw, b"h2", &therapist, None).await;
+    send(&gw, &sealer, &patient, episode, "over h2").await;
+    let first = stream.next(Duration::from_secs(3)).await.unwrap();
+    assert_eq!(text(&sealer, &reader, &first.data), "over h2");
+    drop(stream);
+    send(&gw, &sealer, &patient, episode, "missed").await;
+    let mut resumed = open_stream_over(&gw, b"h2", &therapist, Some(&first.id)).await;
+    let missed = resumed.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(text(&sealer, &reader, &missed.data), "missed");
+}
+
+#[tokio::test]
+async fn on_sigterm_an_open_stream_ends_cleanly_and_the_gateway_exits_at_once() {
+    let mut gw = gateway(Backend::Sqlite).await;
+    let Cast {
+        patient,
+        therapist,
+        episode,
+        sealer,
+        ..
+    } = cast(&gw).await;
+    let mut stream = open_stream(&gw, &therapist, None).await;
+    send(&gw, &sealer, &patient, episode, "before the end").await;
+    assert!(stream.next(Duration::from_secs(3)).await.is_some());
+    let (status, clean) = tokio::join!(
+        gw.stop_with("TERM"),
+        stream.ends_cleanly(Duration::from_secs(10))
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(clean, "the stream ends with its last chunk, not broken off");
+    // Not after the 30-second grace: the client resumes elsewhere with Last-Event-ID.
+    let logs = gw.logs().join("\n");
+    assert!(logs.contains("all connections drained"), "{logs}");
+    assert!(!logs.contains("grace period over"), "{logs}");
 }
 
 #[tokio::test]

@@ -290,3 +290,79 @@ async fn client_certificates_optional_and_required() {
         );
     }
 }
+
+/// Reads `tls` to its end; what a client that sent `Connection: close` gets.
+async fn read_all(mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the gateway closes the connection");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn http11_heads_reach_the_right_path_whole_pipelined_or_in_pieces() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(Backend::Sqlite).await;
+
+    // Two pipelined requests in one write: the head read first is handed on with the
+    // rest, and both are answered in order on one connection.
+    let mut tls = gw.raw_tls().await;
+    tls.write_all(
+        b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\nGET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_all(tls).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(
+        text.find("\"alive\"").unwrap() < text.find("\"ready\"").unwrap(),
+        "{text}"
+    );
+
+    // The stream path, in three pieces, without credentials: the problem comes from the
+    // full stack (security headers, request id), and the connection closes after it.
+    let mut tls = gw.raw_tls().await;
+    for piece in [
+        "GET /v1/str",
+        "eam HTTP/1.1\r\nhost: local",
+        "host\r\nx-request-id: stream-1\r\n\r\n",
+    ] {
+        tls.write_all(piece.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = read_all(tls).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401 unauthorized\r\n"), "{text}");
+    for line in [
+        "content-type: application/problem+json",
+        "x-request-id: stream-1",
+        "x-content-type-options: nosniff",
+        "connection: close",
+        &format!("content-length: {}", body.len()),
+    ] {
+        assert!(head.contains(line), "{line} missing in {text}");
+    }
+    let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(":unauthenticated"),
+        "{problem}"
+    );
+
+    // A head that is no request at all still gets hyper's answer.
+    let mut tls = gw.raw_tls().await;
+    tls.write_all(b"GET /v1/stream HTTP/1.1\r\nno colon here\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_all(tls).await;
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+}
