@@ -264,8 +264,8 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
     let exporter = in_process_exporter(&config, &store, &push)?;
+    let sequencer = tokio::spawn(audit_log.clone().run(store.clone(), push.hub.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
-    let sequencer = tokio::spawn(audit_log.clone().run(store.clone()));
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         attachment_limit_bytes: config.storage.attachment_limit_bytes,

@@ -21,7 +21,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -140,6 +140,19 @@ pub struct Hub {
     next_id: AtomicU64,
     /// The highest transaction id of a message announced as committed (PostgreSQL).
     committed_tx: AtomicI64,
+    /// Set while a batch is being handed out; see [`Hub::idle`].
+    dispatching: AtomicBool,
+    dispatched: tokio::sync::Notify,
+}
+
+/// Clears [`Hub::dispatching`] when a dispatch ends, however it ends.
+struct Dispatching<'a>(&'a Hub);
+
+impl Drop for Dispatching<'_> {
+    fn drop(&mut self) {
+        self.0.dispatching.store(false, Ordering::SeqCst);
+        self.0.dispatched.notify_waiters();
+    }
 }
 
 /// A stream's place in the hub; dropping it (the client went away) leaves.
@@ -189,6 +202,24 @@ impl Hub {
             receiver,
             behind,
         )
+    }
+
+    /// Waits until the hub is not handing out a batch, or `limit` has passed. Bulk
+    /// background work (the audit sequencer) waits here between its steps, so that
+    /// deliveries, which people wait for, don't share the database with it.
+    pub async fn idle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ended = self.dispatched.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.dispatching.load(Ordering::SeqCst) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// A message written by transaction `tx` has committed (from an announcement).
@@ -280,6 +311,8 @@ impl Hub {
 
     /// Hands each stream its entries of `entries`, once their deliveries are recorded.
     async fn dispatch(&self, store: &Store, entries: Vec<StreamEntry>) {
+        self.dispatching.store(true, Ordering::SeqCst);
+        let _dispatching = Dispatching(self);
         let now = now_ms();
         let mut episodes: HashMap<
             EpisodeId,
@@ -295,8 +328,9 @@ impl Hub {
             };
             episodes.insert(entry.episode, (episode, team));
         }
-        let mut deliveries: Vec<(_, _, Vec<usize>)> = Vec::new();
-        let mut records = Vec::new();
+        let mut deliveries = Vec::new();
+        // The accesses to record, per group of DISPATCH_GROUP streams.
+        let mut records: Vec<Vec<crate::audit::Record>> = Vec::new();
         {
             let Ok(subscribers) = self.subscribers.lock() else {
                 return;
@@ -320,6 +354,12 @@ impl Hub {
                 if mine.is_empty() {
                     continue;
                 }
+                if deliveries.len() % DISPATCH_GROUP == 0 {
+                    records.push(Vec::new());
+                }
+                let Some(group) = records.last_mut() else {
+                    continue;
+                };
                 let mut seen: Vec<EpisodeId> = Vec::new();
                 for entry in mine.iter().map(|i| &entries[*i]) {
                     if seen.contains(&entry.episode) {
@@ -327,7 +367,7 @@ impl Hub {
                     }
                     seen.push(entry.episode);
                     if let Some((Some(episode), _)) = episodes.get(&entry.episode) {
-                        records.push(
+                        group.push(
                             subscriber
                                 .access
                                 .record(&subscriber.caller, Action::Read, "messages")
@@ -335,19 +375,14 @@ impl Hub {
                         );
                     }
                 }
-                deliveries.push((subscriber.queue.clone(), subscriber.behind.clone(), mine));
+                deliveries.push(Pending {
+                    queue: subscriber.queue.clone(),
+                    behind: subscriber.behind.clone(),
+                    mine,
+                });
             }
         }
         if deliveries.is_empty() {
-            return;
-        }
-        // Delivered only once the accesses are recorded; if they cannot be, each stream
-        // catches up by itself (and records its own reads).
-        if let Err(e) = store.record_access(&records).await {
-            tracing::warn!(error = %e, "recording stream deliveries failed; streams catch up");
-            for (_, behind, _) in &deliveries {
-                behind.store(true, Ordering::Relaxed);
-            }
             return;
         }
         // Each entry serialised once, shared by every stream it goes to.
@@ -355,16 +390,59 @@ impl Hub {
             .into_iter()
             .map(|e| Arc::new(Delivery::of(e)))
             .collect();
-        for (queue, behind, mine) in deliveries {
-            for i in mine {
-                if queue.try_send(ready[i].clone()).is_err() {
-                    behind.store(true, Ordering::Relaxed);
-                    break;
-                }
+        // Delivered only once the accesses are recorded, a group of streams at a time and
+        // a few groups at once: the first streams write while later groups' records
+        // commit. A stream is in one group, and the next batch waits for every group, so
+        // each stream still gets its entries in order. If a group's records cannot be
+        // written, those streams catch up by themselves (and record their own reads).
+        let groups: Vec<_> = deliveries
+            .chunks(DISPATCH_GROUP)
+            .zip(&records)
+            .map(|(group, records)| deliver_group(store, group, records, &ready))
+            .collect();
+        futures_util::stream::iter(groups)
+            .buffer_unordered(DISPATCH_CONCURRENCY)
+            .for_each(|()| async {})
+            .await;
+    }
+}
+
+/// Records the accesses of `group`, then hands each of its streams its entries.
+async fn deliver_group(
+    store: &Store,
+    group: &[Pending],
+    records: &[crate::audit::Record],
+    ready: &[Arc<Delivery>],
+) {
+    if let Err(e) = store.record_access(records).await {
+        tracing::warn!(error = %e, "recording stream deliveries failed; streams catch up");
+        for pending in group {
+            pending.behind.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
+    for pending in group {
+        for i in &pending.mine {
+            if pending.queue.try_send(ready[*i].clone()).is_err() {
+                pending.behind.store(true, Ordering::Relaxed);
+                break;
             }
         }
     }
 }
+
+/// What the hub hands one stream from a batch.
+struct Pending {
+    queue: mpsc::Sender<Arc<Delivery>>,
+    behind: Arc<AtomicBool>,
+    /// Indexes of the batch's entries this stream may see.
+    mine: Vec<usize>,
+}
+
+/// Streams whose deliveries are recorded in one transaction.
+const DISPATCH_GROUP: usize = 100;
+/// Groups recorded at once (each holds a database connection meanwhile).
+const DISPATCH_CONCURRENCY: usize = 4;
 
 impl Push {
     /// Announces that something new was committed.

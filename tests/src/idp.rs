@@ -667,6 +667,19 @@ impl Actor {
         self.try_call(http, method, url, body).await.unwrap()
     }
 
+    /// The headers that authenticate `method` on `url`: a DPoP-bound token with a fresh
+    /// proof, or a bearer token.
+    pub fn credentials(&self, method: &str, url: &str) -> Vec<(&'static str, String)> {
+        let token = &self.token.access_token;
+        match self.client.dpop_key() {
+            Some(key) => {
+                let proof = key.proof(method, url, Some(token), None, icbt_auth::now_secs());
+                vec![("authorization", format!("DPoP {token}")), ("dpop", proof)]
+            }
+            None => vec![("authorization", format!("Bearer {token}"))],
+        }
+    }
+
     /// `method` on `url` with an optional JSON body.
     pub async fn try_call(
         &self,
@@ -676,25 +689,8 @@ impl Actor {
         body: Option<&Value>,
     ) -> Result<reqwest::Response, reqwest::Error> {
         let mut request = http.request(method.clone(), url);
-        match self.client.dpop_key() {
-            Some(key) => {
-                let proof = key.proof(
-                    method.as_str(),
-                    url,
-                    Some(&self.token.access_token),
-                    None,
-                    icbt_auth::now_secs(),
-                );
-                request = request
-                    .header("authorization", format!("DPoP {}", self.token.access_token))
-                    .header("dpop", proof);
-            }
-            None => {
-                request = request.header(
-                    "authorization",
-                    format!("Bearer {}", self.token.access_token),
-                );
-            }
+        for (name, value) in self.credentials(method.as_str(), url) {
+            request = request.header(name, value);
         }
         if let Some(body) = body {
             request = request.json(body);

@@ -33,6 +33,20 @@ async fn gateway(backend: Backend) -> Gateway {
     .await
 }
 
+/// A gateway without rate limits, for scenarios that send or open many at once.
+async fn unlimited_gateway(backend: Backend) -> Gateway {
+    let idps = IdentityProviders::shared();
+    Gateway::start_with(
+        backend,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            env: vec![("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into())],
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 async fn episode(gw: &Gateway, platform: &Actor) -> Uuid {
     let http = gw.client();
     let id = Uuid::new_v4();
@@ -145,24 +159,9 @@ async fn open_stream_over(
         .build()
         .unwrap();
     let mut request = http.get(&url);
-    let proof = who.client.dpop_key().map(|k| {
-        k.proof(
-            "GET",
-            &url,
-            Some(&who.token.access_token),
-            None,
-            icbt_auth::now_secs(),
-        )
-    });
-    request = match proof {
-        Some(p) => request
-            .header("authorization", format!("DPoP {}", who.token.access_token))
-            .header("dpop", p),
-        None => request.header(
-            "authorization",
-            format!("Bearer {}", who.token.access_token),
-        ),
-    };
+    for (name, value) in who.credentials("GET", &url) {
+        request = request.header(name, value);
+    }
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }
@@ -359,16 +358,7 @@ async fn a_message_written_through_one_instance_reaches_a_subscriber_on_another(
 #[tokio::test]
 async fn a_stream_that_falls_behind_catches_up_without_gaps_or_repeats() {
     for backend in backends() {
-        let idps = IdentityProviders::shared();
-        let gw = Gateway::start_with(
-            backend,
-            GatewayOptions {
-                config_toml: Some(idps.gateway_config()),
-                env: vec![("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into())],
-                ..Default::default()
-            },
-        )
-        .await;
+        let gw = unlimited_gateway(backend).await;
         let Cast {
             patient,
             therapist,
@@ -454,4 +444,51 @@ async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends()
     assert_eq!(page["entries"].as_array().unwrap().len(), 1, "{page}");
     assert_eq!(text(&sealer, &reader, &page["entries"][0]), "held back");
     assert!(ended.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn each_of_many_streams_gets_the_message_and_each_delivery_is_in_the_access_log() {
+    for backend in backends() {
+        let gw = unlimited_gateway(backend).await;
+        let Cast {
+            patient,
+            therapist,
+            episode,
+            sealer,
+            reader,
+        } = cast(&gw).await;
+        // More streams than the hub records in one transaction.
+        let count = 120;
+        let mut streams = Vec::new();
+        for _ in 0..count {
+            streams.push(open_stream(&gw, &therapist, None).await);
+        }
+        send(&gw, &sealer, &patient, episode, "to everyone").await;
+        for stream in &mut streams {
+            let event = stream.next(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(text(&sealer, &reader, &event.data), "to everyone");
+        }
+
+        let auditor = Actor::auditor("01018512870", "100000002").await;
+        let url = format!(
+            "{}/v1/audit/records?episode={episode}&principal={THERAPIST_HPR}&action=read&limit=500",
+            gw.url
+        );
+        let page: Value = auditor
+            .call(&gw.client(), Method::GET, &url, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let mut requests: Vec<&str> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resource_type"] == "messages")
+            .filter_map(|r| r["request_id"].as_str())
+            .collect();
+        requests.sort_unstable();
+        requests.dedup();
+        assert_eq!(requests.len(), count, "{backend:?}: one read per stream");
+    }
 }

@@ -11,11 +11,16 @@ use icbt_config::{AuditConfig, RetentionConfig};
 use icbt_merkle::Signer;
 
 use super::Action;
+use crate::push::Hub;
 use crate::storage::{StorageError, Store, now_ms};
 
 /// Records added to the tree per checkpoint at most, so that a record altered and
 /// re-hashed in the database is named to within this many.
 pub const BATCH: i64 = 256;
+
+/// How long the sequencer waits for the stream hub at most before a batch: a delivery
+/// takes tens of milliseconds; the tree must not fall behind under constant load.
+const YIELD_LIMIT: Duration = Duration::from_millis(100);
 
 /// What can stop the log from starting.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +74,21 @@ impl AuditLog {
 
     /// Adds every waiting record to the tree now.
     pub async fn sequence_all(&self, store: &Store) -> Result<u64, StorageError> {
+        self.sequence_yielding(store, None).await
+    }
+
+    /// Adds every waiting record to the tree, a batch at a time; with `hub`, waiting
+    /// before each batch (at most [`YIELD_LIMIT`]) while the hub hands out messages.
+    async fn sequence_yielding(
+        &self,
+        store: &Store,
+        hub: Option<&Hub>,
+    ) -> Result<u64, StorageError> {
         let mut total = 0;
         loop {
+            if let Some(hub) = hub {
+                hub.idle(YIELD_LIMIT).await;
+            }
             let added = store.sequence_audit(&self.signer, BATCH).await?;
             total += added;
             if added < BATCH as u64 {
@@ -97,14 +115,15 @@ impl AuditLog {
         Ok(total)
     }
 
-    /// Sequences every `interval`, prunes once an hour; until the task is aborted.
-    pub async fn run(self: Arc<Self>, store: Store) {
+    /// Sequences every `interval`, yielding to deliveries of `hub`, and prunes once an
+    /// hour; until the task is aborted.
+    pub async fn run(self: Arc<Self>, store: Store, hub: Arc<Hub>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = None::<tokio::time::Instant>;
         loop {
             tick.tick().await;
-            if let Err(e) = self.sequence_all(&store).await {
+            if let Err(e) = self.sequence_yielding(&store, Some(&hub)).await {
                 tracing::warn!(error = %e, "adding audit records to the tree failed; retrying");
             }
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_hours(1)) {
