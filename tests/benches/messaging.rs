@@ -318,7 +318,7 @@ async fn subscribe(
     let host = gw.url.trim_start_matches("https://");
     let mut head = format!("GET /v1/stream HTTP/1.1\r\nhost: {host}\r\n");
     for (name, value) in who.credentials("GET", &url) {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        head.push_str(&[name, ": ", &value, "\r\n"].concat());
     }
     head.push_str("\r\n");
     let mut tls = gw.raw_tls().await;
@@ -442,7 +442,8 @@ async fn push(gw: &Gateway, sealer: &Sealer, therapist: &Actor, patient: &Actor,
         open.push(r.await.unwrap());
     }
     drop(open);
-    let mut per_message: std::collections::BTreeMap<Instant, Vec<Duration>> = Default::default();
+    let mut per_message: std::collections::BTreeMap<Instant, Vec<Duration>> =
+        std::collections::BTreeMap::new();
     for (id, d) in latencies.lock().unwrap().iter() {
         per_message
             .entry(sent_at.lock().unwrap()[id])
