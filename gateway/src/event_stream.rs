@@ -169,8 +169,8 @@ where
         tokio::select! {
             frame = body.frame() => match frame {
                 Some(Ok(frame)) => {
-                    let Ok(mut data) = frame.into_data() else { continue };
-                    if data.has_remaining() && send(&mut writer, &chunk(&mut data)).await.is_err() {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if !data.is_empty() && send(&mut writer, &chunk(&data)).await.is_err() {
                         break false;
                     }
                 }
@@ -204,13 +204,12 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// `data` as one chunk of a chunked body.
-fn chunk(data: &mut Bytes) -> Vec<u8> {
+fn chunk(data: &[u8]) -> Vec<u8> {
     let size = format!("{:x}\r\n", data.len());
     let mut out = Vec::with_capacity(size.len() + data.len() + 2);
     out.extend_from_slice(size.as_bytes());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
-    data.clear();
     out
 }
 

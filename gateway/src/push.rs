@@ -145,8 +145,15 @@ pub struct Hub {
     dispatched: tokio::sync::Notify,
 }
 
-/// Clears [`Hub::dispatching`] when a dispatch ends, however it ends.
+/// Sets [`Hub::dispatching`] for as long as it lives: a dispatch however it ends.
 struct Dispatching<'a>(&'a Hub);
+
+impl<'a> Dispatching<'a> {
+    fn begin(hub: &'a Hub) -> Self {
+        hub.dispatching.store(true, Ordering::SeqCst);
+        Self(hub)
+    }
+}
 
 impl Drop for Dispatching<'_> {
     fn drop(&mut self) {
@@ -311,8 +318,7 @@ impl Hub {
 
     /// Hands each stream its entries of `entries`, once their deliveries are recorded.
     async fn dispatch(&self, store: &Store, entries: Vec<StreamEntry>) {
-        self.dispatching.store(true, Ordering::SeqCst);
-        let _dispatching = Dispatching(self);
+        let _dispatching = Dispatching::begin(self);
         let now = now_ms();
         let mut episodes: HashMap<
             EpisodeId,
@@ -329,8 +335,6 @@ impl Hub {
             episodes.insert(entry.episode, (episode, team));
         }
         let mut deliveries = Vec::new();
-        // The accesses to record, per group of DISPATCH_GROUP streams.
-        let mut records: Vec<Vec<crate::audit::Record>> = Vec::new();
         {
             let Ok(subscribers) = self.subscribers.lock() else {
                 return;
@@ -354,12 +358,7 @@ impl Hub {
                 if mine.is_empty() {
                     continue;
                 }
-                if deliveries.len() % DISPATCH_GROUP == 0 {
-                    records.push(Vec::new());
-                }
-                let Some(group) = records.last_mut() else {
-                    continue;
-                };
+                let mut records = Vec::new();
                 let mut seen: Vec<EpisodeId> = Vec::new();
                 for entry in mine.iter().map(|i| &entries[*i]) {
                     if seen.contains(&entry.episode) {
@@ -367,7 +366,7 @@ impl Hub {
                     }
                     seen.push(entry.episode);
                     if let Some((Some(episode), _)) = episodes.get(&entry.episode) {
-                        group.push(
+                        records.push(
                             subscriber
                                 .access
                                 .record(&subscriber.caller, Action::Read, "messages")
@@ -379,6 +378,7 @@ impl Hub {
                     queue: subscriber.queue.clone(),
                     behind: subscriber.behind.clone(),
                     mine,
+                    records,
                 });
             }
         }
@@ -396,9 +396,8 @@ impl Hub {
         // each stream still gets its entries in order. If a group's records cannot be
         // written, those streams catch up by themselves (and record their own reads).
         let groups: Vec<_> = deliveries
-            .chunks(DISPATCH_GROUP)
-            .zip(&records)
-            .map(|(group, records)| deliver_group(store, group, records, &ready))
+            .chunks_mut(DISPATCH_GROUP)
+            .map(|group| deliver_group(store, group, &ready))
             .collect();
         futures_util::stream::iter(groups)
             .buffer_unordered(DISPATCH_CONCURRENCY)
@@ -408,20 +407,19 @@ impl Hub {
 }
 
 /// Records the accesses of `group`, then hands each of its streams its entries.
-async fn deliver_group(
-    store: &Store,
-    group: &[Pending],
-    records: &[crate::audit::Record],
-    ready: &[Arc<Delivery>],
-) {
-    if let Err(e) = store.record_access(records).await {
+async fn deliver_group(store: &Store, group: &mut [Pending], ready: &[Arc<Delivery>]) {
+    let records: Vec<_> = group
+        .iter_mut()
+        .flat_map(|p| std::mem::take(&mut p.records))
+        .collect();
+    if let Err(e) = store.record_access(&records).await {
         tracing::warn!(error = %e, "recording stream deliveries failed; streams catch up");
-        for pending in group {
+        for pending in &*group {
             pending.behind.store(true, Ordering::Relaxed);
         }
         return;
     }
-    for pending in group {
+    for pending in &*group {
         for i in &pending.mine {
             if pending.queue.try_send(ready[*i].clone()).is_err() {
                 pending.behind.store(true, Ordering::Relaxed);
@@ -431,12 +429,13 @@ async fn deliver_group(
     }
 }
 
-/// What the hub hands one stream from a batch.
+/// What the hub hands one stream from a batch, and the accesses to record first.
 struct Pending {
     queue: mpsc::Sender<Arc<Delivery>>,
     behind: Arc<AtomicBool>,
     /// Indexes of the batch's entries this stream may see.
     mine: Vec<usize>,
+    records: Vec<crate::audit::Record>,
 }
 
 /// Streams whose deliveries are recorded in one transaction.

@@ -96,8 +96,7 @@ pub async fn serve(
                                 .map(|c| c.clone().into_owned()),
                         };
                         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            let io = Prefixed::new(Vec::new(), stream);
-                            return Box::pin(serve_hyper(&builder, io, info, app, watcher)).await;
+                            return Box::pin(serve_hyper(&builder, stream, info, app, watcher)).await;
                         }
                         let mut stream = Box::new(stream);
                         let first = event_stream::read_first(&mut stream, MAX_HEAD);

@@ -87,23 +87,21 @@ async fn assign_leaves(
     leaves: &[(Uuid, i64, String)],
 ) -> Result<(), sqlx::Error> {
     for chunk in leaves.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
-            "UPDATE audit_records SET leaf_index = v.column2, leaf_hash = v.column3 FROM (VALUES ",
+        let mut values = String::new();
+        let mut ids = String::new();
+        for i in 0..chunk.len() {
+            if i > 0 {
+                values.push_str(", ");
+                ids.push_str(", ");
+            }
+            let _ = write!(values, "(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3);
+            let _ = write!(ids, "${}", 3 * i + 1);
+        }
+        let sql = format!(
+            "UPDATE audit_records SET leaf_index = v.column2, leaf_hash = v.column3 \
+             FROM (VALUES {values}) AS v \
+             WHERE audit_records.id = v.column1 AND audit_records.id IN ({ids})"
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let _ = write!(sql, "(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3);
-        }
-        sql.push_str(") AS v WHERE audit_records.id = v.column1 AND audit_records.id IN (");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let _ = write!(sql, "${}", 3 * i + 1);
-        }
-        sql.push(')');
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (id, index, hash) in chunk {
             query = query.bind(id.to_string()).bind(*index).bind(hash.as_str());
