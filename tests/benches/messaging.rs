@@ -46,18 +46,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn client_for(gw: &Gateway, http1_only: bool) -> reqwest::Client {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.certificate_pem()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = gw.tls_config();
     config.alpn_protocols = if http1_only {
         vec![b"http/1.1".to_vec()]
     } else {

@@ -424,20 +424,21 @@ impl Gateway {
         client_trusting(&self.certificate_pem(), ClientTls::default())
     }
 
-    /// A TLS connection offering no ALPN, so HTTP/1.1, for requests written by hand.
-    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&self.certificate_pem()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    /// A TLS client configuration trusting only this gateway's certificate, offering no
+    /// ALPN (set `alpn_protocols` for h2).
+    pub fn tls_config(&self) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots_of(&self.certificate_pem()))
+        .with_no_client_auth()
+    }
+
+    /// A TLS connection offering no ALPN, so HTTP/1.1, for requests written by hand.
+    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let config = self.tls_config();
         let address = self.url.trim_start_matches("https://").to_owned();
         let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -522,13 +523,20 @@ pub struct ClientTls {
     pub identity: Option<(String, String)>,
 }
 
-/// A reqwest client on rustls (ring) that trusts only `cert_pem`.
-pub fn client_trusting(cert_pem: &[u8], tls: ClientTls) -> reqwest::Client {
+/// The certificates of `cert_pem` as the only roots of trust.
+fn roots_of(cert_pem: &[u8]) -> rustls::RootCertStore {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem) {
         roots.add(cert.unwrap()).unwrap();
     }
+    roots
+}
+
+/// A reqwest client on rustls (ring) that trusts only `cert_pem`.
+pub fn client_trusting(cert_pem: &[u8], tls: ClientTls) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    let roots = roots_of(cert_pem);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls.only_version.map_or_else(
         || vec![&rustls::version::TLS13, &rustls::version::TLS12],

@@ -152,7 +152,8 @@ async fn open_stream_over(
     last_event_id: Option<&str>,
 ) -> EventStream {
     let url = format!("{}/v1/stream", gw.url);
-    let mut tls = rustls_config(gw);
+    // No overall timeout, unlike the harness's default client: a stream stays open.
+    let mut tls = gw.tls_config();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -166,23 +167,6 @@ async fn open_stream_over(
         request = request.header("last-event-id", id);
     }
     EventStream::new(request.send().await.unwrap())
-}
-
-/// A TLS client config trusting the gateway's dev certificate (a stream client needs no
-/// overall timeout, unlike the harness's default client).
-fn rustls_config(gw: &Gateway) -> rustls::ClientConfig {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.certificate_pem()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth()
 }
 
 /// The text of a delivered message, opened by `reader`.
