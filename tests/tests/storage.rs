@@ -306,3 +306,194 @@ async fn pruning_keeps_the_access_log_verifiable() {
         store.close().await;
     }
 }
+
+/// Many sends at once: on PostgreSQL they share batch statements and commits. Every
+/// send gets exactly its own outcome (new, a retry's original, a conflict, a closed
+/// episode), sequence numbers stay gap-free per episode, and each new message has its
+/// access record and an outbox row, the outbox in sequence order.
+#[tokio::test]
+async fn concurrent_appends_each_get_their_own_outcome() {
+    use icbt_gateway::audit::{Access, Action};
+    use icbt_gateway::storage::{Appended, EpisodeRefusal};
+    use sqlx::Row;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let org = OrgNumber::parse("974760673").unwrap();
+        let clinic = store.insert_clinic("Klinikk", &org).await.unwrap();
+        let mut open = Vec::new();
+        for n in 0..3 {
+            open.push(
+                store
+                    .insert_episode(clinic.id, &patient(n), "p")
+                    .await
+                    .unwrap(),
+            );
+        }
+        let closed = store
+            .insert_episode(clinic.id, &patient(9), "p")
+            .await
+            .unwrap();
+        let record = Access::default().anonymous(Action::Create, "messages");
+        store
+            .transition(closed.id, EpisodeState::Cancelled, &record)
+            .await
+            .unwrap();
+
+        let sends = sends_to(&open, closed.id);
+        let outcomes = append_all_at_once(&store, &sends).await;
+
+        let mut created = std::collections::HashMap::new();
+        for ((episode, id, _, hash), outcome) in sends.iter().zip(&outcomes) {
+            match outcome {
+                Ok(Appended::Created(p)) => {
+                    assert!(
+                        created
+                            .insert(*id, (*episode, p.seq, hash.clone()))
+                            .is_none(),
+                        "{backend:?}: {id} created twice"
+                    );
+                }
+                Ok(Appended::Replayed(_) | Appended::Conflict) => {}
+                Err(EpisodeRefusal::Closed(state)) => {
+                    assert_eq!(*episode, closed.id, "{backend:?}");
+                    assert_eq!(*state, "cancelled");
+                }
+                Err(e) => panic!("{backend:?}: {e}"),
+            }
+        }
+        assert_eq!(created.len(), 120, "{backend:?}: one new message per id");
+        for ((_, id, _, hash), outcome) in sends.iter().zip(&outcomes) {
+            match outcome {
+                Ok(Appended::Replayed(p)) => {
+                    let (_, seq, original) = &created[id];
+                    assert_eq!((p.seq, hash), (*seq, original), "{backend:?}: a retry");
+                }
+                Ok(Appended::Conflict) => {
+                    assert_ne!(&created[id].2, hash, "{backend:?}: a conflict");
+                }
+                _ => {}
+            }
+        }
+        let count = |wanted: fn(&Result<Appended, EpisodeRefusal>) -> bool| {
+            outcomes.iter().filter(|o| wanted(o)).count()
+        };
+        assert_eq!(count(|o| matches!(o, Ok(Appended::Replayed(_)))), 10);
+        assert_eq!(count(|o| matches!(o, Ok(Appended::Conflict))), 5);
+        assert_eq!(count(Result::is_err), 5);
+
+        let mut conn = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+        for episode in &open {
+            let stored = store
+                .messages_after(episode.id, 0, 1000, false)
+                .await
+                .unwrap();
+            let seqs: Vec<i64> = stored.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "{backend:?}: gap-free");
+            for m in &stored {
+                let (episode_of, seq, _) = &created[&m.id];
+                assert_eq!((episode_of, *seq), (&episode.id, m.seq), "{backend:?}");
+            }
+            let outbox = outbox_seqs(&mut conn, episode.id).await;
+            assert_eq!(outbox, seqs, "{backend:?}: outbox in sequence order");
+        }
+        let records: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit_records WHERE resource_type = 'messages' AND action = 'create'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get("n");
+        // One per new message, and the closed episode's transition.
+        assert_eq!(records, 121, "{backend:?}");
+        if backend == Backend::Postgres {
+            assert!(
+                store.messages_appended_in_batches() > 0,
+                "sends queued together share a commit"
+            );
+        }
+        store.close().await;
+    }
+}
+
+type Send = (icbt_gateway::episode::EpisodeId, uuid::Uuid, String, String);
+
+/// Appends every (episode, id, body, hash) at once, as so many concurrent senders.
+async fn append_all_at_once(
+    store: &Store,
+    sends: &[Send],
+) -> Vec<Result<icbt_gateway::storage::Appended, icbt_gateway::storage::EpisodeRefusal>> {
+    use icbt_gateway::audit::{Access, Action};
+    use icbt_gateway::storage::{Audience, NewMessage};
+    let appends = sends.iter().map(|(episode, id, body, hash)| {
+        let store = &store;
+        async move {
+            let message = NewMessage {
+                episode: *episode,
+                id: *id,
+                kind: "message",
+                sender_kind: "patient",
+                sender_ref: "patient",
+                sender_device: "device",
+                recipients: "[]",
+                content_type: "application/octet-stream",
+                body: body.as_bytes(),
+                attachments: "[]",
+                request_hash: hash,
+                audience: Audience::All,
+            };
+            let mut record = Access::default().anonymous(Action::Create, "messages");
+            record.resource_id = Some(id.to_string());
+            store.append_message(&message, &record).await
+        }
+    });
+    futures_util::future::join_all(appends).await
+}
+
+/// (episode, message id, body, hash): 120 new messages spread over `open`; the first ten
+/// sent twice alike (retries), the next five twice with another body (conflicts); five to
+/// `closed`.
+fn sends_to(
+    open: &[icbt_gateway::episode::Episode],
+    closed: icbt_gateway::episode::EpisodeId,
+) -> Vec<Send> {
+    let mut sends = Vec::new();
+    for i in 0..120_usize {
+        let episode = open[i % open.len()].id;
+        let id = uuid::Uuid::new_v4();
+        sends.push((episode, id, format!("m{i}"), format!("h{i}")));
+        if i < 10 {
+            sends.push((episode, id, format!("m{i}"), format!("h{i}")));
+        } else if i < 15 {
+            sends.push((episode, id, format!("other{i}"), format!("other{i}")));
+        }
+    }
+    for i in 0..5 {
+        sends.push((
+            closed,
+            uuid::Uuid::new_v4(),
+            format!("c{i}"),
+            format!("c{i}"),
+        ));
+    }
+    sends
+}
+
+/// The message rows of `episode`'s outbox, by outbox id: the order the exporter takes them.
+async fn outbox_seqs(
+    conn: &mut sqlx::AnyConnection,
+    episode: icbt_gateway::episode::EpisodeId,
+) -> Vec<i64> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT message_seq FROM outbox WHERE episode_id = $1 AND kind = 'message' ORDER BY id",
+    )
+    .bind(episode.to_string())
+    .fetch_all(conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("message_seq"))
+    .collect()
+}

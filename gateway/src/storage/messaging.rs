@@ -7,7 +7,8 @@
 //! bump, so sequence numbers never have gaps. Taking the write lock first also spares
 //! SQLite the read-then-write upgrade that fails instead of waiting. On PostgreSQL the
 //! same steps, with the audit record, the outbox row and the notification, are one
-//! statement: one round trip and one commit per send.
+//! statement: one round trip and one commit per send, and sends that arrive together
+//! share one statement and one commit (`batch`).
 
 use std::sync::LazyLock;
 
@@ -374,6 +375,9 @@ impl Store {
         audit: &Record,
     ) -> Result<Appended, EpisodeRefusal> {
         if self.backend == super::Backend::Postgres {
+            if let Some(appended) = self.appender.append(message, audit).await {
+                return appended;
+            }
             return self.append_message_in_one_statement(message, audit).await;
         }
         let episode = message.episode.to_string();
@@ -452,7 +456,7 @@ impl Store {
     /// episode bumps nothing and inserts nothing, and a message id already used fails
     /// the statement on `UNIQUE (episode_id, id)`, undoing the bump. Both fall back to
     /// [`Self::existing_message`] to tell a retry from a conflict.
-    async fn append_message_in_one_statement(
+    pub(super) async fn append_message_in_one_statement(
         &self,
         message: &NewMessage<'_>,
         audit: &Record,

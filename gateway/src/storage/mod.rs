@@ -7,6 +7,7 @@
 
 mod attachments;
 mod audit;
+mod batch;
 mod devices;
 mod messaging;
 mod migrations;
@@ -98,6 +99,28 @@ pub struct Store {
     /// PostgreSQL URL (with password) for LISTEN; never logged.
     listen_url: Option<String>,
     announcer: stream::Announcer,
+    /// PostgreSQL: the writers that commit queued sends together.
+    appender: batch::Appender,
+}
+
+/// PostgreSQL: a small pool whose commits do not wait for the WAL flush (DPoP proof ids,
+/// announcements).
+async fn unflushed_pool(
+    url: &str,
+    max_connections: u32,
+    acquire: Duration,
+) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections((max_connections / 4).max(2))
+        .acquire_timeout(acquire)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("SET synchronous_commit = off").await?;
+                Ok(())
+            })
+        })
+        .connect_with(AnyConnectOptions::from_str(url)?.disable_statement_logging())
+        .await
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -179,20 +202,7 @@ impl Store {
             .map_err(connect_error)?;
         let replay = match backend {
             Backend::Sqlite => pool.clone(),
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections((config.max_connections / 4).max(2))
-                .acquire_timeout(acquire)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute("SET synchronous_commit = off").await?;
-                        Ok(())
-                    })
-                })
-                .connect_with(
-                    AnyConnectOptions::from_str(&url)
-                        .map_err(|e| StorageError::Url(e.to_string()))?
-                        .disable_statement_logging(),
-                )
+            Backend::Postgres => unflushed_pool(&url, config.max_connections, acquire)
                 .await
                 .map_err(connect_error)?,
         };
@@ -201,14 +211,18 @@ impl Store {
             Backend::Postgres => stream::Announcer::start(replay.clone()),
             Backend::Sqlite => stream::Announcer::default(),
         };
-        let store = Self {
+        let mut store = Self {
             pool,
             replay,
             backend,
             listen_url,
             announcer,
+            appender: batch::Appender::default(),
         };
         migrations::migrator(backend).run(&store.pool).await?;
+        if backend == Backend::Postgres {
+            store.appender = batch::Appender::start(&store);
+        }
         Ok(store)
     }
 
