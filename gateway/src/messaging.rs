@@ -25,7 +25,8 @@ use crate::episode::{Clinic, Episode, EpisodeId, EpisodeState, NationalId, OrgNu
 use crate::json::ApiJson;
 use crate::problem::{Problem, ProblemKind};
 use crate::storage::{
-    Appended, Audience, CareTeamEntry, EpisodeFilter, EpisodeRefusal, NewMessage, StoredMessage,
+    Appended, Audience, CareTeamEntry, EpisodeFilter, EpisodeForSend, EpisodeRefusal, NewMessage,
+    StoredMessage,
 };
 
 /// Largest page of any list.
@@ -120,15 +121,35 @@ pub(crate) async fn reach(
         .episode_with_team(id)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    let record = access.record(caller, action, resource).episode(&episode);
-    if let Err(denial) = decide_episode(state, caller, &episode, &clinic, &team) {
+    let record = admit(
+        state,
+        access,
+        caller,
+        (&episode, &clinic, &team),
+        (action, resource),
+    )
+    .await?;
+    Ok((episode, clinic, team, record))
+}
+
+/// Checks `caller` may reach a loaded episode for `action` on `resource`; a refusal is
+/// recorded in the access log. On success, the record to commit with the access.
+async fn admit(
+    state: &AppState,
+    access: &Access,
+    caller: &Authenticated,
+    (episode, clinic, team): (&Episode, &Clinic, &[CareTeamEntry]),
+    (action, resource): (Action, &str),
+) -> Result<Record, Problem> {
+    let record = access.record(caller, action, resource).episode(episode);
+    if let Err(denial) = decide_episode(state, caller, episode, clinic, team) {
         state
             .store
             .record_access(&[record.refused(denial.reason_code())])
             .await?;
         return Err(forbidden(denial));
     }
-    Ok((episode, clinic, team, record))
+    Ok(record)
 }
 
 /// The episode with its clinic and team if `caller` may see it; for lists, where an
@@ -492,16 +513,22 @@ impl PutMessage {
 }
 
 /// The envelope policy (`icbt_envelope::policy`) with what storage knows: the caller's
-/// active devices, the participants' and the clinic's journal keys. Returns the parsed
-/// envelope.
-async fn check_envelope(
+/// active devices, the participants' and the clinic's journal keys, from `devices` (at
+/// least every device of those owners). Returns the parsed envelope.
+fn check_envelope(
     state: &AppState,
     caller: &Authenticated,
-    (episode, clinic, team): (&Episode, &Clinic, &[CareTeamEntry]),
+    send: &EpisodeForSend,
     message_id: Uuid,
     kind: MessageKind,
     bytes: &[u8],
 ) -> Result<Envelope, Problem> {
+    let EpisodeForSend {
+        episode,
+        clinic,
+        team,
+        devices,
+    } = send;
     let envelope = Envelope::parse(bytes, &state.envelope_limits).map_err(|e| {
         Problem::new(ProblemKind::EnvelopeMalformed)
             .detail(e.to_string())
@@ -511,15 +538,10 @@ async fn check_envelope(
     let people = devices::participants(episode.patient.expose(), team, now, false);
     let me = devices::owner_of(&caller.principal);
     let journal = devices::journal_of(&clinic.org_number);
-    let mut owners = people.clone();
-    owners.push(journal.clone());
-    if !owners.contains(&me) {
-        owners.push(me.clone());
-    }
     let mut sender_devices = Vec::new();
     let mut participant_keys = Vec::new();
     let mut journal_keys = Vec::new();
-    for device in state.store.devices_of(&owners).await? {
+    for device in devices {
         if !device.active_at(now) {
             continue;
         }
@@ -527,9 +549,9 @@ async fn check_envelope(
             sender_devices.push(device.device_id.clone());
         }
         if device.owner == journal {
-            journal_keys.push(device.encryption_kid);
+            journal_keys.push(device.encryption_kid.clone());
         } else if people.contains(&device.owner) {
-            participant_keys.push(device.encryption_kid);
+            participant_keys.push(device.encryption_kid.clone());
         }
     }
     let episode_id = episode.id.0.to_string();
@@ -589,6 +611,22 @@ fn request_hash(parts: &[&[u8]]) -> String {
     URL_SAFE_NO_PAD.encode(context.finish())
 }
 
+/// Checks every attachment a message names was uploaded to its episode.
+async fn uploaded(state: &AppState, episode: EpisodeId, hashes: &[String]) -> Result<(), Problem> {
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    let missing = state.store.missing_attachments(episode, hashes).await?;
+    if let Some(first) = missing.first() {
+        let i = hashes.iter().position(|h| h == first).unwrap_or(0);
+        return Err(invalid(
+            &format!("attachments[{i}]"),
+            "no such attachment in this episode; upload it first",
+        ));
+    }
+    Ok(())
+}
+
 /// `PUT /v1/episodes/{episode}/messages/{id}`: sends a sealed message under the client's
 /// id. The same id with the same request answers the original result; with a different
 /// request, 409. A 2xx means the message is committed.
@@ -600,15 +638,21 @@ pub async fn put_message(
     Path((episode_id, message_id)): Path<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMessage>,
 ) -> Result<Response, Problem> {
-    let (episode, clinic, team, record) = reach(
+    let send = state
+        .store
+        .episode_for_send(EpisodeId(episode_id), &devices::owner_of(&caller.principal))
+        .await?
+        .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
+    let record = admit(
         &state,
         &access,
         &caller,
-        EpisodeId(episode_id),
+        (&send.episode, &send.clinic, &send.team),
         (Action::Create, "messages"),
     )
-    .await?;
-    let record = record.resource_id(message_id.to_string());
+    .await?
+    .resource_id(message_id.to_string());
+    let episode = &send.episode;
     if !body.kind.allowed_for(&caller.principal) {
         tracing::info!(
             kind = body.kind.as_str(),
@@ -621,27 +665,12 @@ pub async fn put_message(
     let envelope = check_envelope(
         &state,
         &caller,
-        (&episode, &clinic, &team),
+        &send,
         message_id,
         body.kind,
         &envelope_bytes,
-    )
-    .await?;
-    let missing = state
-        .store
-        .missing_attachments(episode.id, &body.attachments)
-        .await?;
-    if let Some(first) = missing.first() {
-        let i = body
-            .attachments
-            .iter()
-            .position(|h| h == first)
-            .unwrap_or(0);
-        return Err(invalid(
-            &format!("attachments[{i}]"),
-            "no such attachment in this episode; upload it first",
-        ));
-    }
+    )?;
+    uploaded(&state, episode.id, &body.attachments).await?;
     let attachments = serde_json::to_string(&body.attachments)
         .map_err(|_| Problem::new(ProblemKind::Internal))?;
     let kids: Vec<&str> = envelope

@@ -9,8 +9,11 @@ use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{StorageError, Store};
+use std::sync::LazyLock;
+
+use super::{CareTeamEntry, StorageError, Store};
 use crate::audit::Record;
+use crate::episode::{Clinic, Episode, EpisodeId};
 
 /// The key log's name in its checkpoints.
 pub const KEY_LOG_ORIGIN: &str = "icbt-gateway/keys";
@@ -114,6 +117,15 @@ fn device_from_row(r: &AnyRow) -> Result<DeviceRecord, StorageError> {
             .map(index)
             .transpose()?,
     })
+}
+
+/// What [`Store::episode_for_send`] reads.
+#[derive(Debug)]
+pub struct EpisodeForSend {
+    pub episode: Episode,
+    pub clinic: Clinic,
+    pub team: Vec<CareTeamEntry>,
+    pub devices: Vec<DeviceRecord>,
 }
 
 /// The outcome of a publish.
@@ -331,6 +343,83 @@ impl Store {
             .iter()
             .map(device_from_row)
             .collect()
+    }
+
+    /// What a send is decided on, in one round trip: the episode with its clinic and
+    /// care team (as [`Store::episode_with_team`]), and every device of the patient, of
+    /// each care-team member (ended cover included), of the clinic's journal and of
+    /// `caller`, revoked and expired ones included, oldest first.
+    pub async fn episode_for_send(
+        &self,
+        id: EpisodeId,
+        caller: &Owner,
+    ) -> Result<Option<EpisodeForSend>, StorageError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            let nulls = |list: &str| {
+                list.split(", ")
+                    .map(|column| {
+                        let (name, ty) = column.split_once(':').unwrap_or((column, "TEXT"));
+                        format!("CAST(NULL AS {ty}) AS {name}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let device_nulls = nulls(
+                "device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, encryption_jwk, \
+                 published_at_ms:BIGINT, expires_at_ms:BIGINT, revoked_at_ms:BIGINT, \
+                 publish_index:BIGINT, revoke_index:BIGINT",
+            );
+            let episode_nulls = nulls(
+                "id, clinic_id, patient_nin, programme, state, created_at_ms:BIGINT, \
+                 updated_at_ms:BIGINT, c_id, c_name, c_org_number, c_created_at_ms:BIGINT, \
+                 t_hpr_number, t_role, t_until_ms:BIGINT",
+            );
+            let devices = COLUMNS
+                .split(", ")
+                .map(|c| format!("d.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "WITH o (kind, ref) AS ( \
+                   SELECT 'patient', patient_nin FROM episodes WHERE id = $1 \
+                   UNION SELECT 'clinician', hpr_number FROM care_team WHERE episode_id = $1 \
+                   UNION SELECT 'journal', c.org_number FROM episodes e \
+                     JOIN clinics c ON c.id = e.clinic_id WHERE e.id = $1 \
+                   UNION SELECT $2, $3) \
+                 SELECT 0 AS part, {columns}, {device_nulls} \
+                   FROM {joins} WHERE e.id = $1 \
+                 UNION ALL SELECT 1, {episode_nulls}, {devices} \
+                   FROM devices d JOIN o ON d.owner_kind = o.kind AND d.owner_ref = o.ref \
+                 ORDER BY part, t_hpr_number, publish_index",
+                columns = super::EPISODE_WITH_TEAM_COLUMNS,
+                joins = super::EPISODE_WITH_TEAM_JOINS,
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(id.to_string())
+            .bind(caller.kind)
+            .bind(caller.reference.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found: Option<EpisodeForSend> = None;
+        for r in &rows {
+            if r.try_get::<i32, _>("part")? == 0 {
+                if found.is_none() {
+                    found = Some(EpisodeForSend {
+                        episode: super::episode_from_row(r)?,
+                        clinic: super::clinic_from_row(r, "c_")?,
+                        team: Vec::new(),
+                        devices: Vec::new(),
+                    });
+                }
+                if let (Some(f), Some(member)) = (found.as_mut(), super::team_entry_from_row(r)?) {
+                    f.team.push(member);
+                }
+            } else if let Some(f) = found.as_mut() {
+                f.devices.push(device_from_row(r)?);
+            }
+        }
+        Ok(found)
     }
 
     /// The newest signed head of the key log; `None` while the log is empty.

@@ -18,7 +18,7 @@ pub mod stream;
 
 pub use attachments::NewAttachment;
 pub use audit::AuditFilter;
-pub use devices::{DeviceRecord, KEY_LOG_ORIGIN, Owner, Published};
+pub use devices::{DeviceRecord, EpisodeForSend, KEY_LOG_ORIGIN, Owner, Published};
 pub use messaging::{
     Appended, Audience, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
     StoredMessage,
@@ -122,6 +122,16 @@ async fn unflushed_pool(
         .connect_with(AnyConnectOptions::from_str(url)?.disable_statement_logging())
         .await
 }
+
+/// Columns of an episode with its clinic and a care-team member, from
+/// [`EPISODE_WITH_TEAM_JOINS`]: one row per member (one with a null member for an empty
+/// team).
+const EPISODE_WITH_TEAM_COLUMNS: &str = "e.id, e.clinic_id, e.patient_nin, e.programme, \
+    e.state, e.created_at_ms, e.updated_at_ms, c.id AS c_id, c.name AS c_name, \
+    c.org_number AS c_org_number, c.created_at_ms AS c_created_at_ms, \
+    t.hpr_number AS t_hpr_number, t.role AS t_role, t.until_ms AS t_until_ms";
+const EPISODE_WITH_TEAM_JOINS: &str = "episodes e JOIN clinics c ON c.id = e.clinic_id \
+    LEFT JOIN care_team t ON t.episode_id = e.id";
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -285,30 +295,22 @@ impl Store {
         &self,
         id: EpisodeId,
     ) -> Result<Option<(Episode, Clinic, Vec<CareTeamEntry>)>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT e.id, e.clinic_id, e.patient_nin, e.programme, e.state, e.created_at_ms, \
-             e.updated_at_ms, c.id AS c_id, c.name AS c_name, c.org_number AS c_org_number, \
-             c.created_at_ms AS c_created_at_ms, t.hpr_number AS t_hpr_number, t.role AS t_role, \
-             t.until_ms AS t_until_ms \
-             FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
-             LEFT JOIN care_team t ON t.episode_id = e.id WHERE e.id = $1 ORDER BY t.hpr_number",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT {EPISODE_WITH_TEAM_COLUMNS} FROM {EPISODE_WITH_TEAM_JOINS} \
+                 WHERE e.id = $1 ORDER BY t.hpr_number"
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
         let mut team = Vec::with_capacity(rows.len());
         for r in &rows {
-            if let Some(hpr) = r.try_get::<Option<String>, _>("t_hpr_number")? {
-                team.push(CareTeamEntry {
-                    hpr_number: HprNumber::parse(&hpr)
-                        .map_err(|_| StorageError::Corrupt("care_team.hpr_number"))?,
-                    cover: r.try_get::<String, _>("t_role")? == "cover",
-                    until_ms: r.try_get("t_until_ms")?,
-                });
-            }
+            team.extend(team_entry_from_row(r)?);
         }
         Ok(Some((
             episode_from_row(first)?,
@@ -404,6 +406,19 @@ impl Store {
 }
 
 /// A clinic from columns named with `prefix`.
+/// The care-team member of a row of [`Store::episode_with_team`]'s join, if any.
+fn team_entry_from_row(r: &AnyRow) -> Result<Option<CareTeamEntry>, StorageError> {
+    let Some(hpr) = r.try_get::<Option<String>, _>("t_hpr_number")? else {
+        return Ok(None);
+    };
+    Ok(Some(CareTeamEntry {
+        hpr_number: HprNumber::parse(&hpr)
+            .map_err(|_| StorageError::Corrupt("care_team.hpr_number"))?,
+        cover: r.try_get::<String, _>("t_role")? == "cover",
+        until_ms: r.try_get("t_until_ms")?,
+    }))
+}
+
 fn clinic_from_row(r: &AnyRow, prefix: &str) -> Result<Clinic, StorageError> {
     let column = |name: &str| format!("{prefix}{name}");
     Ok(Clinic {
