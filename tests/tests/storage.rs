@@ -497,3 +497,36 @@ async fn outbox_seqs(
     .map(|r| r.get("message_seq"))
     .collect()
 }
+
+/// DPoP proof ids checked at once (on PostgreSQL, recorded in shared batches): of
+/// concurrent requests with one id, exactly one is a first use; an id recorded before
+/// is a replay for all of them.
+#[tokio::test]
+async fn concurrent_proof_ids_are_each_first_used_once() {
+    use icbt_auth::dpop::ReplayStore;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let expires = icbt_auth::now_secs() + 120;
+        for k in 0..20 {
+            assert!(store.first_use(&format!("old{k}"), expires).await.unwrap());
+        }
+        // 200 fresh ids, each asked three times, and the 20 old ids once each.
+        let mut keys: Vec<String> = (0..600).map(|i| format!("new{}", i / 3)).collect();
+        keys.extend((0..20).map(|k| format!("old{k}")));
+        let answers =
+            futures_util::future::join_all(keys.iter().map(|key| store.first_use(key, expires)))
+                .await;
+        let mut firsts = std::collections::HashMap::new();
+        for (key, answer) in keys.iter().zip(answers) {
+            if answer.unwrap() {
+                *firsts.entry(key.clone()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(firsts.len(), 200, "{backend:?}: every new id once");
+        assert!(firsts.keys().all(|k| k.starts_with("new")), "{backend:?}");
+        assert!(firsts.values().all(|n| *n == 1), "{backend:?}: {firsts:?}");
+        store.close().await;
+    }
+}

@@ -13,6 +13,7 @@ mod messaging;
 mod migrations;
 mod outbox;
 mod receipts;
+mod replay;
 mod sessions;
 pub mod stream;
 
@@ -101,6 +102,8 @@ pub struct Store {
     announcer: stream::Announcer,
     /// PostgreSQL: the writers that commit queued sends together.
     appender: batch::Appender,
+    /// PostgreSQL: the writers that record queued DPoP proof ids together.
+    replay_queue: replay::ReplayQueue,
 }
 
 /// PostgreSQL: a small pool whose commits do not wait for the WAL flush (DPoP proof ids,
@@ -228,10 +231,12 @@ impl Store {
             listen_url,
             announcer,
             appender: batch::Appender::default(),
+            replay_queue: replay::ReplayQueue::default(),
         };
         migrations::migrator(backend).run(&store.pool).await?;
         if backend == Backend::Postgres {
             store.appender = batch::Appender::start(&store);
+            store.replay_queue = replay::ReplayQueue::start(&store.replay);
         }
         Ok(store)
     }
@@ -384,6 +389,9 @@ impl icbt_auth::dpop::ReplayStore for Store {
         key: &str,
         expires_at: i64,
     ) -> Result<bool, icbt_auth::dpop::ReplayStoreError> {
+        if let Some(answer) = self.replay_queue.first_use(key, expires_at).await {
+            return answer.map_err(icbt_auth::dpop::ReplayStoreError);
+        }
         let result = sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(expires_at)

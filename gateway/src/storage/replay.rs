@@ -1,0 +1,133 @@
+//! DPoP proof ids on PostgreSQL, recorded together: every authenticated request records
+//! its proof id, so under load the ids of requests that arrive together go into one
+//! INSERT by one of two writers, instead of one statement and one wake-up of a database
+//! backend each. The commit does not wait for the WAL flush (see [`super::Store`]).
+//!
+//! A batch is deduplicated before it is written: of two requests with one proof id, the
+//! first queued gets the database's answer and the second is a replay. Batch sizes are
+//! rounded up to a power of two by repeating the last id (the database skips the
+//! copies), so each connection prepares eight statements, not one per size.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+use sqlx::{AnyPool, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Proof ids per INSERT.
+const MAX_BATCH: usize = 128;
+
+/// Writers recording at once.
+const WRITERS: usize = 2;
+
+/// The queue of proof ids waiting for a writer; `None` on SQLite.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ReplayQueue(Option<mpsc::Sender<Seen>>);
+
+#[derive(Debug)]
+struct Seen {
+    key: String,
+    expires_at: i64,
+    /// `true` if first seen; the error's text if the database did not answer.
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+impl ReplayQueue {
+    /// Starts the writers on `pool`.
+    pub(super) fn start(pool: &AnyPool) -> Self {
+        let (queue, receiver) = mpsc::channel(MAX_BATCH * 8);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            tokio::spawn(write(pool.clone(), receiver.clone()));
+        }
+        Self(Some(queue))
+    }
+
+    /// Records `key` through a writer; `None` when there are no writers (SQLite) or
+    /// they are gone, and the caller records it alone.
+    pub(super) async fn first_use(
+        &self,
+        key: &str,
+        expires_at: i64,
+    ) -> Option<Result<bool, String>> {
+        let queue = self.0.as_ref()?;
+        let (reply, answer) = oneshot::channel();
+        let seen = Seen {
+            key: key.to_owned(),
+            expires_at,
+            reply,
+        };
+        queue.send(seen).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+async fn write(pool: AnyPool, queue: Arc<Mutex<mpsc::Receiver<Seen>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if taken == 0 {
+            return;
+        }
+        let recorded = record(&pool, &batch).await;
+        let mut answered = HashSet::with_capacity(batch.len());
+        for seen in batch.drain(..) {
+            let answer = match &recorded {
+                // Only the first request with an id can have recorded it.
+                Ok(new) => Ok(answered.insert(seen.key.clone()) && new.contains(&seen.key)),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = seen.reply.send(answer);
+        }
+    }
+}
+
+/// Inserts the batch's ids; returns those that were not recorded before.
+async fn record(pool: &AnyPool, batch: &[Seen]) -> Result<HashSet<String>, String> {
+    let size = batch.len().next_power_of_two().min(MAX_BATCH);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(size)));
+    let padded = batch
+        .iter()
+        .chain(std::iter::repeat(batch.last()).flatten());
+    for seen in padded.take(size) {
+        query = query.bind(seen.key.as_str()).bind(seen.expires_at);
+    }
+    let rows = query.fetch_all(pool).await.map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("key").map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// `INSERT … ON CONFLICT DO NOTHING RETURNING key` for `n` ids, `n` a power of two.
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..=MAX_BATCH.trailing_zeros())
+            .map(|power| {
+                let rows: Vec<String> = (0..1_usize << power)
+                    .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                    .collect();
+                format!(
+                    "INSERT INTO dpop_replay (key, expires_at) VALUES {} \
+                     ON CONFLICT (key) DO NOTHING RETURNING key",
+                    rows.join(", ")
+                )
+            })
+            .collect()
+    });
+    SQL.get(n.trailing_zeros() as usize)
+        .map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_statement_per_power_of_two() {
+        for n in [1, 2, 64, MAX_BATCH] {
+            let sql = insert_sql(n);
+            assert!(sql.contains(&format!("${}", 2 * n)), "n = {n}");
+            assert!(!sql.contains(&format!("${},", 2 * n + 1)), "n = {n}");
+        }
+    }
+}
