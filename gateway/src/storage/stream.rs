@@ -58,9 +58,18 @@ impl Announcer {
     }
 }
 
+/// The least time between two announcements: a lone commit is announced at once, a busy
+/// stretch of commits shares one NOTIFY per gap (each costs a round trip here and a
+/// wake-up of every listening instance). Other instances hear of a commit at most this
+/// much later; this instance's streams are woken in-process.
+const ANNOUNCE_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
 async fn announce(pool: sqlx::AnyPool, announced: Arc<Announced>) {
+    let mut last = tokio::time::Instant::now();
     while !pool.is_closed() {
         announced.signal.notified().await;
+        tokio::time::sleep_until(last + ANNOUNCE_GAP).await;
+        last = tokio::time::Instant::now();
         let latest = announced.latest_tx.load(Ordering::Relaxed).to_string();
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
