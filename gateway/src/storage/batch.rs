@@ -3,7 +3,8 @@
 //! appends them in one statement and one commit. Under load this turns a commit, a
 //! round trip and a statement's planning per message into one per batch (pgbench, this
 //! schema, 2 cores: eight messages per statement commit 7,200 messages/s against 1,360
-//! one at a time); a lone send goes through the one-message statement unchanged.
+//! one at a time). A send that arrives while no other is in progress runs the
+//! one-message statement in its own task, with no hop through a writer.
 //!
 //! The batch statement is all or nothing, like the one-message statement. It appends
 //! only messages whose id is new and whose episode is open; anything else it leaves for
@@ -18,7 +19,7 @@
 //! messages in the order they were queued. Rows are inserted in (episode, seq) order, so
 //! stream positions and outbox ids follow the sequence as they do one at a time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use sqlx::Row;
@@ -46,6 +47,43 @@ pub(super) struct Appender {
     queue: Option<mpsc::Sender<Pending>>,
     /// Messages committed by batch statements so far.
     batched: Arc<AtomicU64>,
+    in_flight: InFlight,
+}
+
+/// Counts the appends (or other queued writes) in progress, so that one arriving while
+/// nothing else is runs at once in its own task, without a hop through a writer: a
+/// lone request pays no queueing, and only requests that overlap others are batched.
+#[derive(Clone, Debug, Default)]
+pub(super) struct InFlight(Arc<AtomicUsize>);
+
+/// One write in progress, until dropped.
+#[derive(Debug)]
+pub(super) struct Entered {
+    count: Arc<AtomicUsize>,
+    alone: bool,
+}
+
+impl InFlight {
+    pub(super) fn enter(&self) -> Entered {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        Entered {
+            count: self.0.clone(),
+            alone: before == 0,
+        }
+    }
+}
+
+impl Entered {
+    /// Nothing else was in progress when this one began.
+    pub(super) fn alone(&self) -> bool {
+        self.alone
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A queued send, owned: the sender's borrowed request may not outlive its task.
@@ -95,7 +133,13 @@ impl Appender {
         Self {
             queue: Some(queue),
             batched,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// Marks an append in progress (see [`InFlight`]).
+    pub(super) fn enter(&self) -> Entered {
+        self.in_flight.enter()
     }
 
     /// Messages committed by batch statements so far.

@@ -375,7 +375,10 @@ impl Store {
         audit: &Record,
     ) -> Result<Appended, EpisodeRefusal> {
         if self.backend == super::Backend::Postgres {
-            if let Some(appended) = self.appender.append(message, audit).await {
+            let entered = self.appender.enter();
+            if !entered.alone()
+                && let Some(appended) = self.appender.append(message, audit).await
+            {
                 return appended;
             }
             return self.append_message_in_one_statement(message, audit).await;

@@ -389,7 +389,10 @@ impl icbt_auth::dpop::ReplayStore for Store {
         key: &str,
         expires_at: i64,
     ) -> Result<bool, icbt_auth::dpop::ReplayStoreError> {
-        if let Some(answer) = self.replay_queue.first_use(key, expires_at).await {
+        let entered = self.replay_queue.enter();
+        if !entered.alone()
+            && let Some(answer) = self.replay_queue.first_use(key, expires_at).await
+        {
             return answer.map_err(icbt_auth::dpop::ReplayStoreError);
         }
         let result = sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")

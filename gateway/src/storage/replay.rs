@@ -1,7 +1,7 @@
 //! DPoP proof ids on PostgreSQL, recorded together: every authenticated request records
-//! its proof id, so under load the ids of requests that arrive together go into one
-//! INSERT by one of two writers, instead of one statement and one wake-up of a database
-//! backend each. The commit does not wait for the WAL flush (see [`super::Store`]).
+//! its proof id, so under load the ids of requests that arrive while another is being
+//! recorded go into one INSERT by one of two writers, instead of one statement and one
+//! wake-up of a database backend each. A lone request records its id itself. The commit does not wait for the WAL flush (see [`super::Store`]).
 //!
 //! A batch is deduplicated before it is written: of two requests with one proof id, the
 //! first queued gets the database's answer and the second is a replay. Batch sizes are
@@ -14,6 +14,8 @@ use std::sync::{Arc, LazyLock};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::batch::{Entered, InFlight};
+
 /// Proof ids per INSERT.
 const MAX_BATCH: usize = 128;
 
@@ -22,7 +24,10 @@ const WRITERS: usize = 2;
 
 /// The queue of proof ids waiting for a writer; `None` on SQLite.
 #[derive(Clone, Debug, Default)]
-pub(super) struct ReplayQueue(Option<mpsc::Sender<Seen>>);
+pub(super) struct ReplayQueue {
+    queue: Option<mpsc::Sender<Seen>>,
+    in_flight: InFlight,
+}
 
 #[derive(Debug)]
 struct Seen {
@@ -40,7 +45,15 @@ impl ReplayQueue {
         for _ in 0..WRITERS {
             tokio::spawn(write(pool.clone(), receiver.clone()));
         }
-        Self(Some(queue))
+        Self {
+            queue: Some(queue),
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// Marks a check in progress (see [`InFlight`]).
+    pub(super) fn enter(&self) -> Entered {
+        self.in_flight.enter()
     }
 
     /// Records `key` through a writer; `None` when there are no writers (SQLite) or
@@ -50,7 +63,7 @@ impl ReplayQueue {
         key: &str,
         expires_at: i64,
     ) -> Option<Result<bool, String>> {
-        let queue = self.0.as_ref()?;
+        let queue = self.queue.as_ref()?;
         let (reply, answer) = oneshot::channel();
         let seen = Seen {
             key: key.to_owned(),
