@@ -1058,3 +1058,53 @@ async fn oversized_and_interrupted_uploads_leave_nothing_behind() {
         .await;
     expect_problem(get, 404, "not-found").await;
 }
+
+/// The gateway's database connections are cut while idle (as by a database restart):
+/// the next send finds them broken before using them and commits on fresh ones.
+#[tokio::test]
+async fn sends_go_through_after_the_database_drops_idle_connections() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let w = world(Backend::Postgres).await;
+    let episode = w.episode().await;
+    let send = |text: &'static str| {
+        let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+        let w = &w;
+        async move {
+            w.call(
+                &w.therapist,
+                Method::PUT,
+                &path,
+                Some(&message("feedback", text)),
+            )
+            .await
+            .status()
+        }
+    };
+    assert_eq!(send("before").await, 201);
+    let mut db = icbt_e2e::connect_database(w.gw.data_dir.path(), w.gw.database()).await;
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(!cut.is_empty(), "the gateway had connections to cut");
+    // Longer than a pooled connection may idle before it is checked when taken.
+    tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
+    assert_eq!(send("after").await, 201);
+    let history: Value = w
+        .call(
+            &w.therapist,
+            Method::GET,
+            &format!("/v1/episodes/{episode}/messages"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 2);
+}
