@@ -30,6 +30,7 @@ pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use icbt_config::StorageConfig;
@@ -323,7 +324,7 @@ impl Store {
         &self,
         id: EpisodeId,
     ) -> Result<Option<(Episode, Clinic, Vec<CareTeamEntry>)>, StorageError> {
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "SELECT {EPISODE_WITH_TEAM_COLUMNS} FROM {EPISODE_WITH_TEAM_JOINS} \
                  WHERE e.id = $1 ORDER BY t.hpr_number"
@@ -439,7 +440,6 @@ impl Store {
     }
 }
 
-/// A clinic from columns named with `prefix`.
 /// The care-team member of a row of [`Store::episode_with_team`]'s join, if any.
 fn team_entry_from_row(r: &AnyRow) -> Result<Option<CareTeamEntry>, StorageError> {
     let Some(hpr) = r.try_get::<Option<String>, _>("t_hpr_number")? else {
@@ -453,6 +453,7 @@ fn team_entry_from_row(r: &AnyRow) -> Result<Option<CareTeamEntry>, StorageError
     }))
 }
 
+/// A clinic from columns named with `prefix`.
 fn clinic_from_row(r: &AnyRow, prefix: &str) -> Result<Clinic, StorageError> {
     let column = |name: &str| format!("{prefix}{name}");
     Ok(Clinic {
