@@ -108,6 +108,21 @@ impl World {
         body
     }
 
+    /// The episode's history as `who` reads it (`query` after the path, e.g.
+    /// `?limit=200`); the read must succeed.
+    async fn history(&self, who: &Actor, episode: Uuid, query: &str) -> Value {
+        let response = self
+            .call(
+                who,
+                Method::GET,
+                &format!("/v1/episodes/{episode}/messages{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
     /// An active episode of the patient with the therapist on its care team.
     async fn episode(&self) -> Uuid {
         let id = Uuid::new_v4();
@@ -292,16 +307,7 @@ async fn sends_are_idempotent_ordered_and_readable_by_the_care_team() {
             .await;
         assert_eq!(sent.status(), 201);
 
-        let history = w
-            .call(
-                &w.therapist,
-                Method::GET,
-                &format!("/v1/episodes/{episode}/messages"),
-                None,
-            )
-            .await;
-        assert_eq!(history.status(), 200);
-        let history: Value = history.json().await.unwrap();
+        let history = w.history(&w.therapist, episode, "").await;
         let seqs: Vec<i64> = history["messages"]
             .as_array()
             .unwrap()
@@ -387,17 +393,7 @@ async fn concurrent_sends_get_gap_free_sequence_numbers() {
             statuses.iter().all(|s| *s == 201),
             "{backend:?}: {statuses:?}"
         );
-        let history: Value = w
-            .call(
-                &w.patient,
-                Method::GET,
-                &format!("/v1/episodes/{episode}/messages?limit=200"),
-                None,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let history = w.history(&w.patient, episode, "?limit=200").await;
         let seqs: Vec<i64> = history["messages"]
             .as_array()
             .unwrap()
@@ -684,17 +680,7 @@ async fn every_acknowledged_send_survives_sigkill() {
             therapist,
             sealer,
         };
-        let history: Value = w
-            .call(
-                &w.patient,
-                Method::GET,
-                &format!("/v1/episodes/{episode}/messages?limit=200"),
-                None,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let history = w.history(&w.patient, episode, "?limit=200").await;
         let stored: Vec<Uuid> = history["messages"]
             .as_array()
             .unwrap()
@@ -959,17 +945,7 @@ async fn attachments_upload_checked_download_by_the_episode_only() {
         .await;
         assert_eq!(problem["path"], "attachments[0]");
 
-        let history: Value = w
-            .call(
-                &w.therapist,
-                Method::GET,
-                &format!("/v1/episodes/{episode}/messages"),
-                None,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let history = w.history(&w.therapist, episode, "").await;
         assert_eq!(history["messages"][0]["attachments"], json!([sha]));
         let download = w
             .call(
@@ -1095,16 +1071,6 @@ async fn sends_go_through_after_the_database_drops_idle_connections() {
     // Longer than a pooled connection may idle before it is checked when taken.
     tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
     assert_eq!(send("after").await, 201);
-    let history: Value = w
-        .call(
-            &w.therapist,
-            Method::GET,
-            &format!("/v1/episodes/{episode}/messages"),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let history = w.history(&w.therapist, episode, "").await;
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
 }
