@@ -33,8 +33,8 @@ use crate::episode::EpisodeId;
 /// Messages per batch statement: 32 parameters each, 2,048 in all.
 pub(super) const MAX_BATCH: usize = 64;
 
-/// Writers taking batches at once: while one waits for its commit to reach the disk,
-/// the other can run its statement.
+/// Writers taking batches from one queue at once: while one waits for its commit to
+/// reach the disk, the other can run its statement.
 const WRITERS: usize = 2;
 
 /// Parameters per message in the batch statement: 15 of the message, 17 of its record.
@@ -48,6 +48,31 @@ pub(super) struct Appender {
     /// Messages committed by batch statements so far.
     batched: Arc<AtomicU64>,
     in_flight: InFlight,
+}
+
+/// Starts [`WRITERS`] tasks that each take whatever is queued, at most `max` at a time,
+/// and hand it to `work`; returns the queue, which holds at most `capacity`.
+pub(super) fn spawn_writers<T, F, Fut>(capacity: usize, max: usize, work: F) -> mpsc::Sender<T>
+where
+    T: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (queue, receiver) = mpsc::channel(capacity);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..WRITERS {
+        let (receiver, work) = (receiver.clone(), work.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut batch = Vec::with_capacity(max);
+                if receiver.lock().await.recv_many(&mut batch, max).await == 0 {
+                    return;
+                }
+                work(batch).await;
+            }
+        });
+    }
+    queue
 }
 
 /// Counts the appends (or other queued writes) in progress, so that one arriving while
@@ -123,13 +148,11 @@ enum Batched {
 impl Appender {
     /// Starts the writers for `store` (PostgreSQL).
     pub(super) fn start(store: &Store) -> Self {
-        let (queue, receiver) = mpsc::channel(MAX_BATCH * 16);
-        let receiver = Arc::new(Mutex::new(receiver));
         let batched = Arc::new(AtomicU64::new(0));
-        for _ in 0..WRITERS {
-            let store = store.clone();
-            tokio::spawn(write(store, receiver.clone(), batched.clone()));
-        }
+        let (store, counter) = (store.clone(), batched.clone());
+        let queue = spawn_writers(MAX_BATCH * 16, MAX_BATCH, move |batch| {
+            write(store.clone(), batch, counter.clone())
+        });
         Self {
             queue: Some(queue),
             batched,
@@ -185,33 +208,26 @@ impl Appender {
     }
 }
 
-/// One writer: takes whatever is queued, appends it, answers each sender.
-async fn write(store: Store, queue: Arc<Mutex<mpsc::Receiver<Pending>>>, batched: Arc<AtomicU64>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if taken == 0 {
-            return;
+/// Appends what a writer took from the queue and answers each sender.
+async fn write(store: Store, mut batch: Vec<Pending>, batched: Arc<AtomicU64>) {
+    if let [one] = batch.as_slice() {
+        let result = store
+            .append_message_in_one_statement(&one.message.borrowed(), &one.audit)
+            .await;
+        if let Some(one) = batch.pop() {
+            let _ = one.reply.send(Batched::Done(result));
         }
-        if let [one] = batch.as_slice() {
-            let result = store
-                .append_message_in_one_statement(&one.message.borrowed(), &one.audit)
-                .await;
-            if let Some(one) = batch.pop() {
-                let _ = one.reply.send(Batched::Done(result));
-            }
-            continue;
-        }
-        let appended = store.append_batch(&batch).await;
-        let committed = appended.iter().flatten().count();
-        batched.fetch_add(u64::try_from(committed).unwrap_or(0), Ordering::Relaxed);
-        for (i, pending) in batch.drain(..).enumerate() {
-            let answer = match appended.get(i).copied().flatten() {
-                Some(position) => Batched::Done(Ok(Appended::Created(position))),
-                None => Batched::Alone,
-            };
-            let _ = pending.reply.send(answer);
-        }
+        return;
+    }
+    let appended = store.append_batch(&batch).await;
+    let committed = appended.iter().flatten().count();
+    batched.fetch_add(u64::try_from(committed).unwrap_or(0), Ordering::Relaxed);
+    for (i, pending) in batch.into_iter().enumerate() {
+        let answer = match appended.get(i).copied().flatten() {
+            Some(position) => Batched::Done(Ok(Appended::Created(position))),
+            None => Batched::Alone,
+        };
+        let _ = pending.reply.send(answer);
     }
 }
 

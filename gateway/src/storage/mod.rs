@@ -419,13 +419,10 @@ impl icbt_auth::dpop::ReplayStore for Store {
         {
             return answer.map_err(icbt_auth::dpop::ReplayStoreError);
         }
-        let result = sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(expires_at)
-            .execute(&self.replay)
+        let new = replay::record(&self.replay, &[(key, expires_at)])
             .await
-            .map_err(|e| icbt_auth::dpop::ReplayStoreError(e.to_string()))?;
-        Ok(result.rows_affected() == 1)
+            .map_err(icbt_auth::dpop::ReplayStoreError)?;
+        Ok(new.contains(key))
     }
 }
 

@@ -1,7 +1,8 @@
 //! DPoP proof ids on PostgreSQL, recorded together: every authenticated request records
 //! its proof id, so under load the ids of requests that arrive while another is being
 //! recorded go into one INSERT by one of two writers, instead of one statement and one
-//! wake-up of a database backend each. A lone request records its id itself. The commit does not wait for the WAL flush (see [`super::Store`]).
+//! wake-up of a database backend each. A lone request records its id itself, with the
+//! same statement. The commit does not wait for the WAL flush (see [`super::Store`]).
 //!
 //! A batch is deduplicated before it is written: of two requests with one proof id, the
 //! first queued gets the database's answer and the second is a replay. Batch sizes are
@@ -9,18 +10,15 @@
 //! copies), so each connection prepares eight statements, not one per size.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use sqlx::{AnyPool, Row};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{Entered, InFlight};
+use super::batch::{Entered, InFlight, spawn_writers};
 
 /// Proof ids per INSERT.
 const MAX_BATCH: usize = 128;
-
-/// Writers recording at once.
-const WRITERS: usize = 2;
 
 /// The queue of proof ids waiting for a writer; `None` on SQLite.
 #[derive(Clone, Debug, Default)]
@@ -40,11 +38,10 @@ struct Seen {
 impl ReplayQueue {
     /// Starts the writers on `pool`.
     pub(super) fn start(pool: &AnyPool) -> Self {
-        let (queue, receiver) = mpsc::channel(MAX_BATCH * 8);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..WRITERS {
-            tokio::spawn(write(pool.clone(), receiver.clone()));
-        }
+        let pool = pool.clone();
+        let queue = spawn_writers(MAX_BATCH * 8, MAX_BATCH, move |batch| {
+            answer(pool.clone(), batch)
+        });
         Self {
             queue: Some(queue),
             in_flight: InFlight::default(),
@@ -75,35 +72,33 @@ impl ReplayQueue {
     }
 }
 
-async fn write(pool: AnyPool, queue: Arc<Mutex<mpsc::Receiver<Seen>>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if taken == 0 {
-            return;
-        }
-        let recorded = record(&pool, &batch).await;
-        let mut answered = HashSet::with_capacity(batch.len());
-        for seen in batch.drain(..) {
-            let answer = match &recorded {
-                // Only the first request with an id can have recorded it.
-                Ok(new) => Ok(answered.insert(seen.key.clone()) && new.contains(&seen.key)),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = seen.reply.send(answer);
-        }
+/// Records what a writer took from the queue and answers each request.
+async fn answer(pool: AnyPool, batch: Vec<Seen>) {
+    let ids: Vec<(&str, i64)> = batch
+        .iter()
+        .map(|seen| (seen.key.as_str(), seen.expires_at))
+        .collect();
+    let recorded = record(&pool, &ids).await;
+    drop(ids);
+    let mut answered = HashSet::with_capacity(batch.len());
+    for seen in batch {
+        let answer = match &recorded {
+            // Only the first request with an id can have recorded it.
+            Ok(new) => Ok(answered.insert(seen.key.clone()) && new.contains(&seen.key)),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = seen.reply.send(answer);
     }
 }
 
-/// Inserts the batch's ids; returns those that were not recorded before.
-async fn record(pool: &AnyPool, batch: &[Seen]) -> Result<HashSet<String>, String> {
-    let size = batch.len().next_power_of_two().min(MAX_BATCH);
+/// Inserts proof ids (key, expiry), at most [`MAX_BATCH`]; returns those that were not
+/// recorded before.
+pub(super) async fn record(pool: &AnyPool, ids: &[(&str, i64)]) -> Result<HashSet<String>, String> {
+    let size = ids.len().next_power_of_two().min(MAX_BATCH);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(size)));
-    let padded = batch
-        .iter()
-        .chain(std::iter::repeat(batch.last()).flatten());
-    for seen in padded.take(size) {
-        query = query.bind(seen.key.as_str()).bind(seen.expires_at);
+    let padded = ids.iter().chain(std::iter::repeat(ids.last()).flatten());
+    for (key, expires_at) in padded.take(size) {
+        query = query.bind(*key).bind(*expires_at);
     }
     let rows = query.fetch_all(pool).await.map_err(|e| e.to_string())?;
     rows.iter()
