@@ -613,9 +613,6 @@ fn request_hash(parts: &[&[u8]]) -> String {
 
 /// Checks every attachment a message names was uploaded to its episode.
 async fn uploaded(state: &AppState, episode: EpisodeId, hashes: &[String]) -> Result<(), Problem> {
-    if hashes.is_empty() {
-        return Ok(());
-    }
     let missing = state.store.missing_attachments(episode, hashes).await?;
     if let Some(first) = missing.first() {
         let i = hashes.iter().position(|h| h == first).unwrap_or(0);
