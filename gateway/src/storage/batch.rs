@@ -35,7 +35,7 @@ pub(super) const MAX_BATCH: usize = 64;
 
 /// Writers taking batches from one queue at once: while one waits for its commit to
 /// reach the disk, the other can run its statement.
-const WRITERS: usize = 2;
+pub(super) const WRITERS: usize = 2;
 
 /// Parameters per message in the batch statement: 15 of the message, 17 of its record.
 const PARAMS: usize = 32;
@@ -212,7 +212,7 @@ impl Appender {
 async fn write(store: Store, mut batch: Vec<Pending>, batched: Arc<AtomicU64>) {
     if let [one] = batch.as_slice() {
         let result = store
-            .append_message_in_one_statement(&one.message.borrowed(), &one.audit)
+            .append_message_in_one_statement(&store.writers, &one.message.borrowed(), &one.audit)
             .await;
         if let Some(one) = batch.pop() {
             let _ = one.reply.send(Batched::Done(result));
@@ -359,7 +359,7 @@ impl Store {
             query = audit::bind_record(query, &pending.audit);
         }
         let mut positions = vec![None; batch.len()];
-        let rows = match query.fetch_all(&self.pool).await {
+        let rows = match query.fetch_all(&self.writers).await {
             Ok(rows) => rows,
             Err(e) => {
                 // Expected now and then (a retry racing its original); each sender

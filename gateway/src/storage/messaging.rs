@@ -381,7 +381,9 @@ impl Store {
             {
                 return appended;
             }
-            return self.append_message_in_one_statement(message, audit).await;
+            return self
+                .append_message_in_one_statement(&self.pool, message, audit)
+                .await;
         }
         let episode = message.episode.to_string();
         let mut tx = self.pool.begin().await?;
@@ -458,9 +460,11 @@ impl Store {
     /// Data-modifying CTEs run to completion together or not at all; a closed or missing
     /// episode bumps nothing and inserts nothing, and a message id already used fails
     /// the statement on `UNIQUE (episode_id, id)`, undoing the bump. Both fall back to
-    /// [`Self::existing_message`] to tell a retry from a conflict.
+    /// [`Self::existing_message`] to tell a retry from a conflict. Runs on `pool`: the
+    /// main one, or the writers' own.
     pub(super) async fn append_message_in_one_statement(
         &self,
+        pool: &sqlx::AnyPool,
         message: &NewMessage<'_>,
         audit: &Record,
     ) -> Result<Appended, EpisodeRefusal> {
@@ -502,7 +506,7 @@ impl Store {
             .bind(message.audience.as_str())
             .bind(i32::from(!screen));
         let appended = super::audit::bind_record(query, audit)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await;
         match appended {
             Ok(Some(row)) => {

@@ -97,6 +97,9 @@ pub struct Store {
     /// of its token; every request no longer pays a second durable commit. On SQLite the
     /// main pool.
     replay: AnyPool,
+    /// PostgreSQL: the connections of the writers that commit queued sends together
+    /// (see [`batch`]), one each. On SQLite the main pool.
+    writers: AnyPool,
     backend: Backend,
     /// PostgreSQL URL (with password) for LISTEN; never logged.
     listen_url: Option<String>,
@@ -146,6 +149,21 @@ async fn unflushed_pool(
                 Ok(())
             })
         })
+        .connect_with(AnyConnectOptions::from_str(url)?.disable_statement_logging())
+        .await
+}
+
+/// PostgreSQL: one connection per group-commit writer. A batch statement has one text
+/// per batch size; PostgreSQL plans a prepared statement afresh for its first five
+/// runs on a connection before it considers a generic plan. Spread over the main pool,
+/// few (size, connection) pairs reached a sixth run, and planning cost almost half as
+/// much as executing (`pg_stat_statements`, 64 clients: 598 plans for 598 batches,
+/// 1.1 s planning beside 2.6 s executing); on two connections of their own, 349 plans
+/// for 581 batches and 0.6 s planning.
+async fn writers_pool(url: &str, acquire: Duration) -> Result<AnyPool, sqlx::Error> {
+    pool_options()
+        .max_connections(u32::try_from(batch::WRITERS).unwrap_or(2))
+        .acquire_timeout(acquire)
         .connect_with(AnyConnectOptions::from_str(url)?.disable_statement_logging())
         .await
 }
@@ -243,6 +261,10 @@ impl Store {
                 .await
                 .map_err(connect_error)?,
         };
+        let writers = match backend {
+            Backend::Sqlite => pool.clone(),
+            Backend::Postgres => writers_pool(&url, acquire).await.map_err(connect_error)?,
+        };
         let listen_url = (backend == Backend::Postgres).then_some(url);
         let announcer = match backend {
             Backend::Postgres => stream::Announcer::start(replay.clone()),
@@ -251,6 +273,7 @@ impl Store {
         let mut store = Self {
             pool,
             replay,
+            writers,
             backend,
             listen_url,
             announcer,
@@ -283,6 +306,7 @@ impl Store {
     /// Waits for in-flight queries and closes every connection.
     pub async fn close(&self) {
         self.replay.close().await;
+        self.writers.close().await;
         self.pool.close().await;
     }
 
