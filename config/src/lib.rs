@@ -290,7 +290,9 @@ pub struct StorageConfig {
     pub url: Option<String>,
     /// PostgreSQL password, kept out of the URL.
     pub password: Option<Secret>,
-    /// Connections in the pool.
+    /// Connections in the main pool. On PostgreSQL an instance opens, besides these, a
+    /// quarter as many (at least two) for DPoP proof ids and announcements, two for the
+    /// writers that commit sends together, and one to listen: 16 means up to 23.
     pub max_connections: u32,
     /// Time to wait for a connection before a request fails.
     pub acquire_timeout_ms: u64,
