@@ -114,7 +114,7 @@ pub struct Store {
 /// again.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 
-/// Pool settings both pools share. sqlx pings every connection it takes from the pool
+/// Settings every pool shares. sqlx pings every connection it takes from the pool
 /// by default: a round trip to the database before every query, which under load was a
 /// third of a send's round trips. A connection in steady use is not pinged; one idle for
 /// [`IDLE_BEFORE_PING`] is, so one broken while idle (a database restart) is still
@@ -136,7 +136,7 @@ fn pool_options() -> AnyPoolOptions {
 /// PostgreSQL: a small pool whose commits do not wait for the WAL flush (DPoP proof ids,
 /// announcements).
 async fn unflushed_pool(
-    url: &str,
+    options: AnyConnectOptions,
     max_connections: u32,
     acquire: Duration,
 ) -> Result<AnyPool, sqlx::Error> {
@@ -149,7 +149,7 @@ async fn unflushed_pool(
                 Ok(())
             })
         })
-        .connect_with(AnyConnectOptions::from_str(url)?.disable_statement_logging())
+        .connect_with(options)
         .await
 }
 
@@ -160,11 +160,14 @@ async fn unflushed_pool(
 /// much as executing (`pg_stat_statements`, 64 clients: 598 plans for 598 batches,
 /// 1.1 s planning beside 2.6 s executing); on two connections of their own, 349 plans
 /// for 581 batches and 0.6 s planning.
-async fn writers_pool(url: &str, acquire: Duration) -> Result<AnyPool, sqlx::Error> {
+async fn writers_pool(
+    options: AnyConnectOptions,
+    acquire: Duration,
+) -> Result<AnyPool, sqlx::Error> {
     pool_options()
         .max_connections(u32::try_from(batch::WRITERS).unwrap_or(2))
         .acquire_timeout(acquire)
-        .connect_with(AnyConnectOptions::from_str(url)?.disable_statement_logging())
+        .connect_with(options)
         .await
 }
 
@@ -252,18 +255,20 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
         let replay = match backend {
             Backend::Sqlite => pool.clone(),
-            Backend::Postgres => unflushed_pool(&url, config.max_connections, acquire)
+            Backend::Postgres => unflushed_pool(options.clone(), config.max_connections, acquire)
                 .await
                 .map_err(connect_error)?,
         };
         let writers = match backend {
             Backend::Sqlite => pool.clone(),
-            Backend::Postgres => writers_pool(&url, acquire).await.map_err(connect_error)?,
+            Backend::Postgres => writers_pool(options, acquire)
+                .await
+                .map_err(connect_error)?,
         };
         let listen_url = (backend == Backend::Postgres).then_some(url);
         let announcer = match backend {
