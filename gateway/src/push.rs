@@ -143,6 +143,9 @@ pub struct Hub {
     /// Set while a batch is being handed out; see [`Hub::idle`].
     dispatching: AtomicBool,
     dispatched: tokio::sync::Notify,
+    /// A transaction of this instance that may have held messages back has ended; see
+    /// [`Hub::released`].
+    released: tokio::sync::Notify,
 }
 
 /// Sets [`Hub::dispatching`] for as long as it lives: a dispatch however it ends.
@@ -229,6 +232,16 @@ impl Hub {
         }
     }
 
+    /// A long transaction of this instance (an audit sequencer batch) has ended. While it
+    /// ran, messages committed after it began were held back (see [`Hub::run`]); the hub
+    /// looks again now rather than after its next pause, which may be twice as long as
+    /// the transaction was.
+    pub fn released(&self) {
+        // A permit is kept if the hub is not waiting: its next wait ends at once, which
+        // costs one read at most.
+        self.released.notify_one();
+    }
+
     /// A message written by transaction `tx` has committed (from an announcement).
     pub fn committed(&self, tx: i64) {
         self.committed_tx.fetch_max(tx, Ordering::Relaxed);
@@ -300,7 +313,14 @@ impl Hub {
                     if announced > head.tx
                         && let Some(pause) = held_back.next(announced, std::time::Instant::now())
                     {
-                        tokio::time::sleep(pause).await;
+                        tracing::debug!(
+                            ?pause,
+                            "a committed message is held back by an older transaction"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = self.released.notified() => {}
+                        }
                         continue;
                     }
                 }

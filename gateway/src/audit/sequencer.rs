@@ -15,8 +15,10 @@ use crate::push::Hub;
 use crate::storage::{StorageError, Store, now_ms};
 
 /// Records added to the tree per checkpoint at most, so that a record altered and
-/// re-hashed in the database is named to within this many.
-pub const BATCH: i64 = 256;
+/// re-hashed in the database is named to within this many. One batch is one UPDATE of
+/// the records; its transaction holds back stream deliveries while it runs (see
+/// [`Hub::released`]), so it is kept short.
+pub const BATCH: i64 = 100;
 
 /// How long the sequencer waits for the stream hub at most before a batch: a delivery
 /// takes tens of milliseconds; the tree must not fall behind under constant load.
@@ -90,6 +92,9 @@ impl AuditLog {
                 hub.idle(YIELD_LIMIT).await;
             }
             let added = store.sequence_audit(&self.signer, BATCH).await?;
+            if let Some(hub) = hub {
+                hub.released();
+            }
             total += added;
             if added < BATCH as u64 {
                 return Ok(total);
