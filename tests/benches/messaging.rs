@@ -194,7 +194,16 @@ async fn open_streams(gw: &Gateway, who: &Actor, n: usize) -> Vec<reqwest::Respo
         }))
         .await;
         for response in opened {
-            assert_eq!(response.status(), 200);
+            if response.status() != 200 {
+                let status = response.status();
+                let problem = response.text().await.unwrap_or_default();
+                let logs = gw.logs();
+                let tail = &logs[logs.len().saturating_sub(20)..];
+                panic!(
+                    "a stream was refused with {status}: {problem}\ngateway log:\n{}",
+                    tail.join("\n")
+                );
+            }
             streams.push(response);
         }
     }
