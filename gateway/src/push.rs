@@ -143,9 +143,9 @@ pub struct Hub {
     /// Set while a batch is being handed out; see [`Hub::idle`].
     dispatching: AtomicBool,
     dispatched: tokio::sync::Notify,
-    /// A transaction of this instance that may have held messages back has ended; see
-    /// [`Hub::released`].
-    released: tokio::sync::Notify,
+    /// Bumped when a transaction of this instance that may have held messages back has
+    /// ended; see [`Hub::released`].
+    released: tokio::sync::watch::Sender<()>,
 }
 
 /// Sets [`Hub::dispatching`] for as long as it lives: a dispatch however it ends.
@@ -234,12 +234,16 @@ impl Hub {
 
     /// A long transaction of this instance (an audit sequencer batch) has ended. While it
     /// ran, messages committed after it began were held back (see [`Hub::run`]); the hub
-    /// looks again now rather than after its next pause, which may be twice as long as
-    /// the transaction was.
+    /// and waiting long polls look again now rather than after their next pause, which
+    /// may be twice as long as the transaction was.
     pub fn released(&self) {
-        // A permit is kept if the hub is not waiting: its next wait ends at once, which
-        // costs one read at most.
-        self.released.notify_one();
+        self.released.send_replace(());
+    }
+
+    /// Ends held-back waits at [`Hub::released`]. Taken before the read that may find a
+    /// message held back: a release after that read ends the wait that follows at once.
+    fn releases(&self) -> tokio::sync::watch::Receiver<()> {
+        self.released.subscribe()
     }
 
     /// A message written by transaction `tx` has committed (from an announcement).
@@ -266,6 +270,7 @@ impl Hub {
         };
         let mut refreshed = tokio::time::Instant::now();
         let mut held_back = HeldBack::default();
+        let mut released = self.releases();
         loop {
             if self.streams() == 0 {
                 // Nobody to serve: keep up with the head instead of reading messages, at
@@ -319,7 +324,7 @@ impl Hub {
                         );
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
-                            () = self.released.notified() => {}
+                            _ = released.changed() => {}
                         }
                         continue;
                     }
@@ -767,6 +772,7 @@ pub async fn inbox(
     let deadline = tokio::time::Instant::now() + wait;
     let mut wake = state.push.subscribe();
     let mut held_back = HeldBack::default();
+    let mut released = state.push.hub.releases();
     loop {
         let entries = state
             .store
@@ -788,7 +794,10 @@ pub async fn inbox(
             && state.store.stream_head().await?.tx <= announced
             && let Some(pause) = held_back.next(announced, std::time::Instant::now())
         {
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)) => {}
+                _ = released.changed() => {}
+            }
             continue;
         }
         held_back.clear();
