@@ -476,3 +476,135 @@ async fn each_of_many_streams_gets_the_message_and_each_delivery_is_in_the_acces
         assert_eq!(requests.len(), count, "{backend:?}: one read per stream");
     }
 }
+
+/// Each reader's view of one episode: the sequence numbers in the order they arrived.
+fn sequences_by_episode(entries: &[Value]) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut by_episode = std::collections::BTreeMap::<String, Vec<i64>>::new();
+    for entry in entries {
+        by_episode
+            .entry(entry["episode"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(entry["message"]["seq"].as_i64().unwrap());
+    }
+    by_episode
+}
+
+/// Every episode's messages 1..=n, each once, in sequence order.
+fn assert_in_sequence_order(what: &str, entries: &[Value], per_episode: usize) {
+    let expected: Vec<i64> = (1..=i64::try_from(per_episode).unwrap()).collect();
+    for (episode, seqs) in sequences_by_episode(entries) {
+        assert_eq!(seqs, expected, "{what}: episode {episode} out of order");
+    }
+}
+
+#[tokio::test]
+async fn bursts_of_concurrent_sends_reach_every_reader_in_sequence_order() {
+    const EPISODES: usize = 3;
+    const ROUNDS: usize = 15;
+    const BURST: usize = 24;
+    for backend in backends() {
+        let first = unlimited_gateway(backend).await;
+        let mut instances = vec![];
+        if backend == Backend::Postgres {
+            instances.push(first.another_instance());
+            instances.push(first.another_instance());
+        }
+        instances.insert(0, first);
+        let platform = Actor::system("icbt-platform").await;
+        let patient = Actor::patient(SYNTHETIC_FNR).await;
+        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
+        let mut episodes = Vec::new();
+        for _ in 0..EPISODES {
+            episodes.push(episode(&instances[0], &platform).await);
+        }
+        let (sealer, _) = keys(&instances[0], &platform, &therapist).await;
+        let mut streams = Vec::new();
+        for gw in &instances {
+            streams.push(open_stream(gw, &therapist, None).await);
+        }
+        let start = inbox(&instances[0], &therapist, "").await["next_after"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // Bursts of unsynchronised sends, spread over the episodes and the instances.
+        for round in 0..ROUNDS {
+            let mut requests = Vec::new();
+            for i in 0..BURST {
+                let gw = &instances[i % instances.len()];
+                let episode = episodes[i % EPISODES];
+                let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+                let body = sealer
+                    .body(&patient, &path, "message", &format!("{round}.{i}"))
+                    .await;
+                requests.push((gw, path, body));
+            }
+            let patient = &patient;
+            let statuses = futures_util::future::join_all(requests.iter().map(
+                |(gw, path, body)| async move {
+                    let url = format!("{}{path}", gw.url);
+                    patient
+                        .call(&gw.client(), Method::PUT, &url, Some(body))
+                        .await
+                        .status()
+                },
+            ))
+            .await;
+            assert!(
+                statuses.iter().all(|s| *s == 201),
+                "{backend:?}: {statuses:?}"
+            );
+        }
+        let total = ROUNDS * BURST;
+        let per_episode = total / EPISODES;
+
+        for (gw, stream) in instances.iter().zip(&mut streams) {
+            // The live stream.
+            let mut events = Vec::new();
+            while events.len() < total {
+                let event = stream
+                    .next(Duration::from_secs(20))
+                    .await
+                    .unwrap_or_else(|| {
+                        panic!("{backend:?}: only {} of {total} arrived", events.len())
+                    });
+                events.push(event);
+            }
+            let live: Vec<Value> = events.iter().map(|e| e.data.clone()).collect();
+            assert_in_sequence_order(&format!("{backend:?} live stream"), &live, per_episode);
+
+            // Resumed half-way, on the same instance.
+            let half = total / 2;
+            let mut resumed = open_stream(gw, &therapist, Some(&events[half - 1].id)).await;
+            let mut rest = Vec::new();
+            while rest.len() < total - half {
+                rest.push(resumed.next(Duration::from_secs(20)).await.unwrap().data);
+            }
+            assert_eq!(
+                rest.iter()
+                    .map(|e| e["position"].clone())
+                    .collect::<Vec<_>>(),
+                live[half..]
+                    .iter()
+                    .map(|e| e["position"].clone())
+                    .collect::<Vec<_>>(),
+                "{backend:?}: a resumed stream continues exactly where it left off"
+            );
+
+            // The long poll, a page at a time.
+            let mut polled = Vec::new();
+            let mut after = start.clone();
+            loop {
+                let page = inbox(gw, &therapist, &format!("?after={after}&limit=37")).await;
+                let entries = page["entries"].as_array().unwrap();
+                if entries.is_empty() {
+                    break;
+                }
+                polled.extend(entries.iter().cloned());
+                after = page["next_after"].as_str().unwrap().to_owned();
+            }
+            assert_eq!(polled.len(), total, "{backend:?}");
+            assert_in_sequence_order(&format!("{backend:?} long poll"), &polled, per_episode);
+        }
+    }
+}

@@ -301,15 +301,15 @@ fn build_batch_sql(n: usize) -> String {
          c AS (SELECT ep, count(*) AS n FROM f GROUP BY ep), \
          l AS (SELECT e.id FROM episodes e WHERE e.id IN (SELECT ep FROM c) \
            AND e.state IN ('planned', 'active') ORDER BY e.id FOR UPDATE), \
-         s AS (UPDATE episodes e SET next_seq = e.next_seq + c.n FROM c, l \
+         s AS (UPDATE episodes e SET next_seq = e.next_seq + c.n, {last_tx} FROM c, l \
            WHERE e.id = c.ep AND l.id = e.id AND e.state IN ('planned', 'active') \
-           RETURNING e.id AS ep, e.next_seq - c.n AS first), \
+           RETURNING e.id AS ep, e.next_seq - c.n AS first, e.last_tx AS tx), \
          m AS (INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, \
            sender_device, recipients, content_type, body, request_hash, created_at_ms, \
-           attachments, audience) \
+           attachments, audience, tx) \
            SELECT f.ep, s.first + f.r - 1, f.id, f.kind, f.sender_kind, f.sender_ref, \
            f.sender_device, f.recipients, f.content_type, f.body, f.request_hash, \
-           f.created_at_ms, f.attachments, f.audience FROM f JOIN s ON s.ep = f.ep \
+           f.created_at_ms, f.attachments, f.audience, s.tx FROM f JOIN s ON s.ep = f.ep \
            ORDER BY f.ep, f.r \
            RETURNING episode_id, id, seq, created_at_ms, tx), \
          o AS (INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, \
@@ -321,6 +321,7 @@ fn build_batch_sql(n: usize) -> String {
            FROM m JOIN f ON f.ep = m.episode_id AND f.id = m.id) \
          SELECT f.ord, m.seq, m.created_at_ms, m.tx FROM m JOIN f ON f.ep = m.episode_id AND f.id = m.id",
         values = rows.join(", "),
+        last_tx = super::stream::EPISODE_LAST_TX,
         columns = audit::COLUMNS,
     )
 }

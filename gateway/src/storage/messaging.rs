@@ -470,18 +470,20 @@ impl Store {
     ) -> Result<Appended, EpisodeRefusal> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "WITH s AS (UPDATE episodes SET next_seq = next_seq + 1 \
-               WHERE id = $1 AND state IN ('planned', 'active') RETURNING next_seq - 1 AS seq), \
+                "WITH s AS (UPDATE episodes SET next_seq = next_seq + 1, {last_tx} \
+               WHERE id = $1 AND state IN ('planned', 'active') \
+               RETURNING next_seq - 1 AS seq, last_tx AS tx), \
              m AS (INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, \
                sender_device, recipients, content_type, body, request_hash, created_at_ms, \
-               attachments, audience) \
-               SELECT $1, s.seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM s \
+               attachments, audience, tx) \
+               SELECT $1, s.seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, s.tx FROM s \
                RETURNING seq, created_at_ms, tx), \
              o AS (INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, \
                created_at_ms, screened) \
                SELECT $1, 'message', m.seq, $11, $11, $14 FROM m WHERE $13 = 'all'), \
              a AS (INSERT INTO audit_records ({columns}) SELECT {audit} FROM m) \
              SELECT m.seq, m.created_at_ms, m.tx FROM m",
+                last_tx = super::stream::EPISODE_LAST_TX,
                 columns = super::audit::COLUMNS,
                 audit = (15..=31)
                     .map(|i| format!("${i}"))

@@ -54,6 +54,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0013_audit_partial_indexes.sql"),
         include_str!("../../migrations/postgres/0013_audit_partial_indexes.sql"),
     ),
+    (
+        14,
+        "episode order",
+        include_str!("../../migrations/sqlite/0014_episode_order.sql"),
+        include_str!("../../migrations/postgres/0014_episode_order.sql"),
+    ),
 ];
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");

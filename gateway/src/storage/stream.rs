@@ -2,9 +2,16 @@
 //! in commit order, resumable from a position.
 //!
 //! SQLite commits one writer at a time, so `rowid` order is commit order. PostgreSQL
-//! commits concurrently, so a position is `(tx, pos)`: the writing transaction's id and an
-//! identity; readers only read rows below the oldest running transaction
-//! (`pg_snapshot_xmin`), so no later commit can land behind a position already passed.
+//! commits concurrently, so a position is `(tx, pos)`: a transaction id and an identity;
+//! readers only read rows below the oldest running transaction (`pg_snapshot_xmin`), so
+//! no later commit can land behind a position already passed.
+//!
+//! Within an episode, positions follow the sequence: `tx` is the writing transaction's
+//! id, or the episode's last message's `tx` when that is greater ([`EPISODE_LAST_TX`]).
+//! Transaction ids are handed out before row locks are won, so without that a transaction
+//! that got its id first could write the episode's next message behind one written with a
+//! later id. A borrowed `tx` is only read once every transaction below it has ended, the
+//! same horizon as any other.
 //! New messages are announced on the `icbt_messages` channel by [`Announcer`], after the
 //! commit, not inside it: PostgreSQL serialises the commits of transactions that NOTIFY on
 //! one database-wide lock, which would undo group commit for every send (measured with
@@ -20,6 +27,12 @@ use sqlx::Row;
 use super::{Backend, StorageError, Store, StoredMessage};
 use crate::episode::{EpisodeId, NationalId, OrgNumber};
 use icbt_auth::identity::HprNumber;
+
+/// The `SET` clause, on an `UPDATE episodes` that takes the episode's next sequence
+/// number under its row lock, that makes the episode's `last_tx` the `tx` its new messages
+/// carry: never below the last one's, so positions follow the sequence (PostgreSQL).
+pub(super) const EPISODE_LAST_TX: &str =
+    "last_tx = GREATEST(last_tx, pg_current_xact_id()::text::bigint)";
 
 /// The NOTIFY channel for new messages; the payload is the highest transaction id of a
 /// message committed before it was sent (readers wait for it to come below the horizon).
