@@ -27,7 +27,14 @@ pub use auth::{
 pub use secret::{Secret, SecretOrigin};
 
 /// Environment variables with this prefix override file values; `__` separates levels.
+/// Only names with a `__` are read: every key lives in a section, so `ICBT_<SECTION>__<KEY>`
+/// is the only shape a setting can take. Names without one (`ICBT_GATEWAY`,
+/// `ICBT_TOKEN_FILE`, …) belong to the `icbt` command line and are left alone, so both
+/// programs run from one shell.
 pub const ENV_PREFIX: &str = "ICBT_";
+
+/// What separates the levels of an environment variable's name.
+pub const ENV_SEPARATOR: &str = "__";
 
 /// How the process is run. Dev mode fills in conveniences and refuses anything that
 /// would expose them beyond this machine.
@@ -387,7 +394,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|name| name.as_str().contains(ENV_SEPARATOR))
+                .split(ENV_SEPARATOR),
+        );
         let config: Config = figment.extract().map_err(|e| {
             // One line per problem; the first is what an operator fixes first.
             let first = e
@@ -788,6 +799,31 @@ mod tests {
             let c = load_in_jail(jail, "[server]\nbind = \"127.0.0.1:1234\"\n", Mode::Dev).unwrap();
             assert_eq!(c.server.bind.port(), 9999);
             assert_eq!(c.telemetry.log_format, LogFormat::Human);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_command_lines_variables_are_not_settings() {
+        Jail::expect_with(|jail| {
+            // What the README tells `icbt` users to export, in the same shell.
+            for (name, value) in [
+                ("ICBT_GATEWAY", "https://gateway.example"),
+                ("ICBT_TOKEN_FILE", "token"),
+                ("ICBT_LOG_KEYS", "a2V5"),
+                ("ICBT_CA_FILE", "ca.pem"),
+                ("ICBT_DPOP_KEY_FILE", "dpop.der"),
+                ("ICBT_STATE_FILE", "state.json"),
+            ] {
+                jail.set_env(name, value);
+            }
+            jail.set_env("ICBT_SERVER__BIND", "127.0.0.1:9999");
+            let c = load_in_jail(jail, "", Mode::Dev).unwrap();
+            assert_eq!(c.server.bind.port(), 9999);
+            // A misspelt setting is still refused by name.
+            jail.set_env("ICBT_SERVR__BIND", "127.0.0.1:1");
+            let err = load_in_jail(jail, "", Mode::Dev).unwrap_err();
+            assert!(err.to_string().contains("servr"), "{err}");
             Ok(())
         });
     }

@@ -117,7 +117,14 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
     .unwrap();
     let out = run_cli(
         &["config", "check", "--dev", file.to_str().unwrap()],
-        &[("ICBT_SERVER__REQUEST_TIMEOUT_MS", "1234")],
+        &[
+            ("ICBT_SERVER__REQUEST_TIMEOUT_MS", "1234"),
+            // The `icbt` command line's variables, exported in the same shell as the
+            // README shows, are not the gateway's settings.
+            ("ICBT_GATEWAY", "https://gateway.example"),
+            ("ICBT_TOKEN_FILE", "token"),
+            ("ICBT_LOG_KEYS", "a2V5"),
+        ],
         dir.path(),
     );
     assert!(
