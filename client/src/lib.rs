@@ -13,6 +13,7 @@
 //! A reader starts at [`Client`].
 
 pub mod directory;
+pub mod pending;
 
 use std::sync::Mutex;
 
@@ -25,6 +26,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub use directory::{Directory, KnownDevice, TreeHead};
+pub use pending::{PendingSends, SealedSend};
 
 /// What went wrong talking to the gateway or checking what it said.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,19 @@ pub enum ClientError {
     Directory(String),
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+}
+
+impl ClientError {
+    /// Whether the gateway may not have answered the request: the connection failed, or
+    /// the answer says to try again later. A retry of such a send must resend the same
+    /// bytes ([`PendingSends`]).
+    pub fn may_retry(&self) -> bool {
+        match self {
+            Self::Http(_) => true,
+            Self::Problem { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            _ => false,
+        }
+    }
 }
 
 /// How requests are authorised: an access token, DPoP-bound when a key is given.
@@ -287,7 +302,9 @@ impl Client {
     }
 
     /// Seals `payload` from this device to every active key of the episode (its
-    /// participants and the clinic's journal) and sends it under `message_id`.
+    /// participants and the clinic's journal) and sends it under `message_id`. A caller
+    /// that may retry after a lost answer seals once with [`Self::seal`], keeps the result
+    /// ([`PendingSends`]) and [`Self::deliver`]s the same bytes again.
     pub async fn send(
         &self,
         keys: &DeviceKeys,
@@ -296,6 +313,20 @@ impl Client {
         kind: &str,
         payload: &[u8],
     ) -> Result<Value, ClientError> {
+        let sealed = self.seal(keys, episode, message_id, kind, payload).await?;
+        self.deliver(&sealed).await
+    }
+
+    /// Seals `payload` from this device to every active key of the episode, checked
+    /// against the key log, without sending it.
+    pub async fn seal(
+        &self,
+        keys: &DeviceKeys,
+        episode: Uuid,
+        message_id: Uuid,
+        kind: &str,
+        payload: &[u8],
+    ) -> Result<SealedSend, ClientError> {
         let directory = self.episode_keys(episode, false).await?;
         let binding = Binding {
             episode: episode.to_string(),
@@ -305,11 +336,27 @@ impl Client {
         };
         let sealed =
             icbt_envelope::seal(payload, &binding, &keys.signing, &directory.recipients())?;
+        Ok(SealedSend {
+            episode,
+            message_id,
+            kind: kind.to_owned(),
+            envelope: URL_SAFE_NO_PAD.encode(sealed),
+            fingerprint: pending::fingerprint(&keys.device_id(), kind, payload),
+        })
+    }
+
+    /// Sends a sealed message. Sending the same one again answers the original receipt
+    /// (200 instead of 201), however often, so a send whose answer was lost is retried
+    /// with this.
+    pub async fn deliver(&self, sealed: &SealedSend) -> Result<Value, ClientError> {
         let (_, receipt) = self
             .call(
                 reqwest::Method::PUT,
-                &format!("v1/episodes/{episode}/messages/{message_id}"),
-                Some(&json!({ "kind": kind, "envelope": URL_SAFE_NO_PAD.encode(sealed) })),
+                &format!(
+                    "v1/episodes/{}/messages/{}",
+                    sealed.episode, sealed.message_id
+                ),
+                Some(&json!({ "kind": sealed.kind, "envelope": sealed.envelope })),
             )
             .await?;
         Ok(receipt)

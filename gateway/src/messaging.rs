@@ -775,6 +775,8 @@ pub struct MessagePage {
 }
 
 /// `GET /v1/episodes/{episode}/messages?after=SEQ&limit=N`: history in order.
+///
+/// Order: by sequence number (`seq`), which has no gaps within an episode.
 #[utoipa::path(get, path = "/v1/episodes/{id}/messages", tag = "messages", params(("id" = Uuid, Path), PageQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = MessagePage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn list_messages(
     State(state): State<AppState>,

@@ -676,6 +676,9 @@ impl Reader {
 /// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
 /// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
 /// exactly what came after it. Without either, the stream starts at the present.
+///
+/// Order: each episode's messages arrive in sequence order (`seq`), on every instance,
+/// and positions only grow; messages of different episodes arrive in commit order.
 #[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
@@ -745,6 +748,10 @@ pub struct InboxPage {
 
 /// `GET /v1/inbox?after=POS&limit=N&wait=S`: the caller's messages across episodes, in
 /// order; with `wait`, a long poll that answers as soon as something arrives.
+///
+/// Order: as on the event stream, each episode's messages come in sequence order
+/// (`seq`), pages follow one another without gaps or repeats, and `next_after` only
+/// grows; messages of different episodes come in commit order.
 #[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not allowed", body = crate::problem::ProblemDocument), (status = 200, body = InboxPage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn inbox(
     State(state): State<AppState>,

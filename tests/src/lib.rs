@@ -20,6 +20,7 @@ pub mod epj;
 pub mod idp;
 pub mod jose;
 pub mod otlp;
+pub mod relay;
 pub mod sealed;
 
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,8 @@
 //! The `icbt` command line as a patient and as a therapist against a running gateway,
 //! with tokens from the real OpenID provider: keys made and published, feedback and a
 //! reply sealed, sent, received, opened and verified, the same safety number on both
-//! sides, and a clear one-line refusal when the key log does not check out.
+//! sides, a clear one-line refusal when the key log does not check out, and a retry that
+//! gets the original receipt after the answer to a committed send was lost.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +17,7 @@ use std::process::Output;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::relay::LosingRelay;
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{Gateway, GatewayOptions, SYNTHETIC_FNR, audit_public_key, backends, client_binary};
 use reqwest::Method;
@@ -262,5 +264,121 @@ async fn patient_and_therapist_exchange_sealed_messages_with_the_cli() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains("checkpoint"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_send_whose_answer_was_lost_is_retried_with_the_cli_and_gets_the_original_receipt() {
+    for backend in backends() {
+        let gw = Gateway::start_with(
+            backend,
+            GatewayOptions {
+                config_toml: Some(IdentityProviders::shared().gateway_config()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let platform = Actor::system("icbt-platform").await;
+        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
+        let episode = episode(&gw, &platform).await.to_string();
+        let log_key = STANDARD.encode(audit_public_key());
+        let therapist = Person::new(
+            &gw,
+            &Actor::therapist("01018512528", THERAPIST_HPR).await,
+            &log_key,
+        );
+        therapist.ok(&["keygen", "--keys", &therapist.keys()]);
+        therapist.ok(&["publish", "--keys", &therapist.keys()]);
+
+        // Larger than any other request the CLI makes, so the relay knows the send.
+        let text = format!("Uke 5: {}", "Godt jobbet med eksponeringen. ".repeat(700));
+        let id = Uuid::new_v4().to_string();
+        let args = [
+            "send",
+            "--keys",
+            &therapist.keys(),
+            "--episode",
+            &episode,
+            "--kind",
+            "feedback",
+            "--id",
+            &id,
+            "--text",
+            &text,
+        ]
+        .map(str::to_owned);
+        let relay = LosingRelay::start(&gw.url, 16 * 1024).await;
+        let mut through_relay = Person {
+            dir: tempfile::tempdir().unwrap(),
+            env: therapist.env.clone(),
+        };
+        through_relay.env[0].1.clone_from(&relay.url);
+        let first = tokio::task::spawn_blocking({
+            let args = args.clone();
+            move || through_relay.run(&args.each_ref().map(String::as_str))
+        });
+
+        // The gateway commits the send; only then is its answer lost.
+        let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
+        let committed = async {
+            loop {
+                let row = sqlx::query("SELECT seq, created_at_ms FROM messages WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&mut db)
+                    .await
+                    .unwrap();
+                if let Some(row) = row {
+                    return (
+                        sqlx::Row::get::<i64, _>(&row, "seq"),
+                        sqlx::Row::get::<i64, _>(&row, "created_at_ms"),
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let (seq, created_at_ms) =
+            tokio::time::timeout(std::time::Duration::from_secs(20), committed)
+                .await
+                .expect("the send through the relay was committed");
+        assert!(relay.holding(), "{backend:?}: the answer was held back");
+        relay.lose_answer();
+        let lost = first.await.unwrap();
+        assert!(
+            !lost.status.success(),
+            "{backend:?}: the CLI heard no answer"
+        );
+        let stderr = String::from_utf8(lost.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("retry with --id {id}")),
+            "{stderr}"
+        );
+        let pending = format!("{}.pending", therapist.keys());
+        assert!(PathBuf::from(&pending).exists(), "the sealed send is kept");
+
+        // The retry, as the CLI told: the original receipt, no second message.
+        let retried = therapist.ok(&args.each_ref().map(String::as_str));
+        assert_eq!(retried[0]["seq"], seq, "{backend:?}");
+        assert_eq!(retried[0]["created_at_ms"], created_at_ms, "{backend:?}");
+        assert_eq!(retried[0]["id"], id.as_str());
+        assert!(!PathBuf::from(&pending).exists(), "forgotten once answered");
+        let count: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT COUNT(*) AS n FROM messages WHERE episode_id = $1")
+                .bind(&episode)
+                .fetch_one(&mut db)
+                .await
+                .unwrap(),
+            "n",
+        );
+        assert_eq!(count, 1, "{backend:?}: one message, not two");
+
+        // The same id with other content is another message: refused, not replayed.
+        let mut other = args.clone();
+        other[10] = "Noe annet.".to_owned();
+        let refused = therapist.run(&other.each_ref().map(String::as_str));
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8(refused.stderr).unwrap();
+        assert!(stderr.contains("message-id-conflict"), "{stderr}");
+        assert!(!PathBuf::from(&pending).exists(), "a refusal is an answer");
     }
 }

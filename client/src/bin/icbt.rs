@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand};
 use icbt_auth::dpop::DpopKey;
-use icbt_client::{Client, Credentials, TreeHead};
+use icbt_client::{Client, Credentials, PendingSends, TreeHead, pending};
 use icbt_envelope::{DeviceKeys, safety_number};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -97,7 +97,9 @@ enum Command {
         /// message, feedback, questionnaire-response or notice.
         #[arg(long, default_value = "message")]
         kind: String,
-        /// The message id (a retry reuses it); default a new one.
+        /// The message id; default a new one. A send the gateway did not acknowledge is
+        /// kept beside the keys, sealed, until it is: run the same command with this id
+        /// (printed on failure) to retry it, and the very same bytes go again.
         #[arg(long)]
         id: Option<Uuid>,
         /// The text to send.
@@ -291,8 +293,7 @@ async fn command(cli: &Cli, client: &Client) -> anyhow::Result<()> {
                 (None, None) => bail!("give --text or --file"),
             };
             let id = id.unwrap_or_else(Uuid::new_v4);
-            let receipt = client.send(&device, *episode, id, kind, &payload).await?;
-            out(&receipt)
+            send(client, keys, &device, (*episode, id), kind, &payload).await
         }
         Command::Receive {
             keys,
@@ -304,6 +305,45 @@ async fn command(cli: &Cli, client: &Client) -> anyhow::Result<()> {
             episode,
             with,
         } => safety(client, keys, *episode, with).await,
+    }
+}
+
+/// Seals and sends, or resends the kept envelope of an unacknowledged send of the same
+/// message, so a retry after a lost answer gets the original receipt.
+async fn send(
+    client: &Client,
+    keys: &Path,
+    device: &DeviceKeys,
+    (episode, id): (Uuid, Uuid),
+    kind: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let pending = PendingSends::beside(keys);
+    let fingerprint = pending::fingerprint(&device.device_id(), kind, payload);
+    let sealed = match pending.get(episode, id)? {
+        Some(kept) if kept.kind == kind && kept.fingerprint == fingerprint => kept,
+        // Nothing kept, or the id reused for other content: the gateway decides (201 if
+        // the first never arrived, 409 if it did).
+        _ => {
+            let sealed = client.seal(device, episode, id, kind, payload).await?;
+            pending.keep(&sealed)?;
+            sealed
+        }
+    };
+    match client.deliver(&sealed).await {
+        Ok(receipt) => {
+            pending.remove(episode, id)?;
+            out(&receipt)
+        }
+        Err(e) if e.may_retry() => Err(anyhow::Error::new(e).context(format!(
+            "message {id} was not acknowledged and may or may not have arrived; \
+             retry with --id {id} (the sealed message is kept in {})",
+            pending.path().display()
+        ))),
+        Err(e) => {
+            pending.remove(episode, id)?;
+            Err(e.into())
+        }
     }
 }
 
