@@ -1,31 +1,31 @@
 //! The icbt-gateway service: HTTPS API, storage, telemetry and command line.
 //!
-//! Owns: the listener and its tower stack ([`stack`]), routes ([`api`]), RFC 9457 errors
-//! ([`problem`]), the database ([`storage`]; no SQL anywhere else), and the domain records
-//! ([`episode`]), and the tamper-evident access log ([`audit`]).
+//! The layers, outside in:
+//! - [`server`]: sockets, TLS, HTTP/1.1 and HTTP/2 on hyper, the lean event-stream path;
+//! - [`http`]: the routes, their middleware, extractors, access checks, problem mapping and
+//!   one module per endpoint family;
+//! - [`domain`]: the gateway's own rules (episode life cycle, participants, message kinds);
+//! - [`push`]: the instance's stream hub that hands new messages to open streams;
+//! - [`audit`]: the tamper-evident access log (records, sequencer, verifier, FHIR view);
+//! - [`export`]: the journal exporter, its own process;
+//! - [`storage`]: the database, the only place with SQL; it has no rules about content.
+//!
+//! Beside them: [`cli`] (the command line), [`telemetry`] (logs, traces, metrics) and
+//! [`views`] (JSON shapes that more than one layer writes).
 //!
 //! Must not know about: token formats or FHIR (the `icbt-auth` and `icbt-fhir-mapping`
 //! crates own them).
 //!
 //! A reader starts at [`cli::run`], which loads the configuration and calls
-//! [`server::serve`] with the stack built by [`stack::build`].
+//! [`server::serve`] with the stack built by [`http::middleware::build`].
 
-pub mod api;
-pub mod attachments;
 pub mod audit;
-pub mod authn;
 pub mod cli;
-pub mod devices;
-pub mod episode;
-pub mod event_stream;
+pub mod domain;
 pub mod export;
-pub mod json;
-pub mod login;
-pub mod messaging;
-pub mod problem;
+pub mod http;
 pub mod push;
 pub mod server;
-pub mod stack;
 pub mod storage;
 pub mod telemetry;
-pub mod tls;
+pub mod views;

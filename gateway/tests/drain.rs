@@ -7,10 +7,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use icbt_config::TlsConfig;
+use icbt_gateway::http::middleware::{self, Limits};
+use icbt_gateway::server::tls;
 use icbt_gateway::server::{self, ListenerTimeouts};
-use icbt_gateway::stack::{self, Limits};
 use icbt_gateway::telemetry::Metrics;
-use icbt_gateway::tls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_request_completes_during_shutdown() {
@@ -40,7 +40,7 @@ async fn in_flight_request_completes_during_shutdown() {
         concurrency_limit: 8,
         hsts_max_age_seconds: 60,
     };
-    let app = stack::build(router, &limits, Metrics::shared());
+    let app = middleware::build(router, &limits, Metrics::shared());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

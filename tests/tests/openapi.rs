@@ -39,6 +39,14 @@ async fn document_and_routes_agree() {
         doc["openapi"]
     );
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    for shared in ["Unauthenticated", "Forbidden"] {
+        assert_eq!(
+            doc["components"]["responses"][shared]["content"]["application/problem+json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/ProblemDocument",
+            "{shared}"
+        );
+    }
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 15, "{paths:?}");
     let methods = ["get", "put", "post", "delete", "patch"];
@@ -71,6 +79,20 @@ async fn document_and_routes_agree() {
                             .is_some_and(|r| !r.is_empty()),
                         "{method} {path}"
                     );
+                    if operation["security"]
+                        .as_array()
+                        .is_some_and(|s| !s.is_empty())
+                    {
+                        assert_eq!(
+                            operation["responses"]["401"]["$ref"],
+                            "#/components/responses/Unauthenticated",
+                            "{method} {path}: the one shared 401"
+                        );
+                        assert!(
+                            operation["responses"]["403"].is_object(),
+                            "{method} {path}: a 403"
+                        );
+                    }
                     for requirement in operation["security"].as_array().into_iter().flatten() {
                         for name in requirement.as_object().unwrap().keys() {
                             assert!(

@@ -189,7 +189,8 @@ async fn dev_certificate_fingerprint_matches_the_served_certificate() {
         .map(|c: Result<rustls_pki_types::CertificateDer<'static>, _>| c.unwrap())
         .unwrap();
     let digest =
-        icbt_gateway::tls::fingerprint(&gw.data_dir.path().join("dev-tls/cert.pem")).unwrap();
+        icbt_gateway::server::tls::fingerprint(&gw.data_dir.path().join("dev-tls/cert.pem"))
+            .unwrap();
     assert_eq!(gw.fingerprint, digest);
     assert!(!der.is_empty());
 }

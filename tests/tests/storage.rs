@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
 
 use icbt_e2e::{Backend, backends, storage_for};
-use icbt_gateway::episode::{ClinicId, EpisodeState, NationalId, OrgNumber};
+use icbt_gateway::domain::episode::{ClinicId, EpisodeState, NationalId, OrgNumber};
 use icbt_gateway::storage::Store;
 
 fn patient(n: u32) -> NationalId {
@@ -417,7 +417,12 @@ async fn concurrent_appends_each_get_their_own_outcome() {
     }
 }
 
-type Send = (icbt_gateway::episode::EpisodeId, uuid::Uuid, String, String);
+type Send = (
+    icbt_gateway::domain::episode::EpisodeId,
+    uuid::Uuid,
+    String,
+    String,
+);
 
 /// Appends every (episode, id, body, hash) at once, as so many concurrent senders.
 async fn append_all_at_once(
@@ -455,8 +460,8 @@ async fn append_all_at_once(
 /// sent twice alike (retries), the next five twice with another body (conflicts); five to
 /// `closed`.
 fn sends_to(
-    open: &[icbt_gateway::episode::Episode],
-    closed: icbt_gateway::episode::EpisodeId,
+    open: &[icbt_gateway::domain::episode::Episode],
+    closed: icbt_gateway::domain::episode::EpisodeId,
 ) -> Vec<Send> {
     let mut sends = Vec::new();
     for i in 0..120_usize {
@@ -483,7 +488,7 @@ fn sends_to(
 /// The message rows of `episode`'s outbox, by outbox id: the order the exporter takes them.
 async fn outbox_seqs(
     conn: &mut sqlx::AnyConnection,
-    episode: icbt_gateway::episode::EpisodeId,
+    episode: icbt_gateway::domain::episode::EpisodeId,
 ) -> Vec<i64> {
     use sqlx::Row;
     sqlx::query(

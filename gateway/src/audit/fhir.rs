@@ -167,7 +167,7 @@ pub fn audit_event(record: &Record) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::tests::sample;
+    use crate::domain::audit::tests::sample;
 
     #[test]
     fn a_read_follows_balp() {

@@ -212,8 +212,8 @@ impl<'a> Verifier<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::tests::sample;
     use crate::audit::{Action, Outcome};
+    use crate::domain::audit::tests::sample;
     use icbt_merkle::{Checkpoint, Signer};
 
     struct Log {

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::records::{self, EpisodeFacts};
 use super::{Exporter, Failed};
 use crate::audit::{Action, Record};
-use crate::episode::EpisodeId;
+use crate::domain::episode::EpisodeId;
 use crate::storage::{
     Appended, Audience, EpisodeRefusal, NewMessage, Owner, StoredMessage, now_ms,
 };
@@ -118,8 +118,9 @@ impl Exporter {
         };
         let body = seal(payload.as_bytes(), &binding, &sender.signing, &recipients)
             .map_err(|e| Failed::Unmappable(format!("sealing the alert: {e}")))?;
-        let hash =
-            crate::attachments::hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
+        let hash = crate::domain::attachments::hex(
+            ring::digest::digest(&ring::digest::SHA256, &body).as_ref(),
+        );
         let recipients_json = serde_json::to_string(&kids).unwrap_or_else(|_| "[]".into());
         let device_id = sender.device_id();
         let message = NewMessage {

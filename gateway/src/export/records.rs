@@ -10,7 +10,7 @@ use icbt_fhir_mapping::episode::{EpisodeRecord, State};
 use icbt_fhir_mapping::message::{MessageRecord, Party};
 use icbt_fhir_mapping::questionnaire::Answers;
 
-use crate::episode::{Clinic, Episode, EpisodeId, EpisodeState};
+use crate::domain::episode::{Clinic, Episode, EpisodeId, EpisodeState};
 use crate::storage::{StorageError, Store, StoredMessage};
 
 /// Why a row cannot be exported (yet).

@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::{StorageError, Store, now_ms};
-use crate::episode::EpisodeId;
+use crate::domain::episode::EpisodeId;
 
 /// An attachment to store: the bytes are already checked against `sha256`.
 #[derive(Clone)]
@@ -30,7 +30,7 @@ impl Store {
     pub async fn insert_attachment(
         &self,
         a: &NewAttachment<'_>,
-        audit: &crate::audit::Record,
+        audit: &crate::domain::audit::Record,
     ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
         let result = sqlx::query(

@@ -12,7 +12,7 @@ use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::{StorageError, Store, now_ms};
-use crate::audit::{Action, ORIGIN, Outcome, Record, Stored};
+use crate::domain::audit::{Action, ORIGIN, Outcome, Record, Stored};
 
 /// A query on either backend, as built by `sqlx::query`.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;

@@ -27,8 +27,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::messaging::{Appended, Audience, EpisodeRefusal, MessagePosition, NewMessage};
 use super::{Store, audit};
-use crate::audit::Record;
-use crate::episode::EpisodeId;
+use crate::domain::audit::Record;
+use crate::domain::episode::EpisodeId;
 
 /// Messages per batch statement: 32 parameters each, 2,048 in all.
 pub(super) const MAX_BATCH: usize = 64;

@@ -11,36 +11,17 @@ use sqlx::{AnyConnection, Row};
 
 use std::sync::LazyLock;
 
-use super::{CareTeamEntry, StorageError, Store};
-use crate::audit::Record;
-use crate::episode::{Clinic, Episode, EpisodeId};
+use super::{StorageError, Store};
+use crate::domain::audit::Record;
+use crate::domain::episode::CareTeamEntry;
+use crate::domain::episode::{Clinic, Episode, EpisodeId};
+use crate::domain::participants::Owner;
 
 /// The key log's name in its checkpoints.
 pub const KEY_LOG_ORIGIN: &str = "icbt-gateway/keys";
 
 const COLUMNS: &str = "device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, \
     encryption_jwk, published_at_ms, expires_at_ms, revoked_at_ms, publish_index, revoke_index";
-
-/// Who a device belongs to: `patient`/national id, `clinician`/HPR number,
-/// `system`/client id, or `journal`/organisation number.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Owner {
-    pub kind: &'static str,
-    pub reference: String,
-}
-
-impl Owner {
-    /// `kind:reference`, as written in key log leaves.
-    pub fn label(&self) -> String {
-        format!("{}:{}", self.kind, self.reference)
-    }
-
-    fn parse_kind(kind: &str) -> Option<&'static str> {
-        ["patient", "clinician", "system", "journal"]
-            .into_iter()
-            .find(|k| *k == kind)
-    }
-}
 
 /// A device as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,30 +17,11 @@ use sqlx::any::AnyRow;
 
 use super::outbox::OutboxKind;
 use super::{StorageError, Store, now_ms};
-use crate::audit::Record;
-use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
+use crate::domain::audit::Record;
+use crate::domain::episode::{
+    CareTeamEntry, Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber,
+};
 use icbt_auth::identity::HprNumber;
-use icbt_auth::policy::CareTeamMember;
-
-/// A care-team member as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CareTeamEntry {
-    pub hpr_number: HprNumber,
-    /// `true` for a cover therapist (time-limited).
-    pub cover: bool,
-    /// Unix milliseconds when cover ends.
-    pub until_ms: Option<i64>,
-}
-
-impl CareTeamEntry {
-    /// The policy's view, in Unix seconds.
-    pub fn as_member(&self) -> CareTeamMember {
-        CareTeamMember {
-            hpr_number: self.hpr_number.clone(),
-            until: self.until_ms.map(|ms| ms.div_euclid(1000)),
-        }
-    }
-}
 
 /// A message to append.
 #[derive(Clone)]
@@ -160,16 +141,6 @@ impl From<sqlx::Error> for EpisodeRefusal {
     fn from(e: sqlx::Error) -> Self {
         Self::Storage(StorageError::Database(e))
     }
-}
-
-/// States an episode may move to from `from`. Staying put is allowed (idempotent).
-fn allowed(from: EpisodeState, to: EpisodeState) -> bool {
-    use EpisodeState::{Active, Cancelled, Finished, Planned};
-    from == to
-        || matches!(
-            (from, to),
-            (Planned, Active | Cancelled) | (Active, Finished | Cancelled)
-        )
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -301,7 +272,7 @@ impl Store {
         audit: &Record,
     ) -> Result<Episode, EpisodeRefusal> {
         let current = self.episode(id).await?.ok_or(EpisodeRefusal::NotFound)?;
-        if !allowed(current.state, to) {
+        if !current.state.may_move_to(to) {
             return Err(EpisodeRefusal::InvalidTransition {
                 from: current.state.as_str(),
                 to: to.as_str(),
@@ -621,27 +592,4 @@ pub(super) fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError
         created_at_ms: r.try_get("created_at_ms")?,
         audience: r.try_get("audience")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn life_cycle_transitions() {
-        use EpisodeState::{Active, Cancelled, Finished, Planned};
-        let all = [Planned, Active, Finished, Cancelled];
-        let ok = [
-            (Planned, Active),
-            (Planned, Cancelled),
-            (Active, Finished),
-            (Active, Cancelled),
-        ];
-        for from in all {
-            for to in all {
-                let expected = from == to || ok.contains(&(from, to));
-                assert_eq!(allowed(from, to), expected, "{from:?} -> {to:?}");
-            }
-        }
-    }
 }

@@ -17,12 +17,16 @@ mod replay;
 mod sessions;
 pub mod stream;
 
+// The records storage keeps, under the names callers have always used.
+pub use crate::domain::episode::CareTeamEntry;
+pub(crate) use crate::domain::now_ms;
+pub use crate::domain::participants::Owner;
+
 pub use attachments::NewAttachment;
 pub use audit::AuditFilter;
-pub use devices::{DeviceRecord, EpisodeForSend, KEY_LOG_ORIGIN, Owner, Published};
+pub use devices::{DeviceRecord, EpisodeForSend, KEY_LOG_ORIGIN, Published};
 pub use messaging::{
-    Appended, Audience, CareTeamEntry, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage,
-    StoredMessage,
+    Appended, Audience, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage, StoredMessage,
 };
 pub use outbox::{Claim, Finish, OutboxCounts, OutboxKind, OutboxRow};
 pub use receipts::ReceiptMarks;
@@ -31,13 +35,15 @@ pub use sessions::{LoginAttempt, SessionRecord};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use icbt_config::StorageConfig;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 
-use crate::episode::{Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
+use crate::domain::episode::{
+    Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber,
+};
 use icbt_auth::identity::HprNumber;
 
 /// Which database engine a [`Store`] talks to.
@@ -180,12 +186,6 @@ const EPISODE_WITH_TEAM_COLUMNS: &str = "e.id, e.clinic_id, e.patient_nin, e.pro
     t.hpr_number AS t_hpr_number, t.role AS t_role, t.until_ms AS t_until_ms";
 const EPISODE_WITH_TEAM_JOINS: &str = "episodes e JOIN clinics c ON c.id = e.clinic_id \
     LEFT JOIN care_team t ON t.episode_id = e.id";
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 impl Store {
     /// Connects as configured, checks the database answers, and applies migrations.

@@ -13,8 +13,8 @@
 use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use super::{Backend, StorageError, Store, now_ms};
-use crate::audit::Record;
-use crate::episode::EpisodeId;
+use crate::domain::audit::Record;
+use crate::domain::episode::EpisodeId;
 
 /// What a row asks the exporter to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

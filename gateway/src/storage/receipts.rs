@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::{Backend, StorageError, Store, now_ms};
-use crate::episode::EpisodeId;
+use crate::domain::episode::EpisodeId;
 
 /// One reader's marks in one episode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +33,7 @@ impl Store {
         reader_ref: &str,
         delivered_up_to: i64,
         read_up_to: i64,
-        audit: &crate::audit::Record,
+        audit: &crate::domain::audit::Record,
     ) -> Result<ReceiptMarks, StorageError> {
         let max = match self.backend {
             Backend::Sqlite => "MAX",

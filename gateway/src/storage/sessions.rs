@@ -109,7 +109,7 @@ impl Store {
         &self,
         id_hash: &str,
         session: &SessionRecord,
-        audit: &crate::audit::Record,
+        audit: &crate::domain::audit::Record,
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use sqlx::Row;
 
 use super::{Backend, StorageError, Store, StoredMessage};
-use crate::episode::{EpisodeId, NationalId, OrgNumber};
+use crate::domain::episode::{EpisodeId, NationalId, OrgNumber};
 use icbt_auth::identity::HprNumber;
 
 /// The `SET` clause, on an `UPDATE episodes` that takes the episode's next sequence

@@ -24,7 +24,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::problem::{Problem, ProblemKind};
+use crate::http::errors::{Problem, ProblemKind};
 use crate::telemetry::Metrics;
 
 /// The request-id header: accepted from the client when well-formed, else generated.
@@ -181,7 +181,7 @@ async fn declared_length(
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = if crate::attachments::is_upload_path(req.uri().path()) {
+    let limit = if is_upload_path(req.uri().path()) {
         upload_limit
     } else {
         body_limit
@@ -247,16 +247,28 @@ async fn security_headers(
     response
 }
 
+/// Whether a request path is an attachment upload (for the declared-length check, which
+/// runs before routing and allows these the attachment limit).
+pub fn is_upload_path(path: &str) -> bool {
+    path.starts_with("/v1/episodes/") && path.contains("/attachments/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_paths_are_told_from_other_paths() {
+        assert!(is_upload_path("/v1/episodes/x/attachments/y"));
+        assert!(!is_upload_path("/v1/episodes/x/messages/y"));
+    }
     use axum::body::Body;
     use axum::routing::{get, post};
     use http_body_util::BodyExt;
     use serde::Deserialize;
     use tower::ServiceExt;
 
-    use crate::json::ApiJson;
+    use crate::http::extractors::ApiJson;
 
     #[derive(Deserialize)]
     struct Score {

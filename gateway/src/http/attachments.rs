@@ -5,9 +5,6 @@
 //! large upload costs a file, not memory, until it is known good; a refused or interrupted
 //! upload only ever touched that file, which is removed when the request ends.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,52 +15,21 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::api::AppState;
 use crate::audit::{Access, Action};
-use crate::authn::Caller;
-use crate::episode::EpisodeId;
-use crate::messaging::{invalid, reach, sender_ref};
-use crate::problem::{Problem, ProblemKind};
+use crate::domain::attachments::{hex, is_sha256_hex};
+use crate::domain::episode::EpisodeId;
+use crate::domain::participants::sender_ref;
+use crate::http::access::reach;
+use crate::http::errors::invalid;
+use crate::http::errors::{Problem, ProblemKind};
+use crate::http::extractors::Caller;
+use crate::http::state::AppState;
 use crate::storage::NewAttachment;
-
-/// Where uploads wait while they are checked, and how large they may be.
-#[derive(Debug)]
-pub struct Uploads {
-    pub dir: PathBuf,
-    pub limit_bytes: u64,
-}
-
-/// Shared upload settings.
-pub type SharedUploads = Arc<Uploads>;
-
-/// A SHA-256 as 64 lower-case hex digits.
-pub fn is_sha256_hex(value: &str) -> bool {
-    value.len() == 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Whether a request path is an attachment upload (for the declared-length check, which
-/// runs before routing and allows these the attachment limit).
-pub fn is_upload_path(path: &str) -> bool {
-    path.starts_with("/v1/episodes/") && path.contains("/attachments/")
-}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttachmentReceipt {
     sha256: String,
     size: u64,
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
 }
 
 /// `PUT /v1/episodes/{id}/attachments/{sha256}`: uploads an encrypted blob. It is stored
@@ -72,7 +38,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     params(("id" = Uuid, Path), ("sha256" = String, Path, description = "SHA-256 of the bytes, hex")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = AttachmentReceipt), (status = 200, body = AttachmentReceipt, description = "already stored"),
-        (status = 413, body = crate::problem::ProblemDocument), (status = 422, body = crate::problem::ProblemDocument)),
+        (status = 413, body = crate::http::errors::ProblemDocument), (status = 422, body = crate::http::errors::ProblemDocument)),
     security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_attachment(
     State(state): State<AppState>,
@@ -156,7 +122,7 @@ pub async fn put_attachment(
 /// `GET /v1/episodes/{id}/attachments/{sha256}`: the blob, for principals of the episode.
 #[utoipa::path(get, path = "/v1/episodes/{id}/attachments/{sha256}", tag = "messages",
     params(("id" = Uuid, Path), ("sha256" = String, Path)),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::problem::ProblemDocument)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::http::errors::ProblemDocument)),
     security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn get_attachment(
     State(state): State<AppState>,
@@ -189,19 +155,4 @@ pub async fn get_attachment(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_and_path_shapes() {
-        assert!(is_sha256_hex(&"a".repeat(64)));
-        assert!(!is_sha256_hex(&"A".repeat(64)));
-        assert!(!is_sha256_hex(&"a".repeat(63)));
-        assert!(is_upload_path("/v1/episodes/x/attachments/y"));
-        assert!(!is_upload_path("/v1/episodes/x/messages/y"));
-        assert_eq!(hex(&[0, 255, 16]), "00ff10");
-    }
 }

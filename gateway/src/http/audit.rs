@@ -16,12 +16,14 @@ use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Access, Action, Outcome, Record, Stored};
-use crate::api::AppState;
-use crate::authn::Caller;
-use crate::messaging::{MAX_PAGE, invalid};
-use crate::problem::{Problem, ProblemKind};
+use crate::audit::{Access, Action, Outcome, Record, Stored, fhir};
+use crate::http::errors::invalid;
+use crate::http::errors::{Problem, ProblemKind};
+use crate::http::extractors::Caller;
+use crate::http::extractors::MAX_PAGE;
+use crate::http::state::AppState;
 use crate::storage::AuditFilter;
+use crate::views::CheckpointView;
 
 /// Refuses (and records the refusal) unless `caller` holds the auditor role.
 async fn auditor(state: &AppState, access: &Access, caller: &Authenticated) -> Result<(), Problem> {
@@ -105,7 +107,7 @@ fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
 }
 
 /// `GET /v1/audit/records`: the security team's search over the log, oldest first.
-#[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(RecordsQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not an auditor", body = crate::problem::ProblemDocument), (status = 200, body = RecordPage, description = "JSON page; `application/x-ndjson` or `application/fhir+json` by `format`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(RecordsQuery), responses((status = 403, description = "not an auditor", body = crate::http::errors::ProblemDocument), (status = 200, body = RecordPage, description = "JSON page; `application/x-ndjson` or `application/fhir+json` by `format`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn records(
     State(state): State<AppState>,
     access: Access,
@@ -173,12 +175,12 @@ pub async fn records(
         "fhir" => {
             let entries: Vec<serde_json::Value> = views
                 .iter()
-                .map(|v| serde_json::json!({"resource": super::fhir::audit_event(&v.record)}))
+                .map(|v| serde_json::json!({"resource": fhir::audit_event(&v.record)}))
                 .collect();
             let bundle = serde_json::json!({
                 "resourceType": "Bundle",
                 "type": "collection",
-                "timestamp": super::fhir::instant(crate::storage::now_ms()),
+                "timestamp": fhir::instant(crate::storage::now_ms()),
                 "entry": entries,
             });
             let mut response = (
@@ -206,23 +208,6 @@ fn insert_next(response: &mut Response, after: u64) {
     }
 }
 
-/// A signed tree head, with what is needed to check it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CheckpointView {
-    origin: String,
-    size: u64,
-    /// Base64 SHA-256 root.
-    root: String,
-    timestamp_ms: i64,
-    key_id: String,
-    /// Base64 Ed25519 signature over `body`.
-    signature: String,
-    /// The signed text.
-    body: String,
-    /// Base64 Ed25519 public key of the gateway's current signing key.
-    public_key: String,
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct CheckpointQuery {
     /// A tree size that had a checkpoint; default the newest.
@@ -230,7 +215,7 @@ pub struct CheckpointQuery {
 }
 
 /// `GET /v1/audit/checkpoint`: the newest signed checkpoint, or the one at `size`.
-#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit", params(CheckpointQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not an auditor", body = crate::problem::ProblemDocument), (status = 404, description = "no such checkpoint", body = crate::problem::ProblemDocument), (status = 200, body = CheckpointView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit", params(CheckpointQuery), responses((status = 403, description = "not an auditor", body = crate::http::errors::ProblemDocument), (status = 404, description = "no such checkpoint", body = crate::http::errors::ProblemDocument), (status = 200, body = CheckpointView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn checkpoint(
     State(state): State<AppState>,
     access: Access,
@@ -254,22 +239,6 @@ pub async fn checkpoint(
     )))
 }
 
-impl CheckpointView {
-    /// The view of `signed`, with the gateway's current public key beside it.
-    pub(crate) fn new(signed: &icbt_merkle::SignedCheckpoint, public_key: &[u8]) -> Self {
-        Self {
-            origin: signed.checkpoint.origin.clone(),
-            size: signed.checkpoint.size,
-            root: STANDARD.encode(signed.checkpoint.root),
-            timestamp_ms: signed.checkpoint.timestamp_ms,
-            body: signed.checkpoint.body(),
-            key_id: signed.key_id.clone(),
-            signature: STANDARD.encode(&signed.signature),
-            public_key: STANDARD.encode(public_key),
-        }
-    }
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct InclusionQuery {
     /// Leaf index of the record.
@@ -289,7 +258,7 @@ pub struct InclusionView {
 }
 
 /// `GET /v1/audit/proof/inclusion?index&size`: that record `index` is in the tree of `size`.
-#[utoipa::path(get, path = "/v1/audit/proof/inclusion", tag = "audit", params(InclusionQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not an auditor", body = crate::problem::ProblemDocument), (status = 200, body = InclusionView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/audit/proof/inclusion", tag = "audit", params(InclusionQuery), responses((status = 403, description = "not an auditor", body = crate::http::errors::ProblemDocument), (status = 200, body = InclusionView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn inclusion(
     State(state): State<AppState>,
     access: Access,
@@ -334,7 +303,7 @@ pub struct ConsistencyView {
 
 /// `GET /v1/audit/proof/consistency?from&to`: that the tree of `to` extends the tree of
 /// `from`, so nothing before was changed.
-#[utoipa::path(get, path = "/v1/audit/proof/consistency", tag = "audit", params(ConsistencyQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not an auditor", body = crate::problem::ProblemDocument), (status = 200, body = ConsistencyView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/audit/proof/consistency", tag = "audit", params(ConsistencyQuery), responses((status = 403, description = "not an auditor", body = crate::http::errors::ProblemDocument), (status = 200, body = ConsistencyView)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn consistency(
     State(state): State<AppState>,
     access: Access,
@@ -396,7 +365,7 @@ pub struct AccessLog {
 
 /// `GET /v1/me/access-log`: who accessed the calling patient's data, when, and what they
 /// did, newest records last.
-#[utoipa::path(get, path = "/v1/me/access-log", tag = "audit", params(AccessLogQuery), responses((status = 401, description = "not authenticated", body = crate::problem::ProblemDocument), (status = 403, description = "not a patient", body = crate::problem::ProblemDocument), (status = 200, body = AccessLog)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/me/access-log", tag = "audit", params(AccessLogQuery), responses((status = 403, description = "not a patient", body = crate::http::errors::ProblemDocument), (status = 200, body = AccessLog)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn access_log(
     State(state): State<AppState>,
     access: Access,
@@ -439,7 +408,7 @@ pub async fn access_log(
             None => None,
         };
         entries.push(AccessEntry {
-            at: super::fhir::instant(r.recorded_at_ms),
+            at: fhir::instant(r.recorded_at_ms),
             at_ms: r.recorded_at_ms,
             who: who(r, &pid, organisation.as_deref()),
             what: what(r),
@@ -501,7 +470,7 @@ fn what(r: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::tests::sample;
+    use crate::domain::audit::tests::sample;
 
     #[test]
     fn plain_words_name_roles_not_internal_ids() {

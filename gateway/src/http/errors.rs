@@ -6,8 +6,11 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use icbt_auth::policy;
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::storage::EpisodeRefusal;
 
 /// Prefix of every problem `type` this gateway emits.
 pub const TYPE_PREFIX: &str = "urn:icbt-gateway:problem:";
@@ -365,6 +368,38 @@ impl From<crate::storage::StorageError> for Problem {
             )
             | StorageError::Connect { .. } => Problem::new(ProblemKind::StorageUnavailable),
             _ => Problem::new(ProblemKind::Internal),
+        }
+    }
+}
+
+/// 422 `invalid-field` naming the field at `path`.
+pub fn invalid(path: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(ProblemKind::InvalidField)
+        .detail(detail)
+        .with("path", path)
+}
+
+/// 403, with the policy's reason in the log only.
+pub fn forbidden(denial: policy::Denial) -> Problem {
+    tracing::info!(reason = denial.reason_code(), "authorisation refused");
+    Problem::new(ProblemKind::Forbidden)
+}
+
+impl From<EpisodeRefusal> for Problem {
+    fn from(refusal: EpisodeRefusal) -> Self {
+        match refusal {
+            EpisodeRefusal::NotFound => Problem::new(ProblemKind::NotFound),
+            EpisodeRefusal::IdConflict => Problem::new(ProblemKind::EpisodeIdConflict),
+            EpisodeRefusal::InvalidTransition { from, to } => {
+                Problem::new(ProblemKind::InvalidTransition)
+                    .detail(format!("an episode cannot go from {from} to {to}"))
+                    .with("from", from)
+                    .with("to", to)
+            }
+            EpisodeRefusal::Closed(state) => {
+                Problem::new(ProblemKind::EpisodeClosed).with("state", state)
+            }
+            EpisodeRefusal::Storage(e) => e.into(),
         }
     }
 }

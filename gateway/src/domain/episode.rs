@@ -2,7 +2,9 @@
 
 use std::fmt;
 
+use icbt_auth::identity::HprNumber;
 pub use icbt_auth::identity::{NationalId, NationalIdKind, OrgNumber};
+use icbt_auth::policy::CareTeamMember;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -65,6 +67,17 @@ impl EpisodeState {
             _ => return None,
         })
     }
+
+    /// The life cycle: planned → active → finished, and cancelled from planned or
+    /// active. Staying put is allowed (a retry of the same change).
+    pub fn may_move_to(self, to: EpisodeState) -> bool {
+        use EpisodeState::{Active, Cancelled, Finished, Planned};
+        self == to
+            || matches!(
+                (self, to),
+                (Planned, Active | Cancelled) | (Active, Finished | Cancelled)
+            )
+    }
 }
 
 /// A clinic that runs iCBT programmes.
@@ -88,6 +101,26 @@ pub struct Episode {
     pub updated_at_ms: i64,
 }
 
+/// A member of an episode's care team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CareTeamEntry {
+    pub hpr_number: HprNumber,
+    /// `true` for a cover therapist (time-limited).
+    pub cover: bool,
+    /// Unix milliseconds when cover ends.
+    pub until_ms: Option<i64>,
+}
+
+impl CareTeamEntry {
+    /// The policy's view, in Unix seconds.
+    pub fn as_member(&self) -> CareTeamMember {
+        CareTeamMember {
+            hpr_number: self.hpr_number.clone(),
+            until: self.until_ms.map(|ms| ms.div_euclid(1000)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +136,23 @@ mod tests {
             assert_eq!(EpisodeState::parse(s.as_str()), Some(s));
         }
         assert_eq!(EpisodeState::parse("done"), None);
+    }
+
+    #[test]
+    fn life_cycle_transitions() {
+        use EpisodeState::{Active, Cancelled, Finished, Planned};
+        let all = [Planned, Active, Finished, Cancelled];
+        let ok = [
+            (Planned, Active),
+            (Planned, Cancelled),
+            (Active, Finished),
+            (Active, Cancelled),
+        ];
+        for from in all {
+            for to in all {
+                let expected = from == to || ok.contains(&(from, to));
+                assert_eq!(from.may_move_to(to), expected, "{from:?} -> {to:?}");
+            }
+        }
     }
 }

@@ -1,20 +1,22 @@
-//! Authentication of API requests: the `Caller` extractor turns the request's token and
-//! DPoP proof into a verified principal, or a problem with the RFC 6750 / RFC 9449
-//! challenge. The reason goes to the log; the client gets the standard error code only.
+//! What authentication needs at request time, apart from any request: the token
+//! validator with its rate limit and auditor rule ([`AuthContext`]), and the hosted
+//! logins' OpenID clients ([`LoginContext`]). The extractors and the login handlers use
+//! them; they know nothing of the handlers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, header};
 use icbt_auth::AuthError;
+use icbt_auth::client::{ClientKey, ClientKeyAlgorithm, OidcClient};
 use icbt_auth::error::Refusal;
 use icbt_auth::policy::AuditorRule;
 use icbt_auth::principal::Authenticated;
-use icbt_auth::token::{RequestFacts, Validator};
+use icbt_auth::token::Validator;
+use icbt_config::LoginConfig;
 
-use crate::api::AppState;
-use crate::problem::{Problem, ProblemKind};
+use crate::http::errors::{Problem, ProblemKind};
 
 /// The `DPoP-Nonce` response header (RFC 9449 §8).
 pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
@@ -141,7 +143,8 @@ impl AuthContext {
         problem
     }
 
-    fn request_uri(&self, parts: &Parts) -> String {
+    /// The URI a DPoP proof must name: the configured public origin, else the request's own.
+    pub(crate) fn request_uri(&self, parts: &Parts) -> String {
         let path = parts.uri.path();
         if let Some(origin) = &self.public_url {
             return format!("{}{path}", origin.trim_end_matches('/'));
@@ -162,133 +165,74 @@ impl AuthContext {
     }
 }
 
-/// The verified caller of an API request.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Authenticated);
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Problem;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if let Some(cached) = parts.extensions.get::<Caller>() {
-            return Ok(cached.clone());
-        }
-        let auth = &state.auth;
-        if !parts.headers.contains_key(header::AUTHORIZATION)
-            && let Some(cookie) = crate::login::session_cookie(&parts.headers)
-        {
-            let cookie = cookie.to_owned();
-            return match crate::login::session_principal(state, parts, &cookie).await {
-                Ok(authenticated) => {
-                    tracing::Span::current().record("principal", authenticated.principal.kind());
-                    auth.admit(&authenticated)?;
-                    let caller = Caller(authenticated);
-                    parts.extensions.insert(caller.clone());
-                    Ok(caller)
-                }
-                Err(error) => {
-                    tracing::info!(reason = error.reason_code(), "authentication refused");
-                    Err(auth.refusal(&error))
-                }
-            };
-        }
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
-        let dpop: Vec<&str> = parts
-            .headers
-            .get_all("dpop")
-            .iter()
-            .map(|v| v.to_str().unwrap_or(""))
-            .collect();
-        let uri = auth.request_uri(parts);
-        let facts = RequestFacts {
-            authorization,
-            dpop: &dpop,
-            method: parts.method.as_str(),
-            uri: &uri,
-        };
-        match auth.validator.authenticate(facts, &state.store).await {
-            Ok(authenticated) => {
-                auth.admit(&authenticated)?;
-                let span = tracing::Span::current();
-                span.record("principal", authenticated.principal.kind());
-                span.record("issuer", &*authenticated.issuer);
-                let caller = Caller(authenticated);
-                parts.extensions.insert(caller.clone());
-                Ok(caller)
-            }
-            Err(error) => {
-                tracing::info!(reason = error.reason_code(), "authentication refused");
-                Err(auth.refusal(&error))
-            }
-        }
-    }
-}
-
-impl Caller {
-    /// Refuses the request unless the token carries `scope` (a per-route requirement on
-    /// top of the issuer's required scopes): 403 `insufficient-scope` with the RFC 6750
-    /// challenge.
-    pub fn require_scope(&self, auth: &AuthContext, scope: &str) -> Result<(), Problem> {
-        if self.0.has_scope(scope) {
-            return Ok(());
-        }
-        let error = AuthError::InsufficientScope(scope.to_owned());
-        tracing::info!(reason = error.reason_code(), "authorisation refused");
-        Err(auth.refusal(&error))
-    }
-}
-
 /// Shared authentication state.
 pub type SharedAuth = Arc<AuthContext>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::response::IntoResponse;
-    use icbt_auth::dpop::DpopVerifier;
-    use icbt_auth::principal::{Principal, SystemClient};
+/// One issuer's hosted login.
+#[derive(Debug)]
+pub struct LoginProvider {
+    pub(crate) config: LoginConfig,
+    pub(crate) client: OidcClient,
+}
 
-    #[test]
-    fn per_route_scope_is_required() {
-        let auth = AuthContext::new(
-            Validator::new(
-                Vec::new(),
-                DpopVerifier::new(vec![icbt_auth::jose::Algorithm::ES256], 60, 5, None),
-            ),
-            None,
-            AuditorRule::default(),
-        );
-        let caller = Caller(Authenticated {
-            principal: Principal::System(SystemClient {
-                client_id: "p".into(),
-                orgnr_parent: None,
-                orgnr_child: None,
-            }),
-            issuer: Arc::from("helseid"),
-            client_id: Some("p".into()),
-            scopes: vec!["nhn:icbt-gateway/api".into()],
-            token_id: None,
-            expires_at: i64::MAX,
-            dpop_jkt: None,
-        });
-        assert!(caller.require_scope(&auth, "nhn:icbt-gateway/api").is_ok());
-        let refused = caller
-            .require_scope(&auth, "nhn:icbt-gateway/episodes.write")
-            .unwrap_err()
-            .into_response();
-        assert_eq!(refused.status(), 403);
-        let challenge = refused.headers()[header::WWW_AUTHENTICATE]
-            .to_str()
-            .unwrap();
-        assert!(
-            challenge.contains("error=\"insufficient_scope\""),
-            "{challenge}"
-        );
+/// Every configured hosted login, by issuer name.
+#[derive(Debug, Default)]
+pub struct LoginContext {
+    pub(crate) providers: HashMap<String, LoginProvider>,
+}
+
+/// Why the hosted login could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `login.{key}`: {problem}")]
+pub struct LoginSetupError {
+    key: &'static str,
+    problem: String,
+}
+
+impl LoginContext {
+    /// Builds the clients; they share the issuers' metadata and keys with `validator`.
+    pub fn from_config(
+        logins: &[LoginConfig],
+        validator: &Validator,
+        http: &reqwest::Client,
+    ) -> Result<Self, LoginSetupError> {
+        let mut providers = HashMap::new();
+        for config in logins {
+            let profile = validator
+                .issuers()
+                .iter()
+                .find(|p| *p.name == *config.issuer)
+                .ok_or_else(|| LoginSetupError {
+                    key: "issuer",
+                    problem: format!("no issuer named `{}`", config.issuer),
+                })?;
+            let alg = ClientKeyAlgorithm::parse(&config.key_algorithm).ok_or_else(|| {
+                LoginSetupError {
+                    key: "key_algorithm",
+                    problem: "unsupported".into(),
+                }
+            })?;
+            let key = ClientKey::from_pem_file(&config.key_file, alg, config.key_id.clone())
+                .map_err(|e| LoginSetupError {
+                    key: "key_file",
+                    problem: e.to_string(),
+                })?;
+            let client = OidcClient::new(
+                config.client_id.clone(),
+                key,
+                config.assertion_audience.clone(),
+                profile.keys.clone(),
+                http.clone(),
+                None,
+            );
+            providers.insert(
+                config.issuer.clone(),
+                LoginProvider {
+                    config: config.clone(),
+                    client,
+                },
+            );
+        }
+        Ok(Self { providers })
     }
 }

@@ -8,73 +8,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_auth::principal::{Authenticated, Principal};
+use icbt_auth::principal::Authenticated;
 use icbt_envelope::{Jwk, PublicKey};
 use icbt_merkle::{Hash, consistency_proof, inclusion_proof};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::AppState;
-use crate::audit::api::CheckpointView;
 use crate::audit::{Access, Action};
-use crate::authn::Caller;
-use crate::episode::{EpisodeId, OrgNumber};
-use crate::json::ApiJson;
-use crate::messaging::{invalid, manage, reach};
-use crate::problem::{Problem, ProblemKind};
-use crate::storage::{CareTeamEntry, DeviceRecord, Owner, Published, now_ms};
+use crate::domain::episode::{EpisodeId, OrgNumber};
+use crate::domain::participants::{journal_of, owner_of, participants};
+use crate::http::access::{manage, reach};
+use crate::http::errors::invalid;
+use crate::http::errors::{Problem, ProblemKind};
+use crate::http::extractors::ApiJson;
+use crate::http::extractors::Caller;
+use crate::http::state::AppState;
+use crate::storage::{DeviceRecord, Owner, Published, now_ms};
+use crate::views::CheckpointView;
 
 const DAY_MS: i64 = 86_400_000;
-
-/// Whose devices a caller publishes: their own.
-pub(crate) fn owner_of(principal: &Principal) -> Owner {
-    match principal {
-        Principal::Patient(p) => Owner {
-            kind: "patient",
-            reference: p.pid.expose().to_owned(),
-        },
-        Principal::Clinician(c) => Owner {
-            kind: "clinician",
-            reference: c.hpr_number.as_str().to_owned(),
-        },
-        Principal::System(s) => Owner {
-            kind: "system",
-            reference: s.client_id.clone(),
-        },
-    }
-}
-
-pub(crate) fn journal_of(org: &OrgNumber) -> Owner {
-    Owner {
-        kind: "journal",
-        reference: org.as_str().to_owned(),
-    }
-}
-
-/// The episode's participants as key owners: the patient and the care team members
-/// whose membership has not ended at `now_ms`.
-pub(crate) fn participants(
-    patient: &str,
-    team: &[CareTeamEntry],
-    now_ms: i64,
-    include_ended: bool,
-) -> Vec<Owner> {
-    let mut owners = vec![Owner {
-        kind: "patient",
-        reference: patient.to_owned(),
-    }];
-    owners.extend(
-        team.iter()
-            .filter(|m| include_ended || m.until_ms.is_none_or(|until| now_ms < until))
-            .map(|m| Owner {
-                kind: "clinician",
-                reference: m.hpr_number.as_str().to_owned(),
-            }),
-    );
-    owners.sort();
-    owners.dedup();
-    owners
-}
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -271,7 +223,7 @@ fn not_an_auditor(state: &AppState, caller: &Authenticated) -> Result<(), Proble
 
 /// `PUT /v1/devices/{device_id}`: publishes one of the caller's devices. The same
 /// request again answers the stored device (200); other keys under a taken id, 409.
-#[utoipa::path(put, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 409, body = crate::problem::ProblemDocument, description = "id or key taken, or too many devices"), (status = 422, body = crate::problem::ProblemDocument, description = "invalid key or expiry")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(put, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id or key taken, or too many devices"), (status = 422, body = crate::http::errors::ProblemDocument, description = "invalid key or expiry")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_device(
     State(state): State<AppState>,
     access: Access,
@@ -286,7 +238,7 @@ pub async fn put_device(
 
 /// `PUT /v1/clinics/{org}/journal-keys/{device_id}`: publishes a clinic's journal key
 /// (the exporter's), which every message in the clinic's episodes must be sealed to.
-#[utoipa::path(put, path = "/v1/clinics/{org}/journal-keys/{device_id}", tag = "devices", params(("org" = String, Path, description = "the clinic's organisation number"), ("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 403, body = crate::problem::ProblemDocument, description = "not a system client of this clinic"), (status = 409, body = crate::problem::ProblemDocument, description = "id or key taken, or too many keys")), security(("bearer" = []), ("dpop" = [])))]
+#[utoipa::path(put, path = "/v1/clinics/{org}/journal-keys/{device_id}", tag = "devices", params(("org" = String, Path, description = "the clinic's organisation number"), ("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 403, body = crate::http::errors::ProblemDocument, description = "not a system client of this clinic"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id or key taken, or too many keys")), security(("bearer" = []), ("dpop" = [])))]
 pub async fn put_journal_key(
     State(state): State<AppState>,
     access: Access,
@@ -305,7 +257,7 @@ pub async fn put_journal_key(
 
 /// `DELETE /v1/devices/{device_id}`: revokes a device of the caller's, or a journal key
 /// of a clinic the caller (a system client) acts for.
-#[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path)), responses((status = 200, body = DirectoryView, description = "revoked, with the revoke leaf's proof"), (status = 404, body = crate::problem::ProblemDocument, description = "no such device of the caller's")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path)), responses((status = 200, body = DirectoryView, description = "revoked, with the revoke leaf's proof"), (status = 404, body = crate::http::errors::ProblemDocument, description = "no such device of the caller's")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn delete_device(
     State(state): State<AppState>,
     access: Access,
@@ -345,7 +297,7 @@ pub async fn delete_device(
 }
 
 /// `GET /v1/devices`: the caller's own devices, revoked and expired ones included.
-#[utoipa::path(get, path = "/v1/devices", tag = "devices", responses((status = 200, body = DirectoryView), (status = 404, body = crate::problem::ProblemDocument, description = "the key log is still empty")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/devices", tag = "devices", responses((status = 200, body = DirectoryView), (status = 404, body = crate::http::errors::ProblemDocument, description = "the key log is still empty")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn list_devices(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -369,7 +321,7 @@ pub struct EpisodeDevicesQuery {
 /// `GET /v1/episodes/{id}/devices`: the keys a message in this episode must be sealed
 /// to (every participant's active devices and the clinic's journal keys), each with its
 /// inclusion proof against the newest signed checkpoint of the key log.
-#[utoipa::path(get, path = "/v1/episodes/{id}/devices", tag = "devices", params(("id" = Uuid, Path), EpisodeDevicesQuery), responses((status = 200, body = DirectoryView), (status = 403, body = crate::problem::ProblemDocument, description = "not allowed"), (status = 404, body = crate::problem::ProblemDocument, description = "no such episode, or no keys yet")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/episodes/{id}/devices", tag = "devices", params(("id" = Uuid, Path), EpisodeDevicesQuery), responses((status = 200, body = DirectoryView), (status = 404, body = crate::http::errors::ProblemDocument, description = "no such episode, or no keys yet")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn episode_devices(
     State(state): State<AppState>,
     access: Access,
@@ -400,7 +352,7 @@ pub async fn episode_devices(
 }
 
 /// `GET /v1/keys/checkpoint`: the key log's newest signed checkpoint.
-#[utoipa::path(get, path = "/v1/keys/checkpoint", tag = "devices", responses((status = 200, body = CheckpointView), (status = 404, body = crate::problem::ProblemDocument, description = "the key log is still empty")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/keys/checkpoint", tag = "devices", responses((status = 200, body = CheckpointView), (status = 404, body = crate::http::errors::ProblemDocument, description = "the key log is still empty")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn key_checkpoint(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -434,7 +386,7 @@ pub struct KeyConsistencyView {
 
 /// `GET /v1/keys/proof/consistency`: proves the key log at `to` extends the log at
 /// `from`, so no published key was taken back or changed in between.
-#[utoipa::path(get, path = "/v1/keys/proof/consistency", tag = "devices", params(KeyConsistencyQuery), responses((status = 200, body = KeyConsistencyView), (status = 422, body = crate::problem::ProblemDocument, description = "sizes out of range")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/keys/proof/consistency", tag = "devices", params(KeyConsistencyQuery), responses((status = 200, body = KeyConsistencyView), (status = 422, body = crate::http::errors::ProblemDocument, description = "sizes out of range")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn key_consistency(
     State(state): State<AppState>,
     Caller(_caller): Caller,

@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
-use crate::problem::{Problem, ProblemKind};
+use crate::http::errors::{Problem, ProblemKind};
 
 /// A JSON body of type `T`. Refuses a wrong content type (415), an oversized body (413)
 /// and malformed JSON (400 with `path`, the JSON path where reading failed, plus `line`

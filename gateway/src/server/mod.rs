@@ -4,7 +4,6 @@
 //! [`crate::event_stream`] instead of hyper; on shutdown its stream ends at once.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,24 +12,20 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::event_stream::{self, First, Prefixed};
-use crate::stack::HttpService;
+pub mod event_stream;
+pub mod tls;
+
+use event_stream::{First, Prefixed};
+
+use crate::http::extractors::ConnectionInfo;
+use crate::http::middleware::HttpService;
 
 /// The largest request head accepted (hyper's read buffer limit as well).
 const MAX_HEAD: usize = 64 * 1024;
-
-/// Facts about the connection a request arrived on, as a request extension.
-#[derive(Clone, Debug)]
-pub struct ConnectionInfo {
-    pub peer: SocketAddr,
-    /// The verified client certificate (leaf), when the client presented one.
-    pub client_certificate: Option<CertificateDer<'static>>,
-}
 
 /// Timing of the listener.
 #[derive(Clone, Copy, Debug)]

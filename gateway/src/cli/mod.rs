@@ -1,5 +1,9 @@
 //! The command line: `serve`, `export`, `audit` and `config check`.
 
+mod export;
+
+pub use export::exporter;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +18,15 @@ use icbt_auth::keys::{Fetch, HttpFetch, KeyCachePolicy};
 use icbt_auth::policy::AuditorRule;
 use icbt_auth::token::Validator;
 
-use crate::api::{self, AppState};
 use crate::audit::sequencer::AuditLog;
-use crate::authn::AuthContext;
-use crate::export::epj::Epj;
-use crate::export::records::JournalKeys;
-use crate::export::{Exporter, Settings as ExportSettings};
-use crate::login::LoginContext;
+use crate::http::auth::AuthContext;
+use crate::http::auth::LoginContext;
+use crate::http::middleware::{self, Limits};
+use crate::http::{self, AppState};
+use crate::server::tls::{self, CertificateFiles};
 use crate::server::{self, ListenerTimeouts};
-use crate::stack::{self, Limits};
 use crate::storage::Store;
 use crate::telemetry::{Metrics, Telemetry};
-use crate::tls::{self, CertificateFiles};
 
 /// Messaging gateway between iCBT platforms, patients, therapists and hospital systems.
 #[derive(Debug, Parser)]
@@ -188,14 +189,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             match command.unwrap_or(ExportCommand::Run) {
                 ExportCommand::Run => {
                     let telemetry = Telemetry::init(&config.telemetry)?;
-                    let result = runtime.block_on(run_exporter(config));
+                    let result = runtime.block_on(export::run_exporter(config));
                     runtime.shutdown_timeout(Duration::from_secs(5));
                     telemetry.shutdown();
                     result
                 }
-                ExportCommand::Status => runtime.block_on(export_status(&config)),
+                ExportCommand::Status => runtime.block_on(export::export_status(&config)),
                 ExportCommand::DeadLetters { command } => {
-                    runtime.block_on(dead_letters(&config, command))
+                    runtime.block_on(export::dead_letters(&config, command))
                 }
             }
         }
@@ -248,7 +249,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         auth,
         push: push.clone(),
-        uploads: Arc::new(crate::attachments::Uploads {
+        uploads: Arc::new(crate::http::state::Uploads {
             dir: config.storage.data_dir.join("uploads"),
             limit_bytes: config.storage.attachment_limit_bytes,
         }),
@@ -263,7 +264,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
-    let exporter = in_process_exporter(&config, &store, &push)?;
+    let exporter = export::in_process_exporter(&config, &store, &push)?;
     let sequencer = tokio::spawn(audit_log.clone().run(store.clone(), push.hub.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let limits = Limits {
@@ -273,8 +274,8 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         concurrency_limit: config.server.concurrency_limit,
         hsts_max_age_seconds: config.server.hsts_max_age_seconds,
     };
-    let app = stack::build(
-        api::router(state, config.telemetry.metrics_enabled),
+    let app = middleware::build(
+        http::router(state, config.telemetry.metrics_enabled),
         &limits,
         metrics,
     );
@@ -312,160 +313,6 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The exporter as configured, or `None` when `export.epj_base_url` is unset.
-pub fn exporter(config: &Config, store: Store) -> anyhow::Result<Option<Exporter>> {
-    let export = &config.export;
-    let Some(client) = &export.client else {
-        if export.epj_base_url.is_some() {
-            anyhow::bail!(
-                "configuration key `export.client`: is not set; fix: set [export.client]"
-            );
-        }
-        return Ok(None);
-    };
-    let Some(settings) = ExportSettings::from_config(export, &client.client_id) else {
-        return Ok(None);
-    };
-    let mut keys = Vec::new();
-    for file in &export.journal_key_files {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(file).with_context(|| {
-            format!(
-                "configuration key `export.journal_key_files`: cannot read {}",
-                file.display()
-            )
-        })?);
-        let device = icbt_envelope::DeviceKeys::from_private_json(&text).with_context(|| {
-            format!(
-                "configuration key `export.journal_key_files`: {} is not a device key file",
-                file.display()
-            )
-        })?;
-        keys.push(device);
-    }
-    let idp_http = icbt_auth::http::https_client(
-        config.auth.trust_roots_file.as_deref(),
-        Duration::from_millis(config.auth.jwks.fetch_timeout_ms),
-    )?;
-    let policy = KeyCachePolicy {
-        max_age: Duration::from_secs(config.auth.jwks.max_age_seconds),
-        min_refetch_interval: Duration::from_secs(config.auth.jwks.min_refetch_interval_seconds),
-    };
-    let tokens = OutboundTokens::from_config(client, idp_http, policy)
-        .context("configuration key `export.client.key_file`")?;
-    let epj_http = icbt_auth::http::https_client(
-        export
-            .trust_roots_file
-            .as_deref()
-            .or(config.auth.trust_roots_file.as_deref()),
-        Duration::from_millis(export.request_timeout_ms),
-    )?;
-    Ok(Some(Exporter::new(
-        store,
-        Epj::new(epj_http, Arc::new(tokens)),
-        JournalKeys::new(keys),
-        settings,
-    )))
-}
-
-async fn run_exporter(config: Config) -> anyhow::Result<()> {
-    let store = Store::open(&config.storage).await?;
-    let Some(exporter) = exporter(&config, store.clone())? else {
-        anyhow::bail!(
-            "configuration key `export.epj_base_url`: is not set; fix: set the EPJ's FHIR base URL"
-        );
-    };
-    #[allow(clippy::print_stdout)]
-    {
-        println!("icbt-gateway exporter running");
-    }
-    Arc::new(exporter).run(server::shutdown_signal()).await;
-    store.close().await;
-    Ok(())
-}
-
-async fn export_status(config: &Config) -> anyhow::Result<()> {
-    let store = Store::open(&config.storage).await?;
-    let counts = store.outbox_counts().await?;
-    store.close().await;
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "pending {} (oldest {} s), done {}, dead {}",
-            counts.pending,
-            counts.oldest_pending_ms.unwrap_or(0) / 1_000,
-            counts.done,
-            counts.dead
-        );
-    }
-    Ok(())
-}
-
-#[allow(clippy::print_stdout)]
-async fn dead_letters(config: &Config, command: DeadLetterCommand) -> anyhow::Result<()> {
-    let store = Store::open(&config.storage).await?;
-    let result = async {
-        match command {
-            DeadLetterCommand::List { after, limit } => {
-                for row in store
-                    .outbox_rows("dead", after, limit.clamp(1, 10_000))
-                    .await?
-                {
-                    println!(
-                        "{}\t{}\t{}\t{} attempts\t{}",
-                        row.id,
-                        row.episode,
-                        row.kind.as_str(),
-                        row.attempts,
-                        row.last_error.as_deref().unwrap_or("")
-                    );
-                }
-            }
-            DeadLetterCommand::Show { id } => {
-                let row = store
-                    .outbox_row(id)
-                    .await?
-                    .with_context(|| format!("there is no outbox row {id}"))?;
-                let seq = match row.kind {
-                    crate::storage::OutboxKind::Message(seq) => Some(seq),
-                    _ => None,
-                };
-                let outcome = row
-                    .outcome
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok());
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "id": row.id,
-                        "episode": row.episode.to_string(),
-                        "kind": row.kind.as_str(),
-                        "message_seq": seq,
-                        "state": row.state,
-                        "attempts": row.attempts,
-                        "created_at_ms": row.created_at_ms,
-                        "last_error": row.last_error,
-                        "outcome": outcome,
-                    }))?
-                );
-            }
-            DeadLetterCommand::Replay { ids } => {
-                anyhow::ensure!(!ids.is_empty(), "name the rows to replay");
-                for id in ids {
-                    if store.replay_outbox(id).await? {
-                        println!("{id}\treplaying");
-                    } else {
-                        anyhow::bail!("row {id} is not a dead letter");
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
-    store.close().await;
-    result
-}
-
 /// The configured certificate, or dev mode's generated one.
 fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateFiles> {
     Ok(match (&config.tls.cert_file, &config.tls.key_file) {
@@ -478,22 +325,6 @@ fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateF
             "configuration key `tls.cert_file`: is not set; fix: set tls.cert_file and tls.key_file"
         ),
     })
-}
-
-/// Dev set-ups may run the exporter inside `serve` (`export.in_process`).
-fn in_process_exporter(
-    config: &Config,
-    store: &Store,
-    push: &crate::push::Push,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if !config.export.in_process {
-        return Ok(None);
-    }
-    Ok(exporter(config, store.clone())?.map(|e| {
-        let push = push.clone();
-        let e = e.waking(move || push.wake());
-        tokio::spawn(Arc::new(e).run(std::future::pending::<()>()))
-    }))
 }
 
 /// `audit verify`: one pass over the log in tree order.

@@ -4,115 +4,21 @@
 //! HttpOnly, Secure, SameSite=Strict cookie. Logout ends the session and sends the browser
 //! to the issuer's end-session endpoint.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use icbt_auth::client::{ClientKey, ClientKeyAlgorithm, OidcClient, Pkce, random_value};
-use icbt_auth::jose::encode_b64url;
-use icbt_auth::token::Validator;
-use icbt_auth::{AuthError, now_secs};
-use icbt_config::LoginConfig;
+use icbt_auth::client::{Pkce, random_value};
+use icbt_auth::now_secs;
 use serde::Deserialize;
 
-use crate::api::AppState;
 use crate::audit::{Access, Action};
-use crate::problem::{Problem, ProblemKind};
+use crate::http::errors::{Problem, ProblemKind};
+use crate::http::extractors::{SESSION_COOKIE, session_cookie, session_id_hash};
+use crate::http::state::AppState;
 use crate::storage::{LoginAttempt, SessionRecord};
-
-/// The session cookie. `__Host-` makes browsers insist on Secure, `Path=/` and no Domain.
-pub const SESSION_COOKIE: &str = "__Host-icbt-session";
 
 /// A login attempt must come back within this time.
 const ATTEMPT_LIFETIME_SECONDS: i64 = 600;
-
-/// One issuer's hosted login.
-#[derive(Debug)]
-pub struct LoginProvider {
-    config: LoginConfig,
-    client: OidcClient,
-}
-
-/// Every configured hosted login, by issuer name.
-#[derive(Debug, Default)]
-pub struct LoginContext {
-    providers: HashMap<String, LoginProvider>,
-}
-
-/// Why the hosted login could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration key `login.{key}`: {problem}")]
-pub struct LoginSetupError {
-    key: &'static str,
-    problem: String,
-}
-
-impl LoginContext {
-    /// Builds the clients; they share the issuers' metadata and keys with `validator`.
-    pub fn from_config(
-        logins: &[LoginConfig],
-        validator: &Validator,
-        http: &reqwest::Client,
-    ) -> Result<Self, LoginSetupError> {
-        let mut providers = HashMap::new();
-        for config in logins {
-            let profile = validator
-                .issuers()
-                .iter()
-                .find(|p| *p.name == *config.issuer)
-                .ok_or_else(|| LoginSetupError {
-                    key: "issuer",
-                    problem: format!("no issuer named `{}`", config.issuer),
-                })?;
-            let alg = ClientKeyAlgorithm::parse(&config.key_algorithm).ok_or_else(|| {
-                LoginSetupError {
-                    key: "key_algorithm",
-                    problem: "unsupported".into(),
-                }
-            })?;
-            let key = ClientKey::from_pem_file(&config.key_file, alg, config.key_id.clone())
-                .map_err(|e| LoginSetupError {
-                    key: "key_file",
-                    problem: e.to_string(),
-                })?;
-            let client = OidcClient::new(
-                config.client_id.clone(),
-                key,
-                config.assertion_audience.clone(),
-                profile.keys.clone(),
-                http.clone(),
-                None,
-            );
-            providers.insert(
-                config.issuer.clone(),
-                LoginProvider {
-                    config: config.clone(),
-                    client,
-                },
-            );
-        }
-        Ok(Self { providers })
-    }
-}
-
-/// The SHA-256 of a session cookie value, as stored.
-pub fn session_id_hash(cookie_value: &str) -> String {
-    encode_b64url(ring::digest::digest(&ring::digest::SHA256, cookie_value.as_bytes()).as_ref())
-}
-
-/// The session cookie's value from the request, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
-}
 
 /// Only a path on this site: no scheme, no `//host`, no backslashes (open redirects).
 fn safe_return_path(requested: Option<&str>) -> String {
@@ -149,7 +55,7 @@ pub struct LoginQuery {
 }
 
 /// `GET /auth/login/{issuer}`: starts a login and sends the browser to the issuer.
-#[utoipa::path(get, path = "/auth/login/{issuer}", tag = "login", params(("issuer" = String, Path, description = "name of a configured issuer"), LoginQuery), responses((status = 303, description = "to the issuer"), (status = 404, body = crate::problem::ProblemDocument)))]
+#[utoipa::path(get, path = "/auth/login/{issuer}", tag = "login", params(("issuer" = String, Path, description = "name of a configured issuer"), LoginQuery), responses((status = 303, description = "to the issuer"), (status = 404, body = crate::http::errors::ProblemDocument)))]
 pub async fn start(
     State(state): State<AppState>,
     Path(issuer): Path<String>,
@@ -209,7 +115,7 @@ fn login_failed(reason: &str) -> Problem {
 }
 
 /// `GET /auth/callback`: finishes a login and opens the session.
-#[utoipa::path(get, path = "/auth/callback", tag = "login", params(CallbackQuery), responses((status = 303, description = "session cookie set; to return_to"), (status = 400, body = crate::problem::ProblemDocument), (status = 401, body = crate::problem::ProblemDocument)))]
+#[utoipa::path(get, path = "/auth/callback", tag = "login", params(CallbackQuery), responses((status = 303, description = "session cookie set; to return_to"), (status = 400, body = crate::http::errors::ProblemDocument), (status = 401, body = crate::http::errors::ProblemDocument)))]
 pub async fn callback(
     State(state): State<AppState>,
     access: Access,
@@ -365,57 +271,6 @@ pub async fn logout(
     Ok(response)
 }
 
-/// The principal of the request's session, for the `Caller` extractor. Requests that
-/// change state must come from this site (Origin / Sec-Fetch-Site), on top of the
-/// SameSite=Strict cookie.
-pub async fn session_principal(
-    state: &AppState,
-    parts: &axum::http::request::Parts,
-    cookie_value: &str,
-) -> Result<icbt_auth::principal::Authenticated, AuthError> {
-    let safe_method = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS");
-    if !safe_method {
-        let fetch_site = parts
-            .headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok());
-        if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
-            return Err(AuthError::CrossSiteRequest);
-        }
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .map(axum::http::uri::Authority::as_str)
-            });
-        let origin = parts
-            .headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        let expected = state
-            .auth
-            .public_url
-            .clone()
-            .or_else(|| host.map(|h| format!("https://{h}")));
-        if origin.is_some_and(|o| {
-            Some(o.trim_end_matches('/')) != expected.as_deref().map(|e| e.trim_end_matches('/'))
-        }) {
-            return Err(AuthError::CrossSiteRequest);
-        }
-    }
-    let session = state
-        .store
-        .session(&session_id_hash(cookie_value), now_secs())
-        .await
-        .map_err(|_| AuthError::StoreUnavailable)?
-        .ok_or(AuthError::SessionInvalid)?;
-    serde_json::from_str(&session.principal).map_err(|_| AuthError::SessionInvalid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,21 +288,5 @@ mod tests {
             assert_eq!(safe_return_path(Some(evil)), "/", "{evil}");
         }
         assert_eq!(safe_return_path(None), "/");
-    }
-
-    #[test]
-    fn finds_the_session_cookie_among_others() {
-        let mut headers = HeaderMap::new();
-        headers.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; __Host-icbt-session=abc; b=2"),
-        );
-        assert_eq!(session_cookie(&headers), Some("abc"));
-        let mut empty = HeaderMap::new();
-        empty.append(
-            header::COOKIE,
-            HeaderValue::from_static("__Host-icbt-session="),
-        );
-        assert_eq!(session_cookie(&empty), None);
     }
 }

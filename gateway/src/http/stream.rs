@@ -1,0 +1,157 @@
+//! The push API: Server-Sent Events at `/v1/stream` and the long-poll inbox at
+//! `/v1/inbox`, both over the caller's stream ([`crate::push`]) from a resumable position.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use icbt_auth::principal::{Authenticated, Principal};
+use serde::{Deserialize, Serialize};
+
+use super::errors::{Problem, ProblemKind};
+use super::extractors::{Caller, MAX_PAGE};
+use super::state::AppState;
+use crate::audit::Access;
+use crate::storage::stream::{StreamFilter, StreamPosition};
+use crate::views::{EntryView, entry_view};
+
+/// The stream filter for `caller`, or 403 for auditors (who reach the audit API only).
+fn filter_for(state: &AppState, caller: &Authenticated) -> Result<StreamFilter, Problem> {
+    if state.auth.auditors.holds(caller) {
+        tracing::info!(reason = "auditor_only", "authorisation refused");
+        return Err(Problem::new(ProblemKind::Forbidden));
+    }
+    Ok(match &caller.principal {
+        Principal::Patient(p) => StreamFilter::Patient(p.pid.clone()),
+        Principal::Clinician(c) => StreamFilter::CareTeam(c.hpr_number.clone()),
+        Principal::System(s) => StreamFilter::Clinics(
+            s.orgnr_parent
+                .iter()
+                .chain(&s.orgnr_child)
+                .cloned()
+                .collect(),
+        ),
+    })
+}
+
+fn parse_position(value: &str) -> Result<StreamPosition, Problem> {
+    value
+        .parse()
+        .map_err(|e: crate::storage::stream::PositionError| {
+            Problem::new(ProblemKind::InvalidField)
+                .detail(e.to_string())
+                .with("path", "after")
+        })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct StreamQuery {
+    after: Option<String>,
+}
+/// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
+/// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
+/// exactly what came after it. Without either, the stream starts at the present.
+///
+/// Order: each episode's messages arrive in sequence order (`seq`), on every instance,
+/// and positions only grow; messages of different episodes arrive in commit order.
+#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn stream(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let filter = filter_for(&state, &caller)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.after);
+    let position = match resume {
+        Some(value) => parse_position(&value)?,
+        None => state.store.stream_head().await?,
+    };
+    let reader = state
+        .push
+        .open(state.store.clone(), filter, position, access, caller);
+    let events = futures_util::stream::unfold(reader, |mut reader| async move {
+        let entry = reader.next().await?;
+        let event = Event::default()
+            .id(entry.position.to_string())
+            .event("message")
+            .data(&entry.data);
+        Some((Ok(event), reader))
+    });
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("heartbeat"),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct InboxQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    /// Seconds to wait for something new when nothing is (0–25).
+    wait: Option<u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InboxPage {
+    entries: Vec<EntryView>,
+    /// Pass as `after` next time.
+    next_after: String,
+}
+
+/// `GET /v1/inbox?after=POS&limit=N&wait=S`: the caller's messages across episodes, in
+/// order; with `wait`, a long poll that answers as soon as something arrives.
+///
+/// Order: as on the event stream, each episode's messages come in sequence order
+/// (`seq`), pages follow one another without gaps or repeats, and `next_after` only
+/// grows; messages of different episodes come in commit order.
+#[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 200, body = InboxPage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn inbox(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    Query(query): Query<InboxQuery>,
+) -> Result<Json<InboxPage>, Problem> {
+    let filter = filter_for(&state, &caller)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(parse_position)
+        .transpose()?
+        .unwrap_or_default();
+    let limit = match query.limit {
+        None => 50,
+        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(Problem::new(ProblemKind::InvalidField)
+                .with("path", "limit")
+                .detail(format!("1 to {MAX_PAGE}")));
+        }
+    };
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
+    let entries = state
+        .push
+        .poll(
+            &state.store,
+            (&filter, after, limit),
+            wait,
+            &access,
+            &caller,
+        )
+        .await?;
+    let next_after = entries.last().map_or(after, |e| e.position).to_string();
+    Ok(Json(InboxPage {
+        entries: entries.into_iter().map(entry_view).collect(),
+        next_after,
+    }))
+}

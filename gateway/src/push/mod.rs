@@ -1,0 +1,168 @@
+//! Push: Server-Sent Events at `/v1/stream` and a long-poll inbox at `/v1/inbox`, both
+//! reading the principal's stream (`storage::stream`) from a resumable position.
+//!
+//! Notifications are only wake-ups; the database is the source of truth, so a missed or
+//! lagged notification costs latency, never a message. Within an instance, sends publish
+//! on a bounded broadcast channel; across instances, PostgreSQL's NOTIFY (sent inside each
+//! send's transaction) reaches every instance's listener.
+//!
+//! One reader per instance ([`Hub`]) reads each new batch once, records the deliveries of
+//! all its streams in one transaction, and hands each stream its entries in memory. A
+//! stream reads the database itself only to catch up: when it starts from a position, and
+//! when it fell behind (its bounded queue overflowed, or the hub could not record).
+
+mod hub;
+mod reader;
+
+pub use hub::{Delivery, Hub};
+pub use reader::Reader;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use icbt_auth::principal::Authenticated;
+use tokio::sync::broadcast;
+
+use crate::domain::audit::Access;
+use crate::storage::stream::{StreamEntry, StreamFilter, StreamPosition};
+use crate::storage::{StorageError, Store, now_ms};
+
+/// Wake-ups for stream readers; bounded, so a slow reader lags (and re-reads) rather than
+/// holding memory.
+#[derive(Debug, Clone)]
+pub struct Push {
+    tx: broadcast::Sender<()>,
+    pub hub: Arc<Hub>,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(256).0,
+            hub: Arc::new(Hub::default()),
+        }
+    }
+}
+
+/// Entries a stream may have queued before it counts as behind and catches up from the
+/// database.
+const QUEUE: usize = 256;
+
+/// Waits for a wake-up, or [`RECHECK`] at most; `false` once the channel is closed.
+async fn woken(wake: &mut broadcast::Receiver<()>) -> bool {
+    tokio::select! {
+        signal = wake.recv() => !matches!(signal, Err(broadcast::error::RecvError::Closed)),
+        () = tokio::time::sleep(RECHECK) => true,
+    }
+}
+
+/// How long a stream waits for the hub before reading the database anyway: a safety net
+/// only, since wake-ups are reliable (and a reconnected listener wakes everyone).
+const RECHECK: Duration = Duration::from_mins(1);
+
+impl Push {
+    /// Announces that something new was committed.
+    pub fn wake(&self) {
+        // No receiver is fine: nobody is listening.
+        let _ = self.tx.send(());
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<()> {
+        self.tx.subscribe()
+    }
+
+    /// Forwards PostgreSQL notifications from every instance, reconnecting after errors.
+    /// Returns at once on SQLite.
+    pub async fn forward_notifications(self, store: Store) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match store.message_listener().await {
+                Ok(None) => return,
+                Ok(Some(mut listener)) => {
+                    backoff = Duration::from_millis(200);
+                    // Whatever was announced while we were away: everyone re-reads.
+                    self.wake();
+                    while let Ok(notification) = listener.recv().await {
+                        if let Ok(tx) = notification.payload().parse::<i64>() {
+                            self.hub.committed(tx);
+                        }
+                        self.wake();
+                    }
+                    tracing::warn!("message notification listener disconnected");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "message notification listener cannot connect");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// A stream of `filter`'s entries after `position`, for `caller`. Registered with the
+    /// hub before it catches up, so nothing committed meanwhile is missed.
+    pub fn open(
+        &self,
+        store: Store,
+        filter: StreamFilter,
+        position: StreamPosition,
+        access: Access,
+        caller: Authenticated,
+    ) -> Reader {
+        let (access, caller) = (Arc::new(access), Arc::new(caller));
+        let (registration, live, behind) =
+            self.hub
+                .register(filter.clone(), position, access.clone(), caller.clone());
+        Reader::new(
+            store,
+            (access, caller),
+            filter,
+            position,
+            (registration, live, behind),
+        )
+    }
+
+    /// Up to `limit` of `filter`'s entries after `after`, waiting up to `wait` for one
+    /// when there are none (a long poll); the entries handed out are recorded as read by
+    /// `caller` first.
+    pub async fn poll(
+        &self,
+        store: &Store,
+        (filter, after, limit): (&StreamFilter, StreamPosition, i64),
+        wait: Duration,
+        access: &Access,
+        caller: &Authenticated,
+    ) -> Result<Vec<StreamEntry>, StorageError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut wake = self.subscribe();
+        let mut held_back = hub::HeldBack::default();
+        let mut released = self.hub.releases();
+        loop {
+            let entries = store.stream_after(filter, after, now_ms(), limit).await?;
+            if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+                reader::record_delivery(store, access, caller, &entries).await?;
+                return Ok(entries);
+            }
+            // A message announced as committed but held back below the horizon (an older
+            // transaction still runs) is readable soon, with no announcement when it is:
+            // look again shortly while the horizon has not passed it.
+            let announced = self.hub.committed_tx.load(Ordering::Relaxed);
+            if announced > after.tx
+                && store.stream_head().await?.tx <= announced
+                && let Some(pause) = held_back.next(announced, std::time::Instant::now())
+            {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)) => {}
+                    _ = released.changed() => {}
+                }
+                continue;
+            }
+            held_back.clear();
+            tokio::select! {
+                _ = wake.recv() => {}
+                () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RECHECK)) => {}
+            }
+        }
+    }
+}
