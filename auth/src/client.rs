@@ -127,17 +127,23 @@ impl ClientKey {
 
     /// The public half as a JWK, to register at the provider.
     pub fn public_jwk(&self) -> Value {
-        let mut jwk = match &self.pair {
+        let key = match &self.pair {
             KeyPair::Ec(pair) => {
                 use ring::signature::KeyPair as _;
-                let point = pair.public_key().as_ref();
-                json!({ "kty": "EC", "crv": "P-256", "x": encode_b64url(&point[1..33]), "y": encode_b64url(&point[33..]) })
+                crate::jose::PublicKey::Ec {
+                    curve: crate::jose::Curve::P256,
+                    point: pair.public_key().as_ref().to_vec(),
+                }
             }
             KeyPair::Rsa(pair) => {
                 let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
-                json!({ "kty": "RSA", "n": encode_b64url(&public.n), "e": encode_b64url(&public.e) })
+                crate::jose::PublicKey::Rsa {
+                    n: public.n,
+                    e: public.e,
+                }
             }
         };
+        let mut jwk = crate::jose::Jwk::new(key).to_json();
         jwk["alg"] = json!(self.alg.name());
         jwk["use"] = json!("sig");
         if let Some(kid) = &self.kid {

@@ -10,7 +10,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 
 use crate::error::AuthError;
-use crate::jose::{Algorithm, Jwk, Jws, encode_b64url};
+use crate::jose::{Algorithm, Curve, Jwk, Jws, PublicKey, encode_b64url};
 
 /// Why the replay store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -271,9 +271,11 @@ impl DpopKey {
         let rng = SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
             .map_err(|_| DpopKeyError)?;
-        let point = pair.public_key().as_ref();
-        let jwk = json!({ "kty": "EC", "crv": "P-256", "x": encode_b64url(&point[1..33]), "y": encode_b64url(&point[33..]) });
-        let thumbprint = Jwk::from_json(&jwk).map_err(|_| DpopKeyError)?.thumbprint();
+        let public = Jwk::new(PublicKey::Ec {
+            curve: Curve::P256,
+            point: pair.public_key().as_ref().to_vec(),
+        });
+        let (jwk, thumbprint) = (public.to_json(), public.thumbprint());
         Ok(Self {
             pair,
             jwk,

@@ -15,7 +15,8 @@ pub mod dpop;
 pub mod error;
 pub mod http;
 pub mod identity;
-pub mod jose;
+/// The JOSE core, shared with the envelope crate.
+pub use icbt_jose as jose;
 pub mod keys;
 pub mod login;
 pub mod policy;

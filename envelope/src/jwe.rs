@@ -141,16 +141,16 @@ pub fn seal(
         )
         .map_err(|_| EnvelopeError::InvalidPoint("recipient key"))?;
         let encrypted_key = wrap(&kek, &cek)?;
-        let epk = PublicKey::from_sec1(epk.as_ref(), "epk")?.to_jwk();
+        let (x, y) = PublicKey::from_sec1(epk.as_ref(), "epk")?.coordinates();
         entries.push(WireRecipient {
             header: RecipientHeader {
                 alg: ALG.into(),
                 kid,
                 epk: Epk {
-                    kty: epk.kty,
-                    crv: epk.crv,
-                    x: epk.x,
-                    y: epk.y,
+                    kty: "EC".into(),
+                    crv: "P-256".into(),
+                    x,
+                    y,
                 },
             },
             encrypted_key: b64(&encrypted_key),

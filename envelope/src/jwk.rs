@@ -1,28 +1,10 @@
-//! P-256 public keys as JWK (RFC 7517, RFC 7518 §6.2) and their RFC 7638 thumbprints.
+//! P-256 public keys, checked to be points on the curve, as JWKs of the JOSE core
+//! (`icbt-jose`: one JWK type and one RFC 7638 thumbprint for tokens and envelopes alike).
 
+use icbt_jose::{Curve, Jwk};
 use p256::elliptic_curve::sec1::ToSec1Point;
-use serde::{Deserialize, Serialize};
 
 use crate::{EnvelopeError, b64, unb64};
-
-/// A JWK as it travels. Only `kty`, `crv`, `x` and `y` define the key; the rest is
-/// carried so that keys from other libraries parse.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jwk {
-    pub kty: String,
-    pub crv: String,
-    pub x: String,
-    pub y: String,
-    /// Present only in a private JWK; a public key with `d` is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub d: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
-    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
-    pub use_: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alg: Option<String>,
-}
 
 /// A P-256 public key known to be a point on the curve (not the identity).
 #[derive(Clone, PartialEq, Eq)]
@@ -40,20 +22,19 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// From a public JWK; refuses other curves, a private key, and points off the curve.
+    /// From a public JWK (the core refuses private members); refuses other key types and
+    /// curves, and points off the curve.
     pub fn from_jwk(jwk: &Jwk) -> Result<Self, EnvelopeError> {
-        if jwk.kty != "EC" || jwk.crv != "P-256" {
-            return Err(EnvelopeError::Unsupported {
+        match &jwk.key {
+            icbt_jose::PublicKey::Ec {
+                curve: Curve::P256,
+                point,
+            } => Self::from_sec1(point, "key"),
+            _ => Err(EnvelopeError::Unsupported {
                 field: "key type",
                 supported: "EC P-256",
-            });
+            }),
         }
-        if jwk.d.is_some() {
-            return Err(EnvelopeError::Malformed(
-                "a public key carries a private part",
-            ));
-        }
-        Self::from_coordinates(&jwk.x, &jwk.y, "key")
     }
 
     /// From base64url coordinates; `what` names the key in errors.
@@ -104,28 +85,21 @@ impl PublicKey {
 
     /// The public JWK, with no `kid`, `use` or `alg`.
     pub fn to_jwk(&self) -> Jwk {
-        Jwk {
-            kty: "EC".into(),
-            crv: "P-256".into(),
-            x: b64(&self.sec1[1..33]),
-            y: b64(&self.sec1[33..]),
-            d: None,
-            kid: None,
-            use_: None,
-            alg: None,
-        }
+        Jwk::new(icbt_jose::PublicKey::Ec {
+            curve: Curve::P256,
+            point: self.sec1.to_vec(),
+        })
+    }
+
+    /// The coordinates, base64url.
+    pub fn coordinates(&self) -> (String, String) {
+        (b64(&self.sec1[1..33]), b64(&self.sec1[33..]))
     }
 
     /// RFC 7638 JWK thumbprint (SHA-256, base64url): the key's id everywhere here, so the
     /// directory cannot pair an id with another key.
     pub fn thumbprint(&self) -> String {
-        let jwk = self.to_jwk();
-        // §3.2: required members only, lexicographic order, no whitespace.
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            jwk.x, jwk.y
-        );
-        b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+        self.to_jwk().thumbprint()
     }
 }
 
@@ -133,73 +107,56 @@ impl PublicKey {
 mod tests {
     use super::*;
 
-    fn jwk(x: &str, y: &str) -> Jwk {
-        serde_json::from_value(serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}))
-            .unwrap()
+    fn jwk(value: serde_json::Value) -> Result<PublicKey, EnvelopeError> {
+        let jwk: Jwk = serde_json::from_value(value).map_err(|_| EnvelopeError::Crypto)?;
+        PublicKey::from_jwk(&jwk)
     }
+
+    const X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
 
     #[test]
     fn accepts_a_point_on_the_curve_and_round_trips() {
         // RFC 7515 Appendix A.3's key.
-        let key = PublicKey::from_jwk(&jwk(
-            "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-            "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
-        ))
-        .unwrap();
+        let key = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y})).unwrap();
+        assert_eq!(key.coordinates().0, X);
         assert_eq!(
-            key.to_jwk().x,
-            "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU"
+            serde_json::to_string(&key.to_jwk()).unwrap(),
+            format!(r#"{{"kty":"EC","crv":"P-256","x":"{X}","y":"{Y}"}}"#)
         );
     }
 
     #[test]
     fn rejects_a_point_off_the_curve() {
         // The A.3 key with y changed in its last byte: the invalid-curve attack's input.
-        let bad = jwk(
-            "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-            "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5aA",
-        );
-        assert_eq!(
-            PublicKey::from_jwk(&bad),
-            Err(EnvelopeError::InvalidPoint("key"))
-        );
-        let zero = jwk(&b64(&[0; 32]), &b64(&[0; 32]));
-        assert!(PublicKey::from_jwk(&zero).is_err());
+        let bad = serde_json::json!({"kty": "EC", "crv": "P-256", "x": X,
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5aA"});
+        assert_eq!(jwk(bad), Err(EnvelopeError::InvalidPoint("key")));
+        let zero = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&[0; 32]), "y": b64(&[0; 32])});
+        assert!(jwk(zero).is_err());
     }
 
     #[test]
     fn rejects_other_curves_short_coordinates_and_private_parts() {
-        let mut other = jwk("AA", "AA");
-        other.crv = "P-384".into();
-        assert!(matches!(
-            PublicKey::from_jwk(&other),
-            Err(EnvelopeError::Unsupported { .. })
-        ));
-        assert_eq!(
-            PublicKey::from_jwk(&jwk("AA", "AA")),
-            Err(EnvelopeError::InvalidPoint("key"))
+        let other = serde_json::json!({"kty": "EC", "crv": "P-384",
+            "x": b64(&[1; 48]), "y": b64(&[2; 48])});
+        assert!(matches!(jwk(other), Err(EnvelopeError::Unsupported { .. })));
+        let short = serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"});
+        assert!(jwk(short).is_err());
+        let private = serde_json::json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y,
+            "d": "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"});
+        assert!(
+            jwk(private).is_err(),
+            "a public key slot never holds a private key"
         );
-        let mut private = jwk(
-            "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-            "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
-        );
-        private.d = Some("jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI".into());
-        assert!(matches!(
-            PublicKey::from_jwk(&private),
-            Err(EnvelopeError::Malformed(_))
-        ));
     }
 
     #[test]
     fn thumbprint_follows_rfc_7638_member_order() {
-        let key = PublicKey::from_jwk(&jwk(
-            "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-            "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
-        ))
-        .unwrap();
+        let key = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y})).unwrap();
         let expected = b64(ring::digest::digest(
             &ring::digest::SHA256,
-            br#"{"crv":"P-256","kty":"EC","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#,
+            format!(r#"{{"crv":"P-256","kty":"EC","x":"{X}","y":"{Y}"}}"#).as_bytes(),
         )
         .as_ref());
         assert_eq!(key.thumbprint(), expected);

@@ -1,11 +1,11 @@
 //! The inner signature: JWS compact serialization (RFC 7515 §7.1), ES256 only.
 
-use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use icbt_jose::{Algorithm, CompactJws, JoseError};
 use serde::{Deserialize, Serialize};
 
 use crate::jwk::PublicKey;
 use crate::keys::SigningKey;
-use crate::{Binding, EnvelopeError, MESSAGE_TYP, b64, unb64};
+use crate::{Binding, EnvelopeError, MESSAGE_TYP, b64};
 
 /// The JWS protected header. Unknown members are refused: a member we do not check
 /// could be read differently by another library (RFC 7515 §4, `crit`).
@@ -58,28 +58,26 @@ pub struct SignedMessage {
 
 impl SignedMessage {
     pub fn parse(compact: &str) -> Result<Self, EnvelopeError> {
-        let mut parts = compact.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(EnvelopeError::Malformed("inner JWS is not three parts"));
-        };
-        let header: Header = serde_json::from_slice(&unb64(header_b64, "inner JWS header")?)
-            .map_err(|_| EnvelopeError::Malformed("inner JWS header"))?;
-        if header.alg != "ES256" {
-            return Err(EnvelopeError::Unsupported {
+        let jws = CompactJws::parse(compact, &[Algorithm::ES256]).map_err(|e| match e {
+            JoseError::AlgorithmNotAllowed(_) => EnvelopeError::Unsupported {
                 field: "JWS alg",
                 supported: "ES256",
-            });
-        }
+            },
+            JoseError::BadHeader | JoseError::CriticalHeader => {
+                EnvelopeError::Malformed("inner JWS header")
+            }
+            _ => EnvelopeError::Malformed("inner JWS is not three base64url parts"),
+        })?;
+        // The core read the header loosely; the envelope's header is strict.
+        let header: Header = serde_json::from_slice(&jws.header_bytes)
+            .map_err(|_| EnvelopeError::Malformed("inner JWS header"))?;
         if header.typ != MESSAGE_TYP {
             return Err(EnvelopeError::Malformed("inner JWS typ"));
         }
         if header.kid != header.icbt_sender {
             return Err(EnvelopeError::BindingMismatch("sender"));
         }
-        let signature = unb64(signature_b64, "inner JWS signature")?;
-        if signature.len() != 64 {
+        if jws.signature().len() != 64 {
             return Err(EnvelopeError::BadSignature);
         }
         Ok(Self {
@@ -90,9 +88,12 @@ impl SignedMessage {
                 sender: header.icbt_sender,
             },
             kid: header.kid,
-            signing_input: format!("{header_b64}.{payload_b64}"),
-            signature,
-            payload: unb64(payload_b64, "inner JWS payload")?,
+            signing_input: compact
+                .rsplit_once('.')
+                .map(|(input, _)| input.to_owned())
+                .unwrap_or_default(),
+            signature: jws.signature().to_vec(),
+            payload: jws.payload,
         })
     }
 
@@ -107,12 +108,16 @@ impl SignedMessage {
 
     /// Checks the signature with `key`, which must be the key `kid` names.
     pub fn verify(&self, key: &PublicKey) -> Result<(), EnvelopeError> {
-        if key.thumbprint() != self.kid {
+        let jwk = key.to_jwk();
+        if jwk.thumbprint() != self.kid {
             return Err(EnvelopeError::UnknownSigner(self.kid.clone()));
         }
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.sec1())
-            .verify(self.signing_input.as_bytes(), &self.signature)
-            .map_err(|_| EnvelopeError::BadSignature)
+        jwk.verify(
+            Algorithm::ES256,
+            self.signing_input.as_bytes(),
+            &self.signature,
+        )
+        .map_err(|_| EnvelopeError::BadSignature)
     }
 
     /// The signed payload; trust it only after [`Self::verify`].
@@ -121,17 +126,10 @@ impl SignedMessage {
     }
 }
 
-/// Verifies any ES256 compact JWS over `signing_input` (used by the RFC vector test).
-#[cfg(test)]
-fn verify_es256(key: &PublicKey, signing_input: &str, signature: &[u8]) -> bool {
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.sec1())
-        .verify(signing_input.as_bytes(), signature)
-        .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unb64;
 
     fn binding(sender: &str) -> Binding {
         Binding {
@@ -158,12 +156,19 @@ mod tests {
             "sig",
         )
         .unwrap();
-        assert!(verify_es256(&key, input, &signature));
-        assert!(!verify_es256(
-            &key,
-            &input.replace("eyJpc3", "eyJpc4"),
-            &signature
-        ));
+        let jwk = key.to_jwk();
+        assert!(
+            jwk.verify(Algorithm::ES256, input.as_bytes(), &signature)
+                .is_ok()
+        );
+        assert!(
+            jwk.verify(
+                Algorithm::ES256,
+                input.replace("eyJpc3", "eyJpc4").as_bytes(),
+                &signature
+            )
+            .is_err()
+        );
     }
 
     #[test]

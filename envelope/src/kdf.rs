@@ -58,8 +58,9 @@ pub(crate) fn unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwk::{Jwk, PublicKey};
+    use crate::jwk::PublicKey;
     use crate::keys::DecryptionKey;
+    use crate::keys::PrivateJwk;
     use crate::{b64, unb64};
 
     fn hex(s: &str) -> Vec<u8> {
@@ -91,7 +92,7 @@ mod tests {
     /// static-key agreement (Bob's side) and the KDF give the published key.
     #[test]
     fn rfc7518_appendix_c_key_agreement() {
-        let bob: Jwk = serde_json::from_value(serde_json::json!({
+        let bob: PrivateJwk = serde_json::from_value(serde_json::json!({
             "kty": "EC", "crv": "P-256",
             "x": "weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ",
             "y": "e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck",

@@ -6,8 +6,41 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::jwk::{Jwk, PublicKey};
+use crate::jwk::PublicKey;
 use crate::{EnvelopeError, b64, unb64};
+
+/// A private P-256 key as its owner's key file keeps it: the public JWK's members and
+/// `d`. Private keys never travel, and the JOSE core's [`icbt_jose::Jwk`] refuses private
+/// members, so the key file has this shape of its own.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PrivateJwk {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    pub y: String,
+    pub d: String,
+}
+
+impl std::fmt::Debug for PrivateJwk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateJwk")
+            .field("x", &self.x)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrivateJwk {
+    fn of(public: &PublicKey, d: &[u8]) -> Self {
+        let (x, y) = public.coordinates();
+        Self {
+            kty: "EC".into(),
+            crv: "P-256".into(),
+            x,
+            y,
+            d: b64(d),
+        }
+    }
+}
 
 /// A fresh private scalar: 32 random bytes that are a valid non-zero scalar.
 fn random_scalar(rng: &SystemRandom) -> Result<Zeroizing<[u8; 32]>, EnvelopeError> {
@@ -20,13 +53,16 @@ fn random_scalar(rng: &SystemRandom) -> Result<Zeroizing<[u8; 32]>, EnvelopeErro
     }
 }
 
-fn scalar_from_jwk(jwk: &Jwk) -> Result<(Zeroizing<[u8; 32]>, p256::SecretKey), EnvelopeError> {
-    let raw = Zeroizing::new(unb64(
-        jwk.d
-            .as_deref()
-            .ok_or(EnvelopeError::Malformed("private key without d"))?,
-        "private key d",
-    )?);
+fn scalar_from_jwk(
+    jwk: &PrivateJwk,
+) -> Result<(Zeroizing<[u8; 32]>, p256::SecretKey), EnvelopeError> {
+    if jwk.kty != "EC" || jwk.crv != "P-256" {
+        return Err(EnvelopeError::Unsupported {
+            field: "key type",
+            supported: "EC P-256",
+        });
+    }
+    let raw = Zeroizing::new(unb64(&jwk.d, "private key d")?);
     let d: [u8; 32] = raw
         .as_slice()
         .try_into()
@@ -85,7 +121,7 @@ impl SigningKey {
     }
 
     /// From a private JWK (`d` present and matching `x`, `y`).
-    pub fn from_jwk(jwk: &Jwk) -> Result<Self, EnvelopeError> {
+    pub fn from_jwk(jwk: &PrivateJwk) -> Result<Self, EnvelopeError> {
         let (d, _) = scalar_from_jwk(jwk)?;
         Self::from_scalar(d, SystemRandom::new())
     }
@@ -108,11 +144,8 @@ impl SigningKey {
     }
 
     /// The private JWK; handle it as the secret it is.
-    pub fn to_private_jwk(&self) -> Jwk {
-        Jwk {
-            d: Some(b64(self.d.as_ref())),
-            ..self.public.to_jwk()
-        }
+    pub fn to_private_jwk(&self) -> PrivateJwk {
+        PrivateJwk::of(&self.public, self.d.as_ref())
     }
 }
 
@@ -144,7 +177,7 @@ impl DecryptionKey {
     }
 
     /// From a private JWK (`d` present and matching `x`, `y`).
-    pub fn from_jwk(jwk: &Jwk) -> Result<Self, EnvelopeError> {
+    pub fn from_jwk(jwk: &PrivateJwk) -> Result<Self, EnvelopeError> {
         let (_, secret) = scalar_from_jwk(jwk)?;
         Ok(Self::from_secret(secret))
     }
@@ -168,12 +201,9 @@ impl DecryptionKey {
         Ok(z)
     }
 
-    pub fn to_private_jwk(&self) -> Jwk {
+    pub fn to_private_jwk(&self) -> PrivateJwk {
         let d = Zeroizing::new(self.secret.to_bytes());
-        Jwk {
-            d: Some(b64(d.as_slice())),
-            ..self.public.to_jwk()
-        }
+        PrivateJwk::of(&self.public, d.as_slice())
     }
 }
 
@@ -186,8 +216,8 @@ pub struct DeviceKeys {
 
 #[derive(Serialize, Deserialize)]
 struct StoredDevice {
-    signing: Jwk,
-    encryption: Jwk,
+    signing: PrivateJwk,
+    encryption: PrivateJwk,
 }
 
 impl DeviceKeys {
@@ -243,7 +273,7 @@ mod tests {
     fn refuses_a_private_key_that_does_not_match_its_public_part() {
         let a = SigningKey::generate().unwrap().to_private_jwk();
         let b = SigningKey::generate().unwrap().to_private_jwk();
-        let mixed = Jwk { d: b.d, ..a };
+        let mixed = PrivateJwk { d: b.d, ..a };
         assert!(matches!(
             SigningKey::from_jwk(&mixed),
             Err(EnvelopeError::Malformed(_))
@@ -253,8 +283,8 @@ mod tests {
     #[test]
     fn debug_never_prints_the_private_scalar() {
         let keys = DeviceKeys::generate().unwrap();
-        let d = keys.signing.to_private_jwk().d.unwrap();
-        let e = keys.encryption.to_private_jwk().d.unwrap();
+        let d = keys.signing.to_private_jwk().d;
+        let e = keys.encryption.to_private_jwk().d;
         let printed = format!("{keys:?}");
         assert!(!printed.contains(&d) && !printed.contains(&e), "{printed}");
     }

@@ -33,9 +33,11 @@ pub mod policy;
 mod safety;
 
 pub use error::EnvelopeError;
+pub use icbt_jose::Jwk;
 pub use jwe::{Envelope, Limits, Opened, RecipientEntry, seal};
-pub use jwk::{Jwk, PublicKey};
+pub use jwk::PublicKey;
 pub use jws::SignedMessage;
+pub use keys::PrivateJwk;
 pub use keys::{DecryptionKey, DeviceKeys, SigningKey};
 pub use safety::safety_number;
 

@@ -33,10 +33,10 @@ const DAY_MS: i64 = 86_400_000;
 pub struct PutDevice {
     /// Public P-256 JWK for ES256 signatures; the device id is its RFC 7638 thumbprint.
     #[schema(value_type = Object)]
-    signing_jwk: Jwk,
+    signing_jwk: serde_json::Value,
     /// Public P-256 JWK for ECDH-ES+A256KW.
     #[schema(value_type = Object)]
-    encryption_jwk: Jwk,
+    encryption_jwk: serde_json::Value,
     /// When the keys stop being used (Unix ms); at most `devices.max_lifetime_days` ahead.
     expires_at_ms: i64,
 }
@@ -139,10 +139,12 @@ fn checked_device(
     body: &PutDevice,
     owner: Owner,
 ) -> Result<DeviceRecord, Problem> {
-    let signing = PublicKey::from_jwk(&body.signing_jwk)
-        .map_err(|e| invalid("signing_jwk", e.to_string()))?;
-    let encryption = PublicKey::from_jwk(&body.encryption_jwk)
-        .map_err(|e| invalid("encryption_jwk", e.to_string()))?;
+    let key = |value: &serde_json::Value, field: &str| {
+        let jwk = Jwk::from_json(value).map_err(|e| invalid(field, e.to_string()))?;
+        PublicKey::from_jwk(&jwk).map_err(|e| invalid(field, e.to_string()))
+    };
+    let signing = key(&body.signing_jwk, "signing_jwk")?;
+    let encryption = key(&body.encryption_jwk, "encryption_jwk")?;
     if signing.thumbprint() != device_id {
         return Err(invalid(
             "device_id",

@@ -1,6 +1,10 @@
-//! The small part of JOSE the gateway verifies: compact JWS (RFC 7515) signed with an
-//! asymmetric algorithm (RFC 7518 §3), public JWKs (RFC 7517) and their thumbprints
-//! (RFC 7638).
+//! The JOSE core of icbt-gateway, shared by token checking (`icbt-auth`) and sealed
+//! envelopes (`icbt-envelope`): compact JWS (RFC 7515) signed with an asymmetric
+//! algorithm (RFC 7518 §3), public JWKs (RFC 7517) and their thumbprints (RFC 7638). One
+//! JWK type, one thumbprint, one compact-JWS parser and verifier.
+//!
+//! Must not know about: tokens, DPoP or envelopes; what a header or payload means is the
+//! caller's.
 //!
 //! Signatures are checked with ring. The algorithm comes from an allow-list, never from
 //! the token alone (RFC 8725 §3.1): `none` and every HMAC algorithm are refused outright,
@@ -126,9 +130,12 @@ pub struct Jwk {
 }
 
 fn b64(value: &str) -> Result<Vec<u8>, JoseError> {
-    URL_SAFE_NO_PAD
-        .decode(value)
-        .map_err(|_| JoseError::Malformed)
+    decode_b64url(value).ok_or(JoseError::Malformed)
+}
+
+/// base64url without padding, decoded; `None` when it is not.
+pub fn decode_b64url(value: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(value).ok()
 }
 
 fn member<'a>(
@@ -298,18 +305,109 @@ impl Jwk {
     }
 }
 
-/// A compact JWS split and decoded, not yet verified.
+/// The public members of a JWK in the order they are written: the key's own members as
+/// RFC 7518 lists them, then `kid`, `use`, `alg`. Stored keys and key log leaves hold
+/// this text, so it does not change.
+#[derive(serde::Serialize)]
+struct Written<'a> {
+    kty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crv: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    y: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<&'a str>,
+    #[serde(rename = "use", skip_serializing_if = "Option::is_none")]
+    key_use: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alg: Option<&'a str>,
+}
+
+impl Jwk {
+    /// A JWK for `key` with no `kid`, `use` or `alg`.
+    pub fn new(key: PublicKey) -> Self {
+        Self {
+            kid: None,
+            alg: None,
+            key_use: None,
+            key,
+        }
+    }
+
+    fn written(&self) -> Written<'_> {
+        let mut written = Written {
+            kty: "EC",
+            crv: None,
+            n: None,
+            e: None,
+            x: None,
+            y: None,
+            kid: self.kid.as_deref(),
+            key_use: self.key_use.as_deref(),
+            alg: self.alg.as_deref(),
+        };
+        match &self.key {
+            PublicKey::Ec { curve, point } => {
+                let (x, y) = point[1..].split_at(curve.coordinate_len());
+                written.crv = Some(curve.name());
+                written.x = Some(URL_SAFE_NO_PAD.encode(x));
+                written.y = Some(URL_SAFE_NO_PAD.encode(y));
+            }
+            PublicKey::Rsa { n, e } => {
+                written.kty = "RSA";
+                written.n = Some(URL_SAFE_NO_PAD.encode(n));
+                written.e = Some(URL_SAFE_NO_PAD.encode(e));
+            }
+            PublicKey::Ed25519(x) => {
+                written.kty = "OKP";
+                written.crv = Some("Ed25519");
+                written.x = Some(URL_SAFE_NO_PAD.encode(x));
+            }
+        }
+        written
+    }
+
+    /// The public JWK as JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.written()).unwrap_or(Value::Null)
+    }
+}
+
+impl serde::Serialize for Jwk {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.written().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Jwk {
+    /// Through [`Jwk::from_json`]: a JWK with private members does not deserialize.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Self::from_json(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A compact JWS split and decoded, not yet verified, with a payload of any bytes.
 #[derive(Debug)]
-pub struct Jws<'a> {
+pub struct CompactJws<'a> {
     pub alg: Algorithm,
     pub header: serde_json::Map<String, Value>,
-    pub claims: serde_json::Map<String, Value>,
+    /// The header as decoded, for callers that read it into a stricter shape.
+    pub header_bytes: Vec<u8>,
+    pub payload: Vec<u8>,
     signing_input: &'a str,
     signature: Vec<u8>,
 }
 
-impl<'a> Jws<'a> {
-    /// Splits `token`, decodes header and payload, and checks `alg` against `allowed`.
+impl<'a> CompactJws<'a> {
+    /// Splits `token` into exactly three parts, decodes them, and checks `alg` against
+    /// `allowed` and that no `crit` extension is asked for.
     pub fn parse(token: &'a str, allowed: &[Algorithm]) -> Result<Self, JoseError> {
         let (signing_input, signature) = token.rsplit_once('.').ok_or(JoseError::Malformed)?;
         let (header_b64, payload_b64) =
@@ -317,8 +415,9 @@ impl<'a> Jws<'a> {
         if payload_b64.contains('.') {
             return Err(JoseError::Malformed);
         }
+        let header_bytes = b64(header_b64)?;
         let header: serde_json::Map<String, Value> =
-            serde_json::from_slice(&b64(header_b64)?).map_err(|_| JoseError::BadHeader)?;
+            serde_json::from_slice(&header_bytes).map_err(|_| JoseError::BadHeader)?;
         let alg_name = header
             .get("alg")
             .and_then(Value::as_str)
@@ -329,15 +428,49 @@ impl<'a> Jws<'a> {
         if header.contains_key("crit") {
             return Err(JoseError::CriticalHeader);
         }
-        let claims: serde_json::Map<String, Value> =
-            serde_json::from_slice(&b64(payload_b64)?).map_err(|_| JoseError::BadPayload)?;
+        let payload = b64(payload_b64)?;
         let signature = b64(signature)?;
         Ok(Self {
             alg,
             header,
-            claims,
+            header_bytes,
+            payload,
             signing_input,
             signature,
+        })
+    }
+
+    /// The signature's bytes.
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
+    /// Verifies the signature with `key`.
+    pub fn verify_with(&self, key: &Jwk) -> Result<(), JoseError> {
+        key.verify(self.alg, self.signing_input.as_bytes(), &self.signature)
+    }
+}
+
+/// A compact JWS whose payload is a JSON object (a token, a DPoP proof, an assertion).
+#[derive(Debug)]
+pub struct Jws<'a> {
+    pub alg: Algorithm,
+    pub header: serde_json::Map<String, Value>,
+    pub claims: serde_json::Map<String, Value>,
+    compact: CompactJws<'a>,
+}
+
+impl<'a> Jws<'a> {
+    /// Splits `token`, decodes header and payload, and checks `alg` against `allowed`.
+    pub fn parse(token: &'a str, allowed: &[Algorithm]) -> Result<Self, JoseError> {
+        let mut compact = CompactJws::parse(token, allowed)?;
+        let claims: serde_json::Map<String, Value> =
+            serde_json::from_slice(&compact.payload).map_err(|_| JoseError::BadPayload)?;
+        Ok(Self {
+            alg: compact.alg,
+            header: std::mem::take(&mut compact.header),
+            claims,
+            compact,
         })
     }
 
@@ -348,7 +481,7 @@ impl<'a> Jws<'a> {
 
     /// Verifies the signature with `key`.
     pub fn verify_with(&self, key: &Jwk) -> Result<(), JoseError> {
-        key.verify(self.alg, self.signing_input.as_bytes(), &self.signature)
+        self.compact.verify_with(key)
     }
 }
 
@@ -472,6 +605,33 @@ mod tests {
             ..ec
         };
         assert!(!encryption.allows(Algorithm::ES256));
+    }
+
+    #[test]
+    fn writes_members_in_a_fixed_order_and_reads_them_back() {
+        let text = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"k","use":"sig","alg":"ES256"}"#;
+        let jwk: Jwk = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&jwk).unwrap(), text);
+        let bare = Jwk::new(jwk.key.clone());
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#
+        );
+        let private = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}"#;
+        assert!(serde_json::from_str::<Jwk>(private).is_err());
+    }
+
+    #[test]
+    fn a_payload_of_any_bytes_is_kept_as_it_was_signed() {
+        let header = encode_b64url(br#"{"alg":"ES256"}"#);
+        let token = format!("{header}.{}.AA", encode_b64url(&[0, 159, 255]));
+        let compact = CompactJws::parse(&token, &[Algorithm::ES256]).unwrap();
+        assert_eq!(compact.payload, [0, 159, 255]);
+        assert_eq!(compact.header_bytes, br#"{"alg":"ES256"}"#);
+        assert_eq!(
+            Jws::parse(&token, &[Algorithm::ES256]).unwrap_err(),
+            JoseError::BadPayload
+        );
     }
 
     #[test]
