@@ -1,7 +1,7 @@
 //! The listener: TCP accept, TLS handshake (bounded in time), HTTP/1.1 or HTTP/2 by ALPN
 //! on hyper, and graceful shutdown that stops accepting and drains in-flight requests.
 //! An HTTP/1.1 connection that opens with `GET /v1/stream` is served by the lean path of
-//! [`crate::event_stream`] instead of hyper; on shutdown its stream ends at once.
+//! [`event_stream`] instead of hyper; on shutdown its stream ends at once.
 
 use std::future::Future;
 use std::sync::Arc;
