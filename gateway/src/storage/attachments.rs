@@ -1,7 +1,5 @@
 //! Encrypted attachments of an episode, addressed by SHA-256.
 
-use sqlx::Row;
-
 use super::{StorageError, Store, now_ms};
 use crate::domain::episode::EpisodeId;
 
@@ -58,15 +56,13 @@ impl Store {
         episode: EpisodeId,
         sha256: &str,
     ) -> Result<Option<(String, Vec<u8>)>, StorageError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT content_type, body FROM attachments WHERE episode_id = $1 AND sha256 = $2",
         )
         .bind(episode.to_string())
         .bind(sha256)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok((r.try_get("content_type")?, r.try_get("body")?)))
-            .transpose()
+        .await?)
     }
 
     /// Which of `hashes` the episode does not have.

@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 use uuid::Uuid;
 
+use super::rows::{self, CheckpointRow, LeafHashRow, TreeHeadRow};
 use super::{StorageError, Store, now_ms};
 use crate::domain::audit::{Action, ORIGIN, Outcome, Record, Stored};
 
@@ -114,65 +114,6 @@ async fn assign_leaves(
     Ok(())
 }
 
-fn record_from_row(r: &AnyRow) -> Result<Record, StorageError> {
-    let uuid = |column: &'static str, value: Option<String>| {
-        value
-            .map(|v| Uuid::parse_str(&v).map_err(|_| StorageError::Corrupt(column)))
-            .transpose()
-    };
-    Ok(Record {
-        id: super::parse_uuid(r, "id")?,
-        recorded_at_ms: r.try_get("recorded_at_ms")?,
-        action: Action::parse(&r.try_get::<String, _>("action")?)
-            .ok_or(StorageError::Corrupt("audit_records.action"))?,
-        outcome: Outcome::parse(&r.try_get::<String, _>("outcome")?)
-            .ok_or(StorageError::Corrupt("audit_records.outcome"))?,
-        reason: r.try_get("reason")?,
-        principal_kind: r.try_get("principal_kind")?,
-        principal_id: r.try_get("principal_id")?,
-        principal_organisation: r.try_get("principal_organisation")?,
-        issuer: r.try_get("issuer")?,
-        client_id: r.try_get("client_id")?,
-        token_jti: r.try_get("token_jti")?,
-        resource_type: r.try_get("resource_type")?,
-        resource_id: r.try_get("resource_id")?,
-        episode_id: uuid("audit_records.episode_id", r.try_get("episode_id")?)?,
-        patient: r.try_get("patient")?,
-        request_id: r.try_get("request_id")?,
-        source: r.try_get("source")?,
-    })
-}
-
-fn stored_from_row(r: &AnyRow) -> Result<Stored, StorageError> {
-    let index: Option<i64> = r.try_get("leaf_index")?;
-    Ok(Stored {
-        record: record_from_row(r)?,
-        leaf_index: index
-            .map(u64::try_from)
-            .transpose()
-            .map_err(|_| StorageError::Corrupt("audit_records.leaf_index"))?,
-        leaf_hash: r.try_get("leaf_hash")?,
-        pruned: r.try_get::<i64, _>("pruned")? != 0,
-    })
-}
-
-fn checkpoint_from_row(r: &AnyRow) -> Result<SignedCheckpoint, StorageError> {
-    let corrupt = || StorageError::Corrupt("audit_checkpoints");
-    let root = icbt_merkle::from_hex(&r.try_get::<String, _>("root")?).ok_or_else(corrupt)?;
-    Ok(SignedCheckpoint {
-        checkpoint: Checkpoint {
-            origin: ORIGIN.to_owned(),
-            size: u64::try_from(r.try_get::<i64, _>("size")?).map_err(|_| corrupt())?,
-            root,
-            timestamp_ms: r.try_get("timestamp_ms")?,
-        },
-        key_id: r.try_get("key_id")?,
-        signature: STANDARD
-            .decode(r.try_get::<String, _>("signature")?)
-            .map_err(|_| corrupt())?,
-    })
-}
-
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -207,11 +148,11 @@ impl Store {
     /// instances at once: the head row's lock orders them.
     pub async fn sequence_audit(&self, signer: &Signer, batch: i64) -> Result<u64, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let head =
-            sqlx::query("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
+        let head: TreeHeadRow =
+            sqlx::query_as("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut tree = super::tree_from_head(&head, "audit_head")?;
+        let mut tree = head.tree("audit_head")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM audit_records WHERE leaf_index IS NULL \
              ORDER BY recorded_at_ms, id LIMIT $1"
@@ -224,7 +165,7 @@ impl Store {
         }
         let mut leaves = Vec::with_capacity(rows.len());
         for row in &rows {
-            let record = record_from_row(row)?;
+            let record = rows::read::<Record>(row)?;
             let index = tree.size();
             let hash = record.leaf_hash(index);
             tree.push(hash);
@@ -306,7 +247,7 @@ impl Store {
             };
         }
         let rows = query.bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(stored_from_row).collect()
+        rows.iter().map(rows::read::<Stored>).collect()
     }
 
     /// Every sequenced record from leaf index `from`, pruned or not, in tree order: what
@@ -320,25 +261,28 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored_from_row).collect()
+        rows.iter().map(rows::read::<Stored>).collect()
     }
 
     /// Records not yet in the tree.
     pub async fn audit_pending(&self) -> Result<i64, StorageError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_records WHERE leaf_index IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) AS n FROM audit_records WHERE leaf_index IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Every checkpoint, smallest tree first.
     pub async fn audit_checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StorageError> {
-        let rows = sqlx::query(
+        let rows: Vec<CheckpointRow> = sqlx::query_as(
             "SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(checkpoint_from_row).collect()
+        rows.into_iter()
+            .map(|r| r.signed(ORIGIN, "audit_checkpoints"))
+            .collect()
     }
 
     /// The newest checkpoint, or the one at exactly `size`.
@@ -346,58 +290,54 @@ impl Store {
         &self,
         size: Option<u64>,
     ) -> Result<Option<SignedCheckpoint>, StorageError> {
-        let row = match size {
+        let row: Option<CheckpointRow> = match size {
             None => {
-                sqlx::query("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+                sqlx::query_as("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
                     .fetch_optional(&self.pool)
                     .await?
             }
             Some(size) => {
-                sqlx::query("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints WHERE size = $1")
+                sqlx::query_as("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints WHERE size = $1")
                     .bind(to_i64(size))
                     .fetch_optional(&self.pool)
                     .await?
             }
         };
-        row.as_ref().map(checkpoint_from_row).transpose()
+        row.map(|r| r.signed(ORIGIN, "audit_checkpoints"))
+            .transpose()
     }
 
     /// The stored leaf hashes of the first `size` records, for proofs.
     pub async fn audit_leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StorageError> {
-        let rows = sqlx::query(
+        let rows: Vec<LeafHashRow> = sqlx::query_as(
             "SELECT leaf_hash FROM audit_records WHERE leaf_index IS NOT NULL AND leaf_index < $1 ORDER BY leaf_index",
         )
         .bind(to_i64(size))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                icbt_merkle::from_hex(&r.try_get::<String, _>("leaf_hash")?)
-                    .ok_or(StorageError::Corrupt("audit_records.leaf_hash"))
-            })
+            .map(|r| r.hash("audit_records.leaf_hash"))
             .collect()
     }
 
     /// The name of the clinic with organisation number `org`, if it is one.
     pub async fn clinic_name(&self, org: &str) -> Result<Option<String>, StorageError> {
-        let row = sqlx::query("SELECT name FROM clinics WHERE org_number = $1")
-            .bind(org)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("name")).transpose()?)
+        Ok(
+            sqlx::query_scalar("SELECT name FROM clinics WHERE org_number = $1")
+                .bind(org)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The leaf index of the record with `id`, once sequenced.
     pub async fn audit_index_of(&self, id: Uuid) -> Result<Option<u64>, StorageError> {
-        let row = sqlx::query("SELECT leaf_index FROM audit_records WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<Option<i64>, _>("leaf_index"))
-            .transpose()?
-            .flatten()
-            .and_then(|i| u64::try_from(i).ok()))
+        let index: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT leaf_index FROM audit_records WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(index.flatten().and_then(|i| u64::try_from(i).ok()))
     }
 
     /// Removes the content of sequenced records of `actions` recorded before

@@ -22,7 +22,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use sqlx::Row;
+use sqlx::FromRow as _;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::messaging::{Appended, Audience, EpisodeRefusal, MessagePosition, NewMessage};
@@ -371,18 +371,17 @@ impl Store {
         };
         let mut latest_tx = None;
         for row in &rows {
-            let parsed = (|| -> Result<(usize, MessagePosition, i64), sqlx::Error> {
-                let ord: i64 = row.try_get("ord")?;
+            let parsed = super::rows::BatchedRow::from_row(row).map(|r| {
                 let position = MessagePosition {
-                    seq: row.try_get("seq")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
+                    seq: r.appended.seq,
+                    created_at_ms: r.appended.created_at_ms,
                 };
-                Ok((
-                    usize::try_from(ord).unwrap_or(usize::MAX),
+                (
+                    usize::try_from(r.ord).unwrap_or(usize::MAX),
                     position,
-                    row.try_get("tx")?,
-                ))
-            })();
+                    r.appended.tx,
+                )
+            });
             match parsed {
                 Ok((ord, position, tx)) => {
                     if let Some(slot) = positions.get_mut(ord) {

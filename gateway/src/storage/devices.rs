@@ -6,11 +6,12 @@ use std::fmt::Write as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
+use sqlx::FromRow as _;
 
 use std::sync::LazyLock;
 
+use super::rows::{self, CheckpointRow, LeafHashRow, TreeHeadRow};
 use super::{StorageError, Store};
 use crate::domain::audit::Record;
 use crate::domain::episode::CareTeamEntry;
@@ -77,29 +78,6 @@ fn raw(json: &str) -> serde_json::Value {
     serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
 }
 
-fn device_from_row(r: &AnyRow) -> Result<DeviceRecord, StorageError> {
-    let index = |v: i64| u64::try_from(v).map_err(|_| StorageError::Corrupt("devices.index"));
-    Ok(DeviceRecord {
-        device_id: r.try_get("device_id")?,
-        owner: Owner {
-            kind: Owner::parse_kind(&r.try_get::<String, _>("owner_kind")?)
-                .ok_or(StorageError::Corrupt("devices.owner_kind"))?,
-            reference: r.try_get("owner_ref")?,
-        },
-        signing_jwk: r.try_get("signing_jwk")?,
-        encryption_kid: r.try_get("encryption_kid")?,
-        encryption_jwk: r.try_get("encryption_jwk")?,
-        published_at_ms: r.try_get("published_at_ms")?,
-        expires_at_ms: r.try_get("expires_at_ms")?,
-        revoked_at_ms: r.try_get("revoked_at_ms")?,
-        publish_index: index(r.try_get("publish_index")?)?,
-        revoke_index: r
-            .try_get::<Option<i64>, _>("revoke_index")?
-            .map(index)
-            .transpose()?,
-    })
-}
-
 /// What [`Store::episode_for_send`] reads.
 #[derive(Debug)]
 pub struct EpisodeForSend {
@@ -133,11 +111,11 @@ async fn append(
     now_ms: i64,
     leaf: impl FnOnce(u64) -> String,
 ) -> Result<(u64, SignedCheckpoint), StorageError> {
-    let head =
-        sqlx::query("UPDATE key_log_head SET size = size WHERE id = 1 RETURNING size, peaks")
+    let head: TreeHeadRow =
+        sqlx::query_as("UPDATE key_log_head SET size = size WHERE id = 1 RETURNING size, peaks")
             .fetch_one(&mut *conn)
             .await?;
-    let mut tree = super::tree_from_head(&head, "key_log_head")?;
+    let mut tree = head.tree("key_log_head")?;
     let size = tree.size();
     let leaf = leaf(size);
     let hash = icbt_merkle::leaf_hash(leaf.as_bytes());
@@ -194,7 +172,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         if let Some(row) = existing.first() {
-            let stored = device_from_row(row)?;
+            let stored = rows::read::<DeviceRecord>(row)?;
             let same = existing.len() == 1
                 && stored.device_id == device.device_id
                 && stored.encryption_kid == device.encryption_kid
@@ -209,7 +187,7 @@ impl Store {
                 Published::Conflict
             });
         }
-        let active: i64 = sqlx::query(
+        let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) AS n FROM devices WHERE owner_kind = $1 AND owner_ref = $2 \
              AND revoked_at_ms IS NULL AND expires_at_ms > $3",
         )
@@ -217,8 +195,7 @@ impl Store {
         .bind(&device.owner.reference)
         .bind(device.published_at_ms)
         .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
+        .await?;
         if active >= i64::from(max_per_owner) {
             return Ok(Published::TooMany);
         }
@@ -292,7 +269,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(device_from_row)
+        .map(rows::read::<DeviceRecord>)
         .transpose()
     }
 
@@ -322,7 +299,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(device_from_row)
+            .map(rows::read::<DeviceRecord>)
             .collect()
     }
 
@@ -384,20 +361,17 @@ impl Store {
             .await?;
         let mut found: Option<EpisodeForSend> = None;
         for r in &rows {
-            if r.try_get::<i32, _>("part")? == 0 {
-                if found.is_none() {
-                    found = Some(EpisodeForSend {
-                        episode: super::episode_from_row(r)?,
-                        clinic: super::clinic_from_row(r, "c_")?,
-                        team: Vec::new(),
-                        devices: Vec::new(),
-                    });
-                }
-                if let (Some(f), Some(member)) = (found.as_mut(), super::team_entry_from_row(r)?) {
-                    f.team.push(member);
-                }
+            if rows::PartRow::from_row(r)?.part == 0 {
+                let (episode, clinic, member) = rows::EpisodeWithTeamRow::from_row(r)?.split()?;
+                let f = found.get_or_insert(EpisodeForSend {
+                    episode,
+                    clinic,
+                    team: Vec::new(),
+                    devices: Vec::new(),
+                });
+                f.team.extend(member);
             } else if let Some(f) = found.as_mut() {
-                f.devices.push(device_from_row(r)?);
+                f.devices.push(rows::read::<DeviceRecord>(r)?);
             }
         }
         Ok(found)
@@ -405,56 +379,37 @@ impl Store {
 
     /// The newest signed head of the key log; `None` while the log is empty.
     pub async fn key_log_head(&self) -> Result<Option<SignedCheckpoint>, StorageError> {
-        let r = sqlx::query(
+        let head: CheckpointRow = sqlx::query_as(
             "SELECT size, root, timestamp_ms, key_id, signature FROM key_log_head WHERE id = 1",
         )
         .fetch_one(&self.pool)
         .await?;
-        let size = u64::try_from(r.try_get::<i64, _>("size")?)
-            .map_err(|_| StorageError::Corrupt("key_log_head.size"))?;
-        if size == 0 {
+        if head.size() == 0 {
             return Ok(None);
         }
-        let corrupt = || StorageError::Corrupt("key_log_head");
-        Ok(Some(SignedCheckpoint {
-            checkpoint: Checkpoint {
-                origin: KEY_LOG_ORIGIN.to_owned(),
-                size,
-                root: icbt_merkle::from_hex(&r.try_get::<String, _>("root")?)
-                    .ok_or_else(corrupt)?,
-                timestamp_ms: r.try_get("timestamp_ms")?,
-            },
-            key_id: r.try_get("key_id")?,
-            signature: STANDARD
-                .decode(r.try_get::<String, _>("signature")?)
-                .map_err(|_| corrupt())?,
-        }))
+        head.signed(KEY_LOG_ORIGIN, "key_log_head").map(Some)
     }
 
     /// The first `size` leaf hashes of the key log.
     pub async fn key_log_hashes(&self, size: u64) -> Result<Vec<Hash>, StorageError> {
-        sqlx::query("SELECT leaf_hash FROM key_log WHERE leaf_index < $1 ORDER BY leaf_index")
-            .bind(to_i64(size))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                icbt_merkle::from_hex(&r.try_get::<String, _>("leaf_hash")?)
-                    .ok_or(StorageError::Corrupt("key_log.leaf_hash"))
-            })
-            .collect()
+        let rows: Vec<LeafHashRow> = sqlx::query_as(
+            "SELECT leaf_hash FROM key_log WHERE leaf_index < $1 ORDER BY leaf_index",
+        )
+        .bind(to_i64(size))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.hash("key_log.leaf_hash")).collect()
     }
 
     /// The leaf texts at `indexes`, in the order asked.
     pub async fn key_log_leaves(&self, indexes: &[u64]) -> Result<Vec<String>, StorageError> {
         let mut leaves = Vec::with_capacity(indexes.len());
         for index in indexes {
-            let leaf: String = sqlx::query("SELECT leaf FROM key_log WHERE leaf_index = $1")
+            let leaf: String = sqlx::query_scalar("SELECT leaf FROM key_log WHERE leaf_index = $1")
                 .bind(to_i64(*index))
                 .fetch_optional(&self.pool)
                 .await?
-                .ok_or(StorageError::Corrupt("key_log: missing leaf"))?
-                .try_get("leaf")?;
+                .ok_or(StorageError::Corrupt("key_log: missing leaf"))?;
             leaves.push(leaf);
         }
         Ok(leaves)

@@ -12,8 +12,7 @@
 
 use std::sync::LazyLock;
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use sqlx::FromRow as _;
 
 use super::outbox::OutboxKind;
 use super::{StorageError, Store, now_ms};
@@ -165,14 +164,13 @@ impl Store {
             .bind(now_ms())
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT id FROM clinics WHERE org_number = $1")
-            .bind(org_number.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        let id = ClinicId(super::parse_uuid(&row, "id")?);
-        self.clinic(id)
-            .await?
-            .ok_or(StorageError::Corrupt("clinics"))
+        let row = sqlx::query(
+            "SELECT id, name, org_number, created_at_ms FROM clinics WHERE org_number = $1",
+        )
+        .bind(org_number.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        super::rows::read::<Clinic>(&row)
     }
 
     /// Creates the episode `id`, or returns it when it already exists with the same
@@ -253,14 +251,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| {
-                Ok(CareTeamEntry {
-                    hpr_number: HprNumber::parse(&r.try_get::<String, _>("hpr_number")?)
-                        .map_err(|_| StorageError::Corrupt("care_team.hpr_number"))?,
-                    cover: r.try_get::<String, _>("role")? == "cover",
-                    until_ms: r.try_get("until_ms")?,
-                })
-            })
+            .map(super::rows::read::<CareTeamEntry>)
             .collect()
     }
 
@@ -321,17 +312,16 @@ impl Store {
         id: uuid::Uuid,
         request_hash: &str,
     ) -> Result<Option<Appended>, sqlx::Error> {
-        let row = sqlx::query("SELECT seq, created_at_ms, request_hash FROM messages WHERE episode_id = $1 AND id = $2")
+        let row: Option<(i64, i64, String)> = sqlx::query_as("SELECT seq, created_at_ms, request_hash FROM messages WHERE episode_id = $1 AND id = $2")
             .bind(episode.to_string())
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let position = MessagePosition {
-            seq: row.try_get("seq")?,
-            created_at_ms: row.try_get("created_at_ms")?,
+        let Some((seq, created_at_ms, stored_hash)) = row else {
+            return Ok(None);
         };
-        let same = row.try_get::<String, _>("request_hash")? == request_hash;
+        let position = MessagePosition { seq, created_at_ms };
+        let same = stored_hash == request_hash;
         Ok(Some(if same {
             Appended::Replayed(position)
         } else {
@@ -358,15 +348,13 @@ impl Store {
         }
         let episode = message.episode.to_string();
         let mut tx = self.pool.begin().await?;
-        let seq: Option<i64> = sqlx::query(
+        let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE episodes SET next_seq = next_seq + 1 WHERE id = $1 AND state IN ('planned', 'active') \
              RETURNING next_seq - 1 AS seq",
         )
         .bind(&episode)
         .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get("seq"))
-        .transpose()?;
+        .await?;
         let Some(seq) = seq else {
             drop(tx);
             return self.retry_or_closed(message).await;
@@ -483,10 +471,11 @@ impl Store {
             .await;
         match appended {
             Ok(Some(row)) => {
-                self.announcer.announce(row.try_get("tx")?);
+                let appended = super::rows::AppendedRow::from_row(&row)?;
+                self.announcer.announce(appended.tx);
                 Ok(Appended::Created(MessagePosition {
-                    seq: row.try_get("seq")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
+                    seq: appended.seq,
+                    created_at_ms: appended.created_at_ms,
                 }))
             }
             Ok(None) => self.retry_or_closed(message).await,
@@ -536,7 +525,9 @@ impl Store {
         .bind(i32::from(patient_view))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter()
+            .map(super::rows::read::<StoredMessage>)
+            .collect()
     }
 
     /// Episodes of a clinic (for system clients), a patient, or a therapist's care teams,
@@ -565,7 +556,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(super::episode_from_row).collect()
+        rows.iter().map(super::rows::read::<Episode>).collect()
     }
 }
 
@@ -575,21 +566,4 @@ pub enum EpisodeFilter<'a> {
     Patient(&'a NationalId),
     Clinic(&'a OrgNumber),
     CareTeam(&'a HprNumber),
-}
-
-pub(super) fn message_from_row(r: &AnyRow) -> Result<StoredMessage, StorageError> {
-    Ok(StoredMessage {
-        id: super::parse_uuid(r, "id")?,
-        seq: r.try_get("seq")?,
-        kind: r.try_get("kind")?,
-        sender_kind: r.try_get("sender_kind")?,
-        sender_ref: r.try_get("sender_ref")?,
-        sender_device: r.try_get("sender_device")?,
-        recipients: r.try_get("recipients")?,
-        content_type: r.try_get("content_type")?,
-        body: r.try_get("body")?,
-        attachments: r.try_get("attachments")?,
-        created_at_ms: r.try_get("created_at_ms")?,
-        audience: r.try_get("audience")?,
-    })
 }

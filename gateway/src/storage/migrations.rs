@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlSafeStr};
+use sqlx::{AnyPool, SqlSafeStr};
 
 use super::Backend;
 
@@ -93,13 +93,12 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
 
 /// Whether every embedded migration is recorded as successfully applied.
 pub(super) async fn all_applied(pool: &AnyPool) -> Result<bool, sqlx::Error> {
-    let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
-        .fetch_all(pool)
-        .await?;
-    let applied: HashSet<i64> = rows
-        .iter()
-        .filter_map(|r| r.try_get::<i64, _>(0).ok())
-        .collect();
+    let applied: HashSet<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
     Ok(MIGRATIONS
         .iter()
         .all(|(version, ..)| applied.contains(version)))

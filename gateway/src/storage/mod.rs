@@ -14,6 +14,7 @@ mod migrations;
 mod outbox;
 mod receipts;
 mod replay;
+mod rows;
 mod sessions;
 pub mod stream;
 
@@ -38,13 +39,13 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use icbt_config::StorageConfig;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+use sqlx::FromRow as _;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
 
 use crate::domain::episode::{
     Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber,
 };
-use icbt_auth::identity::HprNumber;
 
 /// Which database engine a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,7 +345,7 @@ impl Store {
                 .bind(id.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
-        row.as_ref().map(|r| clinic_from_row(r, "")).transpose()
+        row.as_ref().map(rows::read::<Clinic>).transpose()
     }
 
     /// An episode with its clinic and care team, in one round trip: what every access to
@@ -363,18 +364,14 @@ impl Store {
             .bind(id.to_string())
             .fetch_all(&self.pool)
             .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let mut team = Vec::with_capacity(rows.len());
+        let mut found: Option<(Episode, Clinic, Vec<CareTeamEntry>)> = None;
         for r in &rows {
-            team.extend(team_entry_from_row(r)?);
+            let (episode, clinic, member) = rows::EpisodeWithTeamRow::from_row(r)?.split()?;
+            let (_, _, team) =
+                found.get_or_insert((episode, clinic, Vec::with_capacity(rows.len())));
+            team.extend(member);
         }
-        Ok(Some((
-            episode_from_row(first)?,
-            clinic_from_row(first, "c_")?,
-            team,
-        )))
+        Ok(found)
     }
 
     pub async fn insert_episode(
@@ -417,7 +414,7 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(episode_from_row).transpose()
+        row.as_ref().map(rows::read::<Episode>).transpose()
     }
 
     /// The episodes of one patient, oldest first.
@@ -432,7 +429,7 @@ impl Store {
         .bind(patient.expose())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(episode_from_row).collect()
+        rows.iter().map(rows::read::<Episode>).collect()
     }
 }
 
@@ -464,68 +461,6 @@ impl Store {
             .await?;
         Ok(result.rows_affected())
     }
-}
-
-/// The care-team member of a row of [`Store::episode_with_team`]'s join, if any.
-fn team_entry_from_row(r: &AnyRow) -> Result<Option<CareTeamEntry>, StorageError> {
-    let Some(hpr) = r.try_get::<Option<String>, _>("t_hpr_number")? else {
-        return Ok(None);
-    };
-    Ok(Some(CareTeamEntry {
-        hpr_number: HprNumber::parse(&hpr)
-            .map_err(|_| StorageError::Corrupt("care_team.hpr_number"))?,
-        cover: r.try_get::<String, _>("t_role")? == "cover",
-        until_ms: r.try_get("t_until_ms")?,
-    }))
-}
-
-/// A clinic from columns named with `prefix`.
-fn clinic_from_row(r: &AnyRow, prefix: &str) -> Result<Clinic, StorageError> {
-    let column = |name: &str| format!("{prefix}{name}");
-    Ok(Clinic {
-        id: ClinicId(parse_uuid(
-            r,
-            if prefix.is_empty() { "id" } else { "c_id" },
-        )?),
-        name: r.try_get(column("name").as_str())?,
-        org_number: OrgNumber::parse(&r.try_get::<String, _>(column("org_number").as_str())?)
-            .map_err(|_| StorageError::Corrupt("clinics.org_number"))?,
-        created_at_ms: r.try_get(column("created_at_ms").as_str())?,
-    })
-}
-
-fn episode_from_row(r: &AnyRow) -> Result<Episode, StorageError> {
-    Ok(Episode {
-        id: EpisodeId(parse_uuid(r, "id")?),
-        clinic_id: ClinicId(parse_uuid(r, "clinic_id")?),
-        patient: NationalId::parse(&r.try_get::<String, _>("patient_nin")?)
-            .map_err(|_| StorageError::Corrupt("episodes.patient_nin"))?,
-        programme: r.try_get("programme")?,
-        state: EpisodeState::parse(&r.try_get::<String, _>("state")?)
-            .ok_or(StorageError::Corrupt("episodes.state"))?,
-        created_at_ms: r.try_get("created_at_ms")?,
-        updated_at_ms: r.try_get("updated_at_ms")?,
-    })
-}
-
-/// A Merkle tree's frontier from a locked head row (`size`, comma-separated hex `peaks`),
-/// as the access log and the key log both keep it; `table` names the row in errors.
-fn tree_from_head(head: &AnyRow, table: &'static str) -> Result<icbt_merkle::Tree, StorageError> {
-    let size =
-        u64::try_from(head.try_get::<i64, _>("size")?).map_err(|_| StorageError::Corrupt(table))?;
-    let peaks: Vec<icbt_merkle::Hash> = head
-        .try_get::<String, _>("peaks")?
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(icbt_merkle::from_hex)
-        .collect::<Option<_>>()
-        .ok_or(StorageError::Corrupt(table))?;
-    icbt_merkle::Tree::restore(size, &peaks).ok_or(StorageError::Corrupt(table))
-}
-
-fn parse_uuid(r: &AnyRow, column: &'static str) -> Result<uuid::Uuid, StorageError> {
-    uuid::Uuid::parse_str(&r.try_get::<String, _>(column)?)
-        .map_err(|_| StorageError::Corrupt(column))
 }
 
 fn sqlite_url(path: &Path) -> Result<String, StorageError> {

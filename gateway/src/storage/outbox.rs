@@ -10,7 +10,7 @@
 //! writer and one exporter; its claim holds no transaction (a read transaction kept open
 //! across HTTP calls could not write afterwards).
 
-use sqlx::{Any, AnyConnection, Row, Transaction};
+use sqlx::{Any, AnyConnection, Transaction};
 
 use super::{Backend, StorageError, Store, now_ms};
 use crate::domain::audit::Record;
@@ -89,10 +89,13 @@ pub struct Claim {
     pub rows: Vec<OutboxRow>,
 }
 
-const COLUMNS: &str = "id, episode_id, kind, message_seq, state, attempts, next_attempt_at_ms, \
-    last_error, outcome, created_at_ms";
-const COLUMNS_O: &str = "o.id, o.episode_id, o.kind, o.message_seq, o.state, o.attempts, \
-    o.next_attempt_at_ms, o.last_error, o.outcome, o.created_at_ms";
+/// `attempts` is INTEGER, which PostgreSQL returns as 32 bits and SQLite as 64: read as
+/// BIGINT on both.
+const COLUMNS: &str = "id, episode_id, kind, message_seq, state, \
+    CAST(attempts AS BIGINT) AS attempts, next_attempt_at_ms, last_error, outcome, created_at_ms";
+const COLUMNS_O: &str = "o.id, o.episode_id, o.kind, o.message_seq, o.state, \
+    CAST(o.attempts AS BIGINT) AS attempts, o.next_attempt_at_ms, o.last_error, o.outcome, \
+    o.created_at_ms";
 
 /// From `(rank, row)` in row order, the rows to work on: per episode, the rows ranked
 /// 1, 2, 3, … without a gap (a row skipped as locked or not due ends the run), for the
@@ -115,31 +118,6 @@ fn runs(rows: Vec<(i64, OutboxRow)>, episodes: usize) -> Vec<OutboxRow> {
         .into_iter()
         .flat_map(|e| by_episode.remove(&e).unwrap_or_default())
         .collect()
-}
-
-fn row_from(r: &sqlx::any::AnyRow) -> Result<OutboxRow, StorageError> {
-    let kind = match r.try_get::<String, _>("kind")?.as_str() {
-        "episode" => OutboxKind::Episode,
-        "summary" => OutboxKind::Summary,
-        "message" => OutboxKind::Message(
-            r.try_get::<Option<i64>, _>("message_seq")?
-                .ok_or(StorageError::Corrupt("outbox.message_seq"))?,
-        ),
-        _ => return Err(StorageError::Corrupt("outbox.kind")),
-    };
-    Ok(OutboxRow {
-        id: r.try_get("id")?,
-        episode: EpisodeId(super::parse_uuid(r, "episode_id")?),
-        kind,
-        state: r.try_get("state")?,
-        attempts: r
-            .try_get::<i64, _>("attempts")
-            .or_else(|_| r.try_get::<i32, _>("attempts").map(i64::from))?,
-        next_attempt_at_ms: r.try_get("next_attempt_at_ms")?,
-        last_error: r.try_get("last_error")?,
-        outcome: r.try_get("outcome")?,
-        created_at_ms: r.try_get("created_at_ms")?,
-    })
 }
 
 /// Adds a row inside the caller's transaction.
@@ -188,19 +166,21 @@ impl Store {
     /// Questionnaire responses not yet screened for risk, oldest first:
     /// `(row id, episode, seq)`.
     pub async fn unscreened(&self, limit: i64) -> Result<Vec<(i64, EpisodeId, i64)>, StorageError> {
-        let rows = sqlx::query(
+        let rows: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
             "SELECT id, episode_id, message_seq FROM outbox WHERE screened = 0 ORDER BY id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
+        rows.into_iter()
+            .map(|(id, episode, seq)| {
                 Ok((
-                    r.try_get("id")?,
-                    EpisodeId(super::parse_uuid(r, "episode_id")?),
-                    r.try_get::<Option<i64>, _>("message_seq")?
-                        .ok_or(StorageError::Corrupt("outbox.message_seq"))?,
+                    id,
+                    EpisodeId(
+                        uuid::Uuid::parse_str(&episode)
+                            .map_err(|_| StorageError::Corrupt("outbox.episode_id"))?,
+                    ),
+                    seq.ok_or(StorageError::Corrupt("outbox.message_seq"))?,
                 ))
             })
             .collect()
@@ -243,9 +223,7 @@ impl Store {
             .bind(per_episode)
             .bind(episodes.saturating_mul(per_episode));
         let ranked = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(i64, OutboxRow)>, StorageError> {
-            rows.iter()
-                .map(|r| Ok((r.try_get::<i64, _>("rank")?, row_from(r)?)))
-                .collect()
+            rows.iter().map(super::rows::ranked_outbox).collect()
         };
         let limit = usize::try_from(episodes).unwrap_or(usize::MAX);
         match self.backend {
@@ -388,7 +366,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(row_from).collect()
+        rows.iter().map(super::rows::read::<OutboxRow>).collect()
     }
 
     pub async fn outbox_row(&self, id: i64) -> Result<Option<OutboxRow>, StorageError> {
@@ -398,7 +376,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(row_from).transpose()
+        row.as_ref().map(super::rows::read::<OutboxRow>).transpose()
     }
 
     /// Puts a dead row back in line, due now, with its attempts reset. `false` when it is
@@ -417,20 +395,17 @@ impl Store {
     }
 
     pub async fn outbox_counts(&self) -> Result<OutboxCounts, StorageError> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
             "SELECT state, COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox GROUP BY state",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut counts = OutboxCounts::default();
-        for r in &rows {
-            let n: i64 = r.try_get("n")?;
-            match r.try_get::<String, _>("state")?.as_str() {
+        for (state, n, oldest) in rows {
+            match state.as_str() {
                 "pending" => {
                     counts.pending = n;
-                    counts.oldest_pending_ms = r
-                        .try_get::<Option<i64>, _>("oldest")?
-                        .map(|t| now_ms().saturating_sub(t));
+                    counts.oldest_pending_ms = oldest.map(|t| now_ms().saturating_sub(t));
                 }
                 "done" => counts.done = n,
                 "dead" => counts.dead = n,

@@ -1,12 +1,10 @@
 //! Delivery and read receipts, kept as per-reader watermarks.
 
-use sqlx::Row;
-
 use super::{Backend, StorageError, Store, now_ms};
 use crate::domain::episode::EpisodeId;
 
 /// One reader's marks in one episode.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ReceiptMarks {
     pub reader_kind: String,
     pub reader_ref: String,
@@ -18,11 +16,12 @@ pub struct ReceiptMarks {
 impl Store {
     /// The highest sequence number of the episode (0 when it has no messages).
     pub async fn last_seq(&self, episode: EpisodeId) -> Result<i64, StorageError> {
-        let row = sqlx::query("SELECT next_seq - 1 AS last FROM episodes WHERE id = $1")
-            .bind(episode.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("last")).transpose()?.unwrap_or(0))
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT next_seq - 1 AS last FROM episodes WHERE id = $1")
+                .bind(episode.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(last.unwrap_or(0))
     }
 
     /// Moves a reader's marks forward (never back). Reading implies delivery.
@@ -67,24 +66,13 @@ impl Store {
 
     /// Every reader's marks in the episode.
     pub async fn receipts(&self, episode: EpisodeId) -> Result<Vec<ReceiptMarks>, StorageError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT reader_kind, reader_ref, delivered_up_to, read_up_to, updated_at_ms FROM receipts \
              WHERE episode_id = $1 ORDER BY reader_kind, reader_ref",
         )
         .bind(episode.to_string())
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ReceiptMarks {
-                    reader_kind: r.try_get("reader_kind")?,
-                    reader_ref: r.try_get("reader_ref")?,
-                    delivered_up_to: r.try_get("delivered_up_to")?,
-                    read_up_to: r.try_get("read_up_to")?,
-                    updated_at_ms: r.try_get("updated_at_ms")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Messages after `read_up_to` that someone other than the reader sent.
@@ -95,7 +83,7 @@ impl Store {
         reader_ref: &str,
         read_up_to: i64,
     ) -> Result<i64, StorageError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_scalar(
             "SELECT COUNT(*) AS n FROM messages WHERE episode_id = $1 AND seq > $2 \
              AND NOT (sender_kind = $3 AND sender_ref = $4) AND (audience = 'all' OR $3 <> 'patient')",
         )
@@ -104,7 +92,6 @@ impl Store {
         .bind(reader_kind)
         .bind(reader_ref)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("n")?)
+        .await?)
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Entered, InFlight, spawn_writers};
@@ -95,15 +95,13 @@ async fn answer(pool: AnyPool, batch: Vec<Seen>) {
 /// recorded before.
 pub(super) async fn record(pool: &AnyPool, ids: &[(&str, i64)]) -> Result<HashSet<String>, String> {
     let size = ids.len().next_power_of_two().min(MAX_BATCH);
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(size)));
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(insert_sql(size)));
     let padded = ids.iter().chain(std::iter::repeat(ids.last()).flatten());
     for (key, expires_at) in padded.take(size) {
         query = query.bind(*key).bind(*expires_at);
     }
-    let rows = query.fetch_all(pool).await.map_err(|e| e.to_string())?;
-    rows.iter()
-        .map(|r| r.try_get::<String, _>("key").map_err(|e| e.to_string()))
-        .collect()
+    let keys: Vec<String> = query.fetch_all(pool).await.map_err(|e| e.to_string())?;
+    Ok(keys.into_iter().collect())
 }
 
 /// `INSERT … ON CONFLICT DO NOTHING RETURNING key` for `n` ids, `n` a power of two.

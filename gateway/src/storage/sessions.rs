@@ -1,11 +1,9 @@
 //! Hosted-login records: attempts in flight and sessions.
 
-use sqlx::Row;
-
 use super::{StorageError, Store};
 
 /// A login started at `/auth/login/…`, waiting for the callback.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LoginAttempt {
     pub state: String,
     pub issuer: String,
@@ -25,7 +23,7 @@ impl std::fmt::Debug for LoginAttempt {
 }
 
 /// A session as stored; the cookie value itself is never stored.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRecord {
     pub issuer: String,
     /// The verified principal, as JSON.
@@ -82,7 +80,7 @@ impl Store {
         state: &str,
         now: i64,
     ) -> Result<Option<LoginAttempt>, StorageError> {
-        let row = sqlx::query(
+        let attempt: Option<LoginAttempt> = sqlx::query_as(
             "DELETE FROM login_attempts WHERE state = $1 \
              RETURNING state, issuer, nonce, pkce_verifier, return_to, expires_at",
         )
@@ -93,16 +91,7 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
-        let Some(r) = row else { return Ok(None) };
-        let attempt = LoginAttempt {
-            state: r.try_get("state")?,
-            issuer: r.try_get("issuer")?,
-            nonce: r.try_get("nonce")?,
-            pkce_verifier: r.try_get("pkce_verifier")?,
-            return_to: r.try_get("return_to")?,
-            expires_at: r.try_get("expires_at")?,
-        };
-        Ok((attempt.expires_at > now).then_some(attempt))
+        Ok(attempt.filter(|a| a.expires_at > now))
     }
 
     pub async fn insert_session(
@@ -138,15 +127,16 @@ impl Store {
         id_hash: &str,
         now: i64,
     ) -> Result<Option<SessionRecord>, StorageError> {
-        let row = sqlx::query(
+        let session: Option<SessionRecord> = sqlx::query_as(
             "SELECT issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry \
              FROM sessions WHERE id_hash = $1",
         )
         .bind(id_hash)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let mut session = session_from_row(&r)?;
+        let Some(mut session) = session else {
+            return Ok(None);
+        };
         if !session.live_at(now) {
             self.delete_session(id_hash).await?;
             return Ok(None);
@@ -167,25 +157,12 @@ impl Store {
         &self,
         id_hash: &str,
     ) -> Result<Option<SessionRecord>, StorageError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "DELETE FROM sessions WHERE id_hash = $1 \
              RETURNING issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry",
         )
         .bind(id_hash)
         .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
+        .await?)
     }
-}
-
-fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord, StorageError> {
-    Ok(SessionRecord {
-        issuer: r.try_get("issuer")?,
-        principal: r.try_get("principal")?,
-        id_token: r.try_get("id_token")?,
-        created_at: r.try_get("created_at")?,
-        last_seen_at: r.try_get("last_seen_at")?,
-        idle_timeout: r.try_get("idle_timeout")?,
-        absolute_expiry: r.try_get("absolute_expiry")?,
-    })
 }

@@ -22,7 +22,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use sqlx::Row;
+use sqlx::FromRow;
 
 use super::{Backend, StorageError, Store, StoredMessage};
 use crate::domain::episode::{EpisodeId, NationalId, OrgNumber};
@@ -225,15 +225,19 @@ impl Store {
         let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
+                let row = super::rows::StreamRow::from_row(r)?;
                 Ok(StreamEntry {
                     position: StreamPosition {
-                        tx: r.try_get("tx")?,
-                        pos: r.try_get("pos")?,
+                        tx: row.tx,
+                        pos: row.pos,
                     },
-                    episode: EpisodeId(super::parse_uuid(r, "episode_id")?),
-                    message: super::messaging::message_from_row(r)?,
-                    patient: r.try_get("route_patient")?,
-                    organisation: r.try_get("route_organisation")?,
+                    episode: EpisodeId(
+                        uuid::Uuid::parse_str(&row.episode_id)
+                            .map_err(|_| StorageError::Corrupt("messages.episode_id"))?,
+                    ),
+                    message: row.message.try_into()?,
+                    patient: row.route_patient,
+                    organisation: row.route_organisation,
                 })
             })
             .collect()
@@ -247,10 +251,10 @@ impl Store {
                 "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS tx, 0::bigint AS pos"
             }
         };
-        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+        let row: super::rows::PositionRow = sqlx::query_as(sql).fetch_one(&self.pool).await?;
         Ok(StreamPosition {
-            tx: row.try_get("tx")?,
-            pos: row.try_get("pos")?,
+            tx: row.tx,
+            pos: row.pos,
         })
     }
 
