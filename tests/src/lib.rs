@@ -299,6 +299,15 @@ impl Gateway {
         Self::start_with(backend, GatewayOptions::default()).await
     }
 
+    /// Starts a dev-mode gateway that trusts the test OpenID providers.
+    pub async fn start_trusting_test_providers(backend: Backend) -> Self {
+        let options = GatewayOptions {
+            config_toml: Some(idp::IdentityProviders::shared().gateway_config()),
+            ..Default::default()
+        };
+        Self::start_with(backend, options).await
+    }
+
     pub async fn start_with(backend: Backend, options: GatewayOptions) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let database = match backend {

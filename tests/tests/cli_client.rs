@@ -16,10 +16,10 @@ use std::process::Output;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::idp::{Actor, CLINIC_ORG};
 use icbt_e2e::relay::LosingRelay;
 use icbt_e2e::sealed::Sealer;
-use icbt_e2e::{Gateway, GatewayOptions, SYNTHETIC_FNR, audit_public_key, backends, client_binary};
+use icbt_e2e::{Gateway, SYNTHETIC_FNR, audit_public_key, backends, client_binary};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -125,21 +125,20 @@ async fn episode(gw: &Gateway, platform: &Actor) -> Uuid {
     id
 }
 
+/// A gateway with the clinic's journal key published and one episode; the episode's id
+/// and the key log's public key (base64), as the CLI takes them.
+async fn clinic(backend: icbt_e2e::Backend) -> (Gateway, String, String) {
+    let gw = Gateway::start_trusting_test_providers(backend).await;
+    let platform = Actor::system("icbt-platform").await;
+    Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
+    let episode = episode(&gw, &platform).await.to_string();
+    (gw, episode, STANDARD.encode(audit_public_key()))
+}
+
 #[tokio::test]
 async fn patient_and_therapist_exchange_sealed_messages_with_the_cli() {
     for backend in backends() {
-        let gw = Gateway::start_with(
-            backend,
-            GatewayOptions {
-                config_toml: Some(IdentityProviders::shared().gateway_config()),
-                ..Default::default()
-            },
-        )
-        .await;
-        let platform = Actor::system("icbt-platform").await;
-        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
-        let episode = episode(&gw, &platform).await.to_string();
-        let log_key = STANDARD.encode(audit_public_key());
+        let (gw, episode, log_key) = clinic(backend).await;
         let patient = Person::new(&gw, &Actor::patient(SYNTHETIC_FNR).await, &log_key);
         let therapist = Person::new(
             &gw,
@@ -270,18 +269,7 @@ async fn patient_and_therapist_exchange_sealed_messages_with_the_cli() {
 #[tokio::test]
 async fn a_send_whose_answer_was_lost_is_retried_with_the_cli_and_gets_the_original_receipt() {
     for backend in backends() {
-        let gw = Gateway::start_with(
-            backend,
-            GatewayOptions {
-                config_toml: Some(IdentityProviders::shared().gateway_config()),
-                ..Default::default()
-            },
-        )
-        .await;
-        let platform = Actor::system("icbt-platform").await;
-        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
-        let episode = episode(&gw, &platform).await.to_string();
-        let log_key = STANDARD.encode(audit_public_key());
+        let (gw, episode, log_key) = clinic(backend).await;
         let therapist = Person::new(
             &gw,
             &Actor::therapist("01018512528", THERAPIST_HPR).await,
