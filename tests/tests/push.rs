@@ -500,7 +500,7 @@ fn assert_in_sequence_order(what: &str, entries: &[Value], per_episode: usize) {
 #[tokio::test]
 async fn bursts_of_concurrent_sends_reach_every_reader_in_sequence_order() {
     const EPISODES: usize = 3;
-    const ROUNDS: usize = 15;
+    const ROUNDS: usize = 40;
     const BURST: usize = 24;
     for backend in backends() {
         let first = unlimited_gateway(backend).await;
