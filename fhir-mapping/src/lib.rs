@@ -1,9 +1,9 @@
 //! Mapping from icbt-gateway records to FHIR R4 resources (fhir-sdk's R4B models, which
 //! serialise as R4-compatible JSON).
 //!
-//! Owns: the identifier systems and codes (`../shared/REFERENCE.md`), treatment episodes
-//! as EpisodeOfCare ([`episode::episode_of_care`]), PHQ-9 and GAD-7 answers as
-//! QuestionnaireResponse with a total-score Observation and its severity band
+//! Owns: the identifier systems and codes ([`systems`], listed in `docs/export.md`),
+//! treatment episodes as EpisodeOfCare ([`episode::episode_of_care`]), PHQ-9 and GAD-7
+//! answers as QuestionnaireResponse with a total-score Observation and its severity band
 //! ([`questionnaire`]), the risk rule for PHQ-9 item 9 and its Task, and opened messages
 //! as a virtual Encounter with a Communication ([`message`]).
 //!
