@@ -12,8 +12,8 @@ use futures_util::Stream;
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 
-use super::errors::{Problem, ProblemKind};
-use super::extractors::{Caller, MAX_PAGE};
+use super::errors::{Problem, ProblemKind, invalid};
+use super::extractors::{Caller, page_limit};
 use super::state::AppState;
 use crate::audit::Access;
 use crate::storage::stream::{StreamFilter, StreamPosition};
@@ -41,17 +41,14 @@ fn filter_for(state: &AppState, caller: &Authenticated) -> Result<StreamFilter, 
 fn parse_position(value: &str) -> Result<StreamPosition, Problem> {
     value
         .parse()
-        .map_err(|e: crate::storage::stream::PositionError| {
-            Problem::new(ProblemKind::InvalidField)
-                .detail(e.to_string())
-                .with("path", "after")
-        })
+        .map_err(|e: crate::storage::stream::PositionError| invalid("after", e.to_string()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct StreamQuery {
     after: Option<String>,
 }
+
 /// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
 /// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
 /// exactly what came after it. Without either, the stream starts at the present.
@@ -129,15 +126,7 @@ pub async fn inbox(
         .map(parse_position)
         .transpose()?
         .unwrap_or_default();
-    let limit = match query.limit {
-        None => 50,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return Err(Problem::new(ProblemKind::InvalidField)
-                .with("path", "limit")
-                .detail(format!("1 to {MAX_PAGE}")));
-        }
-    };
+    let limit = page_limit(query.limit)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
     let entries = state
         .push
