@@ -321,7 +321,8 @@ async fn send(
     let pending = PendingSends::beside(keys);
     let fingerprint = pending::fingerprint(&device.device_id(), kind, payload);
     let sealed = match pending.get(episode, id)? {
-        Some(kept) if kept.kind == kind && kept.fingerprint == fingerprint => kept,
+        // The fingerprint covers the device, the kind and the payload.
+        Some(kept) if kept.fingerprint == fingerprint => kept,
         // Nothing kept, or the id reused for other content: the gateway decides (201 if
         // the first never arrived, 409 if it did).
         _ => {

@@ -362,14 +362,20 @@ impl Store {
         let mut found: Option<EpisodeForSend> = None;
         for r in &rows {
             if rows::PartRow::from_row(r)?.part == 0 {
-                let (episode, clinic, member) = rows::EpisodeWithTeamRow::from_row(r)?.split()?;
-                let f = found.get_or_insert(EpisodeForSend {
-                    episode,
-                    clinic,
-                    team: Vec::new(),
-                    devices: Vec::new(),
-                });
-                f.team.extend(member);
+                let mut row = rows::EpisodeWithTeamRow::from_row(r)?;
+                let member = row.member()?;
+                if found.is_none() {
+                    let (episode, clinic) = row.episode()?;
+                    found = Some(EpisodeForSend {
+                        episode,
+                        clinic,
+                        team: Vec::new(),
+                        devices: Vec::new(),
+                    });
+                }
+                if let Some(f) = found.as_mut() {
+                    f.team.extend(member);
+                }
             } else if let Some(f) = found.as_mut() {
                 f.devices.push(rows::read::<DeviceRecord>(r)?);
             }

@@ -366,10 +366,15 @@ impl Store {
             .await?;
         let mut found: Option<(Episode, Clinic, Vec<CareTeamEntry>)> = None;
         for r in &rows {
-            let (episode, clinic, member) = rows::EpisodeWithTeamRow::from_row(r)?.split()?;
-            let (_, _, team) =
-                found.get_or_insert((episode, clinic, Vec::with_capacity(rows.len())));
-            team.extend(member);
+            let mut row = rows::EpisodeWithTeamRow::from_row(r)?;
+            let member = row.member()?;
+            if found.is_none() {
+                let (episode, clinic) = row.episode()?;
+                found = Some((episode, clinic, Vec::with_capacity(rows.len())));
+            }
+            if let Some((_, _, team)) = found.as_mut() {
+                team.extend(member);
+            }
         }
         Ok(found)
     }

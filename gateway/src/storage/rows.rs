@@ -92,23 +92,32 @@ pub(super) struct EpisodeWithTeamRow {
 }
 
 impl EpisodeWithTeamRow {
-    /// The episode, its clinic, and the care-team member of this row if any.
-    pub(super) fn split(self) -> Result<(Episode, Clinic, Option<CareTeamEntry>), StorageError> {
+    /// The care-team member of this row, if any. Every row of the join has one; only
+    /// the first row's episode and clinic need converting ([`Self::episode`]).
+    pub(super) fn member(&mut self) -> Result<Option<CareTeamEntry>, StorageError> {
+        let Some(hpr_number) = self.t_hpr_number.take() else {
+            return Ok(None);
+        };
+        let role = self
+            .t_role
+            .take()
+            .ok_or(StorageError::Corrupt("care_team.role"))?;
+        Ok(Some(CareTeamEntry::try_from(CareTeamRow {
+            hpr_number,
+            role,
+            until_ms: self.t_until_ms,
+        })?))
+    }
+
+    /// The episode and its clinic.
+    pub(super) fn episode(self) -> Result<(Episode, Clinic), StorageError> {
         let clinic = Clinic::try_from(ClinicRow {
             id: self.c_id,
             name: self.c_name,
             org_number: self.c_org_number,
             created_at_ms: self.c_created_at_ms,
         })?;
-        let member = match self.t_hpr_number {
-            None => None,
-            Some(hpr_number) => Some(CareTeamEntry::try_from(CareTeamRow {
-                hpr_number,
-                role: self.t_role.ok_or(StorageError::Corrupt("care_team.role"))?,
-                until_ms: self.t_until_ms,
-            })?),
-        };
-        Ok((self.episode.try_into()?, clinic, member))
+        Ok((self.episode.try_into()?, clinic))
     }
 }
 
