@@ -88,10 +88,7 @@ impl SignedMessage {
                 sender: header.icbt_sender,
             },
             kid: header.kid,
-            signing_input: compact
-                .rsplit_once('.')
-                .map(|(input, _)| input.to_owned())
-                .unwrap_or_default(),
+            signing_input: jws.signing_input().to_owned(),
             signature: jws.signature().to_vec(),
             payload: jws.payload,
         })

@@ -440,6 +440,11 @@ impl<'a> CompactJws<'a> {
         })
     }
 
+    /// What the signature covers: the header and payload parts as sent.
+    pub fn signing_input(&self) -> &str {
+        self.signing_input
+    }
+
     /// The signature's bytes.
     pub fn signature(&self) -> &[u8] {
         &self.signature
