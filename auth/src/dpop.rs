@@ -171,6 +171,50 @@ impl DpopVerifier {
         ctx: ProofContext<'_>,
         replay: &impl ReplayStore,
     ) -> Result<(), AuthError> {
+        let checked = self.check_signed(proof, ctx.method, ctx.uri, ctx.now)?;
+        let ath = encode_b64url(
+            ring::digest::digest(&ring::digest::SHA256, ctx.access_token.as_bytes()).as_ref(),
+        );
+        if checked.claims.get("ath").and_then(Value::as_str) != Some(ath.as_str()) {
+            return Err(AuthError::DpopProofInvalid("ath"));
+        }
+        if checked.thumbprint != ctx.jkt {
+            return Err(AuthError::DpopProofInvalid(
+                "key does not match the token's cnf.jkt",
+            ));
+        }
+        if let Some(nonces) = &self.nonces {
+            let nonce = checked.claims.get("nonce").and_then(Value::as_str);
+            if !nonce.is_some_and(|n| nonces.accepts(n, ctx.now)) {
+                return Err(AuthError::DpopNonceRequired);
+            }
+        }
+        self.first_use(&checked, replay).await
+    }
+
+    /// Verifies a proof sent to a token endpoint (RFC 9449 §5): no access token yet, so no
+    /// `ath` and no `cnf.jkt` to match. Returns the thumbprint the new token is bound to.
+    pub async fn verify_for_token_request(
+        &self,
+        proof: &str,
+        method: &str,
+        uri: &str,
+        now: i64,
+        replay: &impl ReplayStore,
+    ) -> Result<String, AuthError> {
+        let checked = self.check_signed(proof, method, uri, now)?;
+        self.first_use(&checked, replay).await?;
+        Ok(checked.thumbprint)
+    }
+
+    /// The checks every proof passes: form, key, signature, method, URI, age.
+    fn check_signed(
+        &self,
+        proof: &str,
+        method: &str,
+        uri: &str,
+        now: i64,
+    ) -> Result<CheckedProof, AuthError> {
         let jws = Jws::parse(proof, &self.algorithms)
             .map_err(|_| AuthError::DpopProofInvalid("not a JWS with an accepted alg"))?;
         if jws.header_str("typ") != Some("dpop+jwt") {
@@ -187,50 +231,47 @@ impl DpopVerifier {
         let claim = |name| jws.claims.get(name);
         let jti = claim("jti")
             .and_then(Value::as_str)
-            .filter(|j| (1..=256).contains(&j.len()));
-        let jti = jti.ok_or(AuthError::DpopProofInvalid("jti"))?;
-        if claim("htm").and_then(Value::as_str) != Some(ctx.method) {
+            .filter(|j| (1..=256).contains(&j.len()))
+            .ok_or(AuthError::DpopProofInvalid("jti"))?
+            .to_owned();
+        if claim("htm").and_then(Value::as_str) != Some(method) {
             return Err(AuthError::DpopProofInvalid("htm"));
         }
         let htu = claim("htu").and_then(Value::as_str).and_then(normalize_htu);
-        if htu.is_none() || htu != normalize_htu(ctx.uri) {
+        if htu.is_none() || htu != normalize_htu(uri) {
             return Err(AuthError::DpopProofInvalid("htu"));
         }
         let iat = claim("iat")
             .and_then(Value::as_i64)
             .ok_or(AuthError::DpopProofInvalid("iat"))?;
-        if iat > ctx.now + self.skew || iat < ctx.now - self.max_age - self.skew {
+        if iat > now + self.skew || iat < now - self.max_age - self.skew {
             return Err(AuthError::DpopProofInvalid(
                 "iat outside the accepted window",
             ));
         }
-        let ath = encode_b64url(
-            ring::digest::digest(&ring::digest::SHA256, ctx.access_token.as_bytes()).as_ref(),
-        );
-        if claim("ath").and_then(Value::as_str) != Some(ath.as_str()) {
-            return Err(AuthError::DpopProofInvalid("ath"));
-        }
-        let thumbprint = jwk.thumbprint();
-        if thumbprint != ctx.jkt {
-            return Err(AuthError::DpopProofInvalid(
-                "key does not match the token's cnf.jkt",
-            ));
-        }
-        if let Some(nonces) = &self.nonces {
-            let nonce = claim("nonce").and_then(Value::as_str);
-            if !nonce.is_some_and(|n| nonces.accepts(n, ctx.now)) {
-                return Err(AuthError::DpopNonceRequired);
-            }
-        }
+        Ok(CheckedProof {
+            thumbprint: jwk.thumbprint(),
+            jti,
+            iat,
+            claims: jws.claims,
+        })
+    }
+
+    /// Records the proof's id; a second use is a replay.
+    async fn first_use(
+        &self,
+        checked: &CheckedProof,
+        replay: &impl ReplayStore,
+    ) -> Result<(), AuthError> {
         let key = encode_b64url(
             ring::digest::digest(
                 &ring::digest::SHA256,
-                format!("{thumbprint}\u{0}{jti}").as_bytes(),
+                format!("{}\u{0}{}", checked.thumbprint, checked.jti).as_bytes(),
             )
             .as_ref(),
         );
         match replay
-            .first_use(&key, iat + self.max_age + 2 * self.skew)
+            .first_use(&key, checked.iat + self.max_age + 2 * self.skew)
             .await
         {
             Ok(true) => Ok(()),
@@ -241,6 +282,14 @@ impl DpopVerifier {
             }
         }
     }
+}
+
+/// A proof whose signature, method, URI and age hold.
+struct CheckedProof {
+    thumbprint: String,
+    jti: String,
+    iat: i64,
+    claims: serde_json::Map<String, Value>,
 }
 
 /// An ES256 key that makes DPoP proofs (RFC 9449 §4.2).
