@@ -1,6 +1,7 @@
 //! `icbt-gateway export`: the journal exporter as its own process, in the gateway's
 //! process (dev mode), and its operator commands (status, dead letters).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,23 +13,36 @@ use icbt_config::Config;
 use super::DeadLetterCommand;
 use crate::export::epj::Epj;
 use crate::export::records::JournalKeys;
+use crate::export::sink::{Destination, Folder};
 use crate::export::{Exporter, Settings as ExportSettings};
 use crate::server;
 use crate::storage::Store;
 
-/// The exporter as configured, or `None` when `export.epj_base_url` is unset.
-pub fn exporter(config: &Config, store: Store) -> anyhow::Result<Option<Exporter>> {
+/// The exporter as configured, or `None` when `export.epj_base_url` is unset and there is
+/// no `folder` (dev mode's journal sink) to write to instead.
+pub fn exporter(
+    config: &Config,
+    store: Store,
+    folder: Option<PathBuf>,
+) -> anyhow::Result<Option<Exporter>> {
     let export = &config.export;
-    let Some(client) = &export.client else {
-        if export.epj_base_url.is_some() {
-            anyhow::bail!(
-                "configuration key `export.client`: is not set; fix: set [export.client]"
-            );
+    let (destination, settings) = match (&export.epj_base_url, folder) {
+        (Some(_), _) => {
+            let Some(client) = &export.client else {
+                anyhow::bail!(
+                    "configuration key `export.client`: is not set; fix: set [export.client]"
+                );
+            };
+            let Some(settings) = ExportSettings::from_config(export, &client.client_id) else {
+                return Ok(None);
+            };
+            (Destination::Fhir(epj(config, client)?), settings)
         }
-        return Ok(None);
-    };
-    let Some(settings) = ExportSettings::from_config(export, &client.client_id) else {
-        return Ok(None);
+        (None, Some(dir)) => (
+            Destination::Folder(Folder { dir }),
+            ExportSettings::for_folder(export, "icbt-gateway-dev-journal-sink"),
+        ),
+        (None, None) => return Ok(None),
     };
     let mut keys = Vec::new();
     for file in &export.journal_key_files {
@@ -46,6 +60,17 @@ pub fn exporter(config: &Config, store: Store) -> anyhow::Result<Option<Exporter
         })?;
         keys.push(device);
     }
+    Ok(Some(Exporter::new(
+        store,
+        destination,
+        JournalKeys::new(keys),
+        settings,
+    )))
+}
+
+/// The EPJ's FHIR client with its HelseID client.
+fn epj(config: &Config, client: &icbt_config::OutboundClientConfig) -> anyhow::Result<Epj> {
+    let export = &config.export;
     let idp_http = icbt_auth::http::https_client(
         config.auth.trust_roots_file.as_deref(),
         Duration::from_millis(config.auth.jwks.fetch_timeout_ms),
@@ -63,17 +88,12 @@ pub fn exporter(config: &Config, store: Store) -> anyhow::Result<Option<Exporter
             .or(config.auth.trust_roots_file.as_deref()),
         Duration::from_millis(export.request_timeout_ms),
     )?;
-    Ok(Some(Exporter::new(
-        store,
-        Epj::new(epj_http, Arc::new(tokens)),
-        JournalKeys::new(keys),
-        settings,
-    )))
+    Ok(Epj::new(epj_http, Arc::new(tokens)))
 }
 
 pub(super) async fn run_exporter(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.storage).await?;
-    let Some(exporter) = exporter(&config, store.clone())? else {
+    let Some(exporter) = exporter(&config, store.clone(), None)? else {
         anyhow::bail!(
             "configuration key `export.epj_base_url`: is not set; fix: set the EPJ's FHIR base URL"
         );
@@ -174,15 +194,17 @@ pub(super) async fn dead_letters(
 }
 
 /// Dev set-ups may run the exporter inside `serve` (`export.in_process`).
+/// Dev mode always runs it here, writing to `folder` when no EPJ is configured.
 pub(super) fn in_process_exporter(
     config: &Config,
     store: &Store,
     push: &crate::push::Push,
+    folder: Option<PathBuf>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if !config.export.in_process {
+    if !config.export.in_process && folder.is_none() {
         return Ok(None);
     }
-    Ok(exporter(config, store.clone())?.map(|e| {
+    Ok(exporter(config, store.clone(), folder)?.map(|e| {
         let push = push.clone();
         let e = e.waking(move || push.wake());
         tokio::spawn(Arc::new(e).run(std::future::pending::<()>()))

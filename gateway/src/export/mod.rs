@@ -17,6 +17,7 @@
 mod alert;
 pub mod epj;
 pub mod records;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +33,9 @@ use serde_json::Value;
 
 use crate::audit::{Action, Outcome, Record};
 use crate::storage::{Finish, OutboxKind, OutboxRow, Store};
-use epj::{CallError, Epj};
+use epj::CallError;
 use records::{EpisodeFacts, JournalKeys, Systems, Unready};
+use sink::Destination;
 
 /// The exporter's settings, resolved from configuration.
 #[derive(Debug)]
@@ -55,17 +57,38 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// For the EPJ of `export.epj_base_url`; `None` when it is unset.
     pub fn from_config(config: &ExportConfig, client_id: &str) -> Option<Self> {
         let epj_base = config
             .epj_base_url
             .clone()?
             .trim_end_matches('/')
             .to_owned();
-        Some(Self {
-            summary_base: config
-                .summary_base_url
-                .as_deref()
-                .map_or_else(|| epj_base.clone(), |b| b.trim_end_matches('/').to_owned()),
+        let summary_base = config
+            .summary_base_url
+            .as_deref()
+            .map_or_else(|| epj_base.clone(), |b| b.trim_end_matches('/').to_owned());
+        Some(Self::with_bases(config, client_id, epj_base, summary_base))
+    }
+
+    /// For a [`sink::Folder`]: the bases name its sub-folders.
+    pub fn for_folder(config: &ExportConfig, client_id: &str) -> Self {
+        Self::with_bases(
+            config,
+            client_id,
+            sink::EPJ_FOLDER.to_owned(),
+            sink::SUMMARY_FOLDER.to_owned(),
+        )
+    }
+
+    fn with_bases(
+        config: &ExportConfig,
+        client_id: &str,
+        epj_base: String,
+        summary_base: String,
+    ) -> Self {
+        Self {
+            summary_base,
             epj_base,
             systems: Systems::under(&config.identifier_base),
             codes: DocumentCodes {
@@ -84,7 +107,7 @@ impl Settings {
             backoff_base_ms: config.backoff_base_ms,
             backoff_max_ms: config.backoff_max_ms,
             client_id: client_id.to_owned(),
-        })
+        }
     }
 }
 
@@ -99,7 +122,7 @@ pub struct Pass {
 
 pub struct Exporter {
     store: Store,
-    epj: Epj,
+    destination: Destination,
     keys: JournalKeys,
     settings: Settings,
     /// Wakes this process's push hub after an alert (the exporter inside `serve`; across
@@ -167,10 +190,15 @@ fn random_u64() -> u64 {
 }
 
 impl Exporter {
-    pub fn new(store: Store, epj: Epj, keys: JournalKeys, settings: Settings) -> Self {
+    pub fn new(
+        store: Store,
+        destination: Destination,
+        keys: JournalKeys,
+        settings: Settings,
+    ) -> Self {
         Self {
             store,
-            epj,
+            destination,
             keys,
             settings,
             wake: None,
@@ -398,7 +426,7 @@ impl Exporter {
             OutboxKind::Summary => {
                 let query = document_query(&s.systems.document, &facts.record.id);
                 if !self
-                    .epj
+                    .destination
                     .exists(&s.summary_base, "DocumentReference", &query)
                     .await?
                 {
@@ -423,7 +451,7 @@ impl Exporter {
     async fn send(&self, base: &str, bundle: &icbt_fhir_mapping::Bundle) -> Result<(), Failed> {
         let json: Value = serde_json::to_value(bundle)
             .map_err(|e| Failed::Unmappable(format!("the bundle does not serialise: {e}")))?;
-        Ok(self.epj.transaction(base, &json).await?)
+        Ok(self.destination.transaction(base, &json).await?)
     }
 
     /// Counts and score trajectory of the whole episode, from its opened messages.
