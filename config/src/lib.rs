@@ -67,6 +67,24 @@ pub struct Config {
     pub login: Vec<LoginConfig>,
     /// The journal exporter (`icbt-gateway export`).
     pub export: ExportConfig,
+    /// Dev mode's sandbox; ignored in production.
+    pub dev: DevConfig,
+}
+
+/// Dev mode's sandbox (`serve --dev` only).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    /// The dev identity providers, their people file, the clinic's journal key and the
+    /// in-process exporter with its journal sink. `false` leaves dev mode with only the
+    /// generated certificate and SQLite (for set-ups that bring their own providers).
+    pub sandbox: bool,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self { sandbox: true }
+    }
 }
 
 /// The HTTP listener and the limits of its request pipeline.
@@ -455,6 +473,9 @@ impl Config {
             ));
         }
         self.validate_tls(mode)?;
+        if mode == Mode::Production {
+            self.refuse_dev_issuers()?;
+        }
         self.validate_storage()?;
         self.auth.validate()?;
         for login in &self.login {
@@ -506,6 +527,28 @@ impl Config {
                 "telemetry.otlp_endpoint",
                 format!("`{endpoint}` is not an http(s) URL"),
                 "use the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The dev identity providers exist only in dev mode; a production configuration
+    /// that names one would trust tokens anybody with the data directory can mint.
+    fn refuse_dev_issuers(&self) -> Result<(), ConfigError> {
+        let issuers = self.auth.issuers.iter().flat_map(|i| {
+            [Some(i.issuer.as_str()), i.discovery_url.as_deref()]
+                .into_iter()
+                .flatten()
+        });
+        let clients = [self.outbound.as_ref(), self.export.client.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|c| c.issuer.as_str());
+        if let Some(url) = issuers.chain(clients).find(|u| is_dev_issuer(u)) {
+            return Err(invalid(
+                "auth.issuers.issuer",
+                format!("`{url}` is the dev identity provider, which exists only in dev mode"),
+                "name the real ID-porten or HelseID issuer, or run `serve --dev`",
             ));
         }
         Ok(())
@@ -728,6 +771,22 @@ impl Config {
     }
 }
 
+/// The path under which dev mode serves its identity providers.
+pub const DEV_ISSUER_PATH: &str = "/dev/idp/";
+
+/// Whether `url` points at a dev identity provider (any host: the path decides).
+pub fn is_dev_issuer(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme
+        .find('/')
+        .map(|slash| &after_scheme[slash..])
+        .is_some_and(|path| {
+            path.to_ascii_lowercase()
+                .replace("//", "/")
+                .starts_with(DEV_ISSUER_PATH)
+        })
+}
+
 pub(crate) fn invalid(key: &'static str, problem: String, fix: &'static str) -> ConfigError {
     ConfigError::Invalid { key, problem, fix }
 }
@@ -847,6 +906,42 @@ mod tests {
             assert!(err.to_string().contains("`export.workers`"), "{err}");
             let fewer = toml.replace("workers = 8", "workers = 7");
             load_in_jail(jail, &fewer, Mode::Dev).unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_refuses_a_dev_issuer_in_one_line() {
+        Jail::expect_with(|jail| {
+            jail.create_file("cert.pem", "x")?;
+            jail.create_file("key.pem", "x")?;
+            let base = "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
+            let issuer = |url: &str| {
+                format!(
+                    "{base}[[auth.issuers]]\nname = \"x\"\nkind = \"helseid\"\n\
+                     issuer = \"{url}\"\naudience = \"a\"\n"
+                )
+            };
+            for url in [
+                "https://localhost:8443/dev/idp/helseid",
+                "https://gateway.example.no/dev/idp/idporten",
+                "https://gateway.example.no//DEV/idp/helseid",
+            ] {
+                let err = load_in_jail(jail, &issuer(url), Mode::Production).unwrap_err();
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("dev identity provider") && msg.contains("fix:"),
+                    "{msg}"
+                );
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+            load_in_jail(
+                jail,
+                &issuer("https://helseid-sts.nhn.no"),
+                Mode::Production,
+            )
+            .unwrap();
+            assert!(!is_dev_issuer("https://helseid-sts.nhn.no/dev"));
             Ok(())
         });
     }
