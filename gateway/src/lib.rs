@@ -9,6 +9,8 @@
 //! - [`audit`]: the tamper-evident access log (records, sequencer, verifier, FHIR view);
 //! - [`export`]: the journal exporter, its own process;
 //! - [`storage`]: the database, the only place with SQL; it has no rules about content.
+//! - [`dev`]: dev mode's sandbox (identity providers, people, journal sink, demo); never
+//!   reached in production.
 //!
 //! Beside them: [`cli`] (the command line), [`telemetry`] (logs, traces, metrics) and
 //! [`views`] (JSON shapes that more than one layer writes).
@@ -21,6 +23,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod dev;
 pub mod domain;
 pub mod export;
 pub mod http;

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `export`, `audit` and `config check`.
 
+mod dev;
 mod export;
 
 pub use export::exporter;
@@ -47,6 +48,16 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// The dev-mode sandbox: tokens for its people, and the demo story.
+    Dev {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The dev gateway's URL; default `https://localhost:<server.bind port>`.
+        #[arg(long, global = true)]
+        gateway: Option<url::Url>,
+        #[command(subcommand)]
+        command: DevCommand,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -67,6 +78,24 @@ enum Command {
         #[command(subcommand)]
         command: Option<ExportCommand>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// Writes a token for NAME of the people file (and, for HelseID, the DPoP key it is
+    /// bound to) under data/dev/tokens/, and prints the settings the `icbt` command line
+    /// reads: `eval "$(icbt-gateway dev token --as kari)"`.
+    Token {
+        /// A person's or system client's name in data/dev/people.toml.
+        #[arg(long = "as", value_name = "NAME")]
+        name: String,
+        /// Print the token alone (for curl).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Plays a short programme against the running dev gateway and prints what each party
+    /// sees; exits non-zero if any step did not do what it should.
+    Demo,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +229,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Dev {
+            config,
+            gateway,
+            command,
+        } => match command {
+            DevCommand::Token { name, raw } => {
+                dev::token(config.as_deref(), &name, gateway.as_ref(), raw)
+            }
+            DevCommand::Demo => dev::demo(config.as_deref(), gateway.as_ref()),
+        },
         Command::Config {
             command: ConfigCommand::Check { file, dev },
         } => {
@@ -228,6 +267,13 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         .local_addr()
         .with_context(|| format!("cannot listen on {bind}"))?;
 
+    let mut config = config;
+    let dev = match mode {
+        Mode::Dev if config.dev.sandbox => {
+            Some(start_dev(&mut config, local.port(), &files.cert_file)?)
+        }
+        Mode::Dev | Mode::Production => None,
+    };
     let auth = Arc::new(auth_context(&config)?);
     let login_http = icbt_auth::http::https_client(
         config.auth.trust_roots_file.as_deref(),
@@ -261,34 +307,33 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
             max_bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
             max_recipients: 64,
         },
+        dev_idp: dev.as_ref().map(|(d, _)| d.idp.clone()),
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
-    let exporter = export::in_process_exporter(&config, &store, &push)?;
+    let exporter = export::in_process_exporter(
+        &config,
+        &store,
+        &push,
+        dev.as_ref().and_then(|(d, _)| d.sink.clone()),
+    )?;
     let sequencer = tokio::spawn(audit_log.clone().run(store.clone(), push.hub.clone()));
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
-    let limits = Limits {
-        body_limit_bytes: config.server.body_limit_bytes,
-        attachment_limit_bytes: config.storage.attachment_limit_bytes,
-        request_timeout: Duration::from_millis(config.server.request_timeout_ms),
-        concurrency_limit: config.server.concurrency_limit,
-        hsts_max_age_seconds: config.server.hsts_max_age_seconds,
-    };
+    let (limits, timeouts) = limits(&config);
     let app = middleware::build(
         http::router(state, config.telemetry.metrics_enabled),
         &limits,
         metrics,
     );
-    let timeouts = ListenerTimeouts {
-        handshake: Duration::from_millis(config.server.handshake_timeout_ms),
-        grace: Duration::from_secs(config.server.shutdown_grace_seconds),
-    };
 
     tracing::info!(address = %local, backend = store.backend().as_str(), dev = (mode == Mode::Dev), "listening");
     #[allow(clippy::print_stdout)]
     {
         println!("icbt-gateway listening on https://{local}");
         println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
+    }
+    if let Some((dev, origin)) = &dev {
+        announce_dev(dev, origin, &audit_log);
     }
     server::serve(
         listener,
@@ -313,6 +358,51 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The request pipeline's limits and the listener's timeouts.
+fn limits(config: &Config) -> (Limits, ListenerTimeouts) {
+    let limits = Limits {
+        body_limit_bytes: config.server.body_limit_bytes,
+        attachment_limit_bytes: config.storage.attachment_limit_bytes,
+        request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+        concurrency_limit: config.server.concurrency_limit,
+        hsts_max_age_seconds: config.server.hsts_max_age_seconds,
+    };
+    let timeouts = ListenerTimeouts {
+        handshake: Duration::from_millis(config.server.handshake_timeout_ms),
+        grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+    };
+    (limits, timeouts)
+}
+
+/// Dev mode's additions to `config`, for the listener on `port` presenting `cert`.
+fn start_dev(
+    config: &mut Config,
+    port: u16,
+    cert: &std::path::Path,
+) -> anyhow::Result<(crate::dev::DevMode, String)> {
+    let origin = crate::dev::origin(config, port);
+    Ok((crate::dev::prepare(config, &origin, cert)?, origin))
+}
+
+/// Says where the sandbox's parts are, and publishes the clinic's journal key once the
+/// listener answers.
+fn announce_dev(dev: &crate::dev::DevMode, origin: &str, audit_log: &AuditLog) {
+    #[allow(clippy::print_stdout)]
+    {
+        println!("dev identity providers: {origin}/dev/idp/idporten and {origin}/dev/idp/helseid");
+        println!("dev people: {}", dev.files.people.display());
+        if let Some(sink) = &dev.sink {
+            println!("dev journal sink: {}", sink.display());
+        }
+    }
+    tokio::spawn(crate::dev::publish_journal_key(
+        origin.to_owned(),
+        dev.files.clone(),
+        dev.idp.clone(),
+        audit_log.signer.public_key().to_vec(),
+    ));
+}
+
 /// The configured certificate, or dev mode's generated one.
 fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateFiles> {
     Ok(match (&config.tls.cert_file, &config.tls.key_file) {
@@ -328,7 +418,7 @@ fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateF
 }
 
 /// `audit verify`: one pass over the log in tree order.
-async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Result<()> {
+pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Result<()> {
     const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let store = Store::open(&config.storage).await?;

@@ -59,11 +59,17 @@ pub enum ProblemKind {
     JournalKeyMissing,
     DeviceConflict,
     DeviceLimit,
+    OauthInvalidRequest,
+    OauthInvalidClient,
+    OauthInvalidGrant,
+    OauthUnsupportedGrantType,
+    OauthInvalidDpopProof,
+    DevPeopleFileInvalid,
 }
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 37] = [
+    pub const ALL: [ProblemKind; 43] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -101,6 +107,12 @@ impl ProblemKind {
         Self::JournalKeyMissing,
         Self::DeviceConflict,
         Self::DeviceLimit,
+        Self::OauthInvalidRequest,
+        Self::OauthInvalidClient,
+        Self::OauthInvalidGrant,
+        Self::OauthUnsupportedGrantType,
+        Self::OauthInvalidDpopProof,
+        Self::DevPeopleFileInvalid,
     ];
 
     /// The last segment of the `type` URI.
@@ -143,6 +155,12 @@ impl ProblemKind {
             Self::JournalKeyMissing => "journal-key-missing",
             Self::DeviceConflict => "device-conflict",
             Self::DeviceLimit => "device-limit",
+            Self::OauthInvalidRequest => "oauth-invalid-request",
+            Self::OauthInvalidClient => "oauth-invalid-client",
+            Self::OauthInvalidGrant => "oauth-invalid-grant",
+            Self::OauthUnsupportedGrantType => "oauth-unsupported-grant-type",
+            Self::OauthInvalidDpopProof => "oauth-invalid-dpop-proof",
+            Self::DevPeopleFileInvalid => "dev-people-file-invalid",
         }
     }
 
@@ -152,16 +170,23 @@ impl ProblemKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MalformedJson | Self::LoginStateInvalid => StatusCode::BAD_REQUEST,
+            Self::MalformedJson
+            | Self::LoginStateInvalid
+            | Self::OauthInvalidRequest
+            | Self::OauthInvalidGrant
+            | Self::OauthUnsupportedGrantType
+            | Self::OauthInvalidDpopProof => StatusCode::BAD_REQUEST,
             Self::RequestTimeout
             | Self::Overloaded
             | Self::NotReady
             | Self::StorageUnavailable
-            | Self::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::IssuerUnavailable
+            | Self::DevPeopleFileInvalid => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unauthenticated | Self::UseDpopNonce | Self::LoginFailed => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::Unauthenticated
+            | Self::UseDpopNonce
+            | Self::LoginFailed
+            | Self::OauthInvalidClient => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope
             | Self::AcrTooLow
             | Self::SecurityLevelTooLow
@@ -242,6 +267,24 @@ impl ProblemKind {
                 "The device id or its encryption key is already published with other details"
             }
             Self::DeviceLimit => "The owner already has the most active devices allowed",
+            Self::OauthInvalidRequest => {
+                "The dev identity provider could not read the request (OAuth invalid_request)"
+            }
+            Self::OauthInvalidClient => {
+                "The dev identity provider does not know the client or its credentials (OAuth invalid_client)"
+            }
+            Self::OauthInvalidGrant => {
+                "The code is unknown, used, expired or does not match (OAuth invalid_grant)"
+            }
+            Self::OauthUnsupportedGrantType => {
+                "The dev identity provider does not support this grant type"
+            }
+            Self::OauthInvalidDpopProof => {
+                "The DPoP proof sent to the token endpoint does not verify"
+            }
+            Self::DevPeopleFileInvalid => {
+                "The dev people file cannot be read; fix it and try again"
+            }
         }
     }
 

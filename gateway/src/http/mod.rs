@@ -12,6 +12,7 @@ pub mod access;
 pub mod attachments;
 pub mod audit;
 pub mod auth;
+pub mod dev_idp;
 pub mod devices;
 pub mod episodes;
 pub mod errors;
@@ -197,6 +198,9 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
     );
     if metrics_enabled {
         router = router.route("/metrics", get(operations::metrics));
+    }
+    if state.dev_idp.is_some() {
+        router = router.merge(dev_idp::routes());
     }
     router
         .fallback(operations::not_found)

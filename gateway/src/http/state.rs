@@ -30,6 +30,9 @@ pub struct AppState {
     pub devices: icbt_config::DevicesConfig,
     /// Bounds on a sealed envelope.
     pub envelope_limits: icbt_envelope::Limits,
+    /// Dev mode's identity providers; `None` in production, where their routes do not
+    /// exist.
+    pub dev_idp: Option<Arc<crate::dev::idp::DevIdp>>,
 }
 
 /// Where uploads wait while they are checked, and how large they may be.
