@@ -277,6 +277,9 @@ pub struct GatewayOptions {
     pub config_toml: Option<String>,
     /// Run with `--dev` (default for the harness's own starts).
     pub production: bool,
+    /// Dev mode's sandbox (dev identity providers, journal key, in-process exporter);
+    /// off unless a test asks for it, so it does not change what other tests observe.
+    pub sandbox: bool,
 }
 
 /// A running gateway process.
@@ -367,7 +370,11 @@ impl Gateway {
             .env("ICBT_SERVER__SHUTDOWN_GRACE_SECONDS", "10")
             // One signing key for every instance, as production configures it.
             .env("ICBT_AUDIT__SIGNING_KEY_FILE", audit_signing_key())
-            .env("ICBT_AUDIT__CHECKPOINT_INTERVAL_MS", "200");
+            .env("ICBT_AUDIT__CHECKPOINT_INTERVAL_MS", "200")
+            .env(
+                "ICBT_DEV__SANDBOX",
+                if options.sandbox { "true" } else { "false" },
+            );
         if let Some(db) = &database {
             cmd.env("ICBT_STORAGE__URL", &db.url);
         }
