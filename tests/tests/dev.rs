@@ -341,3 +341,39 @@ async fn without_the_sandbox_and_in_production_there_are_no_dev_endpoints() {
         &["auth.issuers.issuer", "dev identity provider", "fix:"],
     );
 }
+
+#[tokio::test]
+async fn a_browser_logs_in_through_the_dev_provider_and_gets_a_session() {
+    let gateway = sandbox(Backend::Sqlite).await;
+    let http = gateway.client();
+    let origin = origin(&gateway);
+    // The page lists the patients, and choosing one (here by login_hint) ends at the
+    // callback with a session cookie.
+    let mut url = format!(
+        "{}/auth/login/dev-idporten?return_to=/v1/me&login_hint=kari",
+        gateway.url
+    );
+    let mut cookie = None;
+    for _ in 0..4 {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 303, "{url}");
+        if let Some(c) = response.headers().get("set-cookie") {
+            cookie = Some(c.to_str().unwrap().split(';').next().unwrap().to_owned());
+            break;
+        }
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        url = location.replace(&origin, &gateway.url);
+    }
+    let cookie = cookie.expect("a session cookie");
+    let me: serde_json::Value = http
+        .get(format!("{}/v1/me", gateway.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["kind"], "patient", "{me}");
+    assert_eq!(me["issuer"], "dev-idporten");
+}
