@@ -327,11 +327,10 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     );
 
     tracing::info!(address = %local, backend = store.backend().as_str(), dev = (mode == Mode::Dev), "listening");
-    #[allow(clippy::print_stdout)]
-    {
-        println!("icbt-gateway listening on https://{local}");
-        println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
-    }
+    announce(&format!("icbt-gateway listening on https://{local}"));
+    announce(&format!(
+        "TLS certificate SHA-256 fingerprint: {fingerprint}"
+    ));
     if let Some((dev, origin)) = &dev {
         announce_dev(dev, origin, &audit_log);
     }
@@ -356,6 +355,14 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A line of `serve`'s start-up output. A closed stdout (a reader that stopped after the
+/// address, `| head -1`) must not stop the server, so a failed write is ignored where
+/// `println!` would panic.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// The request pipeline's limits and the listener's timeouts.
@@ -387,13 +394,12 @@ fn start_dev(
 /// Says where the sandbox's parts are, and publishes the clinic's journal key once the
 /// listener answers.
 fn announce_dev(dev: &crate::dev::DevMode, origin: &str, audit_log: &AuditLog) {
-    #[allow(clippy::print_stdout)]
-    {
-        println!("dev identity providers: {origin}/dev/idp/idporten and {origin}/dev/idp/helseid");
-        println!("dev people: {}", dev.files.people.display());
-        if let Some(sink) = &dev.sink {
-            println!("dev journal sink: {}", sink.display());
-        }
+    announce(&format!(
+        "dev identity providers: {origin}/dev/idp/idporten and {origin}/dev/idp/helseid"
+    ));
+    announce(&format!("dev people: {}", dev.files.people.display()));
+    if let Some(sink) = &dev.sink {
+        announce(&format!("dev journal sink: {}", sink.display()));
     }
     tokio::spawn(crate::dev::publish_journal_key(
         origin.to_owned(),
