@@ -124,13 +124,7 @@ impl Story {
 
     /// The platform, by HelseID client credentials with its secret and a DPoP proof.
     async fn platform(&self) -> anyhow::Result<Party> {
-        let org = &self.people.clinic.org_number;
-        let client = self
-            .people
-            .clients
-            .iter()
-            .find(|c| c.org_number == *org)
-            .context("the people file has no system client of the clinic")?;
+        let client = self.people.clinic_client()?;
         let endpoint = format!("{}/token", Provider::Helseid.issuer(&self.origin));
         let dpop = DpopKey::generate()?;
         let proof = dpop.proof("POST", &endpoint, None, None, icbt_auth::now_secs());

@@ -23,6 +23,8 @@ use icbt_config::{Config, IssuerConfig, IssuerKind, LoginConfig};
 
 use idp::{DevIdp, Provider};
 
+pub(crate) use crate::server::tls::write_private;
+
 /// The folder of dev-mode files in the data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("dev")
@@ -206,20 +208,6 @@ pub fn ensure_journal_key(path: &Path) -> anyhow::Result<icbt_envelope::DeviceKe
         .with_context(|| format!("{} is not a device key file", path.display()))
 }
 
-/// Writes a file readable by its owner only.
-pub(crate) fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(content)?;
-    file.sync_all()
-}
-
 /// Publishes the clinic's journal key through the API, as the clinic's platform client,
 /// once the listener answers. Every start does it: a key already published is answered
 /// 200, so this is how a first start makes the sandbox's journal recipient exist.
@@ -247,11 +235,7 @@ async fn try_publish(
 ) -> anyhow::Result<String> {
     let people = idp.people()?;
     let org = people.clinic.org_number.clone();
-    let platform = people
-        .clients
-        .iter()
-        .find(|c| c.org_number == org)
-        .context("the people file has no system client of the clinic")?;
+    let platform = people.clinic_client()?;
     let issued = token::issue(idp, &platform.name)?;
     let http =
         icbt_auth::http::https_client(Some(&files.trust), std::time::Duration::from_secs(10))?;

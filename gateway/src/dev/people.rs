@@ -280,6 +280,18 @@ impl People {
         self.clients.iter().find(|c| c.name == name)
     }
 
+    /// The system client that acts for the clinic (its platform).
+    pub fn clinic_client(&self) -> Result<&SystemClient, PeopleError> {
+        self.clients
+            .iter()
+            .find(|c| c.org_number == self.clinic.org_number)
+            .ok_or_else(|| PeopleError::Invalid {
+                path: FILE_NAME.to_owned(),
+                problem: "there is no [[client]] whose org_number is the clinic's".into(),
+                fix: "add the platform's client with the clinic's org_number",
+            })
+    }
+
     pub fn client_by_id(&self, client_id: &str) -> Option<&SystemClient> {
         self.clients.iter().find(|c| c.client_id == client_id)
     }

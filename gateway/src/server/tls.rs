@@ -161,8 +161,8 @@ pub fn ensure_dev_certificate(data_dir: &Path) -> Result<CertificateFiles, TlsEr
     Ok(files)
 }
 
-/// Writes a file readable by its owner only.
-fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+/// Writes (or replaces) a file readable by its owner only. Dev mode's files use it too.
+pub(crate) fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
