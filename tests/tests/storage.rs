@@ -237,6 +237,55 @@ fn login_record() -> icbt_gateway::audit::Record {
 
 /// Retention prunes the content of old records of its class only, and the pruned log
 /// still verifies (and would not under a longer retention).
+/// `audit verify` walks a live log: a sequencer batch committed while it walks (records
+/// and their checkpoint in one transaction) must be wholly out of its view, or the
+/// records would look covered by no checkpoint.
+#[tokio::test]
+async fn the_audit_snapshot_does_not_see_a_batch_sequenced_after_it_began() {
+    use icbt_gateway::audit::sequencer::AuditLog;
+    use icbt_gateway::audit::{Access, Action};
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let log = AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap();
+        let record = || Access::default().anonymous(Action::Read, "messages");
+        store.record_access(&[record(), record()]).await.unwrap();
+        assert_eq!(log.sequence_all(&store).await.unwrap(), 2);
+
+        let mut view = store.audit_snapshot().await.unwrap();
+        let checkpoints = view.checkpoints().await.unwrap();
+        assert_eq!(
+            checkpoints.last().unwrap().checkpoint.size,
+            2,
+            "{backend:?}"
+        );
+        // A batch commits between the view's first read and its walk.
+        store
+            .record_access(&[record(), record(), record()])
+            .await
+            .unwrap();
+        assert_eq!(log.sequence_all(&store).await.unwrap(), 3);
+        let walked = view.scan(0, 100).await.unwrap();
+        assert_eq!(walked.len(), 2, "{backend:?}: the walk saw a later batch");
+        assert_eq!(view.pending().await.unwrap(), 0, "{backend:?}");
+        view.close().await.unwrap();
+        // Outside the view, the log has moved on.
+        assert_eq!(store.audit_scan(0, 100).await.unwrap().len(), 5);
+        assert_eq!(
+            store
+                .audit_checkpoints()
+                .await
+                .unwrap()
+                .last()
+                .unwrap()
+                .checkpoint
+                .size,
+            5
+        );
+    }
+}
+
 #[tokio::test]
 async fn pruning_keeps_the_access_log_verifiable() {
     use icbt_gateway::audit::sequencer::AuditLog;

@@ -428,8 +428,10 @@ pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Res
     const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let store = Store::open(&config.storage).await?;
-    let checkpoints = store.audit_checkpoints().await?;
-    let pending = store.audit_pending().await?;
+    // One snapshot: a batch the running gateway sequences meanwhile is not half seen.
+    let mut log_now = store.audit_snapshot().await?;
+    let checkpoints = log_now.checkpoints().await?;
+    let pending = log_now.pending().await?;
     let mut verifier = crate::audit::verify::Verifier::new(
         checkpoints,
         log.trusted.clone(),
@@ -438,7 +440,7 @@ pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Res
     );
     let mut from = 0;
     loop {
-        let page = store.audit_scan(from, PAGE).await?;
+        let page = log_now.scan(from, PAGE).await?;
         let Some(last) = page.last().and_then(|s| s.leaf_index) else {
             break;
         };
@@ -450,6 +452,7 @@ pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Res
         }
         from = last + 1;
     }
+    log_now.close().await?;
     let report = verifier.finish();
     store.close().await;
     let seconds = started.elapsed().as_secs_f64();

@@ -250,39 +250,29 @@ impl Store {
         rows.iter().map(rows::read::<Stored>).collect()
     }
 
-    /// Every sequenced record from leaf index `from`, pruned or not, in tree order: what
-    /// `audit verify` walks.
+    /// Every sequenced record from leaf index `from`, pruned or not, in tree order.
     pub async fn audit_scan(&self, from: u64, limit: i64) -> Result<Vec<Stored>, StorageError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
-             WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2"
-        )))
-        .bind(to_i64(from))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::read::<Stored>).collect()
-    }
-
-    /// Records not yet in the tree.
-    pub async fn audit_pending(&self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) AS n FROM audit_records WHERE leaf_index IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        scan(&self.pool, from, limit).await
     }
 
     /// Every checkpoint, smallest tree first.
     pub async fn audit_checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StorageError> {
-        let rows: Vec<CheckpointRow> = sqlx::query_as(
-            "SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| r.signed(ORIGIN, "audit_checkpoints"))
-            .collect()
+        checkpoints(&self.pool).await
+    }
+
+    /// A read-only view of the log as of one moment, for `audit verify`: its reads see no
+    /// records and checkpoints committed after the first of them, so a sequencer batch
+    /// that commits during the walk (records and their checkpoint, in one transaction) is
+    /// either wholly in the view or wholly out of it.
+    pub async fn audit_snapshot(&self) -> Result<AuditSnapshot, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // SQLite in WAL mode: a transaction's first read fixes what all its reads see.
+        Ok(AuditSnapshot { tx })
     }
 
     /// The newest checkpoint, or the one at exactly `size`.
@@ -370,4 +360,66 @@ impl Store {
 enum Bind {
     Text(String),
     Int(i64),
+}
+
+/// The log as of one moment; see [`Store::audit_snapshot`].
+#[derive(Debug)]
+pub struct AuditSnapshot {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl AuditSnapshot {
+    /// Every checkpoint, smallest tree first.
+    pub async fn checkpoints(&mut self) -> Result<Vec<SignedCheckpoint>, StorageError> {
+        checkpoints(&mut *self.tx).await
+    }
+
+    /// Records not yet in the tree.
+    pub async fn pending(&mut self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) AS n FROM audit_records WHERE leaf_index IS NULL")
+                .fetch_one(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    /// Every sequenced record from leaf index `from`, pruned or not, in tree order.
+    pub async fn scan(&mut self, from: u64, limit: i64) -> Result<Vec<Stored>, StorageError> {
+        scan(&mut *self.tx, from, limit).await
+    }
+
+    /// Ends the view (it changed nothing).
+    pub async fn close(self) -> Result<(), StorageError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+async fn scan<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    from: u64,
+    limit: i64,
+) -> Result<Vec<Stored>, StorageError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+         WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2"
+    )))
+    .bind(to_i64(from))
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(rows::read::<Stored>).collect()
+}
+
+async fn checkpoints<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+) -> Result<Vec<SignedCheckpoint>, StorageError> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size",
+    )
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|r| r.signed(ORIGIN, "audit_checkpoints"))
+        .collect()
 }

@@ -24,7 +24,7 @@ pub(crate) use crate::domain::now_ms;
 pub use crate::domain::participants::Owner;
 
 pub use attachments::NewAttachment;
-pub use audit::AuditFilter;
+pub use audit::{AuditFilter, AuditSnapshot};
 pub use devices::{DeviceRecord, EpisodeForSend, KEY_LOG_ORIGIN, Published};
 pub use messaging::{
     Appended, Audience, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage, StoredMessage,
