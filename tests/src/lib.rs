@@ -22,6 +22,7 @@ pub mod jose;
 pub mod otlp;
 pub mod relay;
 pub mod sealed;
+pub mod tamper;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,65 @@ fn built_binary(package: &str, bin: &str) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("debug").join(bin)
+}
+
+/// The JavaScript SDK's directory (`client-js/`), built (`npm ci`, `npm run build`) once
+/// when its `dist/` is missing or older than a source file. Test processes that need it
+/// at the same time take turns through a lock file.
+pub fn client_js() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("client-js");
+        let lock = dir.join(".build.lock");
+        let started = Instant::now();
+        while std::fs::File::create_new(&lock).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_mins(10),
+                "{} stayed locked for 10 minutes",
+                lock.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let built = |dir: &Path| -> bool {
+            let Ok(out) = std::fs::metadata(dir.join("dist/browser/icbt-client.min.js"))
+                .and_then(|m| m.modified())
+            else {
+                return false;
+            };
+            std::fs::read_dir(dir.join("src")).unwrap().all(|f| {
+                f.unwrap()
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t <= out)
+            })
+        };
+        let result = std::panic::catch_unwind(|| {
+            if !dir.join("node_modules").exists() {
+                npm(&dir, &["ci", "--no-audit", "--no-fund", "--silent"]);
+            }
+            if !built(&dir) {
+                npm(&dir, &["run", "--silent", "build"]);
+            }
+        });
+        std::fs::remove_file(&lock).ok();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        dir
+    })
+    .clone()
+}
+
+fn npm(dir: &Path, args: &[&str]) {
+    let status = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("run npm (Node.js 20 or later is needed)");
+    assert!(status.success(), "npm {args:?} in {} failed", dir.display());
 }
 
 /// The binary as a command, without any `ICBT_*` variable of the caller's environment:

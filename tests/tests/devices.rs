@@ -17,14 +17,14 @@ use icbt_auth::dpop::DpopKey;
 use icbt_client::{Client, ClientError, Credentials};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::{Sealer, device_body, in_a_year_ms};
+use icbt_e2e::tamper::rewrite_key_log;
 use icbt_e2e::{
-    Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, audit_public_key, audit_signing_key_der,
-    backends, connect_database, expect_problem,
+    Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, audit_public_key, backends, connect_database,
+    expect_problem,
 };
 use icbt_envelope::{Binding, DeviceKeys, PublicKey, seal};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -635,63 +635,6 @@ async fn the_envelope_policy_names_what_is_wrong() {
     }
 }
 
-/// Rewrites the key log as a dishonest server could: `device`'s encryption key becomes
-/// `attacker`, the leaf and the tree are recomputed, and the head is re-signed with the
-/// server's own key. Every proof then checks out against the new head; only a client
-/// that remembers an earlier head can tell.
-async fn rewrite_key_log(s: &Scene, device: &str, attacker: &PublicKey) {
-    let mut db = connect_database(s.gw.data_dir.path(), s.gw.database()).await;
-    let rows = sqlx::query("SELECT leaf_index, leaf FROM key_log ORDER BY leaf_index")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-    let mut hashes = Vec::new();
-    for row in rows {
-        let index: i64 = row.try_get("leaf_index").unwrap();
-        let mut leaf: Value =
-            serde_json::from_str(&row.try_get::<String, _>("leaf").unwrap()).unwrap();
-        if leaf["op"] == "publish" && leaf["device"] == device {
-            leaf["encryption_jwk"] = serde_json::to_value(attacker.to_jwk()).unwrap();
-            let text = leaf.to_string();
-            sqlx::query("UPDATE key_log SET leaf = $1, leaf_hash = $2 WHERE leaf_index = $3")
-                .bind(&text)
-                .bind(icbt_merkle::to_hex(&icbt_merkle::leaf_hash(
-                    text.as_bytes(),
-                )))
-                .bind(index)
-                .execute(&mut db)
-                .await
-                .unwrap();
-            hashes.push(icbt_merkle::leaf_hash(text.as_bytes()));
-        } else {
-            hashes.push(icbt_merkle::leaf_hash(leaf.to_string().as_bytes()));
-        }
-    }
-    let signer = icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der()).unwrap();
-    let head = signer.sign(icbt_merkle::Checkpoint {
-        origin: "icbt-gateway/keys".into(),
-        size: u64::try_from(hashes.len()).unwrap(),
-        root: icbt_merkle::root(&hashes),
-        timestamp_ms: now_ms(),
-    });
-    sqlx::query(
-        "UPDATE key_log_head SET root = $1, signature = $2, timestamp_ms = $3 WHERE id = 1",
-    )
-    .bind(icbt_merkle::to_hex(&head.checkpoint.root))
-    .bind(base64::engine::general_purpose::STANDARD.encode(&head.signature))
-    .bind(head.checkpoint.timestamp_ms)
-    .execute(&mut db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE devices SET encryption_jwk = $1, encryption_kid = $2 WHERE device_id = $3")
-        .bind(serde_json::to_string(&attacker.to_jwk()).unwrap())
-        .bind(attacker.thumbprint())
-        .bind(device)
-        .execute(&mut db)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn the_sdk_seals_opens_and_catches_a_swapped_key() {
     for backend in backends() {
@@ -786,7 +729,12 @@ async fn the_sdk_seals_opens_and_catches_a_swapped_key() {
         // The log rewritten and re-signed: a client that saw the old head catches it; a
         // client with no memory cannot, which is why the CLI keeps its head in a file.
         let remembered = therapist.seen();
-        rewrite_key_log(&s, &patient_keys.device_id(), attacker.encryption.public()).await;
+        rewrite_key_log(
+            &s.gw,
+            &patient_keys.device_id(),
+            attacker.encryption.public(),
+        )
+        .await;
         let error = therapist.episode_keys(s.episode, false).await.unwrap_err();
         assert!(
             matches!(&error, ClientError::Directory(m) if m.contains("does not extend")),

@@ -208,7 +208,14 @@ fn client(cli: &Cli) -> anyhow::Result<Client> {
 
 fn save_state(cli: &Cli, client: &Client) -> anyhow::Result<()> {
     if let Some(path) = &cli.state {
-        std::fs::write(path, json!({ "seen": client.seen() }).to_string())
+        // Other members (the JavaScript SDK's unacknowledged sends) stay as they were.
+        let mut state = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        state["seen"] = json!(client.seen());
+        std::fs::write(path, state.to_string())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

@@ -1,0 +1,80 @@
+//! What someone who can write the gateway's database can do to its logs, done the way
+//! they would do it, for tests that prove the clients catch it.
+
+use base64::Engine;
+use icbt_envelope::PublicKey;
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::sealed::in_a_year_ms;
+use crate::{Gateway, audit_signing_key_der, connect_database};
+
+/// Swaps `device`'s encryption key for `attacker` in the directory only, leaving the key
+/// log as it is: the proven leaf no longer matches what the directory shows.
+pub async fn swap_directory_key(gw: &Gateway, device: &str, attacker: &PublicKey) {
+    let mut db = connect_database(gw.data_dir.path(), gw.database()).await;
+    sqlx::query("UPDATE devices SET encryption_jwk = $1, encryption_kid = $2 WHERE device_id = $3")
+        .bind(serde_json::to_string(&attacker.to_jwk()).unwrap())
+        .bind(attacker.thumbprint())
+        .bind(device)
+        .execute(&mut db)
+        .await
+        .unwrap();
+}
+
+/// Rewrites the key log as a dishonest server could: `device`'s encryption key becomes
+/// `attacker`, the leaf and the tree are recomputed, and the head is re-signed with the
+/// server's own key. Every proof then checks out against the new head; only a client
+/// that remembers an earlier head can tell.
+pub async fn rewrite_key_log(gw: &Gateway, device: &str, attacker: &PublicKey) {
+    let mut db = connect_database(gw.data_dir.path(), gw.database()).await;
+    let rows = sqlx::query("SELECT leaf_index, leaf FROM key_log ORDER BY leaf_index")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let mut hashes = Vec::new();
+    for row in rows {
+        let index: i64 = row.try_get("leaf_index").unwrap();
+        let mut leaf: Value =
+            serde_json::from_str(&row.try_get::<String, _>("leaf").unwrap()).unwrap();
+        if leaf["op"] == "publish" && leaf["device"] == device {
+            leaf["encryption_jwk"] = serde_json::to_value(attacker.to_jwk()).unwrap();
+            let text = leaf.to_string();
+            sqlx::query("UPDATE key_log SET leaf = $1, leaf_hash = $2 WHERE leaf_index = $3")
+                .bind(&text)
+                .bind(icbt_merkle::to_hex(&icbt_merkle::leaf_hash(
+                    text.as_bytes(),
+                )))
+                .bind(index)
+                .execute(&mut db)
+                .await
+                .unwrap();
+            hashes.push(icbt_merkle::leaf_hash(text.as_bytes()));
+        } else {
+            hashes.push(icbt_merkle::leaf_hash(leaf.to_string().as_bytes()));
+        }
+    }
+    let signer = icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der()).unwrap();
+    let head = signer.sign(icbt_merkle::Checkpoint {
+        origin: "icbt-gateway/keys".into(),
+        size: u64::try_from(hashes.len()).unwrap(),
+        root: icbt_merkle::root(&hashes),
+        timestamp_ms: in_a_year_ms() - 365 * 86_400_000,
+    });
+    sqlx::query(
+        "UPDATE key_log_head SET root = $1, signature = $2, timestamp_ms = $3 WHERE id = 1",
+    )
+    .bind(icbt_merkle::to_hex(&head.checkpoint.root))
+    .bind(base64::engine::general_purpose::STANDARD.encode(&head.signature))
+    .bind(head.checkpoint.timestamp_ms)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE devices SET encryption_jwk = $1, encryption_kid = $2 WHERE device_id = $3")
+        .bind(serde_json::to_string(&attacker.to_jwk()).unwrap())
+        .bind(attacker.thumbprint())
+        .bind(device)
+        .execute(&mut db)
+        .await
+        .unwrap();
+}
