@@ -413,33 +413,55 @@ export class Client {
    * (401, 403) ends the iteration with the GatewayError: re-authenticate, then call again
    * with `after` set to the last position seen.
    */
-  async *events(options: { after?: string; signal?: AbortSignal; mode?: 'auto' | 'stream' | 'poll' } = {}): AsyncGenerator<StreamEvent> {
+  async *events(
+    options: {
+      after?: string;
+      signal?: AbortSignal;
+      mode?: 'auto' | 'stream' | 'poll';
+      /** Told when the stream is open (from then on nothing is missed), when it reconnects, and when it falls back to polling. */
+      onState?: (state: 'connected' | 'reconnecting' | 'polling') => void;
+    } = {},
+  ): AsyncGenerator<StreamEvent> {
     let after = options.after;
     let mode = options.mode ?? 'auto';
     let failures = 0;
+    // Streams the gateway opened that ended before delivering anything: three in a row
+    // mean something between here and the gateway holds events back (a buffering proxy).
+    let silent = 0;
     const signal = options.signal;
+    const tell = options.onState ?? (() => undefined);
     while (!signal?.aborted) {
+      let opened = false;
+      let delivered = false;
       try {
         if (mode === 'poll') {
           if (after === undefined) after = await this.present();
+          tell('polling');
           const page = await this.inbox({ after, wait: 25, signal });
           for (const entry of page.entries) yield { type: 'message', id: entry.position, entry };
           after = page.next_after;
         } else {
-          for await (const event of this.sse(after, signal)) {
+          const connected = () => {
+            opened = true;
             failures = 0;
+            tell('connected');
+          };
+          for await (const event of this.sse(after, signal, connected)) {
+            delivered = true;
             if (event.id !== undefined) after = event.id;
             yield event;
           }
         }
-        failures = 0;
       } catch (e) {
         if (signal?.aborted) return;
         if (e instanceof GatewayError && !e.mayRetry) throw e;
         failures++;
-        if (mode === 'auto' && failures >= 3) mode = 'poll';
+        tell('reconnecting');
         await sleep(Math.min(250 * 2 ** failures, 10_000), signal);
+      } finally {
+        if (opened) silent = delivered ? 0 : silent + 1;
       }
+      if (mode === 'auto' && silent >= 3) mode = 'poll';
     }
   }
 
@@ -453,11 +475,12 @@ export class Client {
     }
   }
 
-  private async *sse(after: string | undefined, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
+  private async *sse(after: string | undefined, signal: AbortSignal | undefined, connected: () => void): AsyncGenerator<StreamEvent> {
     const headers: Record<string, string> = { accept: 'text/event-stream' };
     if (after !== undefined) headers['last-event-id'] = after;
     const response = await this.request('GET', 'v1/stream', { headers, signal });
     if (!response.body) throw new NetworkError('the event stream has no body');
+    connected();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = '';
     let event: { type: string; id?: string; data: string[] } = { type: 'message', data: [] };

@@ -79,11 +79,17 @@ pub struct DevConfig {
     /// in-process exporter with its journal sink. `false` leaves dev mode with only the
     /// generated certificate and SQLite (for set-ups that bring their own providers).
     pub sandbox: bool,
+    /// The built web clients (`npm --prefix web run build`), served under `/app/` by the
+    /// sandbox. Relative to the working directory.
+    pub web_dir: std::path::PathBuf,
 }
 
 impl Default for DevConfig {
     fn default() -> Self {
-        Self { sandbox: true }
+        Self {
+            sandbox: true,
+            web_dir: "web/dist".into(),
+        }
     }
 }
 

@@ -123,6 +123,36 @@ pub fn client_js() -> PathBuf {
     .clone()
 }
 
+/// Debian's Chromium for the browser tests, installed with apt-get when it is missing and
+/// this runs as root (as on CI); its own download would need the internet.
+pub fn chromium() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = PathBuf::from("/usr/bin/chromium");
+        if !path.exists() {
+            let status = Command::new("apt-get")
+                .args(["install", "-y", "-qq", "chromium"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .expect("run apt-get (Debian's chromium package is needed for browser tests)");
+            assert!(status.success(), "apt-get install chromium failed");
+        }
+        path
+    })
+    .clone()
+}
+
+/// A loopback port nobody listens on now, for a gateway that must keep its address
+/// across a restart (a browser's origin).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn npm(dir: &Path, args: &[&str]) {
     let status = Command::new("npm")
         .args(args)
@@ -378,6 +408,33 @@ impl Gateway {
             Backend::Postgres => Some(TestDatabase::create().await),
         };
         Self::spawn(data_dir, database, options)
+    }
+
+    /// The origin the dev providers and the sandbox name: `https://localhost:<port>`.
+    pub fn origin(&self) -> String {
+        let port = self.url.rsplit(':').next().unwrap();
+        format!("https://localhost:{port}")
+    }
+
+    /// Runs an `icbt-gateway dev …` command against this gateway, as its operator would.
+    pub fn dev_command(&self, args: &[&str]) -> std::process::Output {
+        let dir = self.data_dir.path();
+        let origin = self.origin();
+        let mut full = vec!["dev", "--gateway", origin.as_str()];
+        full.extend_from_slice(args);
+        let key = audit_signing_key();
+        let mut env = vec![
+            ("ICBT_STORAGE__DATA_DIR", dir.to_str().unwrap().to_owned()),
+            (
+                "ICBT_AUDIT__SIGNING_KEY_FILE",
+                key.to_str().unwrap().to_owned(),
+            ),
+        ];
+        if let Some(db) = self.database() {
+            env.push(("ICBT_STORAGE__URL", db.url.clone()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_cli(&full, &env, dir)
     }
 
     /// Another gateway process on the same PostgreSQL database as `self` (for tests of

@@ -6,8 +6,7 @@
 use std::path::Path;
 
 use icbt_e2e::{
-    Backend, Gateway, GatewayOptions, assert_one_line_failure, audit_signing_key, backends,
-    expect_problem, run_cli,
+    Backend, Gateway, GatewayOptions, assert_one_line_failure, backends, expect_problem, run_cli,
 };
 
 async fn sandbox(backend: Backend) -> Gateway {
@@ -21,33 +20,6 @@ async fn sandbox(backend: Backend) -> Gateway {
     .await
 }
 
-/// The origin the dev providers name: `https://localhost:<port>`.
-fn origin(gateway: &Gateway) -> String {
-    let port = gateway.url.rsplit(':').next().unwrap();
-    format!("https://localhost:{port}")
-}
-
-/// Runs an `icbt-gateway dev …` command against `gateway`, as its operator would.
-fn dev_command(gateway: &Gateway, args: &[&str]) -> std::process::Output {
-    let dir = gateway.data_dir.path();
-    let origin = origin(gateway);
-    let mut full = vec!["dev", "--gateway", origin.as_str()];
-    full.extend_from_slice(args);
-    let key = audit_signing_key();
-    let mut env = vec![
-        ("ICBT_STORAGE__DATA_DIR", dir.to_str().unwrap().to_owned()),
-        (
-            "ICBT_AUDIT__SIGNING_KEY_FILE",
-            key.to_str().unwrap().to_owned(),
-        ),
-    ];
-    if let Some(db) = gateway.database() {
-        env.push(("ICBT_STORAGE__URL", db.url.clone()));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    run_cli(&full, &env, dir)
-}
-
 fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, Iterator::count)
 }
@@ -56,7 +28,7 @@ fn files_in(dir: &Path) -> usize {
 async fn the_demo_plays_the_whole_story_on_each_backend_and_can_be_played_again() {
     for backend in backends() {
         let gateway = sandbox(backend).await;
-        let out = dev_command(&gateway, &["demo"]);
+        let out = gateway.dev_command(&["demo"]);
         let transcript = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -87,7 +59,7 @@ async fn the_demo_plays_the_whole_story_on_each_backend_and_can_be_played_again(
         assert!(written >= 6, "{backend:?}: {written} bundles in the sink");
 
         // A second run is a new episode with the same people and devices.
-        let again = dev_command(&gateway, &["demo"]);
+        let again = gateway.dev_command(&["demo"]);
         assert!(
             again.status.success(),
             "{backend:?}: {}",
@@ -120,7 +92,7 @@ async fn the_demo_plays_the_whole_story_on_each_backend_and_can_be_played_again(
 #[tokio::test]
 async fn dev_token_prints_what_the_icbt_command_line_reads_and_refuses_unknown_names() {
     let gateway = sandbox(Backend::Sqlite).await;
-    let out = dev_command(&gateway, &["token", "--as", "terje"]);
+    let out = gateway.dev_command(&["token", "--as", "terje"]);
     assert!(
         out.status.success(),
         "{}",
@@ -172,7 +144,7 @@ async fn dev_token_prints_what_the_icbt_command_line_reads_and_refuses_unknown_n
     }
 
     // A patient's token is a bearer token for curl.
-    let raw = dev_command(&gateway, &["token", "--as", "kari", "--raw"]);
+    let raw = gateway.dev_command(&["token", "--as", "kari", "--raw"]);
     let token = String::from_utf8_lossy(&raw.stdout).trim().to_owned();
     let me: serde_json::Value = gateway
         .client()
@@ -187,7 +159,7 @@ async fn dev_token_prints_what_the_icbt_command_line_reads_and_refuses_unknown_n
     assert_eq!(me["kind"], "patient", "{me}");
     assert_eq!(me["issuer"], "dev-idporten");
 
-    let unknown = dev_command(&gateway, &["token", "--as", "nobody"]);
+    let unknown = gateway.dev_command(&["token", "--as", "nobody"]);
     assert_one_line_failure(&unknown, &["nobody", "kari"]);
 }
 
@@ -346,7 +318,7 @@ async fn without_the_sandbox_and_in_production_there_are_no_dev_endpoints() {
 async fn a_browser_logs_in_through_the_dev_provider_and_gets_a_session() {
     let gateway = sandbox(Backend::Sqlite).await;
     let http = gateway.client();
-    let origin = origin(&gateway);
+    let origin = gateway.origin();
     // The page lists the patients, and choosing one (here by login_hint) ends at the
     // callback with a session cookie.
     let mut url = format!(

@@ -308,6 +308,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
             max_recipients: 64,
         },
         dev_idp: dev.as_ref().map(|(d, _)| d.idp.clone()),
+        web_app: dev.as_ref().map(|_| config.dev.web_dir.clone()),
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));

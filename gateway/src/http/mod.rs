@@ -24,6 +24,7 @@ pub mod operations;
 pub mod receipts;
 pub mod state;
 pub mod stream;
+pub mod web_app;
 
 use std::sync::Arc;
 
@@ -201,6 +202,9 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
     }
     if state.dev_idp.is_some() {
         router = router.merge(dev_idp::routes());
+    }
+    if let Some(dir) = &state.web_app {
+        router = router.merge(web_app::routes(dir));
     }
     router
         .fallback(operations::not_found)

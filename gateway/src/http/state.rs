@@ -33,6 +33,9 @@ pub struct AppState {
     /// Dev mode's identity providers; `None` in production, where their routes do not
     /// exist.
     pub dev_idp: Option<Arc<crate::dev::idp::DevIdp>>,
+    /// The built web clients (`web/dist`); the reference client is served under `/app/`
+    /// (dev sandbox only).
+    pub web_app: Option<std::path::PathBuf>,
 }
 
 /// Where uploads wait while they are checked, and how large they may be.

@@ -1,0 +1,185 @@
+//! The reference web client (`web/app/`) in Debian's Chromium, driven by puppeteer-core
+//! (`tests/peers/web-app.mjs`): a patient and a therapist log in through the dev identity
+//! providers, write to each other live, the patient answers PHQ-9 and the care team sees
+//! the risk alert, both compare one safety number, the gateway is killed and restarted
+//! under the open pages (nothing missed, nothing twice), and an envelope changed in the
+//! database is shown as refused. axe-core finds no serious or critical violations.
+//! Screenshots are kept in `target/web-app-screenshots/<backend>/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::{
+    Gateway, GatewayOptions, backends, chromium, client_js, connect_database, free_port,
+};
+use serde_json::Value;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Builds `web/` (the app bundles the SDK, which `client_js` builds first).
+fn web_dist() -> PathBuf {
+    client_js();
+    let web = repository().join("web");
+    for args in [
+        &["ci", "--no-audit", "--no-fund", "--silent"][..],
+        &["run", "--silent", "build"],
+    ] {
+        let status = Command::new("npm")
+            .args(args)
+            .current_dir(&web)
+            .status()
+            .unwrap();
+        assert!(status.success(), "npm {args:?} in web/");
+    }
+    web.join("dist")
+}
+
+/// A value of the sandbox's people file: `field` of the entry named `name`.
+fn person(gw: &Gateway, name: &str, field: &str) -> String {
+    let text = std::fs::read_to_string(gw.data_dir.path().join("dev/people.toml")).unwrap();
+    let people: toml::Value = text.parse().unwrap();
+    people["person"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap()[field]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Changes one byte of the message's ciphertext, as someone who can write the database.
+async fn tamper(gw: &Gateway, message: &str) {
+    let mut db = connect_database(gw.data_dir.path(), gw.database()).await;
+    let body: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT body FROM messages WHERE id = $1")
+            .bind(message)
+            .fetch_one(&mut db)
+            .await
+            .unwrap(),
+        "body",
+    );
+    let mut envelope: Value = serde_json::from_slice(&body).unwrap();
+    let mut ciphertext = URL_SAFE_NO_PAD
+        .decode(envelope["ciphertext"].as_str().unwrap())
+        .unwrap();
+    ciphertext[3] ^= 0x20;
+    envelope["ciphertext"] = URL_SAFE_NO_PAD.encode(ciphertext).into();
+    let changed = sqlx::query("UPDATE messages SET body = $1 WHERE id = $2")
+        .bind(serde_json::to_vec(&envelope).unwrap())
+        .bind(message)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+}
+
+#[tokio::test]
+async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampered_envelope() {
+    let chromium = chromium();
+    let dist = web_dist();
+    for backend in backends() {
+        let port = free_port();
+        let mut gw = Gateway::start_with(
+            backend,
+            GatewayOptions {
+                sandbox: true,
+                env: vec![
+                    ("ICBT_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+                    ("ICBT_DEV__WEB_DIR".into(), dist.to_str().unwrap().into()),
+                ],
+                ..Default::default()
+            },
+        )
+        .await;
+        let token = gw.dev_command(&["token", "--as", "platform"]);
+        assert!(
+            token.status.success(),
+            "{}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let tokens = gw.data_dir.path().join("dev/tokens");
+        let shots = repository().join(format!("target/web-app-screenshots/{backend:?}"));
+        let cert = gw.data_dir.path().join("dev-tls/cert.pem");
+        let peers = repository().join("tests/peers");
+        let mut scenario = Command::new("node")
+            .arg(peers.join("web-app.mjs"))
+            .args(["--origin", &gw.origin()])
+            .args(["--chromium", chromium.to_str().unwrap()])
+            .args(["--shots", shots.to_str().unwrap()])
+            .args([
+                "--platform-token",
+                tokens.join("platform.token").to_str().unwrap(),
+            ])
+            .args([
+                "--platform-dpop",
+                tokens.join("platform.dpop.der").to_str().unwrap(),
+            ])
+            .args(["--patient", &person(&gw, "kari", "pid")])
+            .args(["--therapist", &person(&gw, "terje", "hpr_number")])
+            .env("NODE_EXTRA_CA_CERTS", &cert)
+            .current_dir(&peers)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut to_scenario = scenario.stdin.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = scenario.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut summary = None;
+        while let Some(line) = tokio::time::timeout(std::time::Duration::from_mins(4), rx.recv())
+            .await
+            .expect("the browser scenario went quiet for four minutes")
+        {
+            if line == "RESTART" {
+                gw = gw.restart_after("KILL").await;
+                assert!(
+                    gw.url.ends_with(&format!(":{port}")),
+                    "same address after the restart"
+                );
+                writeln!(to_scenario, "RESTARTED").unwrap();
+            } else if let Some(message) = line.strip_prefix("TAMPER ") {
+                tamper(&gw, message).await;
+                writeln!(to_scenario, "TAMPERED").unwrap();
+            } else {
+                summary = Some(line);
+            }
+        }
+        let status = scenario.wait().unwrap();
+        let summary: Value = serde_json::from_str(&summary.expect("a summary line")).unwrap();
+        assert!(status.success(), "{backend:?}: {summary}");
+        assert_eq!(summary["failures"], serde_json::json!([]), "{backend:?}");
+        for shot in [
+            "patient.png",
+            "therapist.png",
+            "therapist-caseload.png",
+            "patient-tampered.png",
+        ] {
+            assert!(shots.join(shot).exists(), "{shot}");
+        }
+        assert!(
+            !gw.logs()
+                .iter()
+                .any(|l| l.contains(&person(&gw, "kari", "pid"))),
+            "no national identity number in the gateway's logs"
+        );
+    }
+}
