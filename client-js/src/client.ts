@@ -95,6 +95,9 @@ export interface AttachmentRef {
   content_type: string;
 }
 
+/** The stream position before the first entry: `events({ after: STREAM_START })` replays everything. */
+export const STREAM_START = '0.0';
+
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
     const t = setTimeout(resolve, ms);

@@ -434,3 +434,50 @@ async fn a_javascript_send_whose_answer_was_lost_is_resent_byte_for_byte() {
         assert_eq!(count, 1, "{backend:?}: one message, not two");
     }
 }
+
+#[tokio::test]
+async fn the_javascript_sdk_polls_reads_attaches_revokes_and_types_its_refusals() {
+    let sdk = client_js();
+    for backend in backends() {
+        let gw = Gateway::start_trusting_test_providers(backend).await;
+        let platform = Actor::system("icbt-platform").await;
+        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
+        let episode = episode(&gw, &platform).await.to_string();
+        let patient = Actor::patient(SYNTHETIC_FNR).await;
+        let therapist = Actor::therapist("01018512528", THERAPIST_HPR).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            path(&p)
+        };
+        let output = Command::new("node")
+            .arg(sdk.parent().unwrap().join("tests/peers/sdk-scenario.mjs"))
+            .env("ICBT_GATEWAY", &gw.url)
+            .env("ICBT_LOG_KEYS", STANDARD.encode(audit_public_key()))
+            .env("ICBT_EPISODE", &episode)
+            .env(
+                "PATIENT_TOKEN",
+                file("patient.token", patient.token.access_token.as_bytes()),
+            )
+            .env(
+                "THERAPIST_TOKEN",
+                file("therapist.token", therapist.token.access_token.as_bytes()),
+            )
+            .env(
+                "THERAPIST_DPOP",
+                file("therapist.der", therapist.dpop_pkcs8.as_ref().unwrap()),
+            )
+            .env("NODE_EXTRA_CA_CERTS", file("ca.pem", &gw.certificate_pem()))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{backend:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["checked"].as_array().unwrap().len(), 6, "{summary}");
+    }
+}
