@@ -8,25 +8,20 @@
 //   RESTART            -> restart the gateway on the same port, then write "RESTARTED"
 //   TAMPER <message>   -> change that message's ciphertext in the database, then "TAMPERED"
 //
-// Arguments: --origin URL --chromium PATH --shots DIR --platform-token FILE
-// --platform-dpop FILE --patient PID --therapist HPR. NODE_EXTRA_CA_CERTS must name the
-// gateway's certificate (for the platform's calls from Node).
+// Arguments: --origin URL --chromium PATH --shots DIR --episode ID (an active episode of
+// kari and terje, as `icbt-gateway dev episode` makes).
 import { readFileSync, mkdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
 import puppeteer from 'puppeteer-core';
-import { Client, DpopKey } from '../../client-js/dist/index.js';
 
 const { values: o } = parseArgs({
   options: {
     origin: { type: 'string' },
     chromium: { type: 'string' },
     shots: { type: 'string' },
-    'platform-token': { type: 'string' },
-    'platform-dpop': { type: 'string' },
-    patient: { type: 'string' },
-    therapist: { type: 'string' },
+    episode: { type: 'string' },
   },
 });
 mkdirSync(o.shots, { recursive: true });
@@ -41,22 +36,7 @@ function check(ok, what) {
   if (!ok) throw new Error(`expected: ${what}`);
 }
 
-// The platform creates the episode and its care team, as an iCBT platform would.
-const platform = new Client({
-  gateway: o.origin,
-  auth: {
-    type: 'dpop',
-    token: readFileSync(o['platform-token'], 'utf8').trim(),
-    key: await DpopKey.fromPkcs8(new Uint8Array(readFileSync(o['platform-dpop']))),
-  },
-  logKeys: [new Uint8Array(32)],
-});
-const episode = crypto.randomUUID();
-const clinic = (await platform.call('GET', 'v1/me')).organisations?.[0];
-await platform.call('PUT', `v1/episodes/${episode}`, { patient: o.patient, organisation: clinic, programme: 'depresjon-14-uker' });
-await platform.call('PUT', `v1/episodes/${episode}/care-team`, { members: [{ hpr_number: o.therapist, role: 'therapist' }] });
-await platform.call('PUT', `v1/episodes/${episode}/state`, { state: 'active' });
-step(`episode ${episode} created`);
+const episode = o.episode;
 
 const browser = await puppeteer.launch({
   executablePath: o.chromium,

@@ -1,6 +1,6 @@
 //! The reference web client (`web/app/`) in Debian's Chromium, driven by puppeteer-core
 //! (`tests/peers/web-app.mjs`): a patient and a therapist log in through the dev identity
-//! providers, write to each other live, the patient answers PHQ-9 and the care team sees
+//! providers into an episode `icbt-gateway dev episode` made, write to each other live, the patient answers PHQ-9 and the care team sees
 //! the risk alert, both compare one safety number, the gateway is killed and restarted
 //! under the open pages (nothing missed, nothing twice), and an envelope changed in the
 //! database is shown as refused. axe-core finds no serious or critical violations.
@@ -103,32 +103,23 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
             },
         )
         .await;
-        let token = gw.dev_command(&["token", "--as", "platform"]);
+        let made = gw.dev_command(&["episode", "--patient", "kari", "--therapist", "terje"]);
         assert!(
-            token.status.success(),
+            made.status.success(),
             "{}",
-            String::from_utf8_lossy(&token.stderr)
+            String::from_utf8_lossy(&made.stderr)
         );
-        let tokens = gw.data_dir.path().join("dev/tokens");
+        // What the platform did, then the id on the last line.
+        let printed = String::from_utf8(made.stdout).unwrap();
+        let episode = printed.lines().last().unwrap().to_owned();
         let shots = repository().join(format!("target/web-app-screenshots/{backend:?}"));
-        let cert = gw.data_dir.path().join("dev-tls/cert.pem");
         let peers = repository().join("tests/peers");
         let mut scenario = Command::new("node")
             .arg(peers.join("web-app.mjs"))
             .args(["--origin", &gw.origin()])
             .args(["--chromium", chromium.to_str().unwrap()])
             .args(["--shots", shots.to_str().unwrap()])
-            .args([
-                "--platform-token",
-                tokens.join("platform.token").to_str().unwrap(),
-            ])
-            .args([
-                "--platform-dpop",
-                tokens.join("platform.dpop.der").to_str().unwrap(),
-            ])
-            .args(["--patient", &person(&gw, "kari", "pid")])
-            .args(["--therapist", &person(&gw, "terje", "hpr_number")])
-            .env("NODE_EXTRA_CA_CERTS", &cert)
+            .args(["--episode", &episode])
             .current_dir(&peers)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,4 +1,4 @@
-//! `icbt-gateway dev token` and `icbt-gateway dev demo`: the sandbox from a terminal.
+//! `icbt-gateway dev token`, `dev demo` and `dev episode`: the sandbox from a terminal.
 
 use std::path::{Path, PathBuf};
 
@@ -84,4 +84,30 @@ pub(super) fn demo(config_file: Option<&Path>, gateway: Option<&url::Url>) -> an
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(dev::demo::run(&config, &origin, &served_cert(&config)))
+}
+
+/// `dev episode`: an active episode for `patient` with `therapist` on its care team.
+pub(super) fn episode(
+    config_file: Option<&Path>,
+    gateway: Option<&url::Url>,
+    patient: &str,
+    therapist: &str,
+) -> anyhow::Result<()> {
+    let config = Config::load(config_file, Mode::Dev)?;
+    let origin = origin(&config, gateway);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let id = runtime.block_on(dev::demo::episode(
+        &config,
+        &origin,
+        &served_cert(&config),
+        (patient, therapist),
+    ))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{id}");
+    }
+    Ok(())
 }

@@ -96,6 +96,15 @@ enum DevCommand {
     /// Plays a short programme against the running dev gateway and prints what each party
     /// sees; exits non-zero if any step did not do what it should.
     Demo,
+    /// Creates an active episode for a patient and a therapist of the people file, as the
+    /// platform would (for trying the web client at /app/); prints what the platform did
+    /// and, on the last line, the episode's id.
+    Episode {
+        #[arg(long, default_value = "kari")]
+        patient: String,
+        #[arg(long, default_value = "terje")]
+        therapist: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +247,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 dev::token(config.as_deref(), &name, gateway.as_ref(), raw)
             }
             DevCommand::Demo => dev::demo(config.as_deref(), gateway.as_ref()),
+            DevCommand::Episode { patient, therapist } => {
+                dev::episode(config.as_deref(), gateway.as_ref(), &patient, &therapist)
+            }
         },
         Command::Config {
             command: ConfigCommand::Check { file, dev },

@@ -55,19 +55,8 @@ struct Story {
 
 /// Plays the story against `origin`, trusting `cert`.
 pub async fn run(config: &Config, origin: &str, cert: &Path) -> anyhow::Result<()> {
-    let data_dir = config.storage.data_dir.clone();
-    let idp = token::open_idp(&data_dir, origin)?;
-    let people = idp.people()?;
-    let log = crate::audit::sequencer::AuditLog::from_config(&config.audit, &data_dir)?;
-    let http = icbt_auth::http::https_client(Some(cert), Duration::from_secs(30))?;
-    let story = Story {
-        origin: origin.to_owned(),
-        http,
-        log_key: log.signer.public_key().to_vec(),
-        files: Files::under(&data_dir),
-        data_dir: data_dir.clone(),
-        people,
-    };
+    let (idp, story) = Story::new(config, origin, cert)?;
+    let data_dir = story.data_dir.clone();
     let started = Instant::now();
     #[allow(clippy::print_stdout)]
     {
@@ -93,7 +82,108 @@ pub async fn run(config: &Config, origin: &str, cert: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// Creates an active episode for `patient` with `therapist` as its therapist, as the
+/// platform does; returns its id.
+pub async fn episode(
+    config: &Config,
+    origin: &str,
+    cert: &Path,
+    (patient, therapist): (&str, &str),
+) -> anyhow::Result<Uuid> {
+    let (_, story) = Story::new(config, origin, cert)?;
+    let person = |name: &str| {
+        story
+            .people
+            .person(name)
+            .with_context(|| format!("the people file has no `{name}`"))
+    };
+    let (patient, therapist) = (person(patient)?, person(therapist)?);
+    let hpr = therapist
+        .hpr_number
+        .as_ref()
+        .map(icbt_auth::identity::HprNumber::as_str)
+        .with_context(|| format!("`{}` has no HPR number", therapist.name))?;
+    let platform = story.platform().await?;
+    let episode = Uuid::new_v4();
+    story
+        .create_episode(
+            &platform,
+            episode,
+            patient,
+            json!([{ "hpr_number": hpr, "role": "therapist" }]),
+        )
+        .await?;
+    Ok(episode)
+}
+
 impl Story {
+    fn new(
+        config: &Config,
+        origin: &str,
+        cert: &Path,
+    ) -> anyhow::Result<(super::idp::DevIdp, Self)> {
+        let data_dir = config.storage.data_dir.clone();
+        let idp = token::open_idp(&data_dir, origin)?;
+        let people = idp.people()?;
+        let log = crate::audit::sequencer::AuditLog::from_config(&config.audit, &data_dir)?;
+        let http = icbt_auth::http::https_client(Some(cert), Duration::from_secs(30))?;
+        let story = Self {
+            origin: origin.to_owned(),
+            http,
+            log_key: log.signer.public_key().to_vec(),
+            files: Files::under(&data_dir),
+            data_dir,
+            people,
+        };
+        Ok((idp, story))
+    }
+
+    /// PUTs the episode, its care team (`members`) and its move to active.
+    async fn create_episode(
+        &self,
+        platform: &Party,
+        episode: Uuid,
+        patient: &super::people::Person,
+        members: Value,
+    ) -> anyhow::Result<Value> {
+        let org = self.people.clinic.org_number.as_str();
+        let (status, view) = platform
+            .client
+            .call(
+                reqwest::Method::PUT,
+                &format!("v1/episodes/{episode}"),
+                Some(&json!({
+                    "patient": patient.pid.expose(),
+                    "organisation": org,
+                    "programme": "Internet-delivered CBT for depression, 14 weeks",
+                    "clinic_name": self.people.clinic.name,
+                })),
+            )
+            .await?;
+        ensure!(status == 201, "creating the episode answered {status}");
+        platform
+            .client
+            .call(
+                reqwest::Method::PUT,
+                &format!("v1/episodes/{episode}/care-team"),
+                Some(&json!({ "members": members })),
+            )
+            .await?;
+        let (_, active) = platform
+            .client
+            .call(
+                reqwest::Method::PUT,
+                &format!("v1/episodes/{episode}/state"),
+                Some(&json!({ "state": "active" })),
+            )
+            .await?;
+        ensure!(
+            active["state"] == "active",
+            "the episode did not become active: {active}"
+        );
+        Ok(view)
+    }
+
     fn party(
         &self,
         label: &str,
@@ -213,25 +303,28 @@ impl Story {
             .person("vera")
             .context("the people file has no `vera`")?;
         let org = people.clinic.org_number.as_str();
-
         let started = std::time::SystemTime::now();
         step(1, "The platform creates an episode and its care team");
         let platform = self.platform().await?;
         let episode = Uuid::new_v4();
-        let (status, view) = platform
-            .client
-            .call(
-                reqwest::Method::PUT,
-                &format!("v1/episodes/{episode}"),
-                Some(&json!({
-                    "patient": kari_person.pid.expose(),
-                    "organisation": org,
-                    "programme": "Internet-delivered CBT for depression, 14 weeks",
-                    "clinic_name": people.clinic.name,
-                })),
+        let cover_until = crate::domain::now_ms() + 14 * 24 * 3_600 * 1_000;
+        let hpr = |p: &super::people::Person| {
+            p.hpr_number
+                .as_ref()
+                .map(icbt_auth::identity::HprNumber::as_str)
+                .map(str::to_owned)
+        };
+        let view = self
+            .create_episode(
+                &platform,
+                episode,
+                kari_person,
+                json!([
+                    { "hpr_number": hpr(terje_person), "role": "therapist" },
+                    { "hpr_number": hpr(vera_person), "role": "cover", "until_ms": cover_until },
+                ]),
             )
             .await?;
-        ensure!(status == 201, "creating the episode answered {status}");
         say(
             "platform",
             &format!(
@@ -239,36 +332,12 @@ impl Story {
                 kari_person.display_name, view["state"]
             ),
         );
-        let cover_until = crate::domain::now_ms() + 14 * 24 * 3_600 * 1_000;
-        platform
-            .client
-            .call(
-                reqwest::Method::PUT,
-                &format!("v1/episodes/{episode}/care-team"),
-                Some(&json!({ "members": [
-                    { "hpr_number": terje_person.hpr_number.as_ref().map(icbt_auth::identity::HprNumber::as_str), "role": "therapist" },
-                    { "hpr_number": vera_person.hpr_number.as_ref().map(icbt_auth::identity::HprNumber::as_str), "role": "cover", "until_ms": cover_until },
-                ]})),
-            )
-            .await?;
         say(
             "platform",
             &format!(
                 "care team: {} (therapist), {} (cover for 14 days)",
                 terje_person.display_name, vera_person.display_name
             ),
-        );
-        let (_, view) = platform
-            .client
-            .call(
-                reqwest::Method::PUT,
-                &format!("v1/episodes/{episode}/state"),
-                Some(&json!({ "state": "active" })),
-            )
-            .await?;
-        ensure!(
-            view["state"] == "active",
-            "the episode did not become active: {view}"
         );
         say("platform", "moved the episode to active");
 
