@@ -172,7 +172,8 @@ export class Client {
           // not a problem document
         }
         const detail = String(problem.detail ?? problem.title ?? response.statusText);
-        throw new GatewayError(response.status, String(problem.type ?? ''), detail, problem);
+        const wait = Number(response.headers.get('retry-after') ?? NaN);
+        throw new GatewayError(response.status, String(problem.type ?? ''), detail, problem, Number.isFinite(wait) ? wait : undefined);
       }
       return response;
     }
@@ -551,9 +552,7 @@ export class Client {
 }
 
 function retryAfterMs(error: GatewayError): number | undefined {
-  const body = error.body as Record<string, unknown> | undefined;
-  const seconds = Number(body?.retry_after ?? NaN);
-  return Number.isFinite(seconds) ? seconds * 1000 : undefined;
+  return error.retryAfter === undefined ? undefined : Math.min(error.retryAfter, 60) * 1000;
 }
 
 async function fingerprint(deviceId: string, kind: string, payload: Uint8Array): Promise<string> {

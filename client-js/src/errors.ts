@@ -35,11 +35,14 @@ export class GatewayError extends IcbtError {
   /** The problem's stable `type`. */
   readonly problemType: string;
   readonly body: unknown;
-  constructor(status: number, problemType: string, detail: string, body: unknown) {
+  /** Seconds the gateway asked to wait (`Retry-After`), when it did. */
+  readonly retryAfter: number | undefined;
+  constructor(status: number, problemType: string, detail: string, body: unknown, retryAfter?: number) {
     super('gateway', `the gateway answered ${status} ${problemType}: ${detail}`);
     this.status = status;
     this.problemType = problemType;
     this.body = body;
+    this.retryAfter = retryAfter;
   }
   /** The gateway may not have acted on the request: retry it (with the same bytes). */
   get mayRetry(): boolean {

@@ -9,7 +9,9 @@
 //   TAMPER <message>   -> change that message's ciphertext in the database, then "TAMPERED"
 //
 // Arguments: --origin URL --chromium PATH --shots DIR --episode ID (an active episode of
-// kari and terje, as `icbt-gateway dev episode` makes).
+// kari and terje, as `icbt-gateway dev episode` makes). With --latency N (the benchmark,
+// scripts/bench/client-js) it logs both in, times N sends from the therapist's page to
+// their display on the patient's, prints the figures and stops.
 import { readFileSync, mkdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -22,6 +24,7 @@ const { values: o } = parseArgs({
     chromium: { type: 'string' },
     shots: { type: 'string' },
     episode: { type: 'string' },
+    latency: { type: 'string' },
   },
 });
 mkdirSync(o.shots, { recursive: true });
@@ -90,6 +93,35 @@ step('patient logged in');
 const therapist = await login('dev-helseid', 'terje');
 await therapist.waitForSelector(`tr[data-episode="${episode}"] a`);
 step('therapist sees the caseload');
+
+if (o.latency) {
+  await therapist.click(`tr[data-episode="${episode}"] a`);
+  await therapist.waitForSelector('#compose');
+  // The patient's page notes when each message appears, by its text.
+  await patient.evaluate(() => {
+    window.seenAt = {};
+    new MutationObserver(() => {
+      for (const body of document.querySelectorAll('#thread li .body')) window.seenAt[body.textContent] ??= Date.now();
+    }).observe(document.getElementById('thread'), { childList: true, subtree: true });
+  });
+  const samples = [];
+  for (let i = 0; i < Number(o.latency); i++) {
+    const text = `Måling ${i}: ${'x'.repeat(200)}`;
+    await therapist.$eval('#compose-text', (t, v) => (t.value = v), text);
+    const sent = Date.now();
+    await therapist.click('#compose button[type=submit]');
+    const shown = await patient.waitForFunction((t) => window.seenAt[t], { polling: 5, timeout: 10_000 }, text).catch(async (e) => {
+      throw new Error(`message ${i} not shown; the therapist's page says: ${await therapist.$eval('#compose-status', (s) => s.textContent)} (${e.message})`);
+    });
+    samples.push((await shown.jsonValue()) - sent);
+    await therapist.waitForFunction(() => !document.querySelector('#compose button').disabled);
+  }
+  samples.sort((a, b) => a - b);
+  const at = (q) => samples[Math.min(samples.length - 1, Math.floor(q * samples.length))];
+  await browser.close();
+  process.stdout.write(`${JSON.stringify({ messages: samples.length, p50_ms: at(0.5), p99_ms: at(0.99), max_ms: samples.at(-1) })}\n`);
+  process.exit(0);
+}
 
 // The patient writes; the therapist's caseload counts it live, and the thread shows it.
 await send(patient, 'Hei! Jeg har sovet litt bedre denne uka, men grubler mye om kvelden.');

@@ -182,7 +182,9 @@ class App {
   async render() {
     this.episodes = (await this.client.episodes()).episodes;
     if (this.patient) {
-      const episode = this.episodes.find((e) => e.state === 'active') ?? this.episodes[0];
+      // The newest active treatment (a patient rarely has more than one at a time).
+      const newest = [...this.episodes].sort((a, b) => b.created_at_ms - a.created_at_ms);
+      const episode = newest.find((e) => e.state === 'active') ?? newest[0];
       if (!episode) {
         main.replaceChildren(el('h1', {}, 'Ingen behandling'), el('p', {}, 'Du har ingen aktiv behandling.'));
         return;
