@@ -7,6 +7,8 @@
 //
 //   RESTART            -> restart the gateway on the same port, then write "RESTARTED"
 //   TAMPER <message>   -> change that message's ciphertext in the database, then "TAMPERED"
+//   REVOKE <device>    -> revoke the patient's device with the patient's token, then "REVOKED"
+//   FORK <device>      -> rewrite and re-sign the key log around that device, then "FORKED"
 //
 // Arguments: --origin URL --chromium PATH --shots DIR --episode ID (an active episode of
 // kari and terje, as `icbt-gateway dev episode` makes). With --latency N (the benchmark,
@@ -185,6 +187,25 @@ check(shown.state === 'invalid' && shown.text.includes('Vises ikke') && !shown.t
 const others = (await thread(patient)).filter((m) => m.id !== target.id);
 check(others.every((m) => m.state === 'ok'), 'the other messages still open');
 await patient.screenshot({ path: `${o.shots}/patient-tampered.png`, fullPage: true });
+
+// --- this browser's device revoked elsewhere: said, and registered again --------------
+const revokedDevice = await patient.evaluate(() => document.body.dataset.device);
+check((await ask(`REVOKE ${revokedDevice}`)) === 'REVOKED', 'the device was revoked');
+await patient.reload();
+await patient.waitForSelector('#alarm:not([hidden])');
+const revokedText = await patient.$eval('#alarm', (a) => a.textContent);
+check(revokedText.includes('trukket tilbake'), `the patient is told the device was revoked: ${revokedText}`);
+check((await patient.evaluate(() => document.body.dataset.device)) !== revokedDevice, 'a new device');
+
+// --- the key log rewritten and re-signed: the browser that saw the old head says so ----
+const therapistDevice = await therapist.evaluate(() => document.body.dataset.device);
+check((await ask(`FORK ${therapistDevice}`)) === 'FORKED', 'the key log was rewritten');
+await therapist.reload();
+await therapist.waitForSelector('#alarm:not([hidden])');
+const forkText = await therapist.$eval('#alarm', (a) => a.textContent);
+check(forkText.includes('Nøkkelkatalogen stemmer ikke'), `the therapist is warned: ${forkText}`);
+check((await therapist.$$('#compose button:not([disabled])')).length === 0, 'nothing can be sent');
+await therapist.screenshot({ path: `${o.shots}/therapist-forked.png`, fullPage: true });
 
 await browser.close();
 process.stdout.write(`${JSON.stringify({ done: true, failures, numbers, violations: { caseload: caseloadViolations, patient: patientViolations, therapist: therapistViolations } })}\n`);

@@ -3,7 +3,9 @@
 //! providers into an episode `icbt-gateway dev episode` made, write to each other live, the patient answers PHQ-9 and the care team sees
 //! the risk alert, both compare one safety number, the gateway is killed and restarted
 //! under the open pages (nothing missed, nothing twice), and an envelope changed in the
-//! database is shown as refused. axe-core finds no serious or critical violations.
+//! database is shown as refused, a device revoked elsewhere is said and replaced, and a
+//! key log rewritten and re-signed raises the alarm in the browser that saw the old head.
+//! axe-core finds no serious or critical violations.
 //! Screenshots are kept in `target/web-app-screenshots/<backend>/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
@@ -14,6 +16,7 @@ use std::process::{Command, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::tamper::rewrite_key_log;
 use icbt_e2e::{
     Gateway, GatewayOptions, backends, chromium, client_js, connect_database, free_port,
 };
@@ -150,6 +153,22 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
             } else if let Some(message) = line.strip_prefix("TAMPER ") {
                 tamper(&gw, message).await;
                 writeln!(to_scenario, "TAMPERED").unwrap();
+            } else if let Some(device) = line.strip_prefix("REVOKE ") {
+                let token = gw.dev_command(&["token", "--as", "kari", "--raw"]);
+                let token = String::from_utf8(token.stdout).unwrap();
+                let revoked = gw
+                    .client()
+                    .delete(format!("{}/v1/devices/{device}", gw.url))
+                    .bearer_auth(token.trim())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(revoked.status(), 200, "{backend:?}");
+                writeln!(to_scenario, "REVOKED").unwrap();
+            } else if let Some(device) = line.strip_prefix("FORK ") {
+                let attacker = icbt_envelope::DeviceKeys::generate().unwrap();
+                rewrite_key_log(&gw, device, attacker.encryption.public()).await;
+                writeln!(to_scenario, "FORKED").unwrap();
             } else {
                 summary = Some(line);
             }
@@ -159,6 +178,7 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
         assert!(status.success(), "{backend:?}: {summary}");
         assert_eq!(summary["failures"], serde_json::json!([]), "{backend:?}");
         for shot in [
+            "therapist-forked.png",
             "patient.png",
             "therapist.png",
             "therapist-caseload.png",

@@ -37,10 +37,21 @@ function el(tag, attrs = {}, ...children) {
 const main = document.getElementById('main');
 const alarm = document.getElementById('alarm');
 
+// Set once something does not check out: nothing may be sent from this page after it.
+let blocked = false;
+
+/** Says what is wrong, at the top, and stops sending. */
 function raise(text) {
+  blocked = true;
   alarm.textContent = text;
   alarm.hidden = false;
-  for (const b of document.querySelectorAll('form button')) b.disabled = true;
+  for (const b of document.querySelectorAll('main form button[type=submit]')) b.disabled = true;
+}
+
+/** Says something the user must know that does not stop them. */
+function notice(text) {
+  alarm.textContent = text;
+  alarm.hidden = false;
 }
 
 const time = (ms) => new Date(ms).toLocaleString('nb-NO', { dateStyle: 'short', timeStyle: 'short' });
@@ -124,13 +135,15 @@ async function start() {
   const store = await IndexedDbStore.open('icbt-app');
   const client = new Client({ gateway: location.origin, auth: { type: 'session' }, logKeys: await pinnedLogKeys(store), store });
   const self = me.kind === 'patient' ? 'patient' : `clinician:${me.hpr_number}`;
-  const keys = await device(client, store, self);
   document.getElementById('session').replaceChildren(
     el('form', { method: 'post', action: '/auth/logout', class: 'row' },
       el('span', { class: 'muted' }, me.kind === 'patient' ? 'Innlogget som pasient' : `Innlogget som behandler (HPR ${me.hpr_number})`),
       el('button', { class: 'secondary', type: 'submit' }, 'Logg ut'),
     ),
   );
+  const keys = await device(client, store, self);
+  document.body.dataset.device = keys.deviceId;
+  document.querySelector('.foot').append(el('p', {}, `Denne nettleserens enhet: ${keys.deviceId.slice(0, 8)} (sammenlign med enhetslisten hos klinikken)`));
   const app = new App(client, keys, me);
   // The stream is open before history is read, so nothing falls between the two.
   await app.follow();
@@ -149,7 +162,7 @@ async function device(client, store, owner) {
     // A revoked id is spent: this browser becomes a new device.
     await store.delete(`device:${owner}`);
     ({ keys } = await deviceKeysIn(store, owner));
-    raise('Denne nettleseren var trukket tilbake som enhet og er registrert på nytt. Eldre meldinger kan ikke leses her.');
+    notice('Denne nettleseren var trukket tilbake som enhet og er registrert på nytt. Eldre meldinger kan ikke leses her.');
   }
   if (!known || known.revoked) await client.publishDevice(keys);
   return keys;
@@ -264,6 +277,7 @@ class App {
     const status = el('p', { class: 'muted', id: 'compose-status', 'aria-live': 'polite' });
     return el('form', { class: 'card', id: 'compose', onsubmit: async (ev) => {
       ev.preventDefault();
+      if (blocked) return;
       const button = ev.target.querySelector('button');
       button.disabled = true;
       status.textContent = 'Krypterer og sender …';
@@ -275,7 +289,7 @@ class App {
         status.textContent = explain(e);
         if (e instanceof DirectoryError) raise(explain(e));
       } finally {
-        button.disabled = !alarm.hidden;
+        button.disabled = blocked;
       }
     } },
     el('label', { for: 'compose-text' }, this.patient ? 'Skriv til behandleren din' : 'Svar til pasienten'),
@@ -295,6 +309,7 @@ class App {
       el('h2', { id: 'phq9-heading' }, 'Ukens spørreskjema (PHQ-9)'),
       el('form', { class: 'card', id: 'phq9', onsubmit: async (ev) => {
         ev.preventDefault();
+        if (blocked) return;
         const form = ev.target;
         const items = PHQ9.map((_, i) => Number(new FormData(form).get(`phq9-${i}`)));
         form.querySelector('button').disabled = true;
@@ -307,7 +322,7 @@ class App {
         } catch (e) {
           status.textContent = explain(e);
         } finally {
-          form.querySelector('button').disabled = !alarm.hidden;
+          form.querySelector('button').disabled = blocked;
         }
       } },
       el('p', {}, 'Hvor ofte har du vært plaget av følgende de siste to ukene?'),
@@ -407,4 +422,7 @@ class App {
   }
 }
 
-start().catch((e) => raise(explain(e)));
+start().catch((e) => {
+  main.replaceChildren(el('p', { class: 'muted' }, 'Siden kan ikke brukes før dette er løst.'));
+  raise(explain(e));
+});
