@@ -8,7 +8,12 @@
 //! axe-core finds no serious or critical violations.
 //! Screenshots are kept in `target/web-app-screenshots/<backend>/`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // test code stops at the first surprise; the scenario reads top to bottom
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
