@@ -367,3 +367,76 @@ async fn http11_heads_reach_the_right_path_whole_pipelined_or_in_pieces() {
     let text = read_all(tls).await;
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
 }
+
+/// One caller and one host per request, on HTTP/2, HTTP/1.1 and the lean stream path: two
+/// `Authorization` headers are refused (a proxy reading the last and the gateway the first
+/// would disagree on who calls), as are two `Host` headers or an HTTP/2 `host` that is not
+/// the `:authority`. Each refusal is a problem document.
+#[tokio::test]
+async fn two_authorization_or_host_headers_are_refused_on_every_path() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(Backend::Sqlite).await;
+    let h2 = client_trusting(
+        &gw.certificate_pem(),
+        ClientTls {
+            only_version: None,
+            alpn: vec![b"h2".to_vec()],
+            identity: None,
+        },
+    );
+    for path in ["/v1/me", "/v1/stream"] {
+        let response = h2
+            .get(format!("{}{path}", gw.url))
+            .header("authorization", "Bearer first")
+            .header("authorization", "Bearer second")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        expect_problem(response, 401, "ambiguous-credentials").await;
+        let response = h2
+            .get(format!("{}{path}", gw.url))
+            .header("host", "elsewhere.example")
+            .send()
+            .await
+            .unwrap();
+        expect_problem(response, 400, "ambiguous-host").await;
+    }
+    let single = h2.get(format!("{}/v1/me", gw.url)).send().await.unwrap();
+    expect_problem(single, 401, "unauthenticated").await;
+
+    // HTTP/1.1 through hyper (/v1/me), and the lean stream path (/v1/stream), which reads
+    // the request head itself.
+    for path in ["/v1/me", "/v1/stream"] {
+        for (head, status, slug) in [
+            (
+                format!(
+                    "GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer a\r\nauthorization: Bearer b\r\nconnection: close\r\n\r\n"
+                ),
+                "401",
+                "ambiguous-credentials",
+            ),
+            (
+                format!(
+                    "GET {path} HTTP/1.1\r\nhost: localhost\r\nhost: elsewhere.example\r\nconnection: close\r\n\r\n"
+                ),
+                "400",
+                "ambiguous-host",
+            ),
+        ] {
+            let mut tls = gw.raw_tls().await;
+            tls.write_all(head.as_bytes()).await.unwrap();
+            let text = read_all(tls).await;
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{path}: {text}"
+            );
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains("content-type: application/problem+json"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("problem:{slug}")), "{path}: {text}");
+        }
+    }
+}

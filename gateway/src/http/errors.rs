@@ -33,6 +33,8 @@ pub enum ProblemKind {
     StorageUnavailable,
     Internal,
     Unauthenticated,
+    AmbiguousCredentials,
+    AmbiguousHost,
     UseDpopNonce,
     InsufficientScope,
     AcrTooLow,
@@ -69,7 +71,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 43] = [
+    pub const ALL: [ProblemKind; 45] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -81,6 +83,8 @@ impl ProblemKind {
         Self::StorageUnavailable,
         Self::Internal,
         Self::Unauthenticated,
+        Self::AmbiguousCredentials,
+        Self::AmbiguousHost,
         Self::UseDpopNonce,
         Self::InsufficientScope,
         Self::AcrTooLow,
@@ -129,6 +133,8 @@ impl ProblemKind {
             Self::StorageUnavailable => "storage-unavailable",
             Self::Internal => "internal",
             Self::Unauthenticated => "unauthenticated",
+            Self::AmbiguousCredentials => "ambiguous-credentials",
+            Self::AmbiguousHost => "ambiguous-host",
             Self::UseDpopNonce => "use-dpop-nonce",
             Self::InsufficientScope => "insufficient-scope",
             Self::AcrTooLow => "acr-too-low",
@@ -175,7 +181,8 @@ impl ProblemKind {
             | Self::OauthInvalidRequest
             | Self::OauthInvalidGrant
             | Self::OauthUnsupportedGrantType
-            | Self::OauthInvalidDpopProof => StatusCode::BAD_REQUEST,
+            | Self::OauthInvalidDpopProof
+            | Self::AmbiguousHost => StatusCode::BAD_REQUEST,
             Self::RequestTimeout
             | Self::Overloaded
             | Self::NotReady
@@ -184,6 +191,7 @@ impl ProblemKind {
             | Self::DevPeopleFileInvalid => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthenticated
+            | Self::AmbiguousCredentials
             | Self::UseDpopNonce
             | Self::LoginFailed
             | Self::OauthInvalidClient => StatusCode::UNAUTHORIZED,
@@ -225,6 +233,8 @@ impl ProblemKind {
             Self::StorageUnavailable => "The database is unavailable",
             Self::Internal => "Internal error",
             Self::Unauthenticated => "Authentication required",
+            Self::AmbiguousCredentials => "A request carries exactly one Authorization header",
+            Self::AmbiguousHost => "A request names exactly one host",
             Self::UseDpopNonce => "The DPoP proof must carry the server's nonce",
             Self::InsufficientScope => "The token lacks a required scope",
             Self::AcrTooLow => "The login's level of assurance is too low",

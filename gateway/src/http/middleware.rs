@@ -70,6 +70,7 @@ pub fn build(router: Router, limits: &Limits, metrics: Arc<Metrics>) -> HttpServ
         )
         .layer(from_fn_with_state(metrics, observe))
         .layer(map_response_with_state(security, security_headers))
+        .layer(from_fn(one_identity))
         .layer(from_fn_with_state(
             (limits.body_limit_bytes, limits.attachment_limit_bytes),
             declared_length,
@@ -174,6 +175,34 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
         );
         Problem::new(ProblemKind::RequestTimeout).into_response()
     }
+}
+
+/// One caller and one target per request. With two `Authorization` headers the gateway
+/// and a proxy or WAF in front of it could each pick a different one and disagree on who
+/// is calling; with two hosts, on which origin DPoP proofs and redirects are for. Both are
+/// refused before anything reads them. Applies to HTTP/1.1, HTTP/2 and the lean stream
+/// path alike: all three come through this stack.
+async fn one_identity(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Problem::new(ProblemKind::AmbiguousCredentials)
+            .detail("send one Authorization header; none of these was used")
+            .into_response();
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    let authority_differs = match (host, req.uri().authority()) {
+        (Some(host), Some(authority)) => !host
+            .to_str()
+            .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str())),
+        _ => false,
+    };
+    if hosts.next().is_some() || authority_differs {
+        return Problem::new(ProblemKind::AmbiguousHost)
+            .detail("send one Host header (on HTTP/2, none, or the same as :authority)")
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn declared_length(
