@@ -114,6 +114,8 @@ pub struct ServerConfig {
     pub rate_limit_per_minute: u32,
     /// Requests a principal may make at once before the per-minute rate applies.
     pub rate_limit_burst: u32,
+    /// Event streams and long polls one principal may hold open at once (0 is no cap).
+    pub streams_per_principal: usize,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_seconds: u64,
     /// `max-age` of the Strict-Transport-Security header.
@@ -131,6 +133,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 10_000,
             rate_limit_per_minute: 600,
             rate_limit_burst: 60,
+            streams_per_principal: 10,
             shutdown_grace_seconds: 30,
             hsts_max_age_seconds: 63_072_000,
         }

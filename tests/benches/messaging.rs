@@ -221,6 +221,8 @@ async fn main() {
         config_toml: Some(idps.gateway_config()),
         env: vec![
             ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+            // One therapist holds the 1 000 and 10 000 streams of the push figures.
+            ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
             (
                 "ICBT_AUDIT__CHECKPOINT_INTERVAL_MS".into(),
                 std::env::var("CKPT").unwrap_or("1000".into()),

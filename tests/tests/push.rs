@@ -608,3 +608,77 @@ async fn bursts_of_concurrent_sends_reach_every_reader_in_sequence_order() {
         }
     }
 }
+
+/// A principal holds at most `server.streams_per_principal` event streams and long polls;
+/// one more is 429 with Retry-After, on HTTP/1.1 and HTTP/2 alike, and a place frees as
+/// soon as a stream closes. Other principals and plain inbox pages are not affected.
+#[tokio::test]
+async fn open_streams_per_principal_are_capped_and_freed_when_one_closes() {
+    let idps = IdentityProviders::shared();
+    let gw = Gateway::start_with(
+        Backend::Sqlite,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            env: vec![("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "2".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = cast(&gw).await;
+    let first = open_stream(&gw, &c.patient, None).await;
+    let _second = open_stream_over(&gw, b"h2", &c.patient, None).await;
+
+    let url = format!("{}/v1/stream", gw.url);
+    for alpn in [b"http/1.1".as_slice(), b"h2"] {
+        let mut tls = gw.tls_config();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        let mut request = http.get(&url);
+        for (name, value) in c.patient.credentials("GET", &url) {
+            request = request.header(name, value);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.headers()["retry-after"], "5");
+        icbt_e2e::expect_problem(refused, 429, "too-many-streams").await;
+    }
+    let polled = c
+        .patient
+        .call(
+            &gw.client(),
+            Method::GET,
+            &format!("{}/v1/inbox?wait=5", gw.url),
+            None,
+        )
+        .await;
+    icbt_e2e::expect_problem(polled, 429, "too-many-streams").await;
+    let page = inbox(&gw, &c.patient, "?limit=1").await;
+    assert!(
+        page["entries"].is_array(),
+        "a page that does not wait: {page}"
+    );
+    let _theirs = open_stream(&gw, &c.therapist, None).await;
+
+    // Closing one frees its place.
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        let response = c
+            .patient
+            .call(
+                &gw.client(),
+                Method::GET,
+                &format!("{}/v1/inbox?wait=1", gw.url),
+                None,
+            )
+            .await;
+        if response.status() == 200 {
+            reopened = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened.is_some(), "the closed stream's place was freed");
+}

@@ -307,10 +307,8 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         auth,
         push: push.clone(),
-        uploads: Arc::new(crate::http::state::Uploads {
-            dir: config.storage.data_dir.join("uploads"),
-            limit_bytes: config.storage.attachment_limit_bytes,
-        }),
+        stream_slots: crate::push::StreamSlots::new(config.server.streams_per_principal),
+        uploads: crate::http::state::Uploads::from_config(&config.storage),
         login,
         outbound: outbound_client(&config)?,
         audit: audit_log.clone(),

@@ -72,32 +72,22 @@ impl AuthContext {
     /// Counts a request of `caller` against its rate; 429 with `Retry-After` when over.
     pub fn admit(&self, caller: &Authenticated) -> Result<(), Problem> {
         use governor::clock::Clock as _;
-        use icbt_auth::principal::Principal;
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        let identity = match &caller.principal {
-            Principal::Patient(p) => format!("patient\u{0}{}", p.pid.expose()),
-            Principal::Clinician(c) => format!("clinician\u{0}{}", c.hpr_number),
-            Principal::System(s) => format!("system\u{0}{}", s.client_id),
-        };
-        let mut key = [0u8; 32];
-        let digest = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!("{}\u{0}{identity}", caller.issuer).as_bytes(),
-        );
-        key.copy_from_slice(digest.as_ref());
-        limiter.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-            tracing::info!(reason = "rate_limited", "request refused");
-            let mut problem =
-                Problem::new(ProblemKind::RateLimited).with("retry_after_seconds", seconds);
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                problem = problem.header(header::RETRY_AFTER, value);
-            }
-            problem
-        })
+        limiter
+            .check_key(&principal_key(caller))
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                tracing::info!(reason = "rate_limited", "request refused");
+                let mut problem =
+                    Problem::new(ProblemKind::RateLimited).with("retry_after_seconds", seconds);
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    problem = problem.header(header::RETRY_AFTER, value);
+                }
+                problem
+            })
     }
 
     /// Forgets rate state of principals not seen lately (bounded memory).
@@ -235,4 +225,22 @@ impl LoginContext {
         }
         Ok(Self { providers })
     }
+}
+
+/// A principal's key for per-principal limits (rate, open streams): SHA-256 of issuer and
+/// identity, so no national id number is kept in the limiters' memory.
+pub fn principal_key(caller: &Authenticated) -> crate::push::PrincipalKey {
+    use icbt_auth::principal::Principal;
+    let identity = match &caller.principal {
+        Principal::Patient(p) => format!("patient\u{0}{}", p.pid.expose()),
+        Principal::Clinician(c) => format!("clinician\u{0}{}", c.hpr_number),
+        Principal::System(s) => format!("system\u{0}{}", s.client_id),
+    };
+    let mut key = [0u8; 32];
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{}\u{0}{identity}", caller.issuer).as_bytes(),
+    );
+    key.copy_from_slice(digest.as_ref());
+    key
 }

@@ -53,6 +53,7 @@ pub enum ProblemKind {
     MessageIdConflict,
     KindNotAllowed,
     RateLimited,
+    TooManyStreams,
     EnvelopeMalformed,
     EnvelopeBindingMismatch,
     EnvelopeSenderNotADevice,
@@ -71,7 +72,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 45] = [
+    pub const ALL: [ProblemKind; 46] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -103,6 +104,7 @@ impl ProblemKind {
         Self::MessageIdConflict,
         Self::KindNotAllowed,
         Self::RateLimited,
+        Self::TooManyStreams,
         Self::EnvelopeMalformed,
         Self::EnvelopeBindingMismatch,
         Self::EnvelopeSenderNotADevice,
@@ -153,6 +155,7 @@ impl ProblemKind {
             Self::MessageIdConflict => "message-id-conflict",
             Self::KindNotAllowed => "kind-not-allowed",
             Self::RateLimited => "rate-limited",
+            Self::TooManyStreams => "too-many-streams",
             Self::EnvelopeMalformed => "envelope-malformed",
             Self::EnvelopeBindingMismatch => "envelope-binding-mismatch",
             Self::EnvelopeSenderNotADevice => "envelope-sender-not-a-device",
@@ -216,7 +219,7 @@ impl ProblemKind {
             | Self::DeviceConflict
             | Self::DeviceLimit => StatusCode::CONFLICT,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -257,6 +260,7 @@ impl ProblemKind {
             Self::RateLimited => {
                 "Too many requests from this principal; retry after the given time"
             }
+            Self::TooManyStreams => "Too many open event streams and long polls for this principal",
             Self::EnvelopeMalformed => "The sealed envelope is not a valid icbt envelope",
             Self::EnvelopeBindingMismatch => {
                 "The envelope's protected header names another episode, message or kind"

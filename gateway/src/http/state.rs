@@ -20,6 +20,8 @@ pub struct AppState {
     pub uploads: SharedUploads,
     /// Wake-ups for stream readers.
     pub push: Push,
+    /// Open event streams and long polls per principal, capped.
+    pub stream_slots: Arc<crate::push::StreamSlots>,
     /// Hosted logins, by issuer name.
     pub login: Arc<LoginContext>,
     /// The gateway's own HelseID client for outbound calls, when configured.
@@ -43,6 +45,16 @@ pub struct AppState {
 pub struct Uploads {
     pub dir: PathBuf,
     pub limit_bytes: u64,
+}
+
+impl Uploads {
+    /// Uploads wait in `<data_dir>/uploads`.
+    pub fn from_config(storage: &icbt_config::StorageConfig) -> SharedUploads {
+        Arc::new(Self {
+            dir: storage.data_dir.join("uploads"),
+            limit_bytes: storage.attachment_limit_bytes,
+        })
+    }
 }
 
 /// Shared upload settings.

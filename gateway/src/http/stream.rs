@@ -1,21 +1,25 @@
 //! The push API: Server-Sent Events at `/v1/stream` and the long-poll inbox at
 //! `/v1/inbox`, both over the caller's stream ([`crate::push`]) from a resumable position.
+//! Each open stream and waiting long poll holds one of the principal's
+//! `server.streams_per_principal` slots ([`crate::push::StreamSlots`]).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 
+use super::auth::principal_key;
 use super::errors::{Problem, ProblemKind, invalid};
 use super::extractors::{Caller, page_limit};
 use super::state::AppState;
 use crate::audit::Access;
+use crate::push::Slot;
 use crate::storage::stream::{StreamFilter, StreamPosition};
 use crate::views::{EntryView, entry_view};
 
@@ -49,6 +53,19 @@ pub struct StreamQuery {
     after: Option<String>,
 }
 
+/// A slot among the caller's open streams and long polls, or 429 with Retry-After.
+fn slot(state: &AppState, caller: &Authenticated) -> Result<Slot, Problem> {
+    state
+        .stream_slots
+        .take(principal_key(caller))
+        .ok_or_else(|| {
+            tracing::info!(reason = "too_many_streams", "request refused");
+            Problem::new(ProblemKind::TooManyStreams)
+                .detail("close another event stream or long poll of this principal first")
+                .header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+        })
+}
+
 /// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
 /// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
 /// exactly what came after it. Without either, the stream starts at the present.
@@ -73,16 +90,18 @@ pub async fn stream(
         Some(value) => parse_position(&value)?,
         None => state.store.stream_head().await?,
     };
+    let slot = slot(&state, &caller)?;
     let reader = state
         .push
         .open(state.store.clone(), filter, position, access, caller);
-    let events = futures_util::stream::unfold(reader, |mut reader| async move {
+    // The slot lives as long as the stream does.
+    let events = futures_util::stream::unfold((reader, slot), |(mut reader, slot)| async move {
         let entry = reader.next().await?;
         let event = Event::default()
             .id(entry.position.to_string())
             .event("message")
             .data(&entry.data);
-        Some((Ok(event), reader))
+        Some((Ok(event), (reader, slot)))
     });
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
@@ -128,6 +147,12 @@ pub async fn inbox(
         .unwrap_or_default();
     let limit = page_limit(query.limit)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
+    // A long poll holds a slot while it waits; a page that answers at once does not.
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        Some(slot(&state, &caller)?)
+    };
     let entries = state
         .push
         .poll(

@@ -13,9 +13,11 @@
 
 mod hub;
 mod reader;
+mod slots;
 
 pub use hub::{Delivery, Hub};
 pub use reader::Reader;
+pub use slots::{PrincipalKey, Slot, StreamSlots};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
