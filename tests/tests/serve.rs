@@ -440,3 +440,72 @@ async fn two_authorization_or_host_headers_are_refused_on_every_path() {
         }
     }
 }
+
+/// What hyper answers on its own (a head it cannot parse, one too large, on the first or a
+/// later request of a connection) and a head that never arrives are problem documents
+/// too.
+#[tokio::test]
+async fn malformed_oversized_and_slow_requests_get_problem_documents() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start_with(
+        Backend::Sqlite,
+        GatewayOptions {
+            env: vec![("ICBT_SERVER__HANDSHAKE_TIMEOUT_MS".into(), "1500".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let big = format!("x-big: {}\r\n", "a".repeat(70_000));
+    // hyper's buffer on a connection's later requests holds twice the first head's limit.
+    let bigger = format!("x-big: {}\r\n", "a".repeat(200_000));
+    let cases: [(String, &str, &str); 4] = [
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: localhost\r\n{big}\r\n"),
+            "431",
+            "request-head-too-large",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nhost: localhost\r\n{bigger}\r\n"),
+            "431",
+            "request-head-too-large",
+        ),
+        ("GARBAGE\r\n\r\n".to_owned(), "400", "malformed-request"),
+        (
+            "GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nhost localhost\r\n\r\n".to_owned(),
+            "400",
+            "malformed-request",
+        ),
+    ];
+    for (request, status, slug) in cases {
+        let mut tls = gw.raw_tls().await;
+        // The server may stop reading once it has answered; a failed write is fine.
+        let _ = tls.write_all(request.as_bytes()).await;
+        let text = read_all(tls).await;
+        let answer = text.rsplit("HTTP/1.1 ").next().unwrap();
+        assert!(
+            answer.starts_with(&format!("{status} ")),
+            "{slug}: {text:.300}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{head}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            problem["type"],
+            format!("urn:icbt-gateway:problem:{slug}"),
+            "{body}"
+        );
+    }
+
+    // A connection that never finishes its first head: 408, then closed.
+    let mut tls = gw.raw_tls().await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: loc")
+        .await
+        .unwrap();
+    let text = read_all(tls).await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("problem:request-head-timeout"), "{text}");
+}

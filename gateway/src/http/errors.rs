@@ -27,6 +27,9 @@ pub enum ProblemKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     MalformedJson,
+    MalformedRequest,
+    RequestHeadTooLarge,
+    RequestHeadTimeout,
     RequestTimeout,
     Overloaded,
     NotReady,
@@ -72,12 +75,15 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 46] = [
+    pub const ALL: [ProblemKind; 49] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::MalformedJson,
+        Self::MalformedRequest,
+        Self::RequestHeadTooLarge,
+        Self::RequestHeadTimeout,
         Self::RequestTimeout,
         Self::Overloaded,
         Self::NotReady,
@@ -129,6 +135,9 @@ impl ProblemKind {
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::MalformedJson => "malformed-json",
+            Self::MalformedRequest => "malformed-request",
+            Self::RequestHeadTooLarge => "request-head-too-large",
+            Self::RequestHeadTimeout => "request-head-timeout",
             Self::RequestTimeout => "request-timeout",
             Self::Overloaded => "overloaded",
             Self::NotReady => "not-ready",
@@ -179,7 +188,10 @@ impl ProblemKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestHeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestHeadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MalformedJson
+            | Self::MalformedRequest
             | Self::LoginStateInvalid
             | Self::OauthInvalidRequest
             | Self::OauthInvalidGrant
@@ -230,6 +242,9 @@ impl ProblemKind {
             Self::PayloadTooLarge => "Request body too large",
             Self::UnsupportedMediaType => "Unsupported request content type",
             Self::MalformedJson => "Request body is not the expected JSON",
+            Self::MalformedRequest => "The request is not well-formed HTTP",
+            Self::RequestHeadTooLarge => "The request head is larger than the gateway accepts",
+            Self::RequestHeadTimeout => "The request head did not arrive in time",
             Self::RequestTimeout => "The request took too long and was abandoned",
             Self::Overloaded => "The gateway is at its concurrency limit",
             Self::NotReady => "The gateway is not ready to serve requests",
@@ -374,7 +389,7 @@ impl Problem {
         self.kind
     }
 
-    fn body(&self) -> Vec<u8> {
+    pub(crate) fn body(&self) -> Vec<u8> {
         let body = Body {
             r#type: self.kind.type_uri(),
             title: self.kind.title(),

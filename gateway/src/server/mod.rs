@@ -12,15 +12,19 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+pub mod bare_answers;
 pub mod event_stream;
 pub mod tls;
 
+use bare_answers::{ProblemAnswers, problem_answer};
 use event_stream::{First, Prefixed};
 
+use crate::http::errors::ProblemKind;
 use crate::http::extractors::ConnectionInfo;
 use crate::http::middleware::HttpService;
 
@@ -104,14 +108,22 @@ pub async fn serve(
                                 drop(watcher);
                             }
                             Ok(First::Other(read)) => {
-                                let io = Prefixed::new(read, stream);
+                                // hyper's own bare 4xx answers become problem documents.
+                                let io = ProblemAnswers::new(Prefixed::new(read, stream));
                                 // Boxed: hyper's connection state is large, and a task
                                 // is as large as its largest state; a lean stream (the
                                 // many idle ones) must not carry hyper's size.
                                 Box::pin(serve_hyper(&builder, io, info, app, watcher)).await;
                             }
-                            Ok(First::Gone) | Err(_) => {
+                            Ok(First::Gone) => {}
+                            Err(_) => {
                                 tracing::debug!("no request head arrived in time");
+                                let answer = problem_answer(ProblemKind::RequestHeadTimeout);
+                                let _ = tokio::time::timeout(timeouts.handshake, async {
+                                    stream.write_all(&answer).await?;
+                                    stream.shutdown().await
+                                })
+                                .await;
                             }
                         }
                     });
