@@ -509,3 +509,37 @@ async fn malformed_oversized_and_slow_requests_get_problem_documents() {
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(text.contains("problem:request-head-timeout"), "{text}");
 }
+
+/// Accepted sockets use TCP keepalive, so a client that vanished without closing (a phone
+/// off the network) is found even on an idle event stream: the kernel's own view of the
+/// gateway's side of the connection shows the keepalive timer.
+#[tokio::test]
+async fn accepted_connections_use_tcp_keepalive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(Backend::Sqlite).await;
+    let port = gw.url.rsplit(':').next().unwrap().to_owned();
+    let mut tls = gw.raw_tls().await;
+    // One request answered, and the connection left open and idle.
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // `ss` shows the timer that runs: retransmission while data is unacknowledged,
+    // keepalive once the connection is idle.
+    let sport = format!(":{port}");
+    let mut text = String::new();
+    for _ in 0..30 {
+        let output = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", "sport", "=", &sport])
+            .output()
+            .expect("ss (iproute2) lists the gateway's sockets");
+        text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if text.contains("timer:(keepalive") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("timer:(keepalive"), "{text}");
+}

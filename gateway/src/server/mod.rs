@@ -72,6 +72,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
+                    keep_alive(&tcp);
                     let watcher = graceful.watcher();
                     let acceptor = acceptor.clone();
                     let builder = builder.clone();
@@ -151,6 +152,18 @@ pub async fn serve(
         tracing::info!("all connections drained");
     } else {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// TCP keepalive, so a peer that vanished without a FIN (a phone off the network, a
+/// dropped NAT mapping) is found within about two minutes, even on an idle event stream.
+fn keep_alive(tcp: &tokio::net::TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_mins(1))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes) {
+        tracing::debug!(error = %e, "TCP keepalive could not be set");
     }
 }
 
