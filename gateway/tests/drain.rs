@@ -48,9 +48,16 @@ async fn in_flight_request_completes_during_shutdown() {
         handshake: Duration::from_secs(5),
         grace: Duration::from_secs(10),
     };
-    let server = tokio::spawn(server::serve(listener, tls_config, app, timeouts, async {
-        let _ = stop_rx.await;
-    }));
+    let closing = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+    let server = tokio::spawn(server::serve(
+        listener,
+        tls_config,
+        app,
+        (timeouts, closing),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let cert = std::fs::read(&files.cert_file).unwrap();
     let client = reqwest::Client::builder()

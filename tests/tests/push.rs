@@ -258,27 +258,37 @@ async fn a_stream_over_http2_delivers_and_resumes_too() {
 
 #[tokio::test]
 async fn on_sigterm_an_open_stream_ends_cleanly_and_the_gateway_exits_at_once() {
-    let mut gw = gateway(Backend::Sqlite).await;
-    let Cast {
-        patient,
-        therapist,
-        episode,
-        sealer,
-        ..
-    } = cast(&gw).await;
-    let mut stream = open_stream(&gw, &therapist, None).await;
-    send(&gw, &sealer, &patient, episode, "before the end").await;
-    assert!(stream.next(Duration::from_secs(3)).await.is_some());
-    let (status, clean) = tokio::join!(
-        gw.stop_with("TERM"),
-        stream.ends_cleanly(Duration::from_secs(10))
-    );
-    assert!(status.success(), "{status:?}");
-    assert!(clean, "the stream ends with its last chunk, not broken off");
-    // Not after the 30-second grace: the client resumes elsewhere with Last-Event-ID.
-    let logs = gw.logs().join("\n");
-    assert!(logs.contains("all connections drained"), "{logs}");
-    assert!(!logs.contains("grace period over"), "{logs}");
+    // HTTP/1.1 streams take the lean path; HTTP/2 ones are hyper's.
+    for alpn in [b"http/1.1".as_slice(), b"h2"] {
+        let mut gw = gateway(Backend::Sqlite).await;
+        let Cast {
+            patient,
+            therapist,
+            episode,
+            sealer,
+            ..
+        } = cast(&gw).await;
+        let mut stream = open_stream_over(&gw, alpn, &therapist, None).await;
+        send(&gw, &sealer, &patient, episode, "before the end").await;
+        assert!(stream.next(Duration::from_secs(3)).await.is_some());
+        let (status, clean) = tokio::join!(
+            gw.stop_with("TERM"),
+            stream.ends_cleanly(Duration::from_secs(10))
+        );
+        let protocol = String::from_utf8_lossy(alpn);
+        assert!(status.success(), "{protocol}: {status:?}");
+        assert!(
+            clean,
+            "{protocol}: the stream ends with its last chunk, not broken off"
+        );
+        // Not after the grace period: the client resumes elsewhere with Last-Event-ID.
+        let logs = gw.logs().join("\n");
+        assert!(
+            logs.contains("all connections drained"),
+            "{protocol}: {logs}"
+        );
+        assert!(!logs.contains("grace period over"), "{protocol}: {logs}");
+    }
 }
 
 #[tokio::test]

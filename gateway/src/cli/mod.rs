@@ -329,6 +329,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         dev.as_ref().and_then(|(d, _)| d.sink.clone()),
     )?;
     let sequencer = tokio::spawn(audit_log.clone().run(store.clone(), push.hub.clone()));
+    let closing = push.closing.clone();
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let (limits, timeouts) = limits(&config);
     let app = middleware::build(
@@ -349,7 +350,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         listener,
         tls_config,
         app,
-        timeouts,
+        (timeouts, closing),
         server::shutdown_signal(),
     )
     .await;

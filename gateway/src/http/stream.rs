@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,7 @@ pub async fn stream(
         None => state.store.stream_head().await?,
     };
     let slot = slot(&state, &caller)?;
+    let mut closing = state.push.closing.subscribe();
     let reader = state
         .push
         .open(state.store.clone(), filter, position, access, caller);
@@ -102,6 +103,10 @@ pub async fn stream(
             .event("message")
             .data(&entry.data);
         Some((Ok(event), (reader, slot)))
+    })
+    // Ends at shutdown; the lean HTTP/1.1 path ends its own streams the same way.
+    .take_until(async move {
+        let _ = closing.wait_for(|closing| *closing).await;
     });
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()

@@ -36,6 +36,9 @@ use crate::storage::{StorageError, Store, now_ms};
 pub struct Push {
     tx: broadcast::Sender<()>,
     pub hub: Arc<Hub>,
+    /// Turns true when the gateway begins to shut down: every open stream ends then, on
+    /// HTTP/2 as on HTTP/1.1, and its client resumes elsewhere with `Last-Event-ID`.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for Push {
@@ -43,6 +46,7 @@ impl Default for Push {
         Self {
             tx: broadcast::channel(256).0,
             hub: Arc::new(Hub::default()),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }

@@ -41,11 +41,12 @@ pub struct ListenerTimeouts {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
+/// `closing` turns true when shutdown begins; open event streams end on it.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: HttpService,
-    timeouts: ListenerTimeouts,
+    (timeouts, closing_tx): (ListenerTimeouts, Arc<tokio::sync::watch::Sender<bool>>),
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -63,8 +64,8 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // Lean event streams end when this turns true; they hold a watcher, so the drain
-    // below waits for them too.
-    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    // below waits for them too. Streams served by hyper watch it from their handler.
+    let closing = closing_tx.subscribe();
     tokio::pin!(shutdown);
 
     loop {
@@ -140,7 +141,7 @@ pub async fn serve(
     }
 
     drop(listener);
-    let _ = closing_tx.send(true);
+    closing_tx.send_replace(true);
     tracing::info!(
         connections = graceful.count(),
         "shutting down: draining connections"
