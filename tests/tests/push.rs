@@ -33,14 +33,18 @@ async fn gateway(backend: Backend) -> Gateway {
     .await
 }
 
-/// A gateway without rate limits, for scenarios that send or open many at once.
+/// A gateway without rate limits or a stream cap, for scenarios that send or open many
+/// at once.
 async fn unlimited_gateway(backend: Backend) -> Gateway {
     let idps = IdentityProviders::shared();
     Gateway::start_with(
         backend,
         GatewayOptions {
             config_toml: Some(idps.gateway_config()),
-            env: vec![("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into())],
+            env: vec![
+                ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+                ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
+            ],
             ..Default::default()
         },
     )

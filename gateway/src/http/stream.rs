@@ -72,7 +72,7 @@ fn slot(state: &AppState, caller: &Authenticated) -> Result<Slot, Problem> {
 ///
 /// Order: each episode's messages arrive in sequence order (`seq`), on every instance,
 /// and positions only grow; messages of different episodes arrive in commit order.
-#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`"), (status = 429, body = crate::http::errors::ProblemDocument, description = "the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
     access: Access,
@@ -136,7 +136,7 @@ pub struct InboxPage {
 /// Order: as on the event stream, each episode's messages come in sequence order
 /// (`seq`), pages follow one another without gaps or repeats, and `next_after` only
 /// grows; messages of different episodes come in commit order.
-#[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 200, body = InboxPage)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 200, body = InboxPage), (status = 429, body = crate::http::errors::ProblemDocument, description = "a long poll (`wait`) while the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn inbox(
     State(state): State<AppState>,
     access: Access,
