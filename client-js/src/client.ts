@@ -180,9 +180,23 @@ export class Client {
   }
 
   /** A JSON call. */
+  /**
+   * A JSON call. A GET that the gateway asks to retry (429, 503 with `Retry-After`) is
+   * retried twice after the time it names, at most 10 s each: reading changes nothing, so
+   * a page that loads many things at once rides out the per-principal rate limit. Other
+   * methods are left to the caller ([`send`] retries with the same bytes).
+   */
   async call<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
-    const response = await this.request(method, path, { body });
-    return (await response.json()) as T;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const response = await this.request(method, path, { body });
+        return (await response.json()) as T;
+      } catch (e) {
+        const wait = e instanceof GatewayError && (e.status === 429 || e.status === 503) ? e.retryAfter : undefined;
+        if (method !== 'GET' || wait === undefined || attempt >= 2) throw e;
+        await sleep(Math.min(wait, 10) * 1000);
+      }
+    }
   }
 
   /** Who the gateway sees: `GET /v1/me`. */

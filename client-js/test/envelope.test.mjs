@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import test from 'node:test';
 
-import { b64url, Envelope, fromPrivateJson, generateDeviceKeys, parseContent, questionnaireContent, safetyNumber, seal, textContent, unb64url } from '../dist/index.js';
+import { b64url, Client, Envelope, GatewayError, fromPrivateJson, generateDeviceKeys, parseContent, questionnaireContent, safetyNumber, seal, textContent, unb64url } from '../dist/index.js';
 
 const utf8 = new TextEncoder();
 
@@ -104,4 +104,20 @@ test('the safety number is symmetric and changes with a device', async () => {
   assert.equal(number, await safetyNumber([c, b], [a]));
   assert.match(number, /^(\d{5} ){11}\d{5}$/);
   assert.notEqual(number, await safetyNumber([a], [b]));
+});
+
+test('a GET the gateway asks to retry is retried after Retry-After; a PUT is not', async () => {
+  const answers = [];
+  const fetch = async (url, init) => {
+    answers.push(init.method);
+    const limited = answers.filter((m) => m === init.method).length === 1;
+    return limited
+      ? new Response(JSON.stringify({ type: 'urn:icbt-gateway:problem:rate-limited' }), { status: 429, headers: { 'retry-after': '0', 'content-type': 'application/problem+json' } })
+      : new Response(JSON.stringify({ kind: 'patient' }), { status: 200 });
+  };
+  const client = new Client({ gateway: 'https://gateway.test', auth: { type: 'bearer', token: 't' }, logKeys: [new Uint8Array(32)], fetch });
+  assert.deepEqual(await client.me(), { kind: 'patient' });
+  assert.deepEqual(answers, ['GET', 'GET']);
+  await assert.rejects(client.call('PUT', 'v1/episodes/x/receipts', {}), (e) => e instanceof GatewayError && e.status === 429 && e.retryAfter === 0);
+  assert.deepEqual(answers, ['GET', 'GET', 'PUT']);
 });

@@ -210,13 +210,14 @@ class App {
   async showCaseload() {
     const rows = [];
     for (const e of this.episodes) {
-      const { unread = 0 } = await this.client.receipts(e.id);
-      this.unread.set(e.id, unread);
+      // One episode's count that cannot be read leaves a dash, not an empty page.
+      const unread = await this.client.receipts(e.id).then((r) => r.unread ?? 0, () => undefined);
+      this.unread.set(e.id, unread ?? 0);
       rows.push(el('tr', { 'data-episode': e.id },
         el('td', {}, el('a', { href: `#${e.id}`, onclick: (ev) => (ev.preventDefault(), this.showEpisode(e)) }, `Pasient …${e.patient.slice(-3)}`)),
         el('td', {}, e.programme),
         el('td', {}, e.state === 'active' ? 'Aktiv' : e.state),
-        el('td', {}, el('span', { class: unread ? 'badge' : 'badge zero', 'data-unread': e.id }, String(unread)), el('span', { class: 'sr-only' }, ' uleste')),
+        el('td', {}, el('span', { class: unread ? 'badge' : 'badge zero', 'data-unread': e.id }, unread === undefined ? '–' : String(unread)), el('span', { class: 'sr-only' }, ' uleste')),
       ));
     }
     this.open = undefined;
