@@ -483,7 +483,7 @@ impl Config {
         }
         self.validate_tls(mode)?;
         if mode == Mode::Production {
-            self.refuse_dev_issuers()?;
+            self.validate_production()?;
         }
         self.validate_storage()?;
         self.auth.validate()?;
@@ -558,6 +558,19 @@ impl Config {
                 "auth.issuers.issuer",
                 format!("`{url}` is the dev identity provider, which exists only in dev mode"),
                 "name the real ID-porten or HelseID issuer, or run `serve --dev`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What only production requires: no dev identity provider, and its own origin.
+    fn validate_production(&self) -> Result<(), ConfigError> {
+        self.refuse_dev_issuers()?;
+        if self.server.public_url.is_none() {
+            return Err(invalid(
+                "server.public_url",
+                "is not set; production checks DPoP proofs against the gateway's own origin, never a client's Host header".into(),
+                "set it to the origin clients use, e.g. https://gateway.example.no",
             ));
         }
         Ok(())
@@ -924,7 +937,8 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("cert.pem", "x")?;
             jail.create_file("key.pem", "x")?;
-            let base = "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
+            let base = "[server]\npublic_url = \"https://gateway.example.no\"\n\
+                        [tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
             let issuer = |url: &str| {
                 format!(
                     "{base}[[auth.issuers]]\nname = \"x\"\nkind = \"helseid\"\n\
@@ -951,6 +965,26 @@ mod tests {
             )
             .unwrap();
             assert!(!is_dev_issuer("https://helseid-sts.nhn.no/dev"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_needs_its_own_public_origin_for_dpop() {
+        Jail::expect_with(|jail| {
+            jail.create_file("cert.pem", "x")?;
+            jail.create_file("key.pem", "x")?;
+            let tls = "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
+            let err = load_in_jail(jail, tls, Mode::Production).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("`server.public_url`") && msg.contains("fix:"),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+            load_in_jail(jail, tls, Mode::Dev).unwrap();
+            let with = format!("[server]\npublic_url = \"https://gateway.example.no\"\n{tls}");
+            load_in_jail(jail, &with, Mode::Production).unwrap();
             Ok(())
         });
     }

@@ -667,3 +667,53 @@ async fn server_nonce_is_demanded_then_accepted() {
     .await;
     assert_eq!(second.status(), 200);
 }
+
+/// With `server.public_url` (required in production) a DPoP proof must name that origin:
+/// one naming the address the client connected to, which its own `Host` header agrees
+/// with, is refused, so a client cannot steer the check with the `Host` it sends.
+#[tokio::test]
+async fn dpop_htu_is_checked_against_the_public_origin_only() {
+    let idps = IdentityProviders::shared();
+    let gw = Gateway::start_with(
+        Backend::Sqlite,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            env: vec![(
+                "ICBT_SERVER__PUBLIC_URL".into(),
+                "https://gateway.example.no".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (token, client) = bound().await;
+    let key = client.dpop_key().unwrap();
+    let authorization = format!("DPoP {}", token.access_token);
+    let by_host = key.proof(
+        "GET",
+        &me_url(&gw),
+        Some(&token.access_token),
+        None,
+        now_secs(),
+    );
+    let response = me_with(&gw, &authorization, &[by_host]).await;
+    refused(
+        &gw,
+        response,
+        401,
+        "unauthenticated",
+        "invalid_dpop_proof",
+        "dpop_proof_invalid",
+        &token.access_token,
+    )
+    .await;
+    let by_origin = key.proof(
+        "GET",
+        "https://gateway.example.no/v1/me",
+        Some(&token.access_token),
+        None,
+        now_secs(),
+    );
+    let response = me_with(&gw, &authorization, &[by_origin]).await;
+    assert_eq!(response.status(), 200);
+}

@@ -47,6 +47,7 @@ fn certificate_file_that_is_not_pem() {
         &[
             ("ICBT_TLS__CERT_FILE", cert.to_str().unwrap()),
             ("ICBT_TLS__KEY_FILE", cert.to_str().unwrap()),
+            ("ICBT_SERVER__PUBLIC_URL", "https://gateway.example.no"),
             ("ICBT_STORAGE__DATA_DIR", dir.path().to_str().unwrap()),
         ],
         dir.path(),

@@ -265,7 +265,7 @@ async fn without_the_sandbox_and_in_production_there_are_no_dev_endpoints() {
     let options = GatewayOptions {
         production: true,
         config_toml: Some(format!(
-            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "[server]\npublic_url = \"https://localhost\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             tls.join("cert.pem").display(),
             tls.join("key.pem").display()
         )),
