@@ -16,6 +16,7 @@
 )]
 // A harness exists to stop the test at the first surprise, loudly.
 
+pub mod clinic;
 pub mod epj;
 pub mod idp;
 pub mod jose;

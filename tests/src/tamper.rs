@@ -70,11 +70,6 @@ pub async fn rewrite_key_log(gw: &Gateway, device: &str, attacker: &PublicKey) {
     .execute(&mut db)
     .await
     .unwrap();
-    sqlx::query("UPDATE devices SET encryption_jwk = $1, encryption_kid = $2 WHERE device_id = $3")
-        .bind(serde_json::to_string(&attacker.to_jwk()).unwrap())
-        .bind(attacker.thumbprint())
-        .bind(device)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    drop(db);
+    swap_directory_key(gw, device, attacker).await;
 }

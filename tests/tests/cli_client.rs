@@ -16,15 +16,12 @@ use std::process::Output;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use icbt_e2e::clinic::{THERAPIST_HPR, clinic};
 use icbt_e2e::idp::{Actor, CLINIC_ORG};
 use icbt_e2e::relay::LosingRelay;
-use icbt_e2e::sealed::Sealer;
-use icbt_e2e::{Gateway, SYNTHETIC_FNR, audit_public_key, backends, client_binary};
-use reqwest::Method;
-use serde_json::{Value, json};
+use icbt_e2e::{Gateway, SYNTHETIC_FNR, backends, client_binary};
+use serde_json::Value;
 use uuid::Uuid;
-
-const THERAPIST_HPR: &str = "565501872";
 
 /// One person's `icbt` set-up: token, DPoP key, device keys and state in a directory.
 struct Person {
@@ -92,47 +89,6 @@ impl Person {
 
 fn path(p: &Path) -> String {
     p.to_str().unwrap().to_owned()
-}
-
-async fn episode(gw: &Gateway, platform: &Actor) -> Uuid {
-    let http = gw.client();
-    let id = Uuid::new_v4();
-    for (suffix, body) in [
-        (
-            "",
-            json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "insomnia-14w" }),
-        ),
-        (
-            "/care-team",
-            json!({ "members": [{ "hpr_number": THERAPIST_HPR, "role": "therapist" }] }),
-        ),
-        ("/state", json!({ "state": "active" })),
-    ] {
-        let response = platform
-            .call(
-                &http,
-                Method::PUT,
-                &format!("{}/v1/episodes/{id}{suffix}", gw.url),
-                Some(&body),
-            )
-            .await;
-        assert!(
-            response.status().is_success(),
-            "{suffix}: {}",
-            response.status()
-        );
-    }
-    id
-}
-
-/// A gateway with the clinic's journal key published and one episode; the episode's id
-/// and the key log's public key (base64), as the CLI takes them.
-async fn clinic(backend: icbt_e2e::Backend) -> (Gateway, String, String) {
-    let gw = Gateway::start_trusting_test_providers(backend).await;
-    let platform = Actor::system("icbt-platform").await;
-    Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
-    let episode = episode(&gw, &platform).await.to_string();
-    (gw, episode, STANDARD.encode(audit_public_key()))
 }
 
 #[tokio::test]

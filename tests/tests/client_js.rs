@@ -14,19 +14,14 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use icbt_e2e::idp::{Actor, CLINIC_ORG};
+use icbt_e2e::clinic::{THERAPIST_HPR, THERAPIST_PID, clinic};
+use icbt_e2e::idp::Actor;
 use icbt_e2e::relay::LosingRelay;
-use icbt_e2e::sealed::Sealer;
 use icbt_e2e::tamper::{rewrite_key_log, swap_directory_key};
-use icbt_e2e::{Gateway, SYNTHETIC_FNR, audit_public_key, backends, client_binary, client_js};
+use icbt_e2e::{Gateway, SYNTHETIC_FNR, backends, client_binary, client_js};
 use icbt_envelope::DeviceKeys;
-use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-const THERAPIST_HPR: &str = "565501872";
 
 /// Which SDK's command line a person uses.
 #[derive(Clone, Copy, Debug)]
@@ -126,47 +121,16 @@ impl Person {
     }
 }
 
-async fn episode(gw: &Gateway, platform: &Actor) -> Uuid {
-    let http = gw.client();
-    let id = Uuid::new_v4();
-    for (suffix, body) in [
-        (
-            "",
-            json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "depression-14w" }),
-        ),
-        (
-            "/care-team",
-            json!({ "members": [{ "hpr_number": THERAPIST_HPR, "role": "therapist" }] }),
-        ),
-        ("/state", json!({ "state": "active" })),
-    ] {
-        let response = platform
-            .call(
-                &http,
-                Method::PUT,
-                &format!("{}/v1/episodes/{id}{suffix}", gw.url),
-                Some(&body),
-            )
-            .await;
-        assert!(response.status().is_success(), "{suffix}");
-    }
-    id
-}
-
 #[tokio::test]
 async fn sealed_in_javascript_opened_in_rust_and_back_with_one_safety_number_and_one_alarm() {
     client_js();
     for backend in backends() {
-        let gw = Gateway::start_trusting_test_providers(backend).await;
-        let platform = Actor::system("icbt-platform").await;
-        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
-        let episode = episode(&gw, &platform).await.to_string();
-        let log_key = STANDARD.encode(audit_public_key());
+        let (gw, episode, log_key) = clinic(backend).await;
         let patient = Person::new(Sdk::Js, &gw, &Actor::patient(SYNTHETIC_FNR).await, &log_key);
         let therapist = Person::new(
             Sdk::Rust,
             &gw,
-            &Actor::therapist("01018512528", THERAPIST_HPR).await,
+            &Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await,
             &log_key,
         );
         for person in [&patient, &therapist] {
@@ -342,11 +306,7 @@ async fn sealed_in_javascript_opened_in_rust_and_back_with_one_safety_number_and
 async fn a_javascript_send_whose_answer_was_lost_is_resent_byte_for_byte() {
     client_js();
     for backend in backends() {
-        let gw = Gateway::start_trusting_test_providers(backend).await;
-        let platform = Actor::system("icbt-platform").await;
-        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
-        let episode = episode(&gw, &platform).await.to_string();
-        let log_key = STANDARD.encode(audit_public_key());
+        let (gw, episode, log_key) = clinic(backend).await;
         let patient = Person::new(Sdk::Js, &gw, &Actor::patient(SYNTHETIC_FNR).await, &log_key);
         patient.ok(&["keygen", "--keys", &patient.keys()]);
         patient.ok(&["publish", "--keys", &patient.keys()]);
@@ -439,12 +399,9 @@ async fn a_javascript_send_whose_answer_was_lost_is_resent_byte_for_byte() {
 async fn the_javascript_sdk_polls_reads_attaches_revokes_and_types_its_refusals() {
     let sdk = client_js();
     for backend in backends() {
-        let gw = Gateway::start_trusting_test_providers(backend).await;
-        let platform = Actor::system("icbt-platform").await;
-        Sealer::new(&gw.url, &gw.client(), &platform, CLINIC_ORG).await;
-        let episode = episode(&gw, &platform).await.to_string();
+        let (gw, episode, log_key) = clinic(backend).await;
         let patient = Actor::patient(SYNTHETIC_FNR).await;
-        let therapist = Actor::therapist("01018512528", THERAPIST_HPR).await;
+        let therapist = Actor::therapist(THERAPIST_PID, THERAPIST_HPR).await;
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str, bytes: &[u8]| {
             let p = dir.path().join(name);
@@ -454,7 +411,7 @@ async fn the_javascript_sdk_polls_reads_attaches_revokes_and_types_its_refusals(
         let output = Command::new("node")
             .arg(sdk.parent().unwrap().join("tests/peers/sdk-scenario.mjs"))
             .env("ICBT_GATEWAY", &gw.url)
-            .env("ICBT_LOG_KEYS", STANDARD.encode(audit_public_key()))
+            .env("ICBT_LOG_KEYS", &log_key)
             .env("ICBT_EPISODE", &episode)
             .env(
                 "PATIENT_TOKEN",
