@@ -183,10 +183,6 @@ class App {
     this.unread = new Map();
   }
 
-  owner() {
-    return this.patient ? undefined : `clinician:${this.me.hpr_number}`;
-  }
-
   async directory(episode, fresh = false) {
     if (fresh || !this.directories.has(episode)) this.directories.set(episode, await this.client.episodeKeys(episode, true));
     return this.directories.get(episode);
