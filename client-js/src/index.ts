@@ -2,7 +2,18 @@
 // A reader starts at `Client`.
 
 export { Client, STREAM_START, type Auth, type ClientOptions, type MessageView, type StreamEntry, type StreamEvent, type SealedSend, type Received, type AttachmentRef } from './client.js';
-export { ACCESS_LOG_ORIGIN, KEY_LOG_ORIGIN, parseCheckpoint, verifyCheckpoint, keyId, type Checkpoint } from './checkpoint.js';
+export {
+  ACCESS_LOG_ORIGIN,
+  KEY_LOG_ORIGIN,
+  keyId,
+  parseCheckpoint,
+  parseNote,
+  verifierKey,
+  verifyCheckpoint,
+  verifyCheckpointNote,
+  type Checkpoint,
+  type NoteSignature,
+} from './checkpoint.js';
 export { parseContent, questionnaireContent, textContent, ITEMS, type Content, type Instrument } from './content.js';
 export { activeAt, checkConsistency, Directory, verifyDirectory, type KnownDevice, type TreeHead } from './directory.js';
 export { DpopKey } from './dpop.js';

@@ -114,23 +114,17 @@ fn key_of(value: &Value) -> Result<PublicKey, ClientError> {
     PublicKey::from_jwk(&jwk).map_err(|e| bad(e.to_string()))
 }
 
-/// Checks the signed checkpoint of a directory answer.
+/// Checks the signed checkpoint of a directory answer: its C2SP note (`note`), signed by
+/// a trusted key under the key log's name.
 fn checkpoint(view: &Value, trusted: &[Vec<u8>]) -> Result<Checkpoint, ClientError> {
-    let checkpoint =
-        Checkpoint::parse(str_of(view, "body")?).map_err(|_| bad("checkpoint body"))?;
-    if checkpoint.origin != KEY_LOG_ORIGIN {
+    let signed =
+        SignedCheckpoint::from_note(str_of(view, "note")?).map_err(|_| bad("checkpoint note"))?;
+    if signed.checkpoint.origin != KEY_LOG_ORIGIN {
         return Err(bad(format!(
             "checkpoint is of `{}`, not the key log",
-            checkpoint.origin
+            signed.checkpoint.origin
         )));
     }
-    let signed = SignedCheckpoint {
-        checkpoint,
-        key_id: str_of(view, "key_id")?.to_owned(),
-        signature: STANDARD
-            .decode(str_of(view, "signature")?)
-            .map_err(|_| bad("checkpoint signature"))?,
-    };
     let trusted: Vec<&[u8]> = trusted.iter().map(Vec::as_slice).collect();
     signed
         .verify(&trusted)

@@ -78,28 +78,48 @@ pub struct CheckpointView {
     size: u64,
     /// Base64 SHA-256 root.
     root: String,
+    /// When the gateway signed it. Not covered by a note's signature; covered by a
+    /// legacy one's.
     timestamp_ms: i64,
+    /// `note` (a C2SP signed note) or `legacy` (signed before the note format).
+    format: &'static str,
+    /// Hex key id: 8 digits, the note key id of `origin`; 16 for a legacy checkpoint.
     key_id: String,
     /// Base64 Ed25519 signature over `body`.
     signature: String,
-    /// The signed text.
+    /// The signed text: the C2SP tlog-checkpoint body (the legacy text for a legacy one).
     body: String,
+    /// The whole C2SP signed note, as served at the log's checkpoint path; absent for a
+    /// legacy checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     /// Base64 Ed25519 public key of the gateway's current signing key.
     public_key: String,
+    /// The same key as a C2SP verifier key (`origin+id+key`), what a verifier pins.
+    verifier_key: String,
 }
 
 impl CheckpointView {
     /// The view of `signed`, with the gateway's current public key beside it.
     pub(crate) fn new(signed: &icbt_merkle::SignedCheckpoint, public_key: &[u8]) -> Self {
+        let origin = &signed.checkpoint.origin;
         Self {
-            origin: signed.checkpoint.origin.clone(),
+            origin: origin.clone(),
             size: signed.checkpoint.size,
             root: STANDARD.encode(signed.checkpoint.root),
-            timestamp_ms: signed.checkpoint.timestamp_ms,
-            body: signed.checkpoint.body(),
+            timestamp_ms: signed.signed_at_ms,
+            format: match signed.format {
+                icbt_merkle::Format::Note => "note",
+                icbt_merkle::Format::Legacy => "legacy",
+            },
+            body: signed.signed_text(),
+            note: signed.note(),
             key_id: signed.key_id.clone(),
             signature: STANDARD.encode(&signed.signature),
             public_key: STANDARD.encode(public_key),
+            verifier_key: icbt_merkle::VerifierKey::new(origin, public_key)
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Verifiable logs in the style of RFC 9162 (Certificate Transparency 2.0): Merkle tree
-//! hashing, inclusion and consistency proofs, and signed checkpoints.
+//! hashing, inclusion and consistency proofs, and checkpoints as C2SP signed notes.
 //!
 //! Owns: the hash rules (§2.1.1), proof generation (§2.1.3.1, §2.1.4.1) and verification
 //! (§2.1.3.2, §2.1.4.2), an incremental tree for one pass over a long log ([`Tree`]), and
-//! the checkpoint text that is signed ([`Checkpoint`]).
+//! the checkpoint text that is signed ([`Checkpoint`], C2SP `tlog-checkpoint`) in a C2SP
+//! signed note ([`note`]).
 //!
 //! Must not know about: what the leaves are (audit records, device keys) or where they are
 //! stored. Pure: no I/O, so the gateway, its command line and client SDKs share it.
@@ -11,10 +12,12 @@
 //! A reader starts at [`Tree`] and [`verify_inclusion`].
 
 mod checkpoint;
+pub mod note;
 mod proof;
 mod tree;
 
-pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, Signer, key_id};
+pub use checkpoint::{Checkpoint, CheckpointError, Format, SignedCheckpoint, Signer};
+pub use note::{Note, NoteError, VerifierKey};
 pub use proof::{
     ProofError, consistency_proof, inclusion_proof, verify_consistency, verify_inclusion,
 };
@@ -50,19 +53,30 @@ fn digest(parts: &[&[u8]]) -> Hash {
 
 /// Lower-case hex of a hash.
 pub fn to_hex(hash: &Hash) -> String {
+    hex(hash)
+}
+
+fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    hash.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A hash from 64 hex digits.
 pub fn from_hex(hex: &str) -> Option<Hash> {
-    if hex.len() != 64 || !hex.is_ascii() {
+    from_hex_array(hex)
+}
+
+/// `N` bytes from `2N` lower- or upper-case hex digits.
+fn from_hex_array<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N || !hex.is_ascii() {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
     }

@@ -55,18 +55,22 @@ pub async fn rewrite_key_log(gw: &Gateway, device: &str, attacker: &PublicKey) {
         }
     }
     let signer = icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der()).unwrap();
-    let head = signer.sign(icbt_merkle::Checkpoint {
-        origin: "icbt-gateway/keys".into(),
-        size: u64::try_from(hashes.len()).unwrap(),
-        root: icbt_merkle::root(&hashes),
-        timestamp_ms: in_a_year_ms() - 365 * 86_400_000,
-    });
+    let head = signer
+        .sign(
+            icbt_merkle::Checkpoint {
+                origin: "icbt-gateway/keys".into(),
+                size: u64::try_from(hashes.len()).unwrap(),
+                root: icbt_merkle::root(&hashes),
+            },
+            in_a_year_ms() - 365 * 86_400_000,
+        )
+        .unwrap();
     sqlx::query(
-        "UPDATE key_log_head SET root = $1, signature = $2, timestamp_ms = $3 WHERE id = 1",
+        "UPDATE key_log_head SET root = $1, signature = $2, timestamp_ms = $3, format = 'note' WHERE id = 1",
     )
     .bind(icbt_merkle::to_hex(&head.checkpoint.root))
     .bind(base64::engine::general_purpose::STANDARD.encode(&head.signature))
-    .bind(head.checkpoint.timestamp_ms)
+    .bind(head.signed_at_ms)
     .execute(&mut db)
     .await
     .unwrap();

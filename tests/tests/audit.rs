@@ -363,15 +363,12 @@ async fn every_access_is_recorded_searchable_provable_and_shown_to_the_patient()
         let public_key = STANDARD
             .decode(first["public_key"].as_str().unwrap())
             .unwrap();
-        let checkpoint = icbt_merkle::Checkpoint::parse(first["body"].as_str().unwrap()).unwrap();
-        let signed = icbt_merkle::SignedCheckpoint {
-            checkpoint: checkpoint.clone(),
-            key_id: first["key_id"].as_str().unwrap().to_owned(),
-            signature: STANDARD
-                .decode(first["signature"].as_str().unwrap())
-                .unwrap(),
-        };
+        let signed =
+            icbt_merkle::SignedCheckpoint::from_note(first["note"].as_str().unwrap()).unwrap();
+        assert_eq!(signed.checkpoint.body(), first["body"].as_str().unwrap());
+        assert_eq!(signed.key_id, first["key_id"].as_str().unwrap());
         signed.verify(&[&public_key]).unwrap();
+        let checkpoint = signed.checkpoint;
         let leaf = icbt_merkle::from_hex(read["leaf_hash"].as_str().unwrap()).unwrap();
         let index = read["index"].as_u64().unwrap();
         let proof = w
@@ -718,5 +715,189 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
         );
         let report = pruned.verify(&[("ICBT_AUDIT__RETENTION_DAYS__ACCESS", "0")]);
         assert!(report.starts_with("OK"), "{backend:?}: {report}");
+    }
+}
+
+/// `icbt-gateway audit verifier-keys`: the C2SP verifier keys of the access log and the
+/// key log.
+fn verifier_keys(gw: &Gateway) -> Vec<String> {
+    let out = run_cli(
+        &["audit", "verifier-keys", "--dev"],
+        &[
+            (
+                "ICBT_STORAGE__DATA_DIR",
+                gw.data_dir.path().to_str().unwrap(),
+            ),
+            (
+                "ICBT_AUDIT__SIGNING_KEY_FILE",
+                audit_signing_key().to_str().unwrap(),
+            ),
+        ],
+        gw.data_dir.path(),
+    );
+    assert!(out.status.success(), "{}", output(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A log's published checkpoint, checked by an independent C2SP implementation with the
+/// verifier key the operator prints.
+async fn published(gw: &Gateway, path: &str, vkey: &str) -> icbt_merkle::SignedCheckpoint {
+    // No caller: witnesses and verifiers read it as anyone.
+    let response = gw
+        .client()
+        .get(format!("{}{path}", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let their_key = signed_note::StandardVerifier::new(vkey).unwrap();
+    let note = signed_note::Note::from_bytes(text.as_bytes()).unwrap();
+    let (signatures, _) = note
+        .verify(&signed_note::VerifierList::new(vec![Box::new(their_key)]))
+        .unwrap_or_else(|e| panic!("{path}: {e:?}\n{text}"));
+    assert_eq!(signatures.len(), 1);
+    icbt_merkle::SignedCheckpoint::from_note(&text).unwrap()
+}
+
+/// Rewrites every checkpoint of both logs as the gateway signed them before the note
+/// format: the four-line text with the time, under the 16-digit key id. Returns the
+/// smallest size of an access log checkpoint.
+async fn make_legacy(gw: &Gateway) -> i64 {
+    let signer = icbt_merkle::Signer::from_pkcs8(&icbt_e2e::audit_signing_key_der()).unwrap();
+    let mut conn = connect(gw.data_dir.path(), gw.database()).await;
+    for (table, origin, filter) in [
+        ("audit_checkpoints", "icbt-gateway/audit/v1", "size = $4"),
+        ("key_log_head", "icbt-gateway/keys", "id = 1 AND size = $4"),
+    ] {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT size, root, timestamp_ms FROM {table}"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for (size, root, at) in rows {
+            let legacy = signer.sign_legacy(
+                icbt_merkle::Checkpoint {
+                    origin: origin.into(),
+                    size: u64::try_from(size).unwrap(),
+                    root: icbt_merkle::from_hex(&root).unwrap(),
+                },
+                at,
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET key_id = $1, signature = $2, format = $3 WHERE {filter}"
+            )))
+            .bind(&legacy.key_id)
+            .bind(STANDARD.encode(&legacy.signature))
+            .bind("legacy")
+            .bind(size)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+    let (smallest,): (i64,) = sqlx::query_as("SELECT MIN(size) FROM audit_checkpoints")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    smallest
+}
+
+#[tokio::test]
+async fn checkpoints_are_c2sp_notes_that_an_independent_verifier_accepts_and_old_logs_migrate() {
+    for backend in backends() {
+        let mut w = world(backend).await;
+        w.activity().await;
+        let keys = verifier_keys(&w.gw);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys[0].starts_with("icbt-gateway/audit/v1+"), "{keys:?}");
+        assert!(keys[1].starts_with("icbt-gateway/keys+"), "{keys:?}");
+
+        let access = published(&w.gw, "/logs/access/checkpoint", &keys[0]).await;
+        let key_log = published(&w.gw, "/logs/keys/checkpoint", &keys[1]).await;
+        assert!(access.checkpoint.size > 0 && key_log.checkpoint.size > 0);
+        // The JSON view carries the same note and says what to pin.
+        let view = w
+            .ok(&w.auditor, Method::GET, "/v1/audit/checkpoint", None)
+            .await;
+        assert_eq!(view["format"], "note");
+        assert_eq!(view["verifier_key"], keys[0].as_str());
+        let from_view =
+            icbt_merkle::SignedCheckpoint::from_note(view["note"].as_str().unwrap()).unwrap();
+        assert!(from_view.checkpoint.size >= access.checkpoint.size);
+        // A key log note is no access log note: another name, another key id.
+        let wrong = signed_note::StandardVerifier::new(&keys[0]).unwrap();
+        let key_note =
+            w.gw.client()
+                .get(format!("{}/logs/keys/checkpoint", w.gw.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+        assert!(
+            signed_note::Note::from_bytes(key_note.as_bytes())
+                .unwrap()
+                .verify(&signed_note::VerifierList::new(vec![Box::new(wrong)]))
+                .is_err()
+        );
+
+        // A log written before the note format: every checkpoint in the old format.
+        assert!(w.gw.stop_with("TERM").await.success());
+        let smallest = make_legacy(&w.gw).await;
+        let report = output(&verify(&w.gw, w.gw.database(), &[]));
+        assert!(
+            report.contains("audit log verified"),
+            "{backend:?}: {report}"
+        );
+        w.gw = w.gw.restart_after("TERM").await;
+        // The first start re-signs each log's newest checkpoint as a note...
+        let access_after = published(&w.gw, "/logs/access/checkpoint", &keys[0]).await;
+        let key_after = published(&w.gw, "/logs/keys/checkpoint", &keys[1]).await;
+        assert!(access_after.checkpoint.size >= access.checkpoint.size);
+        assert_eq!(key_after.checkpoint, key_log.checkpoint);
+        // ...older ones keep their old signatures, and verify checks both kinds.
+        let oldest = w
+            .ok(
+                &w.auditor,
+                Method::GET,
+                &format!("/v1/audit/checkpoint?size={smallest}"),
+                None,
+            )
+            .await;
+        assert_eq!(oldest["format"], "legacy", "{oldest}");
+        assert!(oldest.get("note").is_none(), "{oldest}");
+        // (Reading checkpoints is itself recorded, so new records joined the tree since.)
+        assert!(w.gw.stop_with("TERM").await.success());
+        let report = output(&verify(&w.gw, w.gw.database(), &[]));
+        assert!(
+            report.contains("audit log verified"),
+            "{backend:?}: {report}"
+        );
+        // A changed legacy checkpoint is still caught.
+        let forged = copy_of(&w.gw).await;
+        forged
+            .tamper(&[&format!(
+                "UPDATE audit_checkpoints SET timestamp_ms = timestamp_ms + 1 WHERE size = {smallest}"
+            )])
+            .await;
+        let report = forged.verify(&[]);
+        assert!(
+            report.contains(&format!(
+                "checkpoint at size {smallest} is not validly signed"
+            )),
+            "{backend:?}: {report}"
+        );
     }
 }

@@ -238,13 +238,16 @@ mod tests {
                 leaf_hash: Some(icbt_merkle::to_hex(&hash)),
                 pruned: false,
             });
-            if [3, 6, 9].contains(&i) {
-                checkpoints.push(signer.sign(Checkpoint {
-                    origin: crate::audit::ORIGIN.into(),
-                    size: tree.size(),
-                    root: tree.root(),
-                    timestamp_ms: 0,
-                }));
+            let head = Checkpoint {
+                origin: crate::audit::ORIGIN.into(),
+                size: tree.size(),
+                root: tree.root(),
+            };
+            // The first was signed before the note format; the later ones are notes.
+            if i == 3 {
+                checkpoints.push(signer.sign_legacy(head, 1_790_000_000_000));
+            } else if [6, 9].contains(&i) {
+                checkpoints.push(signer.sign(head, 1_790_000_000_000).unwrap());
             }
         }
         Log {
@@ -371,11 +374,28 @@ mod tests {
     #[test]
     fn a_forged_checkpoint_is_caught() {
         let mut l = log();
-        l.checkpoints[1].checkpoint.timestamp_ms += 1;
+        l.checkpoints[1].signature[10] ^= 1;
         assert!(matches!(
             problem(&l),
             Some(Finding::BadSignature { size: 7, .. })
         ));
+    }
+
+    #[test]
+    fn legacy_checkpoints_verify_and_their_time_is_bound_but_a_notes_is_not() {
+        let l = log();
+        assert_eq!(l.checkpoints[0].format, icbt_merkle::Format::Legacy);
+        assert_eq!(problem(&l), None);
+        let mut moved = log();
+        moved.checkpoints[0].signed_at_ms += 1;
+        assert!(matches!(
+            problem(&moved),
+            Some(Finding::BadSignature { size: 4, .. })
+        ));
+        // A note signs origin, size and root only: its time is the gateway's say-so.
+        let mut later = log();
+        later.checkpoints[2].signed_at_ms += 1;
+        assert_eq!(problem(&later), None);
     }
 
     #[test]

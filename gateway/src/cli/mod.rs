@@ -1,8 +1,10 @@
 //! The command line: `serve`, `export`, `audit` and `config check`.
 
+mod audit;
 mod dev;
 mod export;
 
+pub(crate) use audit::verify_audit;
 pub use export::exporter;
 
 use std::path::PathBuf;
@@ -66,7 +68,7 @@ enum Command {
     /// Check the access log.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: audit::AuditCommand,
     },
     /// The journal exporter: run it, or look after its dead letters.
     Export {
@@ -137,26 +139,6 @@ enum DeadLetterCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Recompute the whole tree from the stored records, check every checkpoint, and name
-    /// the first record that does not fit. Exits non-zero if anything is wrong.
-    Verify {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Use dev mode's defaults (SQLite in ./data).
-        #[arg(long)]
-        dev: bool,
-    },
-    /// Print the base64 public key that verifies the log's checkpoints.
-    PublicKey {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        dev: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate FILE (with `ICBT_*` overrides) and print the effective configuration,
     /// secrets redacted.
@@ -168,7 +150,7 @@ enum ConfigCommand {
     },
 }
 
-fn mode(dev: bool) -> Mode {
+pub(crate) fn mode(dev: bool) -> Mode {
     if dev { Mode::Dev } else { Mode::Production }
 }
 
@@ -190,30 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry.shutdown();
             result
         }
-        Command::Audit { command } => {
-            let (config, dev, verify) = match command {
-                AuditCommand::Verify { config, dev } => (config, dev, true),
-                AuditCommand::PublicKey { config, dev } => (config, dev, false),
-            };
-            let config = Config::load(config.as_deref(), mode(dev))?;
-            let log = AuditLog::from_config(&config.audit, &config.storage.data_dir)?;
-            if !verify {
-                use base64::Engine as _;
-                #[allow(clippy::print_stdout)]
-                {
-                    println!(
-                        "{}",
-                        base64::engine::general_purpose::STANDARD.encode(log.signer.public_key())
-                    );
-                }
-                return Ok(());
-            }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(verify_audit(&config, &log))
-        }
+        Command::Audit { command } => audit::run(&command),
         Command::Export {
             config,
             dev,
@@ -300,6 +259,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         &config.audit,
         &config.storage.data_dir,
     )?);
+    upgrade_checkpoints(&store, &audit_log).await?;
     let metrics = Metrics::shared();
     let push = crate::push::Push::default();
     let state = AppState {
@@ -435,55 +395,16 @@ fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateF
     })
 }
 
-/// `audit verify`: one pass over the log in tree order.
-pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Result<()> {
-    const PAGE: i64 = 10_000;
-    let started = std::time::Instant::now();
-    let store = Store::open(&config.storage).await?;
-    // One snapshot: a batch the running gateway sequences meanwhile is not half seen.
-    let mut log_now = store.audit_snapshot().await?;
-    let checkpoints = log_now.checkpoints().await?;
-    let pending = log_now.pending().await?;
-    let mut verifier = crate::audit::verify::Verifier::new(
-        checkpoints,
-        log.trusted.clone(),
-        &log.retention,
-        crate::storage::now_ms(),
-    );
-    let mut from = 0;
-    loop {
-        let page = log_now.scan(from, PAGE).await?;
-        let Some(last) = page.last().and_then(|s| s.leaf_index) else {
-            break;
-        };
-        for stored in &page {
-            verifier.feed(stored);
-        }
-        if verifier.failed() || i64::try_from(page.len()).unwrap_or(i64::MAX) < PAGE {
-            break;
-        }
-        from = last + 1;
+/// Re-signs the newest checkpoint of each log as a C2SP note if it was written before
+/// the note format (once, at the first start after the upgrade).
+async fn upgrade_checkpoints(store: &Store, audit_log: &AuditLog) -> anyhow::Result<()> {
+    if store.upgrade_audit_checkpoint(&audit_log.signer).await? {
+        tracing::info!(log = "access", "newest checkpoint re-signed as a C2SP note");
     }
-    log_now.close().await?;
-    let report = verifier.finish();
-    store.close().await;
-    let seconds = started.elapsed().as_secs_f64();
-    #[allow(clippy::print_stdout, clippy::cast_precision_loss)]
-    match report.problem {
-        None => {
-            println!(
-                "audit log verified: {} records, {} checkpoints, {pending} waiting to join the tree ({:.0} records/s)",
-                report.records,
-                report.checkpoints,
-                report.records as f64 / seconds.max(1e-9)
-            );
-            Ok(())
-        }
-        Some(problem) => {
-            println!("audit log NOT verified: {problem}");
-            anyhow::bail!("audit log verification failed: {problem}")
-        }
+    if store.upgrade_key_log_head(&audit_log.signer).await? {
+        tracing::info!(log = "keys", "newest checkpoint re-signed as a C2SP note");
     }
+    Ok(())
 }
 
 fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {

@@ -12,6 +12,7 @@ pub mod access;
 pub mod attachments;
 pub mod audit;
 pub mod auth;
+pub mod checkpoints;
 pub mod dev_idp;
 pub mod devices;
 pub mod episodes;
@@ -114,6 +115,8 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::inclusion))
         .routes(routes!(audit::consistency))
         .routes(routes!(audit::access_log))
+        .routes(routes!(checkpoints::access_log))
+        .routes(routes!(checkpoints::key_log))
         .routes(routes!(login::start))
         .routes(routes!(login::callback))
         .routes(routes!(login::logout))

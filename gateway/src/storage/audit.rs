@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
+use icbt_merkle::{Checkpoint, Format, Hash, SignedCheckpoint, Signer};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-use super::rows::{self, CheckpointRow, LeafHashRow, TreeHeadRow};
+use super::rows::{self, CHECKPOINT_COLUMNS, CheckpointRow, LeafHashRow, TreeHeadRow};
 use super::{StorageError, Store, now_ms};
 use crate::domain::audit::{Action, ORIGIN, Outcome, Record, Stored};
 
@@ -172,18 +172,21 @@ impl Store {
             leaves.push((record.id, to_i64(index), icbt_merkle::to_hex(&hash)));
         }
         assign_leaves(&mut tx, &leaves).await?;
-        let head_checkpoint = signer.sign(Checkpoint {
-            origin: ORIGIN.to_owned(),
-            size: tree.size(),
-            root: tree.root(),
-            timestamp_ms: now_ms(),
-        });
+        let head_checkpoint = signer.sign(
+            Checkpoint {
+                origin: ORIGIN.to_owned(),
+                size: tree.size(),
+                root: tree.root(),
+            },
+            now_ms(),
+        )?;
         sqlx::query(
-            "INSERT INTO audit_checkpoints (size, root, timestamp_ms, key_id, signature) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit_checkpoints (size, root, timestamp_ms, key_id, signature, format) \
+             VALUES ($1, $2, $3, $4, $5, 'note')",
         )
         .bind(to_i64(head_checkpoint.checkpoint.size))
         .bind(icbt_merkle::to_hex(&head_checkpoint.checkpoint.root))
-        .bind(head_checkpoint.checkpoint.timestamp_ms)
+        .bind(head_checkpoint.signed_at_ms)
         .bind(&head_checkpoint.key_id)
         .bind(STANDARD.encode(&head_checkpoint.signature))
         .execute(&mut *tx)
@@ -275,24 +278,50 @@ impl Store {
         Ok(AuditSnapshot { tx })
     }
 
+    /// Re-signs the newest checkpoint as a C2SP note if it is still in the legacy format
+    /// and `signer` made it (same size, same root; older ones keep their signatures).
+    /// Returns whether it did.
+    pub async fn upgrade_audit_checkpoint(&self, signer: &Signer) -> Result<bool, StorageError> {
+        let Some(newest) = self.audit_checkpoint(None).await? else {
+            return Ok(false);
+        };
+        if newest.format != Format::Legacy || newest.verify(&[signer.public_key()]).is_err() {
+            return Ok(false);
+        }
+        let note = signer.sign(newest.checkpoint, newest.signed_at_ms)?;
+        let done = sqlx::query(
+            "UPDATE audit_checkpoints SET key_id = $1, signature = $2, format = 'note' \
+             WHERE size = $3 AND format = 'legacy'",
+        )
+        .bind(&note.key_id)
+        .bind(STANDARD.encode(&note.signature))
+        .bind(to_i64(note.checkpoint.size))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The newest checkpoint, or the one at exactly `size`.
     pub async fn audit_checkpoint(
         &self,
         size: Option<u64>,
     ) -> Result<Option<SignedCheckpoint>, StorageError> {
-        let row: Option<CheckpointRow> = match size {
-            None => {
-                sqlx::query_as("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
-                    .fetch_optional(&self.pool)
-                    .await?
-            }
-            Some(size) => {
-                sqlx::query_as("SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints WHERE size = $1")
+        let row: Option<CheckpointRow> =
+            match size {
+                None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
+                )))
+                .fetch_optional(&self.pool)
+                .await?,
+                Some(size) => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE size = $1"
+                    )))
                     .bind(to_i64(size))
                     .fetch_optional(&self.pool)
                     .await?
-            }
-        };
+                }
+            };
         row.map(|r| r.signed(ORIGIN, "audit_checkpoints"))
             .transpose()
     }
@@ -414,9 +443,9 @@ async fn scan<'e>(
 async fn checkpoints<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
 ) -> Result<Vec<SignedCheckpoint>, StorageError> {
-    let rows: Vec<CheckpointRow> = sqlx::query_as(
-        "SELECT size, root, timestamp_ms, key_id, signature FROM audit_checkpoints ORDER BY size",
-    )
+    let rows: Vec<CheckpointRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY size"
+    )))
     .fetch_all(executor)
     .await?;
     rows.into_iter()

@@ -5,13 +5,13 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
+use icbt_merkle::{Checkpoint, Format, Hash, SignedCheckpoint, Signer};
 use sqlx::AnyConnection;
 use sqlx::FromRow as _;
 
 use std::sync::LazyLock;
 
-use super::rows::{self, CheckpointRow, LeafHashRow, TreeHeadRow};
+use super::rows::{self, CHECKPOINT_COLUMNS, CheckpointRow, LeafHashRow, TreeHeadRow};
 use super::{StorageError, Store};
 use crate::domain::audit::Record;
 use crate::domain::episode::CareTeamEntry;
@@ -126,16 +126,18 @@ async fn append(
         .execute(&mut *conn)
         .await?;
     tree.push(hash);
-    let head = signer.sign(Checkpoint {
-        origin: KEY_LOG_ORIGIN.to_owned(),
-        size: tree.size(),
-        root: tree.root(),
-        timestamp_ms: now_ms,
-    });
+    let head = signer.sign(
+        Checkpoint {
+            origin: KEY_LOG_ORIGIN.to_owned(),
+            size: tree.size(),
+            root: tree.root(),
+        },
+        now_ms,
+    )?;
     let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
     sqlx::query(
         "UPDATE key_log_head SET size = $1, peaks = $2, root = $3, timestamp_ms = $4, \
-         key_id = $5, signature = $6 WHERE id = 1",
+         key_id = $5, signature = $6, format = 'note' WHERE id = 1",
     )
     .bind(to_i64(tree.size()))
     .bind(peaks.join(","))
@@ -383,11 +385,33 @@ impl Store {
         Ok(found)
     }
 
+    /// Re-signs the key log's head as a C2SP note if it is still in the legacy format and
+    /// `signer` made it. Returns whether it did.
+    pub async fn upgrade_key_log_head(&self, signer: &Signer) -> Result<bool, StorageError> {
+        let Some(head) = self.key_log_head().await? else {
+            return Ok(false);
+        };
+        if head.format != Format::Legacy || head.verify(&[signer.public_key()]).is_err() {
+            return Ok(false);
+        }
+        let note = signer.sign(head.checkpoint, head.signed_at_ms)?;
+        let done = sqlx::query(
+            "UPDATE key_log_head SET key_id = $1, signature = $2, format = 'note' \
+             WHERE id = 1 AND size = $3 AND format = 'legacy'",
+        )
+        .bind(&note.key_id)
+        .bind(STANDARD.encode(&note.signature))
+        .bind(to_i64(note.checkpoint.size))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The newest signed head of the key log; `None` while the log is empty.
     pub async fn key_log_head(&self) -> Result<Option<SignedCheckpoint>, StorageError> {
-        let head: CheckpointRow = sqlx::query_as(
-            "SELECT size, root, timestamp_ms, key_id, signature FROM key_log_head WHERE id = 1",
-        )
+        let head: CheckpointRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM key_log_head WHERE id = 1"
+        )))
         .fetch_one(&self.pool)
         .await?;
         if head.size() == 0 {

@@ -60,7 +60,10 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0014_episode_order.sql"),
         include_str!("../../migrations/postgres/0014_episode_order.sql"),
     ),
+    (15, "checkpoint notes", CHECKPOINT_NOTES, CHECKPOINT_NOTES),
 ];
+
+const CHECKPOINT_NOTES: &str = include_str!("../../migrations/0015_checkpoint_notes.sql");
 
 const CLINICS: &str = include_str!("../../migrations/0001_clinics_episodes.sql");
 const DEVICES: &str = include_str!("../../migrations/0009_devices.sql");

@@ -85,6 +85,8 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(&'static str),
+    #[error("cannot sign a checkpoint: {0}")]
+    Sign(#[from] icbt_merkle::CheckpointError),
 }
 
 /// What `/readyz` reports about the database.

@@ -6,7 +6,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_auth::identity::HprNumber;
-use icbt_merkle::{Checkpoint, SignedCheckpoint};
+use icbt_merkle::{Checkpoint, Format, SignedCheckpoint};
 use sqlx::FromRow;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -290,7 +290,11 @@ pub(super) struct CheckpointRow {
     timestamp_ms: i64,
     key_id: String,
     signature: String,
+    format: String,
 }
+
+/// The columns of [`CheckpointRow`].
+pub(super) const CHECKPOINT_COLUMNS: &str = "size, root, timestamp_ms, key_id, signature, format";
 
 impl CheckpointRow {
     pub(super) fn size(&self) -> i64 {
@@ -309,8 +313,13 @@ impl CheckpointRow {
                 origin: origin.to_owned(),
                 size: index(self.size, table)?,
                 root: icbt_merkle::from_hex(&self.root).ok_or_else(corrupt)?,
-                timestamp_ms: self.timestamp_ms,
             },
+            format: match self.format.as_str() {
+                "note" => Format::Note,
+                "legacy" => Format::Legacy,
+                _ => return Err(corrupt()),
+            },
+            signed_at_ms: self.timestamp_ms,
             key_id: self.key_id,
             signature: STANDARD.decode(self.signature).map_err(|_| corrupt())?,
         })
