@@ -73,7 +73,8 @@ impl VerifierKey {
 
     /// Parses `<name>+<hex key id>+<base64(0x01 || key)>`, checking that the id fits.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let mut parts = text.split('+');
+        // The key's base64 may hold '+' itself; the name and the id cannot.
+        let mut parts = text.splitn(3, '+');
         let (Some(name), Some(id), Some(key), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -269,6 +270,12 @@ mod tests {
             Err(NoteError::Unverified)
         );
         assert!(VerifierKey::parse(&SPEC_KEY.replace("530d903a", "530d903b")).is_err());
+        // A key whose base64 holds '+' still reads: only the first two split.
+        let plus = (0u8..=255)
+            .map(|b| VerifierKey::new("log.example/a", &[b; 32]).unwrap())
+            .find(|k| k.to_string().matches('+').count() > 2)
+            .unwrap();
+        assert_eq!(VerifierKey::parse(&plus.to_string()).unwrap(), plus);
         assert!(
             VerifierKey::parse("a b+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k")
                 .is_err()
