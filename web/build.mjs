@@ -1,20 +1,27 @@
-// Builds web/app into web/dist/app: the page, its style, and one script bundling the app
-// with the SDK (client-js, built first). No CDN: everything the page loads comes from here.
+// Builds web/app into web/dist/app (the reference client) and web/console into
+// web/dist/console (the security team's console, which the gateway builds into its
+// binary): each a page, its style, and one script bundling it with the SDK (client-js,
+// built first). No CDN: everything a page loads comes from here.
 import { build } from 'esbuild';
 import { copyFileSync, mkdirSync } from 'node:fs';
 
-const out = 'dist/app';
-mkdirSync(out, { recursive: true });
-await build({
-  entryPoints: ['app/main.js'],
-  bundle: true,
-  minify: true,
-  format: 'esm',
-  platform: 'browser',
-  target: ['es2022'],
-  outfile: `${out}/app.js`,
-  legalComments: 'none',
-  logLevel: 'warning',
-});
-for (const file of ['index.html', 'app.css']) copyFileSync(`app/${file}`, `${out}/${file}`);
-console.log(`built ${out}/`);
+for (const [page, script, files] of [
+  ['app', 'app.js', ['index.html', 'app.css']],
+  ['console', 'console.js', ['index.html', 'console.css']],
+]) {
+  const out = `dist/${page}`;
+  mkdirSync(out, { recursive: true });
+  await build({
+    entryPoints: [`${page}/main.js`],
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    platform: 'browser',
+    target: ['es2022'],
+    outfile: `${out}/${script}`,
+    legalComments: 'none',
+    logLevel: 'warning',
+  });
+  for (const file of files) copyFileSync(`${page}/${file}`, `${out}/${file}`);
+  console.log(`built ${out}/`);
+}

@@ -80,6 +80,26 @@ export async function verifierKey(name: string, publicKey: Uint8Array): Promise<
 }
 
 /**
+ * Reads a C2SP verifier key `name+id+base64(0x01 || key)`, checking that the id is the
+ * key's: what a verifier pins.
+ */
+export async function parseVerifierKey(text: string): Promise<{ name: string; keyId: string; publicKey: Uint8Array }> {
+  // The key's base64 may hold '+' itself; the name and the id cannot.
+  const trimmed = text.trim();
+  const first = trimmed.indexOf('+');
+  const second = first < 0 ? -1 : trimmed.indexOf('+', first + 1);
+  const parts = second < 0 ? [] : [trimmed.slice(0, first), trimmed.slice(first + 1, second), trimmed.slice(second + 1)];
+  const blob = parts.length === 3 ? unb64(parts[2]!) : undefined;
+  if (!blob || blob.length !== 33 || blob[0] !== ED25519 || !validKeyName(parts[0]!)) {
+    throw bad('malformed', 'verifier key: expected name+id+base64 Ed25519 key');
+  }
+  const [name, id] = parts as [string, string, string];
+  const publicKey = blob.subarray(1);
+  if ((await keyId(name, publicKey)) !== id) throw bad('malformed', 'verifier key: the id does not match the key');
+  return { name, keyId: id, publicKey };
+}
+
+/**
  * Verifies a checkpoint note of log `origin` with one of the `trusted` raw Ed25519
  * public keys: the signature line named after the origin must be by a trusted key and
  * verify. Other lines (a witness's cosignatures) are left alone.

@@ -2,12 +2,14 @@
 // A reader starts at `Client`.
 
 export { Client, STREAM_START, type Auth, type ClientOptions, type MessageView, type StreamEntry, type StreamEvent, type SealedSend, type Received, type AttachmentRef } from './client.js';
+export { ACCESS_RECORD_FIELDS, accessRecordLeaf } from './accesslog.js';
 export {
   ACCESS_LOG_ORIGIN,
   KEY_LOG_ORIGIN,
   keyId,
   parseCheckpoint,
   parseNote,
+  parseVerifierKey,
   verifierKey,
   verifyCheckpoint,
   verifyCheckpointNote,

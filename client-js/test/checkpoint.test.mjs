@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 
-import { DirectoryError, keyId, parseNote, verifierKey, verifyCheckpointNote } from '../dist/index.js';
+import { DirectoryError, keyId, parseNote, parseVerifierKey, verifierKey, verifyCheckpointNote } from '../dist/index.js';
 
 const SPEC_KEY = 'example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k';
 const SPEC_NOTE = 'This is an example message.\n\n\u2014 example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n';
@@ -14,6 +14,18 @@ test('the specification example: its key id and verifier key come out the same h
   const raw = Buffer.from(SPEC_KEY.split('+')[2], 'base64').subarray(1);
   assert.equal(await keyId('example.com/foo', new Uint8Array(raw)), '530d903a');
   assert.equal(await verifierKey('example.com/foo', new Uint8Array(raw)), SPEC_KEY);
+  const parsed = await parseVerifierKey(SPEC_KEY);
+  assert.deepEqual([parsed.name, parsed.keyId, Buffer.from(parsed.publicKey).equals(raw)], ['example.com/foo', '530d903a', true]);
+  await assert.rejects(parseVerifierKey(SPEC_KEY.replace('530d903a', '530d903b')), DirectoryError);
+  await assert.rejects(parseVerifierKey('example.com/foo+530d903a'), DirectoryError);
+  // A key whose base64 holds '+' still reads.
+  for (let b = 0; b < 256; b++) {
+    const key = await verifierKey('log.example/a', new Uint8Array(32).fill(b));
+    if (key.split('+').length > 3) {
+      assert.equal((await parseVerifierKey(key)).name, 'log.example/a');
+      break;
+    }
+  }
   const note = parseNote(SPEC_NOTE);
   assert.equal(note.text, 'This is an example message.\n');
   assert.deepEqual(note.signatures.map((s) => [s.name, s.keyId]), [['example.com/foo', '530d903a']]);

@@ -67,8 +67,33 @@ pub struct Config {
     pub login: Vec<LoginConfig>,
     /// The journal exporter (`icbt-gateway export`).
     pub export: ExportConfig,
+    /// The security team's console at `/console/`.
+    pub console: ConsoleConfig,
     /// Dev mode's sandbox; ignored in production.
     pub dev: DevConfig,
+}
+
+/// The security team's console (`/console/`): access-log search, patient timelines,
+/// review reports and the integrity panel, for auditors only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// `issuer` of the `[[login]]` auditors log in with; default the first HelseID one.
+    pub login_issuer: Option<String>,
+    /// Serve the console's files from this directory (`web/dist/console`) instead of the
+    /// copy built into the binary: for working on the console.
+    pub assets_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login_issuer: None,
+            assets_dir: None,
+        }
+    }
 }
 
 /// Dev mode's sandbox (`serve --dev` only).
@@ -181,6 +206,8 @@ pub struct AuditConfig {
     pub checkpoint_interval_ms: u64,
     /// Days each class of record is kept; unset keeps it for ever.
     pub retention_days: RetentionConfig,
+    /// What the review reports count as unusual.
+    pub review: ReviewConfig,
 }
 
 impl Default for AuditConfig {
@@ -190,7 +217,58 @@ impl Default for AuditConfig {
             trusted_public_keys: Vec::new(),
             checkpoint_interval_ms: 1_000,
             retention_days: RetentionConfig::default(),
+            review: ReviewConfig::default(),
         }
+    }
+}
+
+/// The security team's review reports (`audit report`, the console's reports page).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// IANA time zone the working hours and days are in.
+    pub time_zone: String,
+    /// Working hours on weekdays, `HH:MM-HH:MM` local time; Saturdays and Sundays are
+    /// outside them.
+    pub working_hours: String,
+    /// More distinct patients than this for one person in one day is reported.
+    pub distinct_patients_per_day: u32,
+    /// This many refusals of one principal within `burst_window_minutes` is a burst.
+    pub refusals_per_burst: u32,
+    pub burst_window_minutes: u32,
+    /// The longest time range one report may cover.
+    pub max_range_days: u32,
+    /// How long one report may read before it answers with what it has.
+    pub time_limit_ms: u64,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self {
+            time_zone: "Europe/Oslo".into(),
+            working_hours: "07:00-17:00".into(),
+            distinct_patients_per_day: 30,
+            refusals_per_burst: 5,
+            burst_window_minutes: 10,
+            max_range_days: 92,
+            time_limit_ms: 10_000,
+        }
+    }
+}
+
+/// `HH:MM-HH:MM` as minutes after midnight, start before end.
+pub fn working_hours(text: &str) -> Result<(u16, u16), String> {
+    let minute = |t: &str| -> Option<u16> {
+        let (h, m) = t.split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && t.len() == 5).then_some(h * 60 + m)
+    };
+    let parsed = text
+        .split_once('-')
+        .and_then(|(a, b)| Some((minute(a)?, minute(b)?)));
+    match parsed {
+        Some((start, end)) if start < end => Ok((start, end)),
+        _ => Err(format!("`{text}` is not HH:MM-HH:MM with the start first")),
     }
 }
 
@@ -672,6 +750,29 @@ impl Config {
             }
             None => {}
         }
+        let review = &audit.review;
+        if jiff::tz::TimeZone::get(&review.time_zone).is_err() {
+            return Err(invalid(
+                "audit.review.time_zone",
+                format!("`{}` is not a known time zone", review.time_zone),
+                "set an IANA name, e.g. Europe/Oslo",
+            ));
+        }
+        if let Err(e) = working_hours(&review.working_hours) {
+            return Err(invalid(
+                "audit.review.working_hours",
+                e,
+                "set e.g. 07:00-17:00",
+            ));
+        }
+        if review.max_range_days == 0 || review.time_limit_ms == 0 || review.refusals_per_burst == 0
+        {
+            return Err(invalid(
+                "audit.review",
+                "max_range_days, time_limit_ms and refusals_per_burst must be above 0".into(),
+                "leave them unset for the defaults",
+            ));
+        }
         if audit.checkpoint_interval_ms == 0 {
             return Err(invalid(
                 "audit.checkpoint_interval_ms",
@@ -689,6 +790,19 @@ impl Config {
                     "list the 32-byte public keys in base64, as `audit public-key` prints them",
                 ));
             }
+        }
+        self.validate_console()
+    }
+
+    fn validate_console(&self) -> Result<(), ConfigError> {
+        if let Some(issuer) = &self.console.login_issuer
+            && !self.login.iter().any(|l| &l.issuer == issuer)
+        {
+            return Err(invalid(
+                "console.login_issuer",
+                format!("no [[login]] has issuer `{issuer}`"),
+                "name the issuer of a configured hosted login, or leave it unset",
+            ));
         }
         Ok(())
     }

@@ -74,6 +74,41 @@ fn built_binary(package: &str, bin: &str) -> PathBuf {
     target.join("debug").join(bin)
 }
 
+/// `web/` built (`npm ci`, `npm run build`; the pages bundle the SDK, which
+/// [`client_js`] builds first): its `dist/`, with the reference client in `app/` and the
+/// console in `console/`. Built once per test process; processes take turns through a
+/// lock file.
+pub fn web_dist() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        client_js();
+        let web = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("web");
+        let lock = web.join(".build.lock");
+        let started = Instant::now();
+        while std::fs::File::create_new(&lock).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_mins(10),
+                "{} stayed locked for 10 minutes",
+                lock.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let result = std::panic::catch_unwind(|| {
+            npm(&web, &["ci", "--no-audit", "--no-fund", "--silent"]);
+            npm(&web, &["run", "--silent", "build"]);
+        });
+        std::fs::remove_file(&lock).ok();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        web.join("dist")
+    })
+    .clone()
+}
+
 /// The JavaScript SDK's directory (`client-js/`), built (`npm ci`, `npm run build`) once
 /// when its `dist/` is missing or older than a source file. Test processes that need it
 /// at the same time take turns through a lock file.

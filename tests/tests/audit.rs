@@ -43,10 +43,16 @@ struct World {
 }
 
 async fn world(backend: Backend) -> World {
+    world_with(backend, Vec::new()).await
+}
+
+/// [`world`] with extra `ICBT_…` settings.
+async fn world_with(backend: Backend, env: Vec<(String, String)>) -> World {
     let gw = Gateway::start_with(
         backend,
         GatewayOptions {
             config_toml: Some(IdentityProviders::shared().gateway_config()),
+            env,
             ..Default::default()
         },
     )
@@ -898,6 +904,269 @@ async fn checkpoints_are_c2sp_notes_that_an_independent_verifier_accepts_and_old
                 "checkpoint at size {smallest} is not validly signed"
             )),
             "{backend:?}: {report}"
+        );
+    }
+}
+
+/// `icbt-gateway audit report` against the gateway's database.
+fn report_cli(gw: &Gateway, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+    let data_dir = gw.data_dir.path().to_str().unwrap().to_owned();
+    let key = audit_signing_key();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("ICBT_STORAGE__DATA_DIR", &data_dir),
+        ("ICBT_AUDIT__SIGNING_KEY_FILE", key.to_str().unwrap()),
+        ("ICBT_TELEMETRY__LOG_FILTER", "warn"),
+    ];
+    if let Some(db) = gw.database() {
+        env.push(("ICBT_STORAGE__URL", &db.url));
+    }
+    env.extend_from_slice(extra);
+    let mut all = vec!["audit", "report", "--dev"];
+    all.extend_from_slice(args);
+    run_cli(&all, &env, gw.data_dir.path())
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Working hours that leave the present moment outside them, whatever the hour.
+fn hours_excluding_now() -> &'static str {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Oslo is UTC+1 or +2: both are before noon, or both after, but near 11 and 23 UTC.
+    if (now / 3600) % 24 < 9 {
+        "13:00-22:00"
+    } else {
+        "01:00-06:00"
+    }
+}
+
+#[tokio::test]
+async fn review_reports_agree_between_api_and_command_line_and_bad_input_is_a_problem() {
+    for backend in backends() {
+        let hours = hours_excluding_now();
+        let settings: Vec<(&str, &str)> = vec![
+            ("ICBT_AUDIT__REVIEW__WORKING_HOURS", hours),
+            ("ICBT_AUDIT__REVIEW__DISTINCT_PATIENTS_PER_DAY", "0"),
+            ("ICBT_AUDIT__REVIEW__REFUSALS_PER_BURST", "2"),
+        ];
+        let w = world_with(
+            backend,
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+        .await;
+        let from = now_ms() - 86_400_000;
+        let first = w.activity().await;
+        w.activity().await;
+        // As if the policy had let the therapist in without being on the first team: its
+        // history is gone, so the therapist's reads there were off the team.
+        let mut db = connect(w.gw.data_dir.path(), w.gw.database()).await;
+        sqlx::query("DELETE FROM care_team_periods WHERE episode_id = $1")
+            .bind(first.to_string())
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        // The window ends before the reports are asked for: asking is recorded too.
+        let to = now_ms() + 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+        for kind in [
+            "off-team",
+            "after-hours",
+            "many-patients",
+            "refusal-bursts",
+            "dead-letters",
+        ] {
+            let path = format!("/v1/audit/reports/{kind}?from_ms={from}&to_ms={to}");
+            let api = w.ok(&w.auditor, Method::GET, &path, None).await;
+            assert_eq!(api["complete"], true, "{kind}: {api}");
+            let cli = report_cli(
+                &w.gw,
+                &[
+                    "--kind",
+                    kind,
+                    "--from",
+                    &from.to_string(),
+                    "--to",
+                    &to.to_string(),
+                    "--format",
+                    "json",
+                ],
+                &settings,
+            );
+            assert!(cli.status.success(), "{kind}: {}", output(&cli));
+            let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+            assert_eq!(
+                api["rows"], cli["rows"],
+                "{backend:?} {kind}: the API and the command line differ"
+            );
+            let rows = api["rows"].as_array().unwrap();
+            match kind {
+                "off-team" => {
+                    // The therapist's reads where its history is gone; the outsider's
+                    // refused attempts, as refused.
+                    assert!(
+                        rows.iter().any(|r| r["principal"] == THERAPIST_HPR
+                            && r["episode"] == first.to_string()
+                            && r["detail"].as_str().unwrap().starts_with("not on")),
+                        "{kind}: {api}"
+                    );
+                    assert!(
+                        rows.iter()
+                            .filter(|r| r["principal"] == OTHER_HPR)
+                            .all(|r| r["detail"].as_str().unwrap().contains("refused")),
+                        "{kind}: {api}"
+                    );
+                }
+                "after-hours" | "many-patients" => assert!(
+                    rows.iter().any(|r| r["principal"] == THERAPIST_HPR),
+                    "{kind}: {api}"
+                ),
+                "refusal-bursts" => assert!(
+                    rows.len() == 1 && rows[0]["principal"] == OTHER_HPR && rows[0]["count"] == 2,
+                    "{kind}: {api}"
+                ),
+                _ => assert!(rows.is_empty(), "{kind}: {api}"),
+            }
+            // Every row names records, and its records are there to be searched.
+            for row in rows.iter().filter(|r| r["kind"] != "dead-letters") {
+                let index = row["records"][0].as_u64().unwrap();
+                let found = w
+                    .ok(
+                        &w.auditor,
+                        Method::GET,
+                        &format!(
+                            "/v1/audit/records?after={}&limit=1",
+                            index.saturating_sub(1)
+                        ),
+                        None,
+                    )
+                    .await;
+                let record = &found["records"][0];
+                assert_eq!(
+                    record["principal_id"], row["principal"],
+                    "{kind}: {row} {record}"
+                );
+            }
+            // CSV: the same from both.
+            let csv_path = format!("{path}&format=csv");
+            let response = w.call(&w.auditor, Method::GET, &csv_path, None).await;
+            assert_eq!(
+                response.headers()["content-type"],
+                "text/csv; charset=utf-8"
+            );
+            let api_csv = response.text().await.unwrap();
+            let cli_csv = report_cli(
+                &w.gw,
+                &[
+                    "--kind",
+                    kind,
+                    "--from",
+                    &from.to_string(),
+                    "--to",
+                    &to.to_string(),
+                ],
+                &settings,
+            );
+            assert_eq!(
+                String::from_utf8(cli_csv.stdout).unwrap(),
+                api_csv,
+                "{kind}"
+            );
+        }
+
+        // Bad input is a problem naming the field, never a 500.
+        for (path, field) in [
+            ("/v1/audit/reports/nope?from_ms=0&to_ms=1", "kind"),
+            ("/v1/audit/reports/off-team?to_ms=1", "from_ms"),
+            ("/v1/audit/reports/off-team?from_ms=5&to_ms=5", "to_ms"),
+            (
+                "/v1/audit/reports/off-team?from_ms=0&to_ms=99999999999",
+                "to_ms",
+            ),
+            (
+                "/v1/audit/reports/off-team?from_ms=0&to_ms=1&format=xml",
+                "format",
+            ),
+            (
+                "/v1/audit/reports/off-team?from_ms=0&to_ms=1&limit=0",
+                "limit",
+            ),
+            ("/v1/audit/reports/off-team?from_ms=zero&to_ms=1", "query"),
+            ("/v1/audit/records?after=abc", "query"),
+            ("/v1/audit/records?after=-1", "query"),
+            ("/v1/audit/records?after=18446744073709551615", "after"),
+            ("/v1/audit/records?patient=12345678901", "patient"),
+            ("/v1/audit/records?from_ms=5&to_ms=1", "to_ms"),
+            ("/v1/audit/records?after=0&after=1", "query"),
+            ("/v1/audit/records?proof_size=3", "size"),
+            ("/v1/audit/patients/123/access-log", "patient"),
+        ] {
+            let problem = expect_problem(
+                w.call(&w.auditor, Method::GET, path, None).await,
+                422,
+                "invalid-field",
+            )
+            .await;
+            assert_eq!(problem["path"], field, "{path}: {problem}");
+        }
+        expect_problem(
+            w.call(
+                &w.therapist,
+                Method::GET,
+                &format!("/v1/audit/reports/off-team?from_ms={from}&to_ms={to}"),
+                None,
+            )
+            .await,
+            403,
+            "forbidden",
+        )
+        .await;
+        let wrong = report_cli(
+            &w.gw,
+            &[
+                "--kind",
+                "nope",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-02",
+            ],
+            &[],
+        );
+        assert!(!wrong.status.success());
+        assert!(output(&wrong).contains("--kind"), "{}", output(&wrong));
+        let long = report_cli(
+            &w.gw,
+            &[
+                "--kind",
+                "off-team",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-12-01",
+            ],
+            &[],
+        );
+        assert!(!long.status.success());
+        assert!(
+            output(&long).contains("longer than 92 days"),
+            "{}",
+            output(&long)
         );
     }
 }

@@ -23,7 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::tamper::rewrite_key_log;
 use icbt_e2e::{
-    Gateway, GatewayOptions, backends, chromium, client_js, connect_database, free_port,
+    Gateway, GatewayOptions, backends, chromium, connect_database, free_port, web_dist,
 };
 use serde_json::Value;
 
@@ -32,24 +32,6 @@ fn repository() -> PathBuf {
         .parent()
         .unwrap()
         .to_owned()
-}
-
-/// Builds `web/` (the app bundles the SDK, which `client_js` builds first).
-fn web_dist() -> PathBuf {
-    client_js();
-    let web = repository().join("web");
-    for args in [
-        &["ci", "--no-audit", "--no-fund", "--silent"][..],
-        &["run", "--silent", "build"],
-    ] {
-        let status = Command::new("npm")
-            .args(args)
-            .current_dir(&web)
-            .status()
-            .unwrap();
-        assert!(status.success(), "npm {args:?} in web/");
-    }
-    web.join("dist")
 }
 
 /// A value of the sandbox's people file: `field` of the entry named `name`.

@@ -39,6 +39,8 @@ pub enum KeyError {
         path: String,
         source: std::io::Error,
     },
+    #[error("configuration key `audit.review`: {0}")]
+    Review(String),
 }
 
 /// The access log's keys and settings, shared by handlers and the background task.
@@ -49,6 +51,8 @@ pub struct AuditLog {
     pub trusted: Vec<Vec<u8>>,
     pub interval: Duration,
     pub retention: RetentionConfig,
+    /// What the review reports count as unusual.
+    pub review: super::review::Settings,
 }
 
 impl AuditLog {
@@ -71,6 +75,8 @@ impl AuditLog {
             trusted,
             interval: Duration::from_millis(config.checkpoint_interval_ms),
             retention: config.retention_days.clone(),
+            review: super::review::Settings::from_config(&config.review)
+                .map_err(KeyError::Review)?,
         })
     }
 

@@ -1,4 +1,5 @@
-//! `icbt-gateway audit`: verify the access log, print the keys that check its checkpoints.
+//! `icbt-gateway audit`: verify the access log, run the review reports, print the keys
+//! that check its checkpoints.
 
 use std::path::PathBuf;
 
@@ -7,6 +8,7 @@ use clap::Subcommand;
 use icbt_config::Config;
 
 use super::mode;
+use crate::audit::review::{self, Kind};
 use crate::audit::sequencer::AuditLog;
 use crate::storage::Store;
 
@@ -20,6 +22,27 @@ pub enum AuditCommand {
         /// Use dev mode's defaults (SQLite in ./data).
         #[arg(long)]
         dev: bool,
+    },
+    /// Run a review report over a time range and print it, as the console's reports page
+    /// shows it: `off-team`, `after-hours`, `many-patients`, `refusal-bursts` or
+    /// `dead-letters`. Reads the database directly, like `verify`.
+    Report {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dev: bool,
+        #[arg(long)]
+        kind: String,
+        /// Start, inclusive: a date (`2026-11-01`, midnight in `audit.review.time_zone`),
+        /// an RFC 3339 time, or Unix milliseconds.
+        #[arg(long)]
+        from: String,
+        /// End, exclusive, in the same forms.
+        #[arg(long)]
+        to: String,
+        /// `csv` or `json`.
+        #[arg(long, default_value = "csv")]
+        format: String,
     },
     /// Print the base64 public key that verifies the logs' checkpoints.
     PublicKey {
@@ -41,6 +64,7 @@ pub enum AuditCommand {
 pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
     let (config, dev) = match command {
         AuditCommand::Verify { config, dev }
+        | AuditCommand::Report { config, dev, .. }
         | AuditCommand::PublicKey { config, dev }
         | AuditCommand::VerifierKeys { config, dev } => (config.clone(), *dev),
     };
@@ -58,6 +82,58 @@ pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AuditCommand::Report {
+            kind,
+            from,
+            to,
+            format,
+            ..
+        } => {
+            let kind = Kind::parse(kind).with_context(|| {
+                format!("--kind `{kind}`: one of off-team, after-hours, many-patients, refusal-bursts, dead-letters")
+            })?;
+            if !["csv", "json"].contains(&format.as_str()) {
+                anyhow::bail!("--format `{format}`: csv or json");
+            }
+            let settings = &log.review;
+            let from = instant(from, settings).context("--from")?;
+            let to = instant(to, settings).context("--to")?;
+            let (from, to) = review::check_range(Some(from), Some(to), settings.max_range_ms)
+                .map_err(|e| {
+                    let flag = if e.field == "from_ms" {
+                        "--from"
+                    } else {
+                        "--to"
+                    };
+                    anyhow::anyhow!("{flag}: {}", e.detail)
+                })?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(async {
+                let store = Store::open(&config.storage).await?;
+                let report = review::run(&store, settings, kind, from, to).await;
+                store.close().await;
+                anyhow::Ok(report?)
+            })?;
+            if format == "json" {
+                print_line(&serde_json::to_string_pretty(&report)?);
+            } else {
+                #[allow(clippy::print_stdout)]
+                {
+                    print!("{}", review::csv(&report.rows));
+                }
+            }
+            #[allow(clippy::print_stderr)]
+            if !report.complete {
+                eprintln!(
+                    "the report reached audit.review.time_limit_ms; it covers up to {} ms only",
+                    report.scanned_to_ms
+                );
+            }
+            Ok(())
+        }
         AuditCommand::Verify { .. } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -71,6 +147,25 @@ pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)]
 fn print_line(line: &str) {
     println!("{line}");
+}
+
+/// A date (midnight in the review time zone), an RFC 3339 time, or Unix milliseconds.
+fn instant(text: &str, settings: &review::Settings) -> anyhow::Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond());
+    }
+    let date: jiff::civil::Date = text.parse().with_context(|| {
+        format!("`{text}` is not a date (2026-11-01), an RFC 3339 time or Unix milliseconds")
+    })?;
+    let midnight = settings
+        .time_zone
+        .to_ambiguous_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+        .compatible()
+        .with_context(|| format!("`{text}` has no midnight in the review time zone"))?;
+    Ok(midnight.as_millisecond())
 }
 
 /// `audit verify`: one pass over the log in tree order.

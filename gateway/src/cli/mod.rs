@@ -246,15 +246,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         Mode::Dev | Mode::Production => None,
     };
     let auth = Arc::new(auth_context(&config)?);
-    let login_http = icbt_auth::http::https_client(
-        config.auth.trust_roots_file.as_deref(),
-        Duration::from_millis(config.auth.jwks.fetch_timeout_ms),
-    )?;
-    let login = Arc::new(LoginContext::from_config(
-        &config.login,
-        &auth.validator,
-        &login_http,
-    )?);
+    let login = login_context(&config, &auth)?;
     let audit_log = Arc::new(AuditLog::from_config(
         &config.audit,
         &config.storage.data_dir,
@@ -279,6 +271,10 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         },
         dev_idp: dev.as_ref().map(|(d, _)| d.idp.clone()),
         web_app: dev.as_ref().map(|_| config.dev.web_dir.clone()),
+        console: config
+            .console
+            .enabled
+            .then(|| Arc::new(http::console::Console::from_config(&config))),
     };
     let purge = tokio::spawn(housekeeping(store.clone(), state.auth.clone()));
     let hub = tokio::spawn(push.hub.clone().run(push.subscribe(), store.clone()));
@@ -393,6 +389,19 @@ fn certificate_files(config: &Config, mode: Mode) -> anyhow::Result<CertificateF
             "configuration key `tls.cert_file`: is not set; fix: set tls.cert_file and tls.key_file"
         ),
     })
+}
+
+/// The hosted logins, sharing the issuers' metadata and keys with the token validator.
+fn login_context(config: &Config, auth: &AuthContext) -> anyhow::Result<Arc<LoginContext>> {
+    let http = icbt_auth::http::https_client(
+        config.auth.trust_roots_file.as_deref(),
+        Duration::from_millis(config.auth.jwks.fetch_timeout_ms),
+    )?;
+    Ok(Arc::new(LoginContext::from_config(
+        &config.login,
+        &auth.validator,
+        &http,
+    )?))
 }
 
 /// Re-signs the newest checkpoint of each log as a C2SP note if it was written before

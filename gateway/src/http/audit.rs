@@ -1,32 +1,34 @@
-//! The access log's HTTP API: the security team's search, export, checkpoints and proofs
-//! (auditor role only), and the patient's own "who looked at my data". Every call is
-//! itself recorded, before the answer is sent.
-
-use std::collections::HashMap;
+//! The access log's HTTP API for the security team (auditor role only): search, export,
+//! checkpoints and proofs. The patient's own view is in [`super::access_log`], the review
+//! reports in [`super::review`]. Every call is itself recorded, before the answer is sent.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_auth::now_secs;
 use icbt_auth::policy::{self, Resource};
-use icbt_auth::principal::{Authenticated, Principal};
+use icbt_auth::principal::Authenticated;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::audit::{Access, Action, Outcome, Record, Stored, fhir};
 use crate::http::errors::invalid;
 use crate::http::errors::{Problem, ProblemKind};
-use crate::http::extractors::Caller;
 use crate::http::extractors::MAX_PAGE;
+use crate::http::extractors::{ApiQuery, Caller};
 use crate::http::state::AppState;
 use crate::storage::AuditFilter;
 use crate::views::CheckpointView;
 
 /// Refuses (and records the refusal) unless `caller` holds the auditor role.
-async fn auditor(state: &AppState, access: &Access, caller: &Authenticated) -> Result<(), Problem> {
+pub(crate) async fn auditor(
+    state: &AppState,
+    access: &Access,
+    caller: &Authenticated,
+) -> Result<(), Problem> {
     if let Err(denial) = policy::decide(
         caller,
         &state.auth.auditors,
@@ -44,7 +46,7 @@ async fn auditor(state: &AppState, access: &Access, caller: &Authenticated) -> R
 }
 
 /// Records the read, then brings the tree up to date so the answer includes it.
-async fn record_read(state: &AppState, record: Record) -> Result<(), Problem> {
+pub(crate) async fn record_read(state: &AppState, record: Record) -> Result<(), Problem> {
     state.store.record_access(&[record]).await?;
     state.audit.sequence_all(&state.store).await?;
     Ok(())
@@ -71,6 +73,9 @@ pub struct RecordsQuery {
     limit: Option<i64>,
     /// `json` (default), `ndjson` (one record a line) or `fhir` (a Bundle of `AuditEvent`).
     format: Option<String>,
+    /// With `json`: the size of a checkpoint; each record in its tree comes with its
+    /// inclusion proof, so a page is proven in one call.
+    proof_size: Option<u64>,
 }
 
 /// A record with its place in the tree.
@@ -78,6 +83,10 @@ pub struct RecordsQuery {
 pub struct RecordView {
     index: u64,
     leaf_hash: String,
+    /// Base64 RFC 9162 audit path of the record in the tree of `proof_size`, when the
+    /// search asked for proofs and the record is in that tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proof: Option<Vec<String>>,
     #[serde(flatten)]
     record: Record,
 }
@@ -90,15 +99,16 @@ pub struct RecordPage {
     next_after: Option<u64>,
 }
 
-fn view(s: Stored) -> RecordView {
+pub(crate) fn view(s: Stored) -> RecordView {
     RecordView {
         index: s.leaf_index.unwrap_or_default(),
         leaf_hash: s.leaf_hash.unwrap_or_default(),
+        proof: None,
         record: s.record,
     }
 }
 
-fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
     match limit {
         None => Ok(100),
         Some(n) if (1..=MAX_PAGE * 5).contains(&n) => Ok(n),
@@ -106,16 +116,28 @@ fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
-/// `GET /v1/audit/records`: the security team's search over the log, oldest first.
-#[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(RecordsQuery), responses((status = 403, description = "not an auditor", body = crate::http::errors::ProblemDocument), (status = 200, body = RecordPage, description = "JSON page; `application/x-ndjson` or `application/fhir+json` by `format`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
-pub async fn records(
-    State(state): State<AppState>,
-    access: Access,
-    Caller(caller): Caller,
-    Query(query): Query<RecordsQuery>,
-) -> Result<Response, Problem> {
-    auditor(&state, &access, &caller).await?;
-    let filter = AuditFilter {
+/// The search's filter, each field checked: a malformed one is a problem naming it.
+fn filter_of(query: &RecordsQuery) -> Result<AuditFilter, Problem> {
+    if let Some(p) = &query.patient {
+        icbt_auth::identity::NationalId::parse(p).map_err(|e| invalid("patient", e.to_string()))?;
+    }
+    if let Some(p) = &query.principal
+        && (p.is_empty() || p.len() > 200 || p.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "principal",
+            "an HPR number, client id or national id number",
+        ));
+    }
+    if let (Some(from), Some(to)) = (query.from_ms, query.to_ms)
+        && to <= from
+    {
+        return Err(invalid("to_ms", "must be after from_ms"));
+    }
+    if query.after.is_some_and(|a| i64::try_from(a).is_err()) {
+        return Err(invalid("after", "a position in the log"));
+    }
+    Ok(AuditFilter {
         patient: query.patient.clone(),
         principal: query.principal.clone(),
         episode: query
@@ -135,7 +157,19 @@ pub async fn records(
             .transpose()?,
         from_ms: query.from_ms,
         to_ms: query.to_ms,
-    };
+    })
+}
+
+/// `GET /v1/audit/records`: the security team's search over the log, oldest first.
+#[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(RecordsQuery), responses((status = 403, description = "not an auditor", body = crate::http::errors::ProblemDocument), (status = 200, body = RecordPage, description = "JSON page; `application/x-ndjson` or `application/fhir+json` by `format`")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+pub async fn records(
+    State(state): State<AppState>,
+    access: Access,
+    Caller(caller): Caller,
+    ApiQuery(query): ApiQuery<RecordsQuery>,
+) -> Result<Response, Problem> {
+    auditor(&state, &access, &caller).await?;
+    let filter = filter_of(&query)?;
     let limit = page_limit(query.limit)?;
     let format = query.format.as_deref().unwrap_or("json");
     if !["json", "ndjson", "fhir"].contains(&format) {
@@ -155,7 +189,10 @@ pub async fn records(
     let next_after = (i64::try_from(found.len()).ok() == Some(limit))
         .then(|| found.last().and_then(|s| s.leaf_index))
         .flatten();
-    let views: Vec<RecordView> = found.into_iter().map(view).collect();
+    let mut views: Vec<RecordView> = found.into_iter().map(view).collect();
+    if let Some(size) = query.proof_size {
+        prove(&state, size, &mut views).await?;
+    }
     Ok(match format {
         "ndjson" => {
             let mut body = String::new();
@@ -220,7 +257,7 @@ pub async fn checkpoint(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Query(query): Query<CheckpointQuery>,
+    ApiQuery(query): ApiQuery<CheckpointQuery>,
 ) -> Result<Json<CheckpointView>, Problem> {
     auditor(&state, &access, &caller).await?;
     record_read(
@@ -263,7 +300,7 @@ pub async fn inclusion(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Query(query): Query<InclusionQuery>,
+    ApiQuery(query): ApiQuery<InclusionQuery>,
 ) -> Result<Json<InclusionView>, Problem> {
     auditor(&state, &access, &caller).await?;
     record_read(
@@ -308,7 +345,7 @@ pub async fn consistency(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Query(query): Query<ConsistencyQuery>,
+    ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyView>, Problem> {
     auditor(&state, &access, &caller).await?;
     record_read(
@@ -326,6 +363,24 @@ pub async fn consistency(
     }))
 }
 
+/// Adds to each of `views` in the tree of `size` (a checkpoint's) its inclusion proof.
+pub(crate) async fn prove(
+    state: &AppState,
+    size: u64,
+    views: &mut [RecordView],
+) -> Result<(), Problem> {
+    if views.iter().all(|v| v.index >= size) {
+        return Ok(());
+    }
+    let leaves = sized_leaves(state, size).await?;
+    for v in views.iter_mut().filter(|v| v.index < size) {
+        let proof = icbt_merkle::inclusion_proof(&leaves, v.index)
+            .map_err(|e| invalid("proof_size", e.to_string()))?;
+        v.proof = Some(proof.iter().map(|h| STANDARD.encode(h)).collect());
+    }
+    Ok(())
+}
+
 /// The leaf hashes of a tree size that has a checkpoint (proofs are only useful against
 /// a signed root).
 async fn sized_leaves(state: &AppState, size: u64) -> Result<Vec<icbt_merkle::Hash>, Problem> {
@@ -337,159 +392,4 @@ async fn sized_leaves(state: &AppState, size: u64) -> Result<Vec<icbt_merkle::Ha
         return Err(Problem::new(ProblemKind::Internal));
     }
     Ok(leaves)
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct AccessLogQuery {
-    /// Leaf index to continue after.
-    after: Option<u64>,
-    limit: Option<i64>,
-}
-
-/// One access to the patient's data, in plain words.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AccessEntry {
-    at: String,
-    at_ms: i64,
-    who: String,
-    what: String,
-    refused: bool,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AccessLog {
-    entries: Vec<AccessEntry>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_after: Option<u64>,
-}
-
-/// `GET /v1/me/access-log`: who accessed the calling patient's data, when, and what they
-/// did, newest records last.
-#[utoipa::path(get, path = "/v1/me/access-log", tag = "audit", params(AccessLogQuery), responses((status = 403, description = "not a patient", body = crate::http::errors::ProblemDocument), (status = 200, body = AccessLog)), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
-pub async fn access_log(
-    State(state): State<AppState>,
-    access: Access,
-    Caller(caller): Caller,
-    Query(query): Query<AccessLogQuery>,
-) -> Result<Json<AccessLog>, Problem> {
-    let Principal::Patient(patient) = &caller.principal else {
-        tracing::info!(reason = "not_a_patient", "authorisation refused");
-        return Err(Problem::new(ProblemKind::Forbidden));
-    };
-    let pid = patient.pid.expose().to_owned();
-    let limit = page_limit(query.limit)?;
-    let mut record = access.record(&caller, Action::AuditRead, "access-log");
-    record.patient = Some(pid.clone());
-    record_read(&state, record).await?;
-    let filter = AuditFilter {
-        patient: Some(pid.clone()),
-        ..AuditFilter::default()
-    };
-    let found = state.store.audit_page(&filter, query.after, limit).await?;
-    let next_after = (i64::try_from(found.len()).ok() == Some(limit))
-        .then(|| found.last().and_then(|s| s.leaf_index))
-        .flatten();
-    let mut clinics: HashMap<String, Option<String>> = HashMap::new();
-    let mut entries = Vec::with_capacity(found.len());
-    for stored in found {
-        let r = &stored.record;
-        let organisation = match &r.principal_organisation {
-            Some(org) => {
-                if !clinics.contains_key(org) {
-                    let name = state.store.clinic_name(org).await?;
-                    clinics.insert(org.clone(), name);
-                }
-                clinics
-                    .get(org)
-                    .cloned()
-                    .flatten()
-                    .or_else(|| Some(format!("organisation {org}")))
-            }
-            None => None,
-        };
-        entries.push(AccessEntry {
-            at: fhir::instant(r.recorded_at_ms),
-            at_ms: r.recorded_at_ms,
-            who: who(r, &pid, organisation.as_deref()),
-            what: what(r),
-            refused: r.outcome == Outcome::Refused,
-        });
-    }
-    Ok(Json(AccessLog {
-        entries,
-        next_after,
-    }))
-}
-
-/// Who acted, for the patient: a role and organisation, never an internal id.
-fn who(r: &Record, pid: &str, organisation: Option<&str>) -> String {
-    let at = organisation.map(|o| format!(" at {o}")).unwrap_or_default();
-    match r.principal_kind.as_str() {
-        "patient" if r.principal_id.as_deref() == Some(pid) => "You".to_owned(),
-        "patient" => "Another patient".to_owned(),
-        "clinician" => match &r.principal_id {
-            Some(hpr) => format!("Health professional (HPR {hpr}){at}"),
-            None => format!("Health professional{at}"),
-        },
-        "system" => format!("Treatment platform{at}"),
-        _ => "Unknown".to_owned(),
-    }
-}
-
-/// What was done, in plain words.
-fn what(r: &Record) -> String {
-    let done = match (r.action, r.resource_type.as_str()) {
-        (Action::Read, "messages") => "read your messages",
-        (Action::Read, "receipts") => "looked at which of your messages were read",
-        (Action::Read, "attachment") => "opened an attachment in your treatment",
-        (Action::Read | Action::Search, "episode" | "episodes") => "looked at your treatment",
-        (Action::Read, _) => "looked at your data",
-        (Action::Search, _) => "searched your data",
-        (Action::Create, "episode") => "registered your treatment",
-        (Action::Create, "messages") => "sent a message in your treatment",
-        (Action::Create, "attachment") => "added an attachment to your treatment",
-        (Action::Create, _) => "added to your data",
-        (Action::Update, "care-team") => "changed who treats you",
-        (Action::Update, "episode") => "changed the status of your treatment",
-        (Action::Update, "receipts") => "marked messages as received or read",
-        (Action::Update, _) => "changed your data",
-        (Action::Export, _) => "copied your data to your health record",
-        (Action::Login, _) => "logged in",
-        (Action::Logout, _) => "logged out",
-        (Action::KeyPublish, _) => "added a device key",
-        (Action::KeyRevoke, _) => "removed a device key",
-        (Action::AuditRead, _) => "looked at who accessed your data",
-    };
-    if r.outcome == Outcome::Refused {
-        format!("tried to, but was not allowed to: {done}")
-    } else {
-        done.to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::audit::tests::sample;
-
-    #[test]
-    fn plain_words_name_roles_not_internal_ids() {
-        let r = sample(1);
-        let who = who(&r, "01018512345", Some("Nettterapi Vest"));
-        assert_eq!(
-            who,
-            "Health professional (HPR 565501872) at Nettterapi Vest"
-        );
-        assert_eq!(what(&r), "read your messages");
-        let mut system = sample(2);
-        system.principal_kind = "system".into();
-        system.principal_id = Some("internal-client-7".into());
-        assert_eq!(super::who(&system, "x", None), "Treatment platform");
-        let mut me = sample(3);
-        me.principal_kind = "patient".into();
-        me.principal_id = Some("01018512345".into());
-        assert_eq!(super::who(&me, "01018512345", None), "You");
-        let refused = sample(4).refused("not_on_care_team");
-        assert!(what(&refused).contains("not allowed"));
-    }
 }

@@ -3,7 +3,7 @@
 //! is in the signed key log; everyone can check the log only grows.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -21,7 +21,7 @@ use crate::http::access::{manage, reach};
 use crate::http::errors::invalid;
 use crate::http::errors::{Problem, ProblemKind};
 use crate::http::extractors::ApiJson;
-use crate::http::extractors::Caller;
+use crate::http::extractors::{ApiQuery, Caller};
 use crate::http::state::AppState;
 use crate::storage::{DeviceRecord, Owner, Published, now_ms};
 use crate::views::CheckpointView;
@@ -329,7 +329,7 @@ pub async fn episode_devices(
     access: Access,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
-    Query(query): Query<EpisodeDevicesQuery>,
+    ApiQuery(query): ApiQuery<EpisodeDevicesQuery>,
 ) -> Result<Json<DirectoryView>, Problem> {
     let (episode, clinic, team, record) = reach(
         &state,
@@ -392,7 +392,7 @@ pub struct KeyConsistencyView {
 pub async fn key_consistency(
     State(state): State<AppState>,
     Caller(_caller): Caller,
-    Query(query): Query<KeyConsistencyQuery>,
+    ApiQuery(query): ApiQuery<KeyConsistencyQuery>,
 ) -> Result<Json<KeyConsistencyView>, Problem> {
     let head = state
         .store

@@ -2,7 +2,7 @@
 //! and its life cycle.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use icbt_auth::identity::HprNumber;
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::access::{manage, reach, visible};
 use super::errors::{Problem, ProblemKind, invalid};
-use super::extractors::{ApiJson, Caller, PageQuery, page_limit};
+use super::extractors::{ApiJson, ApiQuery, Caller, PageQuery, page_limit};
 use super::state::AppState;
 use crate::audit::{Access, Action};
 use crate::domain::episode::{Clinic, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber};
@@ -151,7 +151,7 @@ pub async fn list_episodes(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<EpisodeList>, Problem> {
     let limit = page_limit(query.limit)?;
     let mut episodes = Vec::new();

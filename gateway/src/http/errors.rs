@@ -57,6 +57,7 @@ pub enum ProblemKind {
     KindNotAllowed,
     RateLimited,
     TooManyStreams,
+    SearchTooBroad,
     EnvelopeMalformed,
     EnvelopeBindingMismatch,
     EnvelopeSenderNotADevice,
@@ -75,7 +76,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 49] = [
+    pub const ALL: [ProblemKind; 50] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -111,6 +112,7 @@ impl ProblemKind {
         Self::KindNotAllowed,
         Self::RateLimited,
         Self::TooManyStreams,
+        Self::SearchTooBroad,
         Self::EnvelopeMalformed,
         Self::EnvelopeBindingMismatch,
         Self::EnvelopeSenderNotADevice,
@@ -165,6 +167,7 @@ impl ProblemKind {
             Self::KindNotAllowed => "kind-not-allowed",
             Self::RateLimited => "rate-limited",
             Self::TooManyStreams => "too-many-streams",
+            Self::SearchTooBroad => "search-too-broad",
             Self::EnvelopeMalformed => "envelope-malformed",
             Self::EnvelopeBindingMismatch => "envelope-binding-mismatch",
             Self::EnvelopeSenderNotADevice => "envelope-sender-not-a-device",
@@ -223,7 +226,8 @@ impl ProblemKind {
             | Self::EnvelopeSenderNotADevice
             | Self::EnvelopeRecipientMissing
             | Self::EnvelopeRecipientUnknown
-            | Self::JournalKeyMissing => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::JournalKeyMissing
+            | Self::SearchTooBroad => StatusCode::UNPROCESSABLE_ENTITY,
             Self::EpisodeIdConflict
             | Self::InvalidTransition
             | Self::EpisodeClosed
@@ -276,6 +280,7 @@ impl ProblemKind {
                 "Too many requests from this principal; retry after the given time"
             }
             Self::TooManyStreams => "Too many open event streams and long polls for this principal",
+            Self::SearchTooBroad => "The search ran out of time: narrow it",
             Self::EnvelopeMalformed => "The sealed envelope is not a valid icbt envelope",
             Self::EnvelopeBindingMismatch => {
                 "The envelope's protected header names another episode, message or kind"
@@ -439,6 +444,11 @@ impl From<crate::storage::StorageError> for Problem {
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             )
             | StorageError::Connect { .. } => Problem::new(ProblemKind::StorageUnavailable),
+            StorageError::TooBroad { limit_ms } => Problem::new(ProblemKind::SearchTooBroad)
+                .detail(format!(
+                    "the search did not finish within {limit_ms} ms: add a patient, principal or episode, or a shorter time range"
+                ))
+                .with("limit_ms", limit_ms),
             _ => Problem::new(ProblemKind::Internal),
         }
     }

@@ -2,7 +2,7 @@
 //! with its access record and journal outbox entry) and the history.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::access::{admit, reach};
 use super::errors::{Problem, ProblemKind, invalid};
-use super::extractors::{ApiJson, Caller, PageQuery, page_limit};
+use super::extractors::{ApiJson, ApiQuery, Caller, PageQuery, page_limit};
 use super::state::AppState;
 use crate::audit::{Access, Action};
 use crate::domain::attachments::is_sha256_hex;
@@ -278,7 +278,7 @@ pub async fn list_messages(
     access: Access,
     Caller(caller): Caller,
     Path(episode_id): Path<Uuid>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<MessagePage>, Problem> {
     let limit = page_limit(query.limit)?;
     let after = query.after.unwrap_or(0);

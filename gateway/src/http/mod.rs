@@ -9,10 +9,12 @@
 //! → [`crate::storage`] commits → the handler's view → the response.
 
 pub mod access;
+pub mod access_log;
 pub mod attachments;
 pub mod audit;
 pub mod auth;
 pub mod checkpoints;
+pub mod console;
 pub mod dev_idp;
 pub mod devices;
 pub mod episodes;
@@ -23,6 +25,7 @@ pub mod messages;
 pub mod middleware;
 pub mod operations;
 pub mod receipts;
+pub mod review;
 pub mod state;
 pub mod stream;
 pub mod web_app;
@@ -114,7 +117,9 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::checkpoint))
         .routes(routes!(audit::inclusion))
         .routes(routes!(audit::consistency))
-        .routes(routes!(audit::access_log))
+        .routes(routes!(access_log::access_log))
+        .routes(routes!(access_log::patient_timeline))
+        .routes(routes!(review::report))
         .routes(routes!(checkpoints::access_log))
         .routes(routes!(checkpoints::key_log))
         .routes(routes!(login::start))
@@ -208,6 +213,9 @@ pub fn router(state: AppState, metrics_enabled: bool) -> Router {
     }
     if let Some(dir) = &state.web_app {
         router = router.merge(web_app::routes(dir));
+    }
+    if state.console.is_some() {
+        router = router.merge(console::routes());
     }
     router
         .fallback(operations::not_found)

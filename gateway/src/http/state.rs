@@ -38,6 +38,8 @@ pub struct AppState {
     /// The built web clients (`web/dist`); the reference client is served under `/app/`
     /// (dev sandbox only).
     pub web_app: Option<std::path::PathBuf>,
+    /// The security team's console at `/console/`; `None` when `console.enabled` is off.
+    pub console: Option<Arc<crate::http::console::Console>>,
 }
 
 /// Where uploads wait while they are checked, and how large they may be.

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt as _};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::principal_key;
 use super::errors::{Problem, ProblemKind, invalid};
-use super::extractors::{Caller, page_limit};
+use super::extractors::{ApiQuery, Caller, page_limit};
 use super::state::AppState;
 use crate::audit::Access;
 use crate::push::Slot;
@@ -78,7 +78,7 @@ pub async fn stream(
     access: Access,
     Caller(caller): Caller,
     headers: HeaderMap,
-    Query(query): Query<StreamQuery>,
+    ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let filter = filter_for(&state, &caller)?;
     let resume = headers
@@ -141,7 +141,7 @@ pub async fn inbox(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Query(query): Query<InboxQuery>,
+    ApiQuery(query): ApiQuery<InboxQuery>,
 ) -> Result<Json<InboxPage>, Problem> {
     let filter = filter_for(&state, &caller)?;
     let after = query

@@ -222,21 +222,43 @@ impl Store {
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         super::audit::insert(&mut tx, audit).await?;
+        let now = now_ms();
         sqlx::query("DELETE FROM care_team WHERE episode_id = $1")
             .bind(episode.to_string())
             .execute(&mut *tx)
             .await?;
+        // The history the review reports read: the old team's stretch ends now, the new
+        // one's starts now.
+        sqlx::query(
+            "UPDATE care_team_periods SET to_ms = $1 WHERE episode_id = $2 AND to_ms IS NULL",
+        )
+        .bind(now)
+        .bind(episode.to_string())
+        .execute(&mut *tx)
+        .await?;
         for member in team {
+            let role = if member.cover { "cover" } else { "therapist" };
             sqlx::query("INSERT INTO care_team (episode_id, hpr_number, role, until_ms) VALUES ($1, $2, $3, $4)")
                 .bind(episode.to_string())
                 .bind(member.hpr_number.as_str())
-                .bind(if member.cover { "cover" } else { "therapist" })
+                .bind(role)
                 .bind(member.until_ms)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(
+                "INSERT INTO care_team_periods (episode_id, hpr_number, role, until_ms, from_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(episode.to_string())
+            .bind(member.hpr_number.as_str())
+            .bind(role)
+            .bind(member.until_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query("UPDATE episodes SET updated_at_ms = $1 WHERE id = $2")
-            .bind(now_ms())
+            .bind(now)
             .bind(episode.to_string())
             .execute(&mut *tx)
             .await?;

@@ -61,7 +61,10 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0014_episode_order.sql"),
     ),
     (15, "checkpoint notes", CHECKPOINT_NOTES, CHECKPOINT_NOTES),
+    (16, "review", REVIEW, REVIEW),
 ];
+
+const REVIEW: &str = include_str!("../../migrations/0016_review.sql");
 
 const CHECKPOINT_NOTES: &str = include_str!("../../migrations/0015_checkpoint_notes.sql");
 

@@ -14,6 +14,7 @@ mod migrations;
 mod outbox;
 mod receipts;
 mod replay;
+mod review;
 mod rows;
 mod sessions;
 pub mod stream;
@@ -31,6 +32,7 @@ pub use messaging::{
 };
 pub use outbox::{Claim, Finish, OutboxCounts, OutboxKind, OutboxRow};
 pub use receipts::ReceiptMarks;
+pub use review::TeamPeriod;
 pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;
@@ -85,6 +87,8 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(&'static str),
+    #[error("the query did not finish within {limit_ms} ms")]
+    TooBroad { limit_ms: u64 },
     #[error("cannot sign a checkpoint: {0}")]
     Sign(#[from] icbt_merkle::CheckpointError),
 }

@@ -295,10 +295,11 @@ impl Store {
             Finish::Dead { error, outcome } => {
                 sqlx::query(
                     "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = $1, \
-                     outcome = $2 WHERE id = $3",
+                     outcome = $2, done_at_ms = $3 WHERE id = $4",
                 )
                 .bind(error)
                 .bind(outcome.clone())
+                .bind(now_ms())
                 .bind(row.id)
                 .execute(&mut *conn)
                 .await?;
@@ -363,6 +364,27 @@ impl Store {
         )))
         .bind(state)
         .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(super::rows::read::<OutboxRow>).collect()
+    }
+
+    /// Rows that went dead in `[from_ms, to_ms)` (rows that died before the time was kept
+    /// count from when they were written), oldest first, at most `limit`.
+    pub async fn dead_letters_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM outbox WHERE state = 'dead' \
+             AND COALESCE(done_at_ms, created_at_ms) >= $1 AND COALESCE(done_at_ms, created_at_ms) < $2 \
+             ORDER BY id LIMIT $3"
+        )))
+        .bind(from_ms)
+        .bind(to_ms)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -1,14 +1,17 @@
 //! What a handler learns from a request before it runs: who the caller is ([`Caller`],
 //! from a token and DPoP proof or a login session), where the request came from for the
-//! access log ([`Access`]), a JSON body that fails as a problem document ([`ApiJson`]),
+//! access log ([`Access`]), a JSON body and a query string that fail as problem documents
+//! ([`ApiJson`], [`ApiQuery`]),
 //! and the page asked for.
 
 mod caller;
 mod json;
+mod query;
 mod session;
 
 pub use caller::Caller;
 pub use json::{ApiJson, parse};
+pub use query::ApiQuery;
 pub use session::{SESSION_COOKIE, session_cookie, session_id_hash};
 
 use std::net::SocketAddr;

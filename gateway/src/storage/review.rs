@@ -1,0 +1,81 @@
+//! What the review reports read: a time window of the access log in order, and the
+//! care-team history of the episodes in it. The rules are in [`crate::audit::review`].
+
+use uuid::Uuid;
+
+use super::audit::COLUMNS;
+use super::{StorageError, Store, rows};
+use crate::domain::audit::Stored;
+
+/// One stretch of a member's place on an episode's care team (`care_team_periods`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamPeriod {
+    pub episode: Uuid,
+    pub hpr_number: String,
+    pub from_ms: i64,
+    /// When the team was next replaced; none while it holds.
+    pub to_ms: Option<i64>,
+    /// A cover's own end.
+    pub until_ms: Option<i64>,
+}
+
+/// `episode_id, hpr_number, from_ms, to_ms, until_ms`.
+type PeriodRow = (String, String, i64, Option<i64>, Option<i64>);
+
+impl Store {
+    /// Up to `limit` sequenced records of `[from_ms, to_ms)` after `after` (time, tree
+    /// position), in that order. The `audit_records_time` index serves it.
+    pub async fn audit_window(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<(i64, u64)>,
+        limit: i64,
+    ) -> Result<Vec<Stored>, StorageError> {
+        let (at, index) = after.map_or((from_ms, -1), |(at, i)| {
+            (at, i64::try_from(i).unwrap_or(i64::MAX))
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+             WHERE leaf_index IS NOT NULL AND recorded_at_ms >= $1 AND recorded_at_ms < $2 \
+             AND (recorded_at_ms > $3 OR (recorded_at_ms = $3 AND leaf_index > $4)) \
+             ORDER BY recorded_at_ms, leaf_index LIMIT $5"
+        )))
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(at)
+        .bind(index)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::read::<Stored>).collect()
+    }
+
+    /// Every care-team stretch that overlaps `[from_ms, to_ms)`.
+    pub async fn team_periods_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TeamPeriod>, StorageError> {
+        let rows: Vec<PeriodRow> = sqlx::query_as(
+            "SELECT episode_id, hpr_number, from_ms, to_ms, until_ms FROM care_team_periods \
+             WHERE from_ms < $1 AND (to_ms IS NULL OR to_ms > $2)",
+        )
+        .bind(to_ms)
+        .bind(from_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(episode, hpr_number, from_ms, to_ms, until_ms)| {
+                Ok(TeamPeriod {
+                    episode: Uuid::parse_str(&episode)
+                        .map_err(|_| StorageError::Corrupt("care_team_periods.episode_id"))?,
+                    hpr_number,
+                    from_ms,
+                    to_ms,
+                    until_ms,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,143 @@
+//! The security team's console (`/console/`) in Debian's Chromium, driven by
+//! puppeteer-core (`tests/peers/console.mjs`), on both backends: people who are not
+//! auditors are refused and recorded, the auditor logs in through the dev HelseID,
+//! searches, opens and exports a patient's timeline with every record proven in the
+//! browser, follows a review report to its records, and the integrity panel turns red
+//! naming the record once a row is changed in the database. axe-core finds no serious or
+//! critical violations. Screenshots and the printed PDF are kept in
+//! `target/console-screenshots/<backend>/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use icbt_e2e::{
+    Gateway, GatewayOptions, backends, chromium, connect_database, free_port, web_dist,
+};
+use serde_json::Value;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The national id number of `name` in the sandbox's people file.
+fn pid_of(gw: &Gateway, name: &str) -> String {
+    let text = std::fs::read_to_string(gw.data_dir.path().join("dev/people.toml")).unwrap();
+    let people: toml::Value = text.parse().unwrap();
+    people["person"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap()["pid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Changes the access record at `index` in the database, as someone who can write it.
+async fn tamper(gw: &Gateway, index: i64) {
+    let mut db = connect_database(gw.data_dir.path(), gw.database()).await;
+    let changed = sqlx::query(
+        "UPDATE audit_records SET resource_type = resource_type || '-x' WHERE leaf_index = $1",
+    )
+    .bind(index)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+}
+
+#[tokio::test]
+async fn an_auditor_reviews_proves_and_exports_in_a_real_browser_and_sees_a_changed_row() {
+    let chromium = chromium();
+    let dist = web_dist();
+    for backend in backends() {
+        let port = free_port();
+        let gw = Gateway::start_with(
+            backend,
+            GatewayOptions {
+                sandbox: true,
+                env: vec![
+                    ("ICBT_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+                    (
+                        "ICBT_CONSOLE__ASSETS_DIR".into(),
+                        dist.join("console").to_str().unwrap().into(),
+                    ),
+                ],
+                ..Default::default()
+            },
+        )
+        .await;
+        let made = gw.dev_command(&["episode", "--patient", "kari", "--therapist", "terje"]);
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let patient = pid_of(&gw, "kari");
+        let shots = repository().join(format!("target/console-screenshots/{backend:?}"));
+        std::fs::create_dir_all(&shots).unwrap();
+        let peers = repository().join("tests/peers");
+        let mut scenario = Command::new("node")
+            .arg(peers.join("console.mjs"))
+            .args(["--origin", &gw.origin()])
+            .args(["--chromium", chromium.to_str().unwrap()])
+            .args(["--shots", shots.to_str().unwrap()])
+            .args(["--patient", &patient])
+            .current_dir(&peers)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut to_scenario = scenario.stdin.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = scenario.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut summary = None;
+        while let Some(line) = tokio::time::timeout(std::time::Duration::from_mins(3), rx.recv())
+            .await
+            .expect("the browser scenario went quiet for three minutes")
+        {
+            if let Some(index) = line.strip_prefix("TAMPER ") {
+                tamper(&gw, index.parse().unwrap()).await;
+                writeln!(to_scenario, "TAMPERED").unwrap();
+            } else {
+                summary = Some(line);
+            }
+        }
+        let status = scenario.wait().unwrap();
+        let summary: Value = serde_json::from_str(&summary.expect("a summary line")).unwrap();
+        assert!(status.success(), "{backend:?}: {summary}");
+        assert_eq!(summary["failures"], serde_json::json!([]), "{backend:?}");
+        for (page, found) in summary["violations"].as_object().unwrap() {
+            assert_eq!(found, &serde_json::json!([]), "{backend:?}: axe on {page}");
+        }
+        for shot in [
+            "login.png",
+            "refused.png",
+            "search.png",
+            "timeline.png",
+            "timeline.pdf",
+            "reports.png",
+            "tampered.png",
+        ] {
+            assert!(shots.join(shot).exists(), "{shot}");
+        }
+        assert!(
+            !gw.logs().iter().any(|l| l.contains(&patient)),
+            "no national identity number in the gateway's logs"
+        );
+    }
+}
