@@ -490,6 +490,22 @@ async function personPage(params) {
   }
 }
 
+/** Why a report row is there, in the console's words (the API's `detail` is English). */
+function why(row) {
+  switch (row.kind) {
+    case 'off-team':
+      return row.detail.includes('refused') ? 'forsøkte uten å være i behandlingsteamet, og ble avvist' : 'ikke i behandlingsteamet på det tidspunktet';
+    case 'after-hours':
+      return 'utenfor arbeidstid';
+    case 'many-patients':
+      return `${row.patients} ulike pasienter på én dag`;
+    case 'refusal-bursts':
+      return `${row.count} avvisninger tett i tid`;
+    default:
+      return `eksporten feilet: ${row.detail}`;
+  }
+}
+
 const dateInput = (ms) => (ms ? new Date(Number(ms)).toISOString().slice(0, 10) : '');
 const DAY = 86_400_000;
 
@@ -549,7 +565,7 @@ async function reportsPage(params) {
           el('td', {}, time(row.first_ms)),
           el('td', {}, time(row.last_ms)),
           el('td', {}, String(row.count)),
-          el('td', {}, row.detail),
+          el('td', {}, why(row)),
           el('td', {}, el('a', { href: `#/sok?${link}` }, row.kind === 'dead-letters' ? `Vis forløpets poster (eksport ${row.dead_letters.join(', ')})` : `Vis ${row.count} poster`)));
       })))));
   } catch (e) {

@@ -20,7 +20,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Action, Outcome, Stored};
-use crate::storage::{StorageError, Store, TeamPeriod};
+use crate::storage::{StorageError, Store, TeamPeriod, WindowRecords};
 
 /// The reports there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -497,7 +497,14 @@ pub async fn run(
             complete = false;
             break;
         }
-        let page = store.audit_window(from_ms, to_ms, cursor, PAGE).await?;
+        let only = if kind == Kind::RefusalBursts {
+            WindowRecords::Refused
+        } else {
+            WindowRecords::Personnel
+        };
+        let page = store
+            .audit_window(from_ms, to_ms, only, cursor, PAGE)
+            .await?;
         for stored in &page {
             reviewer.feed(stored);
         }

@@ -32,7 +32,7 @@ pub use messaging::{
 };
 pub use outbox::{Claim, Finish, OutboxCounts, OutboxKind, OutboxRow};
 pub use receipts::ReceiptMarks;
-pub use review::TeamPeriod;
+pub use review::{TeamPeriod, WindowRecords};
 pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;

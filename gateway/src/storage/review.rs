@@ -19,16 +19,36 @@ pub struct TeamPeriod {
     pub until_ms: Option<i64>,
 }
 
+/// Which records of a window a report needs: the database leaves the rest out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowRecords {
+    /// Records of health personnel (`principal_kind = 'clinician'`).
+    Personnel,
+    /// Refusals.
+    Refused,
+}
+
+impl WindowRecords {
+    fn condition(self) -> &'static str {
+        match self {
+            Self::Personnel => "principal_kind = 'clinician'",
+            Self::Refused => "outcome = 'refused'",
+        }
+    }
+}
+
 /// `episode_id, hpr_number, from_ms, to_ms, until_ms`.
 type PeriodRow = (String, String, i64, Option<i64>, Option<i64>);
 
 impl Store {
-    /// Up to `limit` sequenced records of `[from_ms, to_ms)` after `after` (time, tree
-    /// position), in that order. The `audit_records_time` index serves it.
+    /// Up to `limit` sequenced records of `[from_ms, to_ms)` of the kind `only` names,
+    /// after `after` (time, tree position), in that order. The `audit_records_time` index
+    /// serves it.
     pub async fn audit_window(
         &self,
         from_ms: i64,
         to_ms: i64,
+        only: WindowRecords,
         after: Option<(i64, u64)>,
         limit: i64,
     ) -> Result<Vec<Stored>, StorageError> {
@@ -38,8 +58,9 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
              WHERE leaf_index IS NOT NULL AND recorded_at_ms >= $1 AND recorded_at_ms < $2 \
-             AND (recorded_at_ms > $3 OR (recorded_at_ms = $3 AND leaf_index > $4)) \
-             ORDER BY recorded_at_ms, leaf_index LIMIT $5"
+             AND (recorded_at_ms > $3 OR (recorded_at_ms = $3 AND leaf_index > $4)) AND {} \
+             ORDER BY recorded_at_ms, leaf_index LIMIT $5",
+            only.condition()
         )))
         .bind(from_ms)
         .bind(to_ms)
