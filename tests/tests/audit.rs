@@ -553,6 +553,16 @@ fn verify_at(
     database: Option<&TestDatabase>,
     extra: &[(&str, &str)],
 ) -> std::process::Output {
+    verify_with(data_dir, database, extra, &[])
+}
+
+/// [`verify_at`] with more arguments to `audit verify`.
+fn verify_with(
+    data_dir: &Path,
+    database: Option<&TestDatabase>,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     let key = audit_signing_key();
     let mut env: Vec<(&str, &str)> = vec![
         ("ICBT_STORAGE__DATA_DIR", data_dir.to_str().unwrap()),
@@ -563,7 +573,9 @@ fn verify_at(
         env.push(("ICBT_STORAGE__URL", &db.url));
     }
     env.extend_from_slice(extra);
-    run_cli(&["audit", "verify", "--dev"], &env, data_dir)
+    let mut all = vec!["audit", "verify", "--dev"];
+    all.extend_from_slice(args);
+    run_cli(&all, &env, data_dir)
 }
 
 async fn connect(gw_data: &Path, database: Option<&TestDatabase>) -> sqlx::AnyConnection {
@@ -904,6 +916,46 @@ async fn checkpoints_are_c2sp_notes_that_an_independent_verifier_accepts_and_old
                 "checkpoint at size {smallest} is not validly signed"
             )),
             "{backend:?}: {report}"
+        );
+
+        // A log cut back to an earlier checkpoint, its later checkpoints with it, passes
+        // on its own; the checkpoint the security team kept outside does not let it.
+        let back_to = access.checkpoint.size;
+        assert!(access_after.checkpoint.size > back_to);
+        let kept = forged.dir.path().join("kept-checkpoint.txt");
+        std::fs::write(&kept, access_after.note().unwrap()).unwrap();
+        let cut = copy_of(&w.gw).await;
+        cut.tamper(&[
+            &format!("DELETE FROM audit_records WHERE leaf_index >= {back_to}"),
+            &format!("DELETE FROM audit_checkpoints WHERE size > {back_to}"),
+        ])
+        .await;
+        let alone = cut.verify(&[]);
+        assert!(alone.starts_with("OK"), "{backend:?}: {alone}");
+        let held = output(&verify_with(
+            cut.dir.path(),
+            cut.database.as_ref(),
+            &[],
+            &["--trusted-checkpoint", kept.to_str().unwrap()],
+        ));
+        assert!(
+            held.contains(&format!(
+                "a checkpoint kept outside the database covers {} records, but the log holds {back_to}",
+                access_after.checkpoint.size
+            )),
+            "{backend:?}: {held}"
+        );
+        // A file that is no checkpoint of this log is refused, not ignored.
+        std::fs::write(&kept, "not a note\n").unwrap();
+        let refused = output(&verify_with(
+            cut.dir.path(),
+            cut.database.as_ref(),
+            &[],
+            &["--trusted-checkpoint", kept.to_str().unwrap()],
+        ));
+        assert!(
+            refused.contains("not a checkpoint note"),
+            "{backend:?}: {refused}"
         );
     }
 }

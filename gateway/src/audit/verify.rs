@@ -7,9 +7,11 @@
 //! pruned before its retention ended, a checkpoint whose root the records no longer give
 //! (a record altered *and* re-hashed: named to the span between two checkpoints), a bad
 //! signature, and records past the last checkpoint or checkpoints past the last record.
+//! Held to checkpoints kept outside the database ([`Verifier::with_outside`]), it also
+//! catches a log cut back, with its checkpoints, to an earlier state, or rewritten.
 
 use icbt_config::RetentionConfig;
-use icbt_merkle::{SignedCheckpoint, Tree};
+use icbt_merkle::{Checkpoint, SignedCheckpoint, Tree};
 
 use super::Stored;
 
@@ -42,6 +44,14 @@ pub enum Finding {
         "the checkpoint at size {size} covers more records than the log holds ({have}): records were deleted from the end"
     )]
     Truncated { size: u64, have: u64 },
+    #[error(
+        "the log at size {size} differs from a checkpoint kept outside the database: its history was rewritten"
+    )]
+    ForkedFromOutside { size: u64 },
+    #[error(
+        "a checkpoint kept outside the database covers {size} records, but the log holds {have}: records were removed from the end"
+    )]
+    TruncatedBelowOutside { size: u64, have: u64 },
 }
 
 /// How far from its place a moved record is recognised.
@@ -60,6 +70,8 @@ pub struct Report {
 pub struct Verifier<'a> {
     tree: Tree,
     checkpoints: std::iter::Peekable<std::vec::IntoIter<SignedCheckpoint>>,
+    /// Checkpoints kept outside the database, already verified, smallest first.
+    outside: std::iter::Peekable<std::vec::IntoIter<Checkpoint>>,
     checked: u64,
     last_checked_size: u64,
     trusted: Vec<Vec<u8>>,
@@ -79,6 +91,7 @@ impl<'a> Verifier<'a> {
         let mut verifier = Self {
             tree: Tree::new(),
             checkpoints: checkpoints.into_iter().peekable(),
+            outside: Vec::new().into_iter().peekable(),
             checked: 0,
             last_checked_size: 0,
             trusted,
@@ -89,6 +102,17 @@ impl<'a> Verifier<'a> {
         // A checkpoint of the empty log (there is none today, but it would be valid).
         verifier.check_checkpoints();
         verifier
+    }
+
+    /// Also holds the log to `heads`: checkpoints kept outside the database (by the security
+    /// team, a witness), whose signatures the caller has checked. The log must give each
+    /// one's root at its size: a log cut back below one, or rewritten before it, fails.
+    #[must_use]
+    pub fn with_outside(mut self, mut heads: Vec<Checkpoint>) -> Self {
+        heads.sort_by_key(|c| c.size);
+        self.outside = heads.into_iter().peekable();
+        self.check_outside();
+        self
     }
 
     /// Whether a problem was found (then feeding more changes nothing).
@@ -154,6 +178,23 @@ impl<'a> Verifier<'a> {
         };
         self.tree.push(hash);
         self.check_checkpoints();
+        self.check_outside();
+    }
+
+    fn check_outside(&mut self) {
+        while self.problem.is_none() {
+            let Some(next) = self.outside.peek() else {
+                return;
+            };
+            if next.size != self.tree.size() {
+                return;
+            }
+            if next.root != self.tree.root() {
+                self.problem = Some(Finding::ForkedFromOutside { size: next.size });
+                return;
+            }
+            self.outside.next();
+        }
     }
 
     fn check_checkpoints(&mut self) {
@@ -189,6 +230,14 @@ impl<'a> Verifier<'a> {
 
     /// The verdict once every record is fed.
     pub fn finish(mut self) -> Report {
+        if self.problem.is_none()
+            && let Some(next) = self.outside.peek()
+        {
+            self.problem = Some(Finding::TruncatedBelowOutside {
+                size: next.size,
+                have: self.tree.size(),
+            });
+        }
         if self.problem.is_none() {
             if let Some(next) = self.checkpoints.peek() {
                 self.problem = Some(Finding::Truncated {
@@ -369,6 +418,44 @@ mod tests {
             pruned: false,
         });
         assert_eq!(problem(&l), Some(Finding::Uncovered { index: 10 }));
+    }
+
+    #[test]
+    fn checkpoints_kept_outside_catch_truncation_and_rewrites() {
+        let l = log();
+        let kept = l.checkpoints[1].checkpoint.clone(); // size 7
+        let retention = RetentionConfig::default();
+        let outside = |log: &Log, heads: Vec<Checkpoint>| {
+            let mut v = Verifier::new(
+                log.checkpoints.clone(),
+                vec![log.signer.public_key().to_vec()],
+                &retention,
+                0,
+            )
+            .with_outside(heads);
+            for r in &log.records {
+                v.feed(r);
+            }
+            v.finish().problem
+        };
+        assert_eq!(outside(&l, vec![kept.clone()]), None);
+        // Cut back to 5 records, with the checkpoints past them: the log alone still
+        // verifies, the kept checkpoint does not let it.
+        let mut cut = log();
+        cut.records.truncate(4);
+        cut.checkpoints.truncate(1);
+        assert_eq!(problem(&cut), None);
+        assert_eq!(
+            outside(&cut, vec![kept.clone()]),
+            Some(Finding::TruncatedBelowOutside { size: 7, have: 4 })
+        );
+        // Another history of the same size.
+        let mut other = kept;
+        other.root = icbt_merkle::leaf_hash(b"another history");
+        assert_eq!(
+            outside(&l, vec![other]),
+            Some(Finding::ForkedFromOutside { size: 7 })
+        );
     }
 
     #[test]

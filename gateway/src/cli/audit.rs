@@ -8,6 +8,8 @@ use clap::Subcommand;
 use icbt_config::Config;
 
 use super::mode;
+use icbt_merkle::{Checkpoint, SignedCheckpoint};
+
 use crate::audit::review::{self, Kind};
 use crate::audit::sequencer::AuditLog;
 use crate::storage::Store;
@@ -22,6 +24,12 @@ pub enum AuditCommand {
         /// Use dev mode's defaults (SQLite in ./data).
         #[arg(long)]
         dev: bool,
+        /// A checkpoint note of the access log kept outside the database (as
+        /// `/logs/access/checkpoint` served it, saved by the security team or a witness).
+        /// The log must still give its root at its size: a log cut back or rewritten
+        /// fails. Repeatable.
+        #[arg(long = "trusted-checkpoint", value_name = "FILE")]
+        trusted_checkpoints: Vec<PathBuf>,
     },
     /// Run a review report over a time range and print it, as the console's reports page
     /// shows it: `off-team`, `after-hours`, `many-patients`, `refusal-bursts` or
@@ -63,7 +71,7 @@ pub enum AuditCommand {
 
 pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
     let (config, dev) = match command {
-        AuditCommand::Verify { config, dev }
+        AuditCommand::Verify { config, dev, .. }
         | AuditCommand::Report { config, dev, .. }
         | AuditCommand::PublicKey { config, dev }
         | AuditCommand::VerifierKeys { config, dev } => (config.clone(), *dev),
@@ -134,12 +142,19 @@ pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AuditCommand::Verify { .. } => {
+        AuditCommand::Verify {
+            trusted_checkpoints,
+            ..
+        } => {
+            let outside = trusted_checkpoints
+                .iter()
+                .map(|path| kept_checkpoint(path, &log))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(verify_audit(&config, &log))
+            runtime.block_on(verify_audit(&config, &log, outside))
         }
     }
 }
@@ -147,6 +162,30 @@ pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)]
 fn print_line(line: &str) {
     println!("{line}");
+}
+
+/// A checkpoint note of the access log from `path`, signed by a key the log trusts.
+fn kept_checkpoint(path: &std::path::Path, log: &AuditLog) -> anyhow::Result<Checkpoint> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--trusted-checkpoint {}", path.display()))?;
+    let signed = SignedCheckpoint::from_note(&text).with_context(|| {
+        format!(
+            "--trusted-checkpoint {}: not a checkpoint note",
+            path.display()
+        )
+    })?;
+    if signed.checkpoint.origin != crate::audit::ORIGIN {
+        anyhow::bail!(
+            "--trusted-checkpoint {}: a checkpoint of `{}`, not of the access log",
+            path.display(),
+            signed.checkpoint.origin
+        );
+    }
+    let trusted: Vec<&[u8]> = log.trusted.iter().map(Vec::as_slice).collect();
+    signed
+        .verify(&trusted)
+        .with_context(|| format!("--trusted-checkpoint {}", path.display()))?;
+    Ok(signed.checkpoint)
 }
 
 /// A date (midnight in the review time zone), an RFC 3339 time, or Unix milliseconds.
@@ -169,7 +208,11 @@ fn instant(text: &str, settings: &review::Settings) -> anyhow::Result<i64> {
 }
 
 /// `audit verify`: one pass over the log in tree order.
-pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Result<()> {
+pub(crate) async fn verify_audit(
+    config: &Config,
+    log: &AuditLog,
+    outside: Vec<Checkpoint>,
+) -> anyhow::Result<()> {
     const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let store = Store::open(&config.storage).await?;
@@ -182,7 +225,8 @@ pub(crate) async fn verify_audit(config: &Config, log: &AuditLog) -> anyhow::Res
         log.trusted.clone(),
         &log.retention,
         crate::storage::now_ms(),
-    );
+    )
+    .with_outside(outside);
     let mut from = 0;
     loop {
         let page = log_now.scan(from, PAGE).await?;

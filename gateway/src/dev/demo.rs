@@ -571,7 +571,7 @@ impl Story {
         {
             print!("  {:<10} ", "auditor");
         }
-        crate::cli::verify_audit(config, &log).await?;
+        crate::cli::verify_audit(config, &log, Vec::new()).await?;
         let (_, own) = wait_for(|| async {
             let (status, page) = kari
                 .client
