@@ -15,6 +15,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -121,6 +122,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
+    /// 1 while the access log's head disagrees with its checkpoints and records wait.
+    audit_stuck: Gauge,
 }
 
 impl Default for Metrics {
@@ -138,10 +141,17 @@ impl Default for Metrics {
             "Time to answer an HTTP request",
             latency.clone(),
         );
+        let audit_stuck = Gauge::default();
+        registry.register(
+            "audit_sequencer_stuck",
+            "1 while the access log's cached head disagrees with its newest signed checkpoint, so no record joins the tree",
+            audit_stuck.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            audit_stuck,
         }
     }
 }
@@ -162,6 +172,12 @@ impl Metrics {
         self.latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Whether the access log's sequencer is stuck on a head that disagrees with its
+    /// checkpoints.
+    pub fn audit_stuck(&self, stuck: bool) {
+        self.audit_stuck.set(i64::from(stuck));
     }
 
     /// The Prometheus text exposition.

@@ -13,6 +13,7 @@ use icbt_merkle::Signer;
 use super::Action;
 use crate::push::Hub;
 use crate::storage::{StorageError, Store, now_ms};
+use crate::telemetry::Metrics;
 
 /// Records added to the tree per checkpoint at most, so that a record altered and
 /// re-hashed in the database is named to within this many. One batch is one UPDATE of
@@ -53,6 +54,9 @@ pub struct AuditLog {
     pub retention: RetentionConfig,
     /// What the review reports count as unusual.
     pub review: super::review::Settings,
+    /// Why records cannot join the tree, while they cannot (the head disagrees with the
+    /// signed checkpoints); for `/readyz`.
+    pub stuck: std::sync::Mutex<Option<String>>,
 }
 
 impl AuditLog {
@@ -77,6 +81,7 @@ impl AuditLog {
             retention: config.retention_days.clone(),
             review: super::review::Settings::from_config(&config.review)
                 .map_err(KeyError::Review)?,
+            stuck: std::sync::Mutex::new(None),
         })
     }
 
@@ -108,6 +113,29 @@ impl AuditLog {
         }
     }
 
+    /// Raises the alarm (log, metric, `/readyz`) when sequencing stops on a head that
+    /// disagrees with the checkpoints, and lowers it once it works again.
+    fn note_stuck(&self, result: &Result<u64, StorageError>, metrics: &Metrics) {
+        let Ok(mut stuck) = self.stuck.lock() else {
+            return;
+        };
+        match result {
+            Err(e @ StorageError::HeadMismatch { .. }) => {
+                if stuck.is_none() {
+                    tracing::error!(alarm = "audit_head_mismatch", error = %e, "the access log cannot grow: its cached head disagrees with its signed checkpoints; run `icbt-gateway audit verify`");
+                }
+                *stuck = Some(e.to_string());
+                metrics.audit_stuck(true);
+            }
+            Ok(_) if stuck.is_some() => {
+                tracing::info!("the access log grows again");
+                *stuck = None;
+                metrics.audit_stuck(false);
+            }
+            _ => {}
+        }
+    }
+
     /// Prunes records whose class has a retention that has passed.
     pub async fn prune(&self, store: &Store, now: i64) -> Result<u64, StorageError> {
         let mut total = 0;
@@ -128,13 +156,17 @@ impl AuditLog {
 
     /// Sequences every `interval`, yielding to deliveries of `hub`, and prunes once an
     /// hour; until the task is aborted.
-    pub async fn run(self: Arc<Self>, store: Store, hub: Arc<Hub>) {
+    pub async fn run(self: Arc<Self>, store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = None::<tokio::time::Instant>;
         loop {
             tick.tick().await;
-            if let Err(e) = self.sequence_yielding(&store, Some(&hub)).await {
+            let result = self.sequence_yielding(&store, Some(&hub)).await;
+            self.note_stuck(&result, &metrics);
+            if let Err(e) = result
+                && !matches!(e, StorageError::HeadMismatch { .. })
+            {
                 tracing::warn!(error = %e, "adding audit records to the tree failed; retrying");
             }
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_hours(1)) {

@@ -45,6 +45,10 @@ pub enum Finding {
     )]
     Truncated { size: u64, have: u64 },
     #[error(
+        "the cached tree head (audit_head) says size {head_size}, but the records give size {tree_size} with other peaks: the sequencer would extend a wrong tree"
+    )]
+    HeadMismatch { head_size: u64, tree_size: u64 },
+    #[error(
         "the log at size {size} differs from a checkpoint kept outside the database: its history was rewritten"
     )]
     ForkedFromOutside { size: u64 },
@@ -226,6 +230,23 @@ impl<'a> Verifier<'a> {
             self.checked += 1;
             self.checkpoints.next();
         }
+    }
+
+    /// The verdict once every record is fed, with the cached `audit_head` (its stored
+    /// size, and its tree when the peaks read as one) held to the tree the records give.
+    /// The records' own findings come first: the head is checked once they hold.
+    pub fn finish_with_head(self, (head_size, head): (u64, Option<&Tree>)) -> Report {
+        let fits =
+            head.is_some_and(|h| h.size() == self.tree.size() && h.peaks() == self.tree.peaks());
+        let tree_size = self.tree.size();
+        let mut report = self.finish();
+        if report.problem.is_none() && !fits {
+            report.problem = Some(Finding::HeadMismatch {
+                head_size,
+                tree_size,
+            });
+        }
+        report
     }
 
     /// The verdict once every record is fed.
@@ -455,6 +476,38 @@ mod tests {
         assert_eq!(
             outside(&l, vec![other]),
             Some(Finding::ForkedFromOutside { size: 7 })
+        );
+    }
+
+    #[test]
+    fn a_cached_head_that_disagrees_with_the_records_is_named() {
+        let l = log();
+        let retention = RetentionConfig::default();
+        let finish = |head: &Tree| {
+            let mut v = Verifier::new(
+                l.checkpoints.clone(),
+                vec![l.signer.public_key().to_vec()],
+                &retention,
+                0,
+            );
+            for r in &l.records {
+                v.feed(r);
+            }
+            v.finish_with_head((head.size(), Some(head))).problem
+        };
+        let mut right = Tree::new();
+        for r in &l.records {
+            right.push(icbt_merkle::from_hex(r.leaf_hash.as_deref().unwrap()).unwrap());
+        }
+        assert_eq!(finish(&right), None);
+        let mut longer = right.clone();
+        longer.push(icbt_merkle::leaf_hash(b"x"));
+        assert_eq!(
+            finish(&longer),
+            Some(Finding::HeadMismatch {
+                head_size: 11,
+                tree_size: 10
+            })
         );
     }
 

@@ -241,8 +241,9 @@ pub(crate) async fn verify_audit(
         }
         from = last + 1;
     }
+    let head = log_now.head().await?;
     log_now.close().await?;
-    let report = verifier.finish();
+    let report = verifier.finish_with_head((head.0, head.1.as_ref()));
     store.close().await;
     let seconds = started.elapsed().as_secs_f64();
     #[allow(clippy::print_stdout, clippy::cast_precision_loss)]

@@ -284,7 +284,11 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         &push,
         dev.as_ref().and_then(|(d, _)| d.sink.clone()),
     )?;
-    let sequencer = tokio::spawn(audit_log.clone().run(store.clone(), push.hub.clone()));
+    let sequencer = tokio::spawn(audit_log.clone().run(
+        store.clone(),
+        push.hub.clone(),
+        metrics.clone(),
+    ));
     let closing = push.closing.clone();
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let (limits, timeouts) = limits(&config);

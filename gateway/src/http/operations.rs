@@ -35,6 +35,13 @@ pub struct Ready {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Ready), (status = 503, body = crate::http::errors::ProblemDocument)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let r = state.store.readiness().await;
+    let stuck = state.audit.stuck.lock().ok().and_then(|s| s.clone());
+    if let Some(why) = stuck.filter(|_| r.reachable && r.migrations_applied) {
+        return Problem::new(ProblemKind::NotReady)
+            .detail(why)
+            .with("audit_log", "stuck")
+            .into_response();
+    }
     if r.reachable && r.migrations_applied {
         return Json(Ready {
             status: "ready",

@@ -155,7 +155,30 @@ impl Store {
             sqlx::query_as("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut tree = head.tree("audit_head")?;
+        // The head is a cache of the tree the signed checkpoints describe: extending one
+        // that disagrees with them (or does not read as a tree) would sign a wrong tree,
+        // so refuse and say so.
+        let newest: Option<CheckpointRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
+        )))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (signed_size, signed_root) = match newest {
+            Some(row) => {
+                let newest = row.signed(ORIGIN, "audit_checkpoints")?;
+                (newest.checkpoint.size, newest.checkpoint.root)
+            }
+            None => (0, icbt_merkle::empty_root()),
+        };
+        let mut tree = match head.tree("audit_head") {
+            Ok(tree) if tree.size() == signed_size && tree.root() == signed_root => tree,
+            _ => {
+                return Err(StorageError::HeadMismatch {
+                    head_size: head.stored_size(),
+                    checkpoint_size: signed_size,
+                });
+            }
+        };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM audit_records WHERE leaf_index IS NULL \
              ORDER BY recorded_at_ms, id LIMIT $1"
@@ -439,6 +462,15 @@ impl AuditSnapshot {
     }
 
     /// Every sequenced record from leaf index `from`, pruned or not, in tree order.
+    /// The cached head (`audit_head`), the tree the sequencer will extend: its stored
+    /// size, and the tree when its peaks fit that size.
+    pub async fn head(&mut self) -> Result<(u64, Option<icbt_merkle::Tree>), StorageError> {
+        let head: TreeHeadRow = sqlx::query_as("SELECT size, peaks FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok((head.stored_size(), head.tree("audit_head").ok()))
+    }
+
     pub async fn scan(&mut self, from: u64, limit: i64) -> Result<Vec<Stored>, StorageError> {
         scan(&mut *self.tx, from, limit).await
     }

@@ -87,6 +87,13 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(&'static str),
+    #[error(
+        "the access log's cached head (audit_head, size {head_size}) disagrees with its newest signed checkpoint (size {checkpoint_size}); records wait until an operator repairs it"
+    )]
+    HeadMismatch {
+        head_size: u64,
+        checkpoint_size: u64,
+    },
     #[error("the query did not finish within {limit_ms} ms")]
     TooBroad { limit_ms: u64 },
     #[error("cannot sign a checkpoint: {0}")]

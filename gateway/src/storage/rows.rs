@@ -335,6 +335,11 @@ pub(super) struct TreeHeadRow {
 }
 
 impl TreeHeadRow {
+    /// The size as stored, whether or not the peaks fit it.
+    pub(super) fn stored_size(&self) -> u64 {
+        u64::try_from(self.size).unwrap_or_default()
+    }
+
     /// The tree; `table` names the row in errors.
     pub(super) fn tree(&self, table: &'static str) -> Result<icbt_merkle::Tree, StorageError> {
         let peaks: Vec<icbt_merkle::Hash> = self
