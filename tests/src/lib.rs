@@ -22,6 +22,7 @@ pub mod idp;
 pub mod jose;
 pub mod otlp;
 pub mod relay;
+pub mod scenario;
 pub mod sealed;
 pub mod tamper;
 
@@ -74,6 +75,25 @@ fn built_binary(package: &str, bin: &str) -> PathBuf {
     target.join("debug").join(bin)
 }
 
+/// Runs `build` while holding `lock` (a file made with create-new), so test processes
+/// that build the same directory take turns; a panic in `build` still frees the lock.
+fn under_lock(lock: &Path, build: impl FnOnce() + std::panic::UnwindSafe) {
+    let started = Instant::now();
+    while std::fs::File::create_new(lock).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_mins(10),
+            "{} stayed locked for 10 minutes",
+            lock.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let result = std::panic::catch_unwind(build);
+    std::fs::remove_file(lock).ok();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// `web/` built (`npm ci`, `npm run build`; the pages bundle the SDK, which
 /// [`client_js`] builds first): its `dist/`, with the reference client in `app/` and the
 /// console in `console/`. Built once per test process; processes take turns through a
@@ -86,24 +106,10 @@ pub fn web_dist() -> PathBuf {
             .parent()
             .unwrap()
             .join("web");
-        let lock = web.join(".build.lock");
-        let started = Instant::now();
-        while std::fs::File::create_new(&lock).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_mins(10),
-                "{} stayed locked for 10 minutes",
-                lock.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let result = std::panic::catch_unwind(|| {
+        under_lock(&web.join(".build.lock"), || {
             npm(&web, &["ci", "--no-audit", "--no-fund", "--silent"]);
             npm(&web, &["run", "--silent", "build"]);
         });
-        std::fs::remove_file(&lock).ok();
-        if let Err(panic) = result {
-            std::panic::resume_unwind(panic);
-        }
         web.join("dist")
     })
     .clone()
@@ -119,16 +125,6 @@ pub fn client_js() -> PathBuf {
             .parent()
             .unwrap()
             .join("client-js");
-        let lock = dir.join(".build.lock");
-        let started = Instant::now();
-        while std::fs::File::create_new(&lock).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_mins(10),
-                "{} stayed locked for 10 minutes",
-                lock.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
         let built = |dir: &Path| -> bool {
             let Ok(out) = std::fs::metadata(dir.join("dist/browser/icbt-client.min.js"))
                 .and_then(|m| m.modified())
@@ -142,7 +138,7 @@ pub fn client_js() -> PathBuf {
                     .is_ok_and(|t| t <= out)
             })
         };
-        let result = std::panic::catch_unwind(|| {
+        under_lock(&dir.join(".build.lock"), || {
             if !dir.join("node_modules").exists() {
                 npm(&dir, &["ci", "--no-audit", "--no-fund", "--silent"]);
             }
@@ -150,10 +146,6 @@ pub fn client_js() -> PathBuf {
                 npm(&dir, &["run", "--silent", "build"]);
             }
         });
-        std::fs::remove_file(&lock).ok();
-        if let Err(panic) = result {
-            std::panic::resume_unwind(panic);
-        }
         dir
     })
     .clone()

@@ -9,14 +9,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code stops at the first surprise
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use icbt_e2e::scenario::Scenario;
 use icbt_e2e::{
     Gateway, GatewayOptions, backends, chromium, connect_database, free_port, web_dist,
 };
-use serde_json::Value;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,43 +82,24 @@ async fn an_auditor_reviews_proves_and_exports_in_a_real_browser_and_sees_a_chan
         let shots = repository().join(format!("target/console-screenshots/{backend:?}"));
         std::fs::create_dir_all(&shots).unwrap();
         let peers = repository().join("tests/peers");
-        let mut scenario = Command::new("node")
-            .arg(peers.join("console.mjs"))
-            .args(["--origin", &gw.origin()])
-            .args(["--chromium", chromium.to_str().unwrap()])
-            .args(["--shots", shots.to_str().unwrap()])
-            .args(["--patient", &patient])
-            .current_dir(&peers)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut to_scenario = scenario.stdin.take().unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let stdout = scenario.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut summary = None;
-        while let Some(line) = tokio::time::timeout(std::time::Duration::from_mins(3), rx.recv())
-            .await
-            .expect("the browser scenario went quiet for three minutes")
-        {
+        let mut scenario = Scenario::start(
+            &peers,
+            "console.mjs",
+            &[
+                ("origin", &gw.origin()),
+                ("chromium", chromium.to_str().unwrap()),
+                ("shots", shots.to_str().unwrap()),
+                ("patient", &patient),
+            ],
+            std::time::Duration::from_mins(3),
+        );
+        while let Some(line) = scenario.next_line().await {
             if let Some(index) = line.strip_prefix("TAMPER ") {
                 tamper(&gw, index.parse().unwrap()).await;
-                writeln!(to_scenario, "TAMPERED").unwrap();
-            } else {
-                summary = Some(line);
+                scenario.answer("TAMPERED");
             }
         }
-        let status = scenario.wait().unwrap();
-        let summary: Value = serde_json::from_str(&summary.expect("a summary line")).unwrap();
-        assert!(status.success(), "{backend:?}: {summary}");
-        assert_eq!(summary["failures"], serde_json::json!([]), "{backend:?}");
+        let summary = scenario.summary();
         for (page, found) in summary["violations"].as_object().unwrap() {
             assert_eq!(found, &serde_json::json!([]), "{backend:?}: axe on {page}");
         }

@@ -15,12 +15,11 @@
     clippy::too_many_lines
 )] // test code stops at the first surprise; the scenario reads top to bottom
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::scenario::Scenario;
 use icbt_e2e::tamper::rewrite_key_log;
 use icbt_e2e::{
     Gateway, GatewayOptions, backends, chromium, connect_database, free_port, web_dist,
@@ -104,42 +103,28 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
         let episode = printed.lines().last().unwrap().to_owned();
         let shots = repository().join(format!("target/web-app-screenshots/{backend:?}"));
         let peers = repository().join("tests/peers");
-        let mut scenario = Command::new("node")
-            .arg(peers.join("web-app.mjs"))
-            .args(["--origin", &gw.origin()])
-            .args(["--chromium", chromium.to_str().unwrap()])
-            .args(["--shots", shots.to_str().unwrap()])
-            .args(["--episode", &episode])
-            .current_dir(&peers)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut to_scenario = scenario.stdin.take().unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let stdout = scenario.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut summary = None;
-        while let Some(line) = tokio::time::timeout(std::time::Duration::from_mins(4), rx.recv())
-            .await
-            .expect("the browser scenario went quiet for four minutes")
-        {
+        let mut scenario = Scenario::start(
+            &peers,
+            "web-app.mjs",
+            &[
+                ("origin", &gw.origin()),
+                ("chromium", chromium.to_str().unwrap()),
+                ("shots", shots.to_str().unwrap()),
+                ("episode", &episode),
+            ],
+            std::time::Duration::from_mins(4),
+        );
+        while let Some(line) = scenario.next_line().await {
             if line == "RESTART" {
                 gw = gw.restart_after("KILL").await;
                 assert!(
                     gw.url.ends_with(&format!(":{port}")),
                     "same address after the restart"
                 );
-                writeln!(to_scenario, "RESTARTED").unwrap();
+                scenario.answer("RESTARTED");
             } else if let Some(message) = line.strip_prefix("TAMPER ") {
                 tamper(&gw, message).await;
-                writeln!(to_scenario, "TAMPERED").unwrap();
+                scenario.answer("TAMPERED");
             } else if let Some(device) = line.strip_prefix("REVOKE ") {
                 let token = gw.dev_command(&["token", "--as", "kari", "--raw"]);
                 let token = String::from_utf8(token.stdout).unwrap();
@@ -151,19 +136,14 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
                     .await
                     .unwrap();
                 assert_eq!(revoked.status(), 200, "{backend:?}");
-                writeln!(to_scenario, "REVOKED").unwrap();
+                scenario.answer("REVOKED");
             } else if let Some(device) = line.strip_prefix("FORK ") {
                 let attacker = icbt_envelope::DeviceKeys::generate().unwrap();
                 rewrite_key_log(&gw, device, attacker.encryption.public()).await;
-                writeln!(to_scenario, "FORKED").unwrap();
-            } else {
-                summary = Some(line);
+                scenario.answer("FORKED");
             }
         }
-        let status = scenario.wait().unwrap();
-        let summary: Value = serde_json::from_str(&summary.expect("a summary line")).unwrap();
-        assert!(status.success(), "{backend:?}: {summary}");
-        assert_eq!(summary["failures"], serde_json::json!([]), "{backend:?}");
+        scenario.summary();
         for shot in [
             "therapist-forked.png",
             "patient.png",

@@ -10,20 +10,15 @@ use std::path::PathBuf;
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::audit::Access;
 use crate::http::audit::auditor;
 use crate::http::errors::{Problem, ProblemKind};
 use crate::http::extractors::Caller;
 use crate::http::state::AppState;
-
-/// The console's own policy: its script, style and this origin's API, nothing else.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// The console's files as built into the binary (see `build.rs`).
 const INDEX: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/console/index.html"));
@@ -65,23 +60,17 @@ impl Console {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/console",
-            get(|| async { Redirect::permanent("/console/") }),
-        )
-        .route("/console/", get(index))
-        .route("/console/console.js", get(script))
-        .route("/console/console.css", get(style))
-        .route("/console/login", get(login))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        ))
+    super::web_app::page_headers(
+        Router::new()
+            .route(
+                "/console",
+                get(|| async { Redirect::permanent("/console/") }),
+            )
+            .route("/console/", get(index))
+            .route("/console/console.js", get(script))
+            .route("/console/console.css", get(style))
+            .route("/console/login", get(login)),
+    )
 }
 
 /// One of the console's files, from `assets_dir` when set.

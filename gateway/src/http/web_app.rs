@@ -18,6 +18,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::http::errors::{Problem, ProblemKind};
 use crate::http::state::AppState;
 
+/// The pages' policy: their script and style from this origin, this origin's API, and
+/// nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
@@ -35,10 +37,18 @@ pub fn routes(dir: &Path) -> Router<AppState> {
                 ))
             }
         }));
-    Router::new()
-        .route("/app", get(|| async { Redirect::permanent("/app/") }))
-        .route_service("/app/", files.clone())
-        .route_service("/app/{*file}", files)
+    page_headers(
+        Router::new()
+            .route("/app", get(|| async { Redirect::permanent("/app/") }))
+            .route_service("/app/", files.clone())
+            .route_service("/app/{*file}", files),
+    )
+}
+
+/// The headers of the gateway's own pages (this client, the console): their policy,
+/// and revalidation on every load so a new build is seen at once.
+pub(crate) fn page_headers(routes: Router<AppState>) -> Router<AppState> {
+    routes
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
