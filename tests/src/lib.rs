@@ -465,6 +465,52 @@ impl Gateway {
         run_cli(&full, &env, dir)
     }
 
+    /// A dev gateway with its sandbox on a port of its own (so a restart keeps the
+    /// address a browser has open), with `env` added.
+    pub async fn start_sandbox(backend: Backend, env: Vec<(String, String)>) -> (Self, u16) {
+        let port = free_port();
+        let mut all = vec![("ICBT_SERVER__BIND".to_owned(), format!("127.0.0.1:{port}"))];
+        all.extend(env);
+        let gw = Self::start_with(
+            backend,
+            GatewayOptions {
+                sandbox: true,
+                env: all,
+                ..Default::default()
+            },
+        )
+        .await;
+        (gw, port)
+    }
+
+    /// `dev episode` for kari and terje, as the platform would make it; its id.
+    pub fn dev_episode(&self) -> String {
+        let made = self.dev_command(&["episode", "--patient", "kari", "--therapist", "terje"]);
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        // What the platform did, then the id on the last line.
+        let printed = String::from_utf8(made.stdout).unwrap();
+        printed.lines().last().unwrap().to_owned()
+    }
+
+    /// `field` of the sandbox people file's entry named `name`.
+    pub fn sandbox_person(&self, name: &str, field: &str) -> String {
+        let text = std::fs::read_to_string(self.data_dir.path().join("dev/people.toml")).unwrap();
+        let people: toml::Value = text.parse().unwrap();
+        people["person"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .unwrap()[field]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Another gateway process on the same PostgreSQL database as `self` (for tests of
     /// several instances), with its own data directory.
     #[must_use]

@@ -12,28 +12,11 @@
 use std::path::{Path, PathBuf};
 
 use icbt_e2e::scenario::Scenario;
-use icbt_e2e::{
-    Gateway, GatewayOptions, backends, chromium, connect_database, free_port, web_dist,
-};
+use icbt_e2e::{Gateway, backends, chromium, connect_database, web_dist};
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The national id number of `name` in the sandbox's people file.
-fn pid_of(gw: &Gateway, name: &str) -> String {
-    let text = std::fs::read_to_string(gw.data_dir.path().join("dev/people.toml")).unwrap();
-    let people: toml::Value = text.parse().unwrap();
-    people["person"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str() == Some(name))
-        .unwrap()["pid"]
-        .as_str()
         .unwrap()
         .to_owned()
 }
@@ -56,29 +39,16 @@ async fn an_auditor_reviews_proves_and_exports_in_a_real_browser_and_sees_a_chan
     let chromium = chromium();
     let dist = web_dist();
     for backend in backends() {
-        let port = free_port();
-        let gw = Gateway::start_with(
+        let (gw, _) = Gateway::start_sandbox(
             backend,
-            GatewayOptions {
-                sandbox: true,
-                env: vec![
-                    ("ICBT_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
-                    (
-                        "ICBT_CONSOLE__ASSETS_DIR".into(),
-                        dist.join("console").to_str().unwrap().into(),
-                    ),
-                ],
-                ..Default::default()
-            },
+            vec![(
+                "ICBT_CONSOLE__ASSETS_DIR".into(),
+                dist.join("console").to_str().unwrap().into(),
+            )],
         )
         .await;
-        let made = gw.dev_command(&["episode", "--patient", "kari", "--therapist", "terje"]);
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let patient = pid_of(&gw, "kari");
+        gw.dev_episode();
+        let patient = gw.sandbox_person("kari", "pid");
         let shots = repository().join(format!("target/console-screenshots/{backend:?}"));
         std::fs::create_dir_all(&shots).unwrap();
         let peers = repository().join("tests/peers");

@@ -21,29 +21,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::scenario::Scenario;
 use icbt_e2e::tamper::rewrite_key_log;
-use icbt_e2e::{
-    Gateway, GatewayOptions, backends, chromium, connect_database, free_port, web_dist,
-};
+use icbt_e2e::{Gateway, backends, chromium, connect_database, web_dist};
 use serde_json::Value;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// A value of the sandbox's people file: `field` of the entry named `name`.
-fn person(gw: &Gateway, name: &str, field: &str) -> String {
-    let text = std::fs::read_to_string(gw.data_dir.path().join("dev/people.toml")).unwrap();
-    let people: toml::Value = text.parse().unwrap();
-    people["person"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str() == Some(name))
-        .unwrap()[field]
-        .as_str()
         .unwrap()
         .to_owned()
 }
@@ -79,28 +62,12 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
     let chromium = chromium();
     let dist = web_dist();
     for backend in backends() {
-        let port = free_port();
-        let mut gw = Gateway::start_with(
+        let (mut gw, port) = Gateway::start_sandbox(
             backend,
-            GatewayOptions {
-                sandbox: true,
-                env: vec![
-                    ("ICBT_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
-                    ("ICBT_DEV__WEB_DIR".into(), dist.to_str().unwrap().into()),
-                ],
-                ..Default::default()
-            },
+            vec![("ICBT_DEV__WEB_DIR".into(), dist.to_str().unwrap().into())],
         )
         .await;
-        let made = gw.dev_command(&["episode", "--patient", "kari", "--therapist", "terje"]);
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        // What the platform did, then the id on the last line.
-        let printed = String::from_utf8(made.stdout).unwrap();
-        let episode = printed.lines().last().unwrap().to_owned();
+        let episode = gw.dev_episode();
         let shots = repository().join(format!("target/web-app-screenshots/{backend:?}"));
         let peers = repository().join("tests/peers");
         let mut scenario = Scenario::start(
@@ -156,7 +123,7 @@ async fn patient_and_therapist_in_a_real_browser_through_a_restart_and_a_tampere
         assert!(
             !gw.logs()
                 .iter()
-                .any(|l| l.contains(&person(&gw, "kari", "pid"))),
+                .any(|l| l.contains(&gw.sandbox_person("kari", "pid"))),
             "no national identity number in the gateway's logs"
         );
     }
