@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_merkle::{Checkpoint, Format, Hash, SignedCheckpoint, Signer};
+use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
@@ -334,10 +334,9 @@ impl Store {
         let Some(newest) = self.audit_checkpoint(None).await? else {
             return Ok(false);
         };
-        if newest.format != Format::Legacy || newest.verify(&[signer.public_key()]).is_err() {
+        let Some(note) = rows::note_for_legacy(newest, signer)? else {
             return Ok(false);
-        }
-        let note = signer.sign(newest.checkpoint, newest.signed_at_ms)?;
+        };
         let done = sqlx::query(
             "UPDATE audit_checkpoints SET key_id = $1, signature = $2, format = 'note' \
              WHERE size = $3 AND format = 'legacy'",

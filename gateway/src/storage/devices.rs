@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use icbt_merkle::{Checkpoint, Format, Hash, SignedCheckpoint, Signer};
+use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
 use sqlx::AnyConnection;
 use sqlx::FromRow as _;
 
@@ -391,10 +391,9 @@ impl Store {
         let Some(head) = self.key_log_head().await? else {
             return Ok(false);
         };
-        if head.format != Format::Legacy || head.verify(&[signer.public_key()]).is_err() {
+        let Some(note) = rows::note_for_legacy(head, signer)? else {
             return Ok(false);
-        }
-        let note = signer.sign(head.checkpoint, head.signed_at_ms)?;
+        };
         let done = sqlx::query(
             "UPDATE key_log_head SET key_id = $1, signature = $2, format = 'note' \
              WHERE id = 1 AND size = $3 AND format = 'legacy'",

@@ -326,6 +326,20 @@ impl CheckpointRow {
     }
 }
 
+/// The note that replaces `checkpoint` at the first start after the note format: none
+/// when it is a note already, or was signed by a key other than `signer`'s.
+pub(super) fn note_for_legacy(
+    checkpoint: SignedCheckpoint,
+    signer: &icbt_merkle::Signer,
+) -> Result<Option<SignedCheckpoint>, StorageError> {
+    if checkpoint.format != Format::Legacy || checkpoint.verify(&[signer.public_key()]).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(
+        signer.sign(checkpoint.checkpoint, checkpoint.signed_at_ms)?,
+    ))
+}
+
 /// A Merkle tree's frontier, as both logs keep their head: `size` and comma-separated
 /// hex `peaks`.
 #[derive(Debug, FromRow)]
