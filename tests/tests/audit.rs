@@ -666,6 +666,16 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
             .await;
         let report = altered.verify(&[]);
         assert!(
+            report.contains("record 3 (")
+                && report.contains("outcome stored as 'refused', the leaf says 'success'"),
+            "{backend:?}: {report}"
+        );
+        let rewritten = copy_of(&w.gw).await;
+        rewritten
+            .tamper(&["UPDATE audit_records SET source = '10.9.9.9' WHERE leaf_index = 3"])
+            .await;
+        let report = rewritten.verify(&[]);
+        assert!(
             report.contains("record 3 (") && report.contains("does not match its hash"),
             "{backend:?}: {report}"
         );

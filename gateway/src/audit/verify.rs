@@ -13,7 +13,7 @@
 use icbt_config::RetentionConfig;
 use icbt_merkle::{Checkpoint, SignedCheckpoint, Tree};
 
-use super::Stored;
+use super::{Action, Outcome, Record, Stored};
 
 /// The first thing wrong with the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +24,14 @@ pub enum Finding {
     OutOfPlace { index: u64 },
     #[error("record {index} ({id}) does not match its hash: altered, moved or inserted")]
     Altered { index: u64, id: String },
+    #[error("record {index} ({id}): {field} stored as '{stored}', the leaf says '{leaf}'")]
+    FieldChanged {
+        index: u64,
+        id: String,
+        field: &'static str,
+        stored: String,
+        leaf: String,
+    },
     #[error(
         "record {index} was sequenced as record {was}: records were inserted, removed or reordered before it"
     )]
@@ -170,10 +178,11 @@ impl<'a> Verifier<'a> {
                             index: expected,
                             was,
                         },
-                        None => Finding::Altered {
-                            index: expected,
-                            id: stored.record.id.to_string(),
-                        },
+                        None => changed_field(&stored.record, expected, &stored_hash)
+                            .unwrap_or_else(|| Finding::Altered {
+                                index: expected,
+                                id: stored.record.id.to_string(),
+                            }),
                     },
                 );
                 return;
@@ -279,6 +288,48 @@ impl<'a> Verifier<'a> {
     }
 }
 
+/// The one field of a closed set (action, outcome, principal kind) whose other value gives
+/// `stored_hash` at `index`: the change named, where it can be. Free-text fields cannot be
+/// guessed back, and stay "altered".
+fn changed_field(record: &Record, index: u64, stored_hash: &icbt_merkle::Hash) -> Option<Finding> {
+    let named = |field, stored: &str, leaf: &str| Finding::FieldChanged {
+        index,
+        id: record.id.to_string(),
+        field,
+        stored: stored.to_owned(),
+        leaf: leaf.to_owned(),
+    };
+    let fits = |candidate: &Record| candidate.leaf_hash(index) == *stored_hash;
+    for action in Action::ALL.into_iter().filter(|a| *a != record.action) {
+        let mut candidate = record.clone();
+        candidate.action = action;
+        if fits(&candidate) {
+            return Some(named("action", record.action.as_str(), action.as_str()));
+        }
+    }
+    for outcome in [Outcome::Success, Outcome::Refused]
+        .into_iter()
+        .filter(|o| *o != record.outcome)
+    {
+        let mut candidate = record.clone();
+        candidate.outcome = outcome;
+        if fits(&candidate) {
+            return Some(named("outcome", record.outcome.as_str(), outcome.as_str()));
+        }
+    }
+    for kind in ["patient", "clinician", "system", "unknown"]
+        .into_iter()
+        .filter(|k| *k != record.principal_kind)
+    {
+        let mut candidate = record.clone();
+        kind.clone_into(&mut candidate.principal_kind);
+        if fits(&candidate) {
+            return Some(named("principal_kind", &record.principal_kind, kind));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +406,26 @@ mod tests {
     fn an_altered_record_is_named() {
         let mut l = log();
         l.records[5].record.outcome = Outcome::Refused;
+        assert_eq!(
+            problem(&l).map(|f| f.to_string()),
+            Some(format!(
+                "record 5 ({}): outcome stored as 'refused', the leaf says 'success'",
+                l.records[5].record.id
+            ))
+        );
+        let mut l = log();
+        l.records[2].record.action = Action::Export;
+        assert!(matches!(
+            problem(&l),
+            Some(Finding::FieldChanged {
+                index: 2,
+                field: "action",
+                ..
+            })
+        ));
+        // A free-text field cannot be guessed back: the record is named, not the field.
+        let mut l = log();
+        l.records[5].record.principal_id = Some("someone else".into());
         assert!(matches!(
             problem(&l),
             Some(Finding::Altered { index: 5, .. })
