@@ -563,6 +563,18 @@ fn verify_with(
     extra: &[(&str, &str)],
     args: &[&str],
 ) -> std::process::Output {
+    audit_cli(data_dir, database, extra, "verify", args)
+}
+
+/// `icbt-gateway audit <command> --dev <args>` against `database` (or the SQLite file in
+/// `data_dir`), signing with the test key.
+fn audit_cli(
+    data_dir: &Path,
+    database: Option<&TestDatabase>,
+    extra: &[(&str, &str)],
+    command: &str,
+    args: &[&str],
+) -> std::process::Output {
     let key = audit_signing_key();
     let mut env: Vec<(&str, &str)> = vec![
         ("ICBT_STORAGE__DATA_DIR", data_dir.to_str().unwrap()),
@@ -573,7 +585,7 @@ fn verify_with(
         env.push(("ICBT_STORAGE__URL", &db.url));
     }
     env.extend_from_slice(extra);
-    let mut all = vec!["audit", "verify", "--dev"];
+    let mut all = vec!["audit", command, "--dev"];
     all.extend_from_slice(args);
     run_cli(&all, &env, data_dir)
 }
@@ -749,20 +761,7 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
 /// `icbt-gateway audit verifier-keys`: the C2SP verifier keys of the access log and the
 /// key log.
 fn verifier_keys(gw: &Gateway) -> Vec<String> {
-    let out = run_cli(
-        &["audit", "verifier-keys", "--dev"],
-        &[
-            (
-                "ICBT_STORAGE__DATA_DIR",
-                gw.data_dir.path().to_str().unwrap(),
-            ),
-            (
-                "ICBT_AUDIT__SIGNING_KEY_FILE",
-                audit_signing_key().to_str().unwrap(),
-            ),
-        ],
-        gw.data_dir.path(),
-    );
+    let out = audit_cli(gw.data_dir.path(), gw.database(), &[], "verifier-keys", &[]);
     assert!(out.status.success(), "{}", output(&out));
     String::from_utf8(out.stdout)
         .unwrap()
@@ -974,20 +973,7 @@ async fn checkpoints_are_c2sp_notes_that_an_independent_verifier_accepts_and_old
 
 /// `icbt-gateway audit report` against the gateway's database.
 fn report_cli(gw: &Gateway, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
-    let data_dir = gw.data_dir.path().to_str().unwrap().to_owned();
-    let key = audit_signing_key();
-    let mut env: Vec<(&str, &str)> = vec![
-        ("ICBT_STORAGE__DATA_DIR", &data_dir),
-        ("ICBT_AUDIT__SIGNING_KEY_FILE", key.to_str().unwrap()),
-        ("ICBT_TELEMETRY__LOG_FILTER", "warn"),
-    ];
-    if let Some(db) = gw.database() {
-        env.push(("ICBT_STORAGE__URL", &db.url));
-    }
-    env.extend_from_slice(extra);
-    let mut all = vec!["audit", "report", "--dev"];
-    all.extend_from_slice(args);
-    run_cli(&all, &env, gw.data_dir.path())
+    audit_cli(gw.data_dir.path(), gw.database(), extra, "report", args)
 }
 
 fn now_ms() -> i64 {

@@ -177,32 +177,29 @@ fn personnel(stored: &Stored) -> Option<&str> {
         .flatten()
 }
 
-/// The care-team history of the episodes in a window.
+/// The care-team history of the episodes in a window, by episode.
 #[derive(Debug, Default)]
-pub struct Teams(HashMap<(Uuid, String), Vec<TeamPeriod>>);
+pub struct Teams(HashMap<Uuid, Vec<TeamPeriod>>);
 
 impl Teams {
     pub fn new(periods: Vec<TeamPeriod>) -> Self {
-        let mut map: HashMap<(Uuid, String), Vec<TeamPeriod>> = HashMap::new();
+        let mut map: HashMap<Uuid, Vec<TeamPeriod>> = HashMap::new();
         for p in periods {
-            map.entry((p.episode, p.hpr_number.clone()))
-                .or_default()
-                .push(p);
+            map.entry(p.episode).or_default().push(p);
         }
         Self(map)
     }
 
     /// Whether `hpr` was on `episode`'s team at `at_ms`.
     pub fn on_team(&self, episode: Uuid, hpr: &str, at_ms: i64) -> bool {
-        self.0
-            .get(&(episode, hpr.to_owned()))
-            .is_some_and(|periods| {
-                periods.iter().any(|p| {
-                    p.from_ms <= at_ms
-                        && p.to_ms.is_none_or(|to| at_ms < to)
-                        && p.until_ms.is_none_or(|until| at_ms < until)
-                })
+        self.0.get(&episode).is_some_and(|periods| {
+            periods.iter().any(|p| {
+                p.hpr_number == hpr
+                    && p.from_ms <= at_ms
+                    && p.to_ms.is_none_or(|to| at_ms < to)
+                    && p.until_ms.is_none_or(|until| at_ms < until)
             })
+        })
     }
 }
 

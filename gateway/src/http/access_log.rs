@@ -63,11 +63,7 @@ pub async fn access_log(
     record.patient = Some(pid.clone());
     record_read(&state, record).await?;
     let (found, next_after) = page_of(&state, &pid, query.after, limit).await?;
-    let entries = entries(&state, &pid, &found)
-        .await?
-        .into_iter()
-        .map(|(entry, _)| entry)
-        .collect();
+    let entries = entries(&state, &pid, &found).await?;
     Ok(Json(AccessLog {
         entries,
         next_after,
@@ -117,7 +113,7 @@ pub async fn patient_timeline(
     let entries = words
         .into_iter()
         .zip(records)
-        .map(|((patient_view, _), record)| TimelineEntry {
+        .map(|(patient_view, record)| TimelineEntry {
             patient_view,
             record,
         })
@@ -146,12 +142,12 @@ async fn page_of(
     Ok((found, next_after))
 }
 
-/// The patient's words for each of `found`, with its position.
+/// The patient's words for each of `found`.
 async fn entries(
     state: &AppState,
     pid: &str,
     found: &[Stored],
-) -> Result<Vec<(AccessEntry, Option<u64>)>, Problem> {
+) -> Result<Vec<AccessEntry>, Problem> {
     let mut clinics: HashMap<String, Option<String>> = HashMap::new();
     let mut entries = Vec::with_capacity(found.len());
     for stored in found {
@@ -170,16 +166,13 @@ async fn entries(
             }
             None => None,
         };
-        entries.push((
-            AccessEntry {
-                at: fhir::instant(r.recorded_at_ms),
-                at_ms: r.recorded_at_ms,
-                who: who(r, pid, organisation.as_deref()),
-                what: what(r),
-                refused: r.outcome == Outcome::Refused,
-            },
-            stored.leaf_index,
-        ));
+        entries.push(AccessEntry {
+            at: fhir::instant(r.recorded_at_ms),
+            at_ms: r.recorded_at_ms,
+            who: who(r, pid, organisation.as_deref()),
+            what: what(r),
+            refused: r.outcome == Outcome::Refused,
+        });
     }
     Ok(entries)
 }
