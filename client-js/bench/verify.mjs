@@ -31,7 +31,7 @@ const result = await page.evaluate(
     const round = async () => {
       const head = await sdk.verifyCheckpointNote(fixture.note, [key], sdk.ACCESS_LOG_ORIGIN);
       for (const r of fixture.records) {
-        const leaf = await sdk.leafHash(sdk.accessRecordLeaf(r));
+        const leaf = await sdk.leafHash(await sdk.accessRecordLeaf(r));
         const why = await sdk.verifyInclusion(leaf, BigInt(r.index), head.size, r.proof.map(sdk.unb64), head.root);
         if (why) throw new Error(`record ${r.index}: ${why}`);
       }

@@ -75,11 +75,15 @@ async fn main() {
     let mut from = 0;
     loop {
         let page = store.audit_scan(from, 10_000).await.unwrap();
-        let Some(last) = page.last().and_then(|s| s.leaf_index) else {
+        let Some(last) = page
+            .last()
+            .and_then(|row| row.as_ref().ok())
+            .and_then(|s| s.leaf_index)
+        else {
             break;
         };
-        for s in &page {
-            verifier.feed(s);
+        for row in &page {
+            verifier.feed_row(row);
         }
         from = last + 1;
     }

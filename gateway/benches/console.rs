@@ -321,7 +321,7 @@ async fn main() {
     for _ in 0..100 {
         let index = rng.below(size);
         let page = store.audit_scan(index, 1).await.unwrap();
-        let stored = page.into_iter().next().unwrap();
+        let stored = page.into_iter().next().unwrap().unwrap();
         let proof = icbt_merkle::inclusion_proof(&leaves, index).unwrap();
         picked.push((stored, proof));
     }
@@ -350,6 +350,7 @@ async fn main() {
             .map(|(stored, proof)| {
                 let mut value = serde_json::to_value(&stored.record).unwrap();
                 value["index"] = stored.leaf_index.unwrap().into();
+                value["leaf_format"] = 2.into();
                 value["proof"] = proof
                     .iter()
                     .map(|h| STANDARD.encode(h))

@@ -526,6 +526,11 @@ impl Gateway {
         Self::spawn(tempfile::tempdir().unwrap(), None, options)
     }
 
+    /// Adds an `ICBT_…` setting for the next [`Self::restart_after`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.options.env.push((key.into(), value.into()));
+    }
+
     /// Stops the process with `signal` (e.g. "KILL") and starts it again on the same data
     /// directory and database, as an operator's restart would.
     pub async fn restart_after(mut self, signal: &str) -> Self {

@@ -86,6 +86,11 @@ impl Sealer {
         sealer
     }
 
+    /// Follows the gateway to `base` after a restart (same database, new port).
+    pub fn moved_to(&mut self, base: &str) {
+        base.clone_into(&mut self.base);
+    }
+
     /// The actor's device, published on first use.
     pub async fn device(&self, who: &Actor) -> Arc<DeviceKeys> {
         let token = who.token.access_token.clone();

@@ -688,7 +688,8 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
             .await;
         let report = rewritten.verify(&[]);
         assert!(
-            report.contains("record 3 (") && report.contains("does not match its hash"),
+            report.contains("record 3 (")
+                && report.contains("its content no longer gives its content hash"),
             "{backend:?}: {report}"
         );
 
@@ -1309,6 +1310,271 @@ async fn a_cached_head_that_disagrees_with_the_checkpoints_is_named_and_stops_re
         let report = output(&verify(&w.gw, w.gw.database(), &[]));
         assert!(
             report.contains("audit log verified"),
+            "{backend:?}: {report}"
+        );
+    }
+}
+
+/// One access record as stored, read back the way the gateway hashes it.
+fn record_of(row: &sqlx::any::AnyRow) -> icbt_gateway::domain::audit::Record {
+    use icbt_gateway::domain::audit::{Action, Outcome, Record};
+    use sqlx::Row;
+    let text = |c: &str| row.get::<Option<String>, _>(c);
+    Record {
+        id: Uuid::parse_str(&row.get::<String, _>("id")).unwrap(),
+        recorded_at_ms: row.get("recorded_at_ms"),
+        action: Action::parse(&row.get::<String, _>("action")).unwrap(),
+        outcome: Outcome::parse(&row.get::<String, _>("outcome")).unwrap(),
+        reason: text("reason"),
+        principal_kind: row.get("principal_kind"),
+        principal_id: text("principal_id"),
+        principal_organisation: text("principal_organisation"),
+        issuer: text("issuer"),
+        client_id: text("client_id"),
+        token_jti: text("token_jti"),
+        resource_type: row.get("resource_type"),
+        resource_id: text("resource_id"),
+        episode_id: text("episode_id").map(|e| Uuid::parse_str(&e).unwrap()),
+        patient: text("patient"),
+        request_id: text("request_id"),
+        source: text("source"),
+    }
+}
+
+/// Rewrites the access log as the gateway wrote it before leaf format 2: every leaf the
+/// whole record, no content hashes, no seal, checkpoints and head over those leaves.
+/// Returns the number of records.
+async fn make_format_1(gw: &Gateway) -> u64 {
+    let signer = icbt_merkle::Signer::from_pkcs8(&icbt_e2e::audit_signing_key_der()).unwrap();
+    let mut conn = connect(gw.data_dir.path(), gw.database()).await;
+    let rows = sqlx::query(
+        "SELECT id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
+         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+         patient, request_id, source FROM audit_records WHERE leaf_index IS NOT NULL ORDER BY leaf_index",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut tree = icbt_merkle::Tree::new();
+    let mut roots = std::collections::HashMap::new();
+    for row in &rows {
+        let record = record_of(row);
+        let index = tree.size();
+        let hash = record.leaf_hash_v1(index);
+        sqlx::query(
+            "UPDATE audit_records SET leaf_hash = $1, content_hash = NULL WHERE leaf_index = $2",
+        )
+        .bind(icbt_merkle::to_hex(&hash))
+        .bind(i64::try_from(index).unwrap())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        tree.push(hash);
+        roots.insert(tree.size(), tree.root());
+    }
+    let sizes: Vec<(i64,)> = sqlx::query_as("SELECT size FROM audit_checkpoints")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    for (size,) in sizes {
+        let root = roots[&u64::try_from(size).unwrap()];
+        let note = signer
+            .sign(
+                icbt_merkle::Checkpoint {
+                    origin: "icbt-gateway/audit/v1".into(),
+                    size: u64::try_from(size).unwrap(),
+                    root,
+                },
+                0,
+            )
+            .unwrap();
+        sqlx::query("UPDATE audit_checkpoints SET root = $1, signature = $2 WHERE size = $3")
+            .bind(icbt_merkle::to_hex(&root))
+            .bind(STANDARD.encode(&note.signature))
+            .bind(size)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
+    sqlx::query("UPDATE audit_head SET peaks = $1 WHERE id = 1")
+        .bind(peaks.join(","))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_legacy_seal")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    tree.size()
+}
+
+#[tokio::test]
+async fn pruned_records_stay_bound_old_leaves_are_sealed_and_every_finding_names_its_field() {
+    for backend in backends() {
+        let mut w = world(backend).await;
+        w.activity().await;
+        assert!(w.gw.stop_with("TERM").await.success());
+        // A log from before leaf format 2 (as an older gateway left it) verifies as
+        // before only once sealed: the first start of this version seals it.
+        let old = make_format_1(&w.gw).await;
+        let report = output(&verify(&w.gw, w.gw.database(), &[]));
+        assert!(
+            report.contains("has a leaf of format 1, but the signed seal"),
+            "{backend:?}: {report}"
+        );
+        w.gw = w.gw.restart_after("TERM").await;
+        assert!(
+            w.gw.logged(|l| l.contains("access records of leaf format 1 sealed")
+                && l.contains(&format!("\"records\":{old}")))
+                .await,
+            "{backend:?}: {}",
+            w.gw.logs().join("\n")
+        );
+        // New records are in format 2, old ones stay in format 1, and the API says which.
+        w.sealer.moved_to(&w.gw.url);
+        w.activity().await;
+        let page = w
+            .ok(&w.auditor, Method::GET, "/v1/audit/records?limit=500", None)
+            .await;
+        let records = page["records"].as_array().unwrap();
+        assert_eq!(records[0]["leaf_format"], 1, "{}", records[0]);
+        assert_eq!(records.last().unwrap()["leaf_format"], 2);
+        // Retention prunes reads of both formats; the log still verifies.
+        w.gw.set_env("ICBT_AUDIT__RETENTION_DAYS__ACCESS", "0");
+        w.gw = w.gw.restart_after("TERM").await;
+        assert!(
+            w.gw.logged(|l| l.contains("audit records past retention pruned"))
+                .await,
+            "{backend:?}"
+        );
+        assert!(w.gw.stop_with("TERM").await.success());
+        let retention = [("ICBT_AUDIT__RETENTION_DAYS__ACCESS", "0")];
+        let clean = copy_of(&w.gw).await;
+        let report = clean.verify(&retention);
+        assert!(report.starts_with("OK"), "{backend:?}: {report}");
+        let mut db = connect(w.gw.data_dir.path(), w.gw.database()).await;
+        let (old_read, new_read): (i64, i64) = sqlx::query_as(
+            "SELECT MIN(leaf_index), MAX(leaf_index) FROM audit_records WHERE pruned = 1 AND action = 'read'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        assert!(
+            u64::try_from(old_read).unwrap() < old && u64::try_from(new_read).unwrap() >= old,
+            "{backend:?}: pruned reads of both formats ({old_read}, {new_read}, {old})"
+        );
+
+        // Hiding a recent read by backdating it past retention (or calling it an export)
+        // is caught for both formats, and named.
+        for (index, what) in [
+            (new_read, "its id, time or action no longer gives its leaf"),
+            (old_read, "no longer give their signed seal"),
+        ] {
+            let backdated = copy_of(&w.gw).await;
+            backdated
+                .tamper(&[&format!(
+                    "UPDATE audit_records SET recorded_at_ms = recorded_at_ms - 86400000 WHERE leaf_index = {index}"
+                )])
+                .await;
+            let report = backdated.verify(&retention);
+            assert!(report.contains(what), "{backend:?}: {report}");
+        }
+        let exported = copy_of(&w.gw).await;
+        exported
+            .tamper(&[&format!(
+                "UPDATE audit_records SET action = 'export' WHERE leaf_index = {new_read}"
+            )])
+            .await;
+        let report = exported.verify(&retention);
+        assert!(
+            report.contains(&format!("record {new_read} ("))
+                && report.contains("action stored as 'export', the leaf says 'read'"),
+            "{backend:?}: {report}"
+        );
+        // The seal removed: format-1 leaves are no longer accepted.
+        let unsealed = copy_of(&w.gw).await;
+        unsealed.tamper(&["DELETE FROM audit_legacy_seal"]).await;
+        let report = unsealed.verify(&retention);
+        // (Record 0 is named: as format 1 without a seal, or, if pruned, as having lost
+        // the content hash every format-2 record keeps.)
+        assert!(
+            report.contains("record 0 (")
+                && (report.contains("covers only 0")
+                    || report.contains("was pruned without its content hash")),
+            "{backend:?}: {report}"
+        );
+
+        // A value the gateway never writes names the record and the field.
+        let bogus = copy_of(&w.gw).await;
+        bogus
+            .tamper(&["UPDATE audit_records SET action = 'bogus' WHERE leaf_index = 2"])
+            .await;
+        let report = bogus.verify(&retention);
+        assert!(
+            report.contains("record 2 (")
+                && report.contains("action stored as \"bogus\", which the gateway never writes"),
+            "{backend:?}: {report}"
+        );
+        // Identifiers have one form, which the database holds writes to...
+        let upper = copy_of(&w.gw).await;
+        let mut db = connect(upper.dir.path(), upper.database.as_ref()).await;
+        let refused = sqlx::query(
+            "UPDATE audit_records SET episode_id = UPPER(episode_id) WHERE episode_id IS NOT NULL",
+        )
+        .execute(&mut db)
+        .await;
+        assert!(
+            refused.is_err(),
+            "{backend:?}: an upper-case UUID was stored"
+        );
+        let refused = sqlx::query("UPDATE episodes SET patient_nin = ' ' || patient_nin")
+            .execute(&mut db)
+            .await;
+        assert!(
+            refused.is_err(),
+            "{backend:?}: a padded national id was stored"
+        );
+        db.close().await.unwrap();
+        // ...and an attacker who lifts that rule is still named by verify.
+        let lift = match backend {
+            Backend::Sqlite => "DROP TRIGGER audit_records_canonical_update",
+            Backend::Postgres => {
+                "ALTER TABLE audit_records DROP CONSTRAINT audit_records_episode_id_canonical"
+            }
+        };
+        upper
+            .tamper(&[
+                lift,
+                "UPDATE audit_records SET episode_id = UPPER(episode_id) WHERE episode_id IS NOT NULL",
+            ])
+            .await;
+        let report = upper.verify(&retention);
+        assert!(
+            report.contains("episode_id stored as")
+                && report.contains("which the gateway never writes"),
+            "{backend:?}: {report}"
+        );
+        // A national id number is described, never printed.
+        let padded = copy_of(&w.gw).await;
+        let lift = match backend {
+            Backend::Sqlite => "DROP TRIGGER audit_records_canonical_update",
+            Backend::Postgres => {
+                "ALTER TABLE audit_records DROP CONSTRAINT audit_records_patient_canonical"
+            }
+        };
+        padded
+            .tamper(&[
+                lift,
+                "UPDATE audit_records SET patient = patient || ' ' WHERE patient IS NOT NULL",
+            ])
+            .await;
+        let report = padded.verify(&retention);
+        assert!(
+            report.contains("patient stored as (12 characters, not shown)")
+                && !report.contains(SYNTHETIC_FNR),
             "{backend:?}: {report}"
         );
     }

@@ -230,7 +230,7 @@ async function verifyRecord(record) {
     proof = (await api(`/v1/audit/proof/inclusion?index=${record.index}&size=${size}`)).proof;
   }
   const why = await verifyInclusion(
-    await leafHash(accessRecordLeaf(record)),
+    await leafHash(await accessRecordLeaf(record)),
     BigInt(record.index),
     BigInt(size),
     proof.map((h) => unb64(h) ?? new Uint8Array()),

@@ -611,6 +611,7 @@ mod tests {
             record,
             leaf_index: Some(u64::from(n)),
             leaf_hash: None,
+            content_hash: None,
             pruned: false,
         }
     }

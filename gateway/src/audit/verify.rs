@@ -14,6 +14,7 @@ use icbt_config::RetentionConfig;
 use icbt_merkle::{Checkpoint, SignedCheckpoint, Tree};
 
 use super::{Action, Outcome, Record, Stored};
+use crate::domain::audit::Unreadable;
 
 /// The first thing wrong with the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,39 @@ pub enum Finding {
     PrunedEarly { index: u64 },
     #[error("record {index} has no stored hash")]
     NoHash { index: u64 },
+    #[error("record {index} ({id}): {field} stored as {stored}, which the gateway never writes")]
+    Unreadable {
+        index: u64,
+        id: String,
+        field: &'static str,
+        stored: String,
+    },
+    #[error(
+        "record {index} ({id}): its content no longer gives its content hash (one of outcome, reason, principal, issuer, client, token id, resource, episode, patient, request id or source was changed)"
+    )]
+    ContentChanged { index: u64, id: String },
+    #[error(
+        "record {index} ({id}): its id, time or action no longer gives its leaf (time stored as {recorded_at_ms})"
+    )]
+    HeaderChanged {
+        index: u64,
+        id: String,
+        recorded_at_ms: i64,
+    },
+    #[error("record {index} ({id}) was pruned without its content hash")]
+    NoContentHash { index: u64, id: String },
+    #[error(
+        "record {index} ({id}) has a leaf of format 1, but the signed seal of format-1 records covers only {sealed}: the seal was removed or the record forged"
+    )]
+    Unsealed { index: u64, id: String, sealed: u64 },
+    #[error(
+        "the records of leaf format 1 (0 to {last}) no longer give their signed seal: the time or action of one of them was changed"
+    )]
+    SealMismatch { last: u64 },
+    #[error("the seal of format-1 records is not validly signed: {reason}")]
+    BadSeal { reason: String },
+    #[error("the seal of format-1 records covers {size} records, but the log holds {have}")]
+    SealTruncated { size: u64, have: u64 },
     #[error(
         "the checkpoint at size {size} does not match the records: one of records {from} to {last} was altered"
     )]
@@ -89,6 +123,11 @@ pub struct Verifier<'a> {
     trusted: Vec<Vec<u8>>,
     retention: &'a RetentionConfig,
     now_ms: i64,
+    /// Records below this position are hashed in leaf format 1, under the legacy seal.
+    legacy_size: u64,
+    legacy_root: icbt_merkle::Hash,
+    /// The seal's tree, as the records give it.
+    sealed: Tree,
     problem: Option<Finding>,
 }
 
@@ -109,6 +148,9 @@ impl<'a> Verifier<'a> {
             trusted,
             retention,
             now_ms,
+            legacy_size: 0,
+            legacy_root: icbt_merkle::empty_root(),
+            sealed: Tree::new(),
             problem: None,
         };
         // A checkpoint of the empty log (there is none today, but it would be valid).
@@ -127,9 +169,52 @@ impl<'a> Verifier<'a> {
         self
     }
 
+    /// Also holds the first records to the signed seal over the records hashed in leaf
+    /// format 1 (`None`: there is none, and every record must be in format 2).
+    #[must_use]
+    pub fn with_legacy_seal(mut self, seal: Option<SignedCheckpoint>) -> Self {
+        let Some(seal) = seal else {
+            return self;
+        };
+        let trusted: Vec<&[u8]> = self.trusted.iter().map(Vec::as_slice).collect();
+        if let Err(e) = seal.verify(&trusted) {
+            self.problem.get_or_insert(Finding::BadSeal {
+                reason: e.to_string(),
+            });
+        }
+        self.legacy_size = seal.checkpoint.size;
+        self.legacy_root = seal.checkpoint.root;
+        if self.legacy_size == 0 && self.legacy_root != icbt_merkle::empty_root() {
+            self.problem
+                .get_or_insert(Finding::SealMismatch { last: 0 });
+        }
+        self
+    }
+
     /// Whether a problem was found (then feeding more changes nothing).
     pub fn failed(&self) -> bool {
         self.problem.is_some()
+    }
+
+    /// The next row, in leaf-index order, as storage read it.
+    pub fn feed_row(&mut self, row: &Result<Stored, Unreadable>) {
+        match row {
+            Ok(stored) => self.feed(stored),
+            Err(bad) => {
+                if self.problem.is_some() {
+                    return;
+                }
+                let Some(index) = self.position(bad.leaf_index) else {
+                    return;
+                };
+                self.problem = Some(Finding::Unreadable {
+                    index,
+                    id: bad.id.clone(),
+                    field: bad.field,
+                    stored: bad.stored.clone(),
+                });
+            }
+        }
     }
 
     /// The next record, in leaf-index order.
@@ -137,61 +222,148 @@ impl<'a> Verifier<'a> {
         if self.problem.is_some() {
             return;
         }
-        let expected = self.tree.size();
-        match stored.leaf_index {
-            Some(i) if i == expected => {}
-            Some(i) if i > expected => {
-                self.problem = Some(Finding::Missing { index: expected });
-                return;
-            }
-            Some(i) => {
-                self.problem = Some(Finding::OutOfPlace { index: i });
-                return;
-            }
-            None => return,
-        }
+        let Some(expected) = self.position(stored.leaf_index) else {
+            return;
+        };
         let Some(stored_hash) = stored.leaf_hash.as_deref().and_then(icbt_merkle::from_hex) else {
             self.problem = Some(Finding::NoHash { index: expected });
             return;
         };
-        let hash = if stored.pruned {
-            let days = self.retention.days(stored.record.action.class());
-            let allowed = days.is_some_and(|d| {
-                stored.record.recorded_at_ms < self.now_ms - i64::from(d) * 86_400_000
-            });
-            if !allowed {
-                self.problem = Some(Finding::PrunedEarly { index: expected });
-                return;
-            }
-            stored_hash
+        if stored.pruned && !self.may_be_pruned(&stored.record) {
+            self.problem = Some(Finding::PrunedEarly { index: expected });
+            return;
+        }
+        let checked = if expected < self.legacy_size {
+            self.format_1(stored, expected, stored_hash)
         } else {
-            let hash = stored.record.leaf_hash(expected);
-            if hash != stored_hash {
-                // Content intact but hashed at another position: the record was moved.
-                let nearby = expected.saturating_sub(MOVE_SEARCH)..expected + MOVE_SEARCH;
-                self.problem = Some(
-                    match nearby
-                        .into_iter()
-                        .find(|&i| stored.record.leaf_hash(i) == stored_hash)
-                    {
-                        Some(was) => Finding::Moved {
-                            index: expected,
-                            was,
-                        },
-                        None => changed_field(&stored.record, expected, &stored_hash)
-                            .unwrap_or_else(|| Finding::Altered {
-                                index: expected,
-                                id: stored.record.id.to_string(),
-                            }),
-                    },
-                );
+            self.format_2(stored, expected, stored_hash)
+        };
+        match checked {
+            Ok(hash) => self.tree.push(hash),
+            Err(finding) => {
+                self.problem = Some(finding);
                 return;
             }
-            hash
-        };
-        self.tree.push(hash);
+        }
         self.check_checkpoints();
         self.check_outside();
+    }
+
+    /// Where the next record must be: the position it claims, if that is the next one.
+    fn position(&mut self, leaf_index: Option<u64>) -> Option<u64> {
+        let expected = self.tree.size();
+        match leaf_index {
+            Some(i) if i == expected => Some(expected),
+            Some(i) if i > expected => {
+                self.problem = Some(Finding::Missing { index: expected });
+                None
+            }
+            Some(i) => {
+                self.problem = Some(Finding::OutOfPlace { index: i });
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Whether a record of this time and action may have its content removed by now.
+    fn may_be_pruned(&self, record: &Record) -> bool {
+        let days = self.retention.days(record.action.class());
+        days.is_some_and(|d| record.recorded_at_ms < self.now_ms - i64::from(d) * 86_400_000)
+    }
+
+    /// A record sequenced before leaf format 2: its leaf is the whole record, and what
+    /// pruning keeps of it is bound by the legacy seal.
+    fn format_1(
+        &mut self,
+        stored: &Stored,
+        index: u64,
+        stored_hash: icbt_merkle::Hash,
+    ) -> Result<icbt_merkle::Hash, Finding> {
+        if !stored.pruned {
+            let record = &stored.record;
+            let hash = record.leaf_hash_v1(index);
+            if hash != stored_hash {
+                return Err(mismatch(record, index, &stored_hash, |r, i| {
+                    r.leaf_hash_v1(i)
+                }));
+            }
+        }
+        let leaf = icbt_merkle::to_hex(&stored_hash);
+        self.sealed.push(icbt_merkle::leaf_hash(
+            &stored.record.seal_leaf_data(index, &leaf),
+        ));
+        if self.sealed.size() == self.legacy_size && self.sealed.root() != self.legacy_root {
+            return Err(Finding::SealMismatch { last: index });
+        }
+        Ok(stored_hash)
+    }
+
+    /// A record of leaf format 2: a header of what pruning keeps and the hash of the
+    /// rest, recomputed from the content while there is one and taken as stored after.
+    fn format_2(
+        &self,
+        stored: &Stored,
+        index: u64,
+        stored_hash: icbt_merkle::Hash,
+    ) -> Result<icbt_merkle::Hash, Finding> {
+        let record = &stored.record;
+        let id = || record.id.to_string();
+        let content = if stored.pruned {
+            stored
+                .content_hash
+                .clone()
+                .ok_or_else(|| Finding::NoContentHash { index, id: id() })?
+        } else {
+            record.content_hash_hex()
+        };
+        let hash = record.pruned_leaf_hash(index, &content);
+        if hash != stored_hash {
+            if !stored.pruned
+                && stored.content_hash.is_none()
+                && record.leaf_hash_v1(index) == stored_hash
+            {
+                return Err(Finding::Unsealed {
+                    index,
+                    id: id(),
+                    sealed: self.legacy_size,
+                });
+            }
+            let finding = mismatch(record, index, &stored_hash, |r, i| {
+                if stored.pruned {
+                    r.pruned_leaf_hash(i, &content)
+                } else {
+                    r.leaf_hash(i)
+                }
+            });
+            if !matches!(finding, Finding::Altered { .. }) {
+                return Err(finding);
+            }
+            // Which half changed: the content (its stored hash still fits the header) or
+            // the header.
+            let kept = stored.content_hash.as_deref().unwrap_or_default();
+            return Err(
+                if !stored.pruned && record.pruned_leaf_hash(index, kept) == stored_hash {
+                    Finding::ContentChanged { index, id: id() }
+                } else {
+                    Finding::HeaderChanged {
+                        index,
+                        id: id(),
+                        recorded_at_ms: record.recorded_at_ms,
+                    }
+                },
+            );
+        }
+        if !stored.pruned && stored.content_hash.as_deref() != Some(content.as_str()) {
+            return Err(Finding::FieldChanged {
+                index,
+                id: id(),
+                field: "content_hash",
+                stored: stored.content_hash.clone().unwrap_or_default(),
+                leaf: content,
+            });
+        }
+        Ok(hash)
     }
 
     fn check_outside(&mut self) {
@@ -260,6 +432,12 @@ impl<'a> Verifier<'a> {
 
     /// The verdict once every record is fed.
     pub fn finish(mut self) -> Report {
+        if self.problem.is_none() && self.tree.size() < self.legacy_size {
+            self.problem = Some(Finding::SealTruncated {
+                size: self.legacy_size,
+                have: self.tree.size(),
+            });
+        }
         if self.problem.is_none()
             && let Some(next) = self.outside.peek()
         {
@@ -288,10 +466,35 @@ impl<'a> Verifier<'a> {
     }
 }
 
-/// The one field of a closed set (action, outcome, principal kind) whose other value gives
-/// `stored_hash` at `index`: the change named, where it can be. Free-text fields cannot be
-/// guessed back, and stay "altered".
-fn changed_field(record: &Record, index: u64, stored_hash: &icbt_merkle::Hash) -> Option<Finding> {
+/// What is wrong with a record whose leaf, recomputed by `hash_at`, is not its stored
+/// hash: moved from a nearby position, one field of a closed set changed, or altered.
+fn mismatch(
+    record: &Record,
+    index: u64,
+    stored_hash: &icbt_merkle::Hash,
+    hash_at: impl Fn(&Record, u64) -> icbt_merkle::Hash,
+) -> Finding {
+    // Content intact but hashed at another position: the record was moved.
+    let nearby = index.saturating_sub(MOVE_SEARCH)..index + MOVE_SEARCH;
+    if let Some(was) = nearby
+        .into_iter()
+        .find(|&i| i != index && hash_at(record, i) == *stored_hash)
+    {
+        return Finding::Moved { index, was };
+    }
+    changed_field(record, index, |candidate| {
+        hash_at(candidate, index) == *stored_hash
+    })
+    .unwrap_or_else(|| Finding::Altered {
+        index,
+        id: record.id.to_string(),
+    })
+}
+
+/// The one field of a closed set (action, outcome, principal kind) whose other value
+/// `fits` the stored hash: the change named, where it can be. Free-text fields cannot be
+/// guessed back.
+fn changed_field(record: &Record, index: u64, fits: impl Fn(&Record) -> bool) -> Option<Finding> {
     let named = |field, stored: &str, leaf: &str| Finding::FieldChanged {
         index,
         id: record.id.to_string(),
@@ -299,7 +502,6 @@ fn changed_field(record: &Record, index: u64, stored_hash: &icbt_merkle::Hash) -
         stored: stored.to_owned(),
         leaf: leaf.to_owned(),
     };
-    let fits = |candidate: &Record| candidate.leaf_hash(index) == *stored_hash;
     for action in Action::ALL.into_iter().filter(|a| *a != record.action) {
         let mut candidate = record.clone();
         candidate.action = action;
@@ -354,6 +556,7 @@ mod tests {
             let hash = record.leaf_hash(u64::from(i));
             tree.push(hash);
             records.push(Stored {
+                content_hash: Some(record.content_hash_hex()),
                 record,
                 leaf_index: Some(u64::from(i)),
                 leaf_hash: Some(icbt_merkle::to_hex(&hash)),
@@ -423,12 +626,29 @@ mod tests {
                 ..
             })
         ));
-        // A free-text field cannot be guessed back: the record is named, not the field.
+        // A free-text field cannot be guessed back: the record and its content are named.
         let mut l = log();
         l.records[5].record.principal_id = Some("someone else".into());
         assert!(matches!(
             problem(&l),
-            Some(Finding::Altered { index: 5, .. })
+            Some(Finding::ContentChanged { index: 5, .. })
+        ));
+        let mut l = log();
+        l.records[5].record.recorded_at_ms -= 86_400_000;
+        assert!(matches!(
+            problem(&l),
+            Some(Finding::HeaderChanged { index: 5, .. })
+        ));
+        // The stored content hash, which only a pruned record relies on, is checked too.
+        let mut l = log();
+        l.records[6].content_hash = Some("0".repeat(64));
+        assert!(matches!(
+            problem(&l),
+            Some(Finding::FieldChanged {
+                index: 6,
+                field: "content_hash",
+                ..
+            })
         ));
     }
 
@@ -437,6 +657,7 @@ mod tests {
         let mut l = log();
         l.records[5].record.principal_id = Some("someone else".into());
         l.records[5].leaf_hash = Some(icbt_merkle::to_hex(&l.records[5].record.leaf_hash(5)));
+        l.records[5].content_hash = Some(l.records[5].record.content_hash_hex());
         assert_eq!(
             problem(&l),
             Some(Finding::RootMismatch {
@@ -478,6 +699,7 @@ mod tests {
             4,
             Stored {
                 leaf_hash: Some(icbt_merkle::to_hex(&forged.leaf_hash(4))),
+                content_hash: Some(forged.content_hash_hex()),
                 record: forged,
                 leaf_index: Some(4),
                 pruned: false,
@@ -505,6 +727,7 @@ mod tests {
         let forged = sample(99);
         l.records.push(Stored {
             leaf_hash: Some(icbt_merkle::to_hex(&forged.leaf_hash(10))),
+            content_hash: Some(forged.content_hash_hex()),
             record: forged,
             leaf_index: Some(10),
             pruned: false,
@@ -622,5 +845,194 @@ mod tests {
         };
         assert_eq!(l.records[1].record.action, Action::Read);
         assert_eq!(verify(&l, &retention).problem, None);
+    }
+    /// `pruned` applied to record `i` of `l`, as retention does it.
+    fn prune(l: &mut Log, i: usize) {
+        let r = &mut l.records[i];
+        r.pruned = true;
+        let kept = &mut r.record;
+        kept.outcome = Outcome::Success;
+        kept.principal_kind = String::new();
+        kept.principal_id = None;
+        kept.principal_organisation = None;
+        kept.issuer = None;
+        kept.client_id = None;
+        kept.token_jti = None;
+        kept.resource_type = String::new();
+        kept.episode_id = None;
+        kept.patient = None;
+        kept.request_id = None;
+        kept.source = None;
+    }
+
+    fn thirty_days() -> RetentionConfig {
+        RetentionConfig {
+            access: Some(30),
+            ..RetentionConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_pruned_records_time_and_action_stay_bound() {
+        let mut l = log();
+        prune(&mut l, 8);
+        assert_eq!(verify(&l, &thirty_days()).problem, None);
+        // Hidden by moving it back past retention: its header no longer gives its leaf.
+        let mut hidden = log();
+        hidden.records[8].record.recorded_at_ms = 1_700_000_000_000;
+        prune(&mut hidden, 8);
+        assert!(matches!(
+            verify(&hidden, &thirty_days()).problem,
+            Some(Finding::HeaderChanged { index: 8, .. })
+        ));
+        // A read turned into an export after pruning: named.
+        let mut l = log();
+        prune(&mut l, 8);
+        l.records[8].record.action = Action::Export;
+        assert!(matches!(
+            verify(&l, &thirty_days()).problem,
+            Some(Finding::FieldChanged {
+                index: 8,
+                field: "action",
+                ..
+            })
+        ));
+        // Its content hash is what is left of its content: it must stay.
+        let mut l = log();
+        prune(&mut l, 8);
+        l.records[8].content_hash = None;
+        assert!(matches!(
+            verify(&l, &thirty_days()).problem,
+            Some(Finding::NoContentHash { index: 8, .. })
+        ));
+    }
+
+    /// `log()` as it was when its first five records were sequenced in leaf format 1,
+    /// with the seal the first start of format 2 signs over them.
+    fn legacy_log() -> (Log, SignedCheckpoint) {
+        let mut l = log();
+        let mut tree = Tree::new();
+        let mut sealed = Tree::new();
+        for (i, r) in l.records.iter_mut().enumerate() {
+            let i = i as u64;
+            if i < 5 {
+                let hash = r.record.leaf_hash_v1(i);
+                r.leaf_hash = Some(icbt_merkle::to_hex(&hash));
+                r.content_hash = None;
+                sealed.push(icbt_merkle::leaf_hash(
+                    &r.record.seal_leaf_data(i, r.leaf_hash.as_deref().unwrap()),
+                ));
+            }
+            tree.push(icbt_merkle::from_hex(r.leaf_hash.as_deref().unwrap()).unwrap());
+        }
+        let mut checkpoints = Vec::new();
+        for size in [4, 7, 10] {
+            let mut t = Tree::new();
+            for r in &l.records[..size] {
+                t.push(icbt_merkle::from_hex(r.leaf_hash.as_deref().unwrap()).unwrap());
+            }
+            let head = Checkpoint {
+                origin: crate::audit::ORIGIN.into(),
+                size: size as u64,
+                root: t.root(),
+            };
+            checkpoints.push(l.signer.sign(head, 1_790_000_000_000).unwrap());
+        }
+        l.checkpoints = checkpoints;
+        let seal = l
+            .signer
+            .sign(
+                Checkpoint {
+                    origin: crate::domain::audit::LEGACY_SEAL_ORIGIN.into(),
+                    size: 5,
+                    root: sealed.root(),
+                },
+                1_790_000_000_000,
+            )
+            .unwrap();
+        (l, seal)
+    }
+
+    fn verify_sealed(l: &Log, seal: Option<SignedCheckpoint>) -> Option<Finding> {
+        let retention = thirty_days();
+        let mut v = Verifier::new(
+            l.checkpoints.clone(),
+            vec![l.signer.public_key().to_vec()],
+            &retention,
+            1_800_000_000_000,
+        )
+        .with_legacy_seal(seal);
+        for r in &l.records {
+            v.feed(r);
+        }
+        v.finish().problem
+    }
+
+    #[test]
+    fn format_1_records_are_held_to_their_seal() {
+        let (l, seal) = legacy_log();
+        assert_eq!(verify_sealed(&l, Some(seal.clone())), None);
+        let mut pruned = Log {
+            records: l.records.clone(),
+            checkpoints: l.checkpoints.clone(),
+            signer: l.signer,
+        };
+        prune(&mut pruned, 2);
+        assert_eq!(verify_sealed(&pruned, Some(seal.clone())), None);
+        // A pruned format-1 record moved back in time: its leaf cannot tell, the seal can.
+        pruned.records[2].record.recorded_at_ms -= 1;
+        assert_eq!(
+            verify_sealed(&pruned, Some(seal.clone())),
+            Some(Finding::SealMismatch { last: 4 })
+        );
+        // Without the seal, format-1 leaves are not accepted at all.
+        let l = &pruned;
+        assert!(matches!(
+            verify_sealed(l, None),
+            Some(Finding::Unsealed {
+                index: 0,
+                sealed: 0,
+                ..
+            })
+        ));
+        let mut forged = seal.clone();
+        forged.signature[3] ^= 1;
+        assert!(matches!(
+            verify_sealed(l, Some(forged)),
+            Some(Finding::BadSeal { .. })
+        ));
+        let mut cut = pruned;
+        cut.records.truncate(3);
+        cut.checkpoints.clear();
+        assert_eq!(
+            verify_sealed(&cut, Some(seal)),
+            Some(Finding::SealTruncated { size: 5, have: 3 })
+        );
+    }
+
+    #[test]
+    fn an_unreadable_row_is_named_with_its_field() {
+        let l = log();
+        let retention = RetentionConfig::default();
+        let mut v = Verifier::new(
+            l.checkpoints.clone(),
+            vec![l.signer.public_key().to_vec()],
+            &retention,
+            0,
+        );
+        v.feed_row(&Ok(l.records[0].clone()));
+        v.feed_row(&Err(Unreadable {
+            leaf_index: Some(1),
+            id: "\"x\"".into(),
+            field: "action",
+            stored: "\"bogus\"".into(),
+        }));
+        assert_eq!(
+            v.finish().problem.map(|f| f.to_string()),
+            Some(
+                "record 1 (\"x\"): action stored as \"bogus\", which the gateway never writes"
+                    .into()
+            )
+        );
     }
 }

@@ -220,21 +220,26 @@ pub(crate) async fn verify_audit(
     let mut log_now = store.audit_snapshot().await?;
     let checkpoints = log_now.checkpoints().await?;
     let pending = log_now.pending().await?;
+    let seal = log_now.legacy_seal().await?;
     let mut verifier = crate::audit::verify::Verifier::new(
         checkpoints,
         log.trusted.clone(),
         &log.retention,
         crate::storage::now_ms(),
     )
+    .with_legacy_seal(seal)
     .with_outside(outside);
     let mut from = 0;
     loop {
         let page = log_now.scan(from, PAGE).await?;
-        let Some(last) = page.last().and_then(|s| s.leaf_index) else {
+        let Some(last) = page.last().and_then(|row| match row {
+            Ok(stored) => stored.leaf_index,
+            Err(bad) => bad.leaf_index,
+        }) else {
             break;
         };
-        for stored in &page {
-            verifier.feed(stored);
+        for row in &page {
+            verifier.feed_row(row);
         }
         if verifier.failed() || i64::try_from(page.len()).unwrap_or(i64::MAX) < PAGE {
             break;

@@ -409,13 +409,17 @@ fn login_context(config: &Config, auth: &AuthContext) -> anyhow::Result<Arc<Logi
 }
 
 /// Re-signs the newest checkpoint of each log as a C2SP note if it was written before
-/// the note format (once, at the first start after the upgrade).
+/// the note format, and seals the access records hashed in leaf format 1 (each once, at
+/// the first start after the upgrade).
 async fn upgrade_checkpoints(store: &Store, audit_log: &AuditLog) -> anyhow::Result<()> {
     if store.upgrade_audit_checkpoint(&audit_log.signer).await? {
         tracing::info!(log = "access", "newest checkpoint re-signed as a C2SP note");
     }
     if store.upgrade_key_log_head(&audit_log.signer).await? {
         tracing::info!(log = "keys", "newest checkpoint re-signed as a C2SP note");
+    }
+    if let Some(records) = store.seal_legacy_leaves(&audit_log.signer).await? {
+        tracing::info!(records, "access records of leaf format 1 sealed");
     }
     Ok(())
 }

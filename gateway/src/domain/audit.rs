@@ -143,20 +143,122 @@ impl std::fmt::Debug for Record {
     }
 }
 
+/// The name of the signed seal over the records hashed in leaf format 1 (see
+/// [`Record::seal_leaf_data`]).
+pub const LEGACY_SEAL_ORIGIN: &str = "icbt-gateway/audit/v1-leaves";
+
+/// Format 1: the whole record, so a pruned record keeps nothing its leaf can be
+/// recomputed from. Kept to verify the records sequenced before format 2.
 #[derive(Serialize)]
-struct Leaf<'a> {
+struct LeafV1<'a> {
     v: u8,
     index: u64,
     #[serde(flatten)]
     record: &'a Record,
 }
 
+/// Format 2: what pruning keeps (position, id, time, action and so class), and the hash
+/// of the rest. A pruned record's leaf is recomputed from its kept columns.
+#[derive(Serialize)]
+struct LeafV2<'a> {
+    v: u8,
+    index: u64,
+    id: &'a Uuid,
+    recorded_at_ms: i64,
+    action: Action,
+    content: &'a str,
+}
+
+/// What pruning removes, hashed into a format-2 leaf as `content`.
+#[derive(Serialize)]
+struct Content<'a> {
+    v: u8,
+    outcome: Outcome,
+    reason: &'a Option<String>,
+    principal_kind: &'a str,
+    principal_id: &'a Option<String>,
+    principal_organisation: &'a Option<String>,
+    issuer: &'a Option<String>,
+    client_id: &'a Option<String>,
+    token_jti: &'a Option<String>,
+    resource_type: &'a str,
+    resource_id: &'a Option<String>,
+    episode_id: &'a Option<Uuid>,
+    patient: &'a Option<String>,
+    request_id: &'a Option<String>,
+    source: &'a Option<String>,
+}
+
+/// A format-1 record's kept columns, as the legacy seal commits to them.
+#[derive(Serialize)]
+struct SealLeaf<'a> {
+    v: &'static str,
+    index: u64,
+    id: &'a Uuid,
+    recorded_at_ms: i64,
+    action: Action,
+    leaf: &'a str,
+}
+
 impl Record {
-    /// The bytes hashed as leaf `index` (RFC 9162 `d`): the record as JSON, fields in
-    /// declaration order, with a version and its own position, so a record moved to
-    /// another position no longer matches its hash.
+    /// The bytes hashed as leaf `index` (RFC 9162 `d`), format 2: a header of what
+    /// pruning keeps, with the record's own position (a record moved to another
+    /// position no longer matches its hash), and the hash of the rest as `content`.
     pub fn leaf_data(&self, index: u64) -> Vec<u8> {
-        serde_json::to_vec(&Leaf {
+        leaf_v2(
+            index,
+            &self.id,
+            self.recorded_at_ms,
+            self.action,
+            &self.content_hash_hex(),
+        )
+    }
+
+    pub fn leaf_hash(&self, index: u64) -> icbt_merkle::Hash {
+        icbt_merkle::leaf_hash(&self.leaf_data(index))
+    }
+
+    /// SHA-256 of what pruning removes (hex), as a format-2 leaf commits to it.
+    pub fn content_hash_hex(&self) -> String {
+        let content = Content {
+            v: 2,
+            outcome: self.outcome,
+            reason: &self.reason,
+            principal_kind: &self.principal_kind,
+            principal_id: &self.principal_id,
+            principal_organisation: &self.principal_organisation,
+            issuer: &self.issuer,
+            client_id: &self.client_id,
+            token_jti: &self.token_jti,
+            resource_type: &self.resource_type,
+            resource_id: &self.resource_id,
+            episode_id: &self.episode_id,
+            patient: &self.patient,
+            request_id: &self.request_id,
+            source: &self.source,
+        };
+        let bytes = serde_json::to_vec(&content).unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let mut hash = [0; 32];
+        hash.copy_from_slice(digest.as_ref());
+        icbt_merkle::to_hex(&hash)
+    }
+
+    /// The leaf of a pruned format-2 record, from the columns pruning keeps.
+    pub fn pruned_leaf_hash(&self, index: u64, content_hex: &str) -> icbt_merkle::Hash {
+        icbt_merkle::leaf_hash(&leaf_v2(
+            index,
+            &self.id,
+            self.recorded_at_ms,
+            self.action,
+            content_hex,
+        ))
+    }
+
+    /// The bytes hashed as leaf `index` in format 1: the record as JSON, fields in
+    /// declaration order, with a version and its own position.
+    pub fn leaf_data_v1(&self, index: u64) -> Vec<u8> {
+        serde_json::to_vec(&LeafV1 {
             v: 1,
             index,
             record: self,
@@ -164,8 +266,22 @@ impl Record {
         .unwrap_or_default()
     }
 
-    pub fn leaf_hash(&self, index: u64) -> icbt_merkle::Hash {
-        icbt_merkle::leaf_hash(&self.leaf_data(index))
+    pub fn leaf_hash_v1(&self, index: u64) -> icbt_merkle::Hash {
+        icbt_merkle::leaf_hash(&self.leaf_data_v1(index))
+    }
+
+    /// A format-1 record's leaf in the legacy seal: the columns pruning keeps and its
+    /// stored leaf hash, so its time and action stay bound after its content is gone.
+    pub fn seal_leaf_data(&self, index: u64, leaf_hex: &str) -> Vec<u8> {
+        serde_json::to_vec(&SealLeaf {
+            v: "seal-1",
+            index,
+            id: &self.id,
+            recorded_at_ms: self.recorded_at_ms,
+            action: self.action,
+            leaf: leaf_hex,
+        })
+        .unwrap_or_default()
     }
 
     /// A refusal, with its reason code.
@@ -197,6 +313,18 @@ impl Record {
     }
 }
 
+fn leaf_v2(index: u64, id: &Uuid, recorded_at_ms: i64, action: Action, content: &str) -> Vec<u8> {
+    serde_json::to_vec(&LeafV2 {
+        v: 2,
+        index,
+        id,
+        recorded_at_ms,
+        action,
+        content,
+    })
+    .unwrap_or_default()
+}
+
 /// A stored record with its place in the tree (`None` until sequenced).
 #[derive(Clone, Debug)]
 pub struct Stored {
@@ -204,8 +332,22 @@ pub struct Stored {
     pub leaf_index: Option<u64>,
     /// Hex SHA-256 leaf hash written when the record was sequenced.
     pub leaf_hash: Option<String>,
-    /// Content removed by retention; only the hash and time remain.
+    /// Hex SHA-256 of the content (format-2 leaves; `None` for format 1).
+    pub content_hash: Option<String>,
+    /// Content removed by retention; the id, time, action, position and hashes remain.
     pub pruned: bool,
+}
+
+/// A sequenced row that does not read as a record: one of its columns holds what the
+/// gateway never writes (an action outside the set, an id not in canonical form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    pub leaf_index: Option<u64>,
+    /// The row's id as stored, quoted (it may be what is wrong).
+    pub id: String,
+    pub field: &'static str,
+    /// The stored value, quoted, or a description of it for personal identifiers.
+    pub stored: String,
 }
 
 /// Facts about the request an access record needs: its id and where it came from.
@@ -317,7 +459,37 @@ pub(crate) mod tests {
         other.outcome = Outcome::Refused;
         assert_ne!(r.leaf_hash(0), other.leaf_hash(0));
         let text = String::from_utf8(r.leaf_data(3)).unwrap();
+        assert!(text.starts_with(r#"{"v":2,"index":3,"id":""#), "{text}");
+        let text = String::from_utf8(r.leaf_data_v1(3)).unwrap();
         assert!(text.starts_with(r#"{"v":1,"index":3,"id":""#), "{text}");
+    }
+
+    #[test]
+    fn a_pruned_leaf_is_recomputed_from_what_pruning_keeps() {
+        let r = sample(1);
+        let content = r.content_hash_hex();
+        assert_eq!(r.pruned_leaf_hash(4, &content), r.leaf_hash(4));
+        // Every content field is in the content hash; time and action are in the header.
+        let mut other = r.clone();
+        other.source = Some("10.0.0.1".into());
+        assert_ne!(other.content_hash_hex(), content);
+        let mut earlier = r.clone();
+        earlier.recorded_at_ms -= 1;
+        assert_ne!(earlier.pruned_leaf_hash(4, &content), r.leaf_hash(4));
+        let mut export = r.clone();
+        export.action = Action::Export;
+        assert_ne!(export.pruned_leaf_hash(4, &content), r.leaf_hash(4));
+    }
+
+    /// The same vector is in the JS SDK's tests (`client-js/test/accesslog.test.mjs`):
+    /// both sides must build the same leaf from the same record view.
+    #[test]
+    fn leaf_format_2_vector() {
+        let r = sample(1);
+        assert_eq!(
+            icbt_merkle::to_hex(&r.leaf_hash(3)),
+            "55a385e0ef7dac8f5c568ea8be87b1ed2a3c16a370956c91c2d0907fd82704c0"
+        );
     }
 
     #[test]

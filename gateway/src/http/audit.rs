@@ -88,6 +88,9 @@ pub struct RecordsQuery {
 pub struct RecordView {
     index: u64,
     leaf_hash: String,
+    /// How the leaf is built from the record: 2 (a header and the hash of the rest), or
+    /// 1 (the whole record) for records logged before format 2.
+    leaf_format: u8,
     /// Base64 RFC 9162 audit path of the record in the tree of `proof_size`, when the
     /// search asked for proofs and the record is in that tree.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +111,7 @@ pub(crate) fn view(s: Stored) -> RecordView {
     RecordView {
         index: s.leaf_index.unwrap_or_default(),
         leaf_hash: s.leaf_hash.unwrap_or_default(),
+        leaf_format: if s.content_hash.is_some() { 2 } else { 1 },
         proof: None,
         record: s.record,
     }

@@ -7,12 +7,14 @@ use std::fmt::Write as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, FromRow as _};
 use uuid::Uuid;
 
 use super::rows::{self, CHECKPOINT_COLUMNS, CheckpointRow, LeafHashRow, TreeHeadRow};
 use super::{StorageError, Store, now_ms};
-use crate::domain::audit::{Action, ORIGIN, Outcome, Record, Stored};
+use crate::domain::audit::{
+    Action, LEGACY_SEAL_ORIGIN, ORIGIN, Outcome, Record, Stored, Unreadable,
+};
 
 /// A query on either backend, as built by `sqlx::query`.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -20,6 +22,11 @@ pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyA
 pub(super) const COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
     principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
     patient, request_id, source";
+
+/// [`COLUMNS`] and a record's place in the tree: what [`rows::StoredRow`] reads.
+pub(super) const STORED_COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
+    principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+    patient, request_id, source, leaf_index, leaf_hash, content_hash, pruned";
 
 /// Writes `record` on `conn`, inside the caller's transaction.
 pub(super) async fn insert(conn: &mut AnyConnection, r: &Record) -> Result<(), sqlx::Error> {
@@ -77,15 +84,15 @@ pub(super) fn bind_record<'q>(query: AnyQuery<'q>, r: &Record) -> AnyQuery<'q> {
         .bind(r.source.clone())
 }
 
-/// Gives each record its leaf index and hash: one UPDATE per hundred rows, not one per
+/// A record's place in the tree: id, leaf index, leaf hash and content hash (hex).
+type Leaf = (Uuid, i64, String, String);
+
+/// Gives each record its leaf index, leaf hash and content hash: one UPDATE per hundred rows, not one per
 /// record (the sequencer keeps pace with sends only this way). `VALUES` columns are
 /// `column1…` on both backends. The ids are named again as `id IN (…)`: joined with
 /// `VALUES` alone, PostgreSQL plans a hash join over a scan of the whole table (about
 /// as costly as a hundred index lookups at 8 000 rows, and growing with the log).
-async fn assign_leaves(
-    conn: &mut AnyConnection,
-    leaves: &[(Uuid, i64, String)],
-) -> Result<(), sqlx::Error> {
+async fn assign_leaves(conn: &mut AnyConnection, leaves: &[Leaf]) -> Result<(), sqlx::Error> {
     for chunk in leaves.chunks(ROWS_PER_INSERT) {
         let mut values = String::new();
         let mut ids = String::new();
@@ -94,17 +101,28 @@ async fn assign_leaves(
                 values.push_str(", ");
                 ids.push_str(", ");
             }
-            let _ = write!(values, "(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3);
-            let _ = write!(ids, "${}", 3 * i + 1);
+            let _ = write!(
+                values,
+                "(${}, ${}, ${}, ${})",
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3,
+                4 * i + 4
+            );
+            let _ = write!(ids, "${}", 4 * i + 1);
         }
         let sql = format!(
-            "UPDATE audit_records SET leaf_index = v.column2, leaf_hash = v.column3 \
+            "UPDATE audit_records SET leaf_index = v.column2, leaf_hash = v.column3, content_hash = v.column4 \
              FROM (VALUES {values}) AS v \
              WHERE audit_records.id = v.column1 AND audit_records.id IN ({ids})"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, index, hash) in chunk {
-            query = query.bind(id.to_string()).bind(*index).bind(hash.as_str());
+        for (id, index, hash, content) in chunk {
+            query = query
+                .bind(id.to_string())
+                .bind(*index)
+                .bind(hash.as_str())
+                .bind(content.as_str());
         }
         let done = query.execute(&mut *conn).await?;
         if done.rows_affected() != chunk.len() as u64 {
@@ -193,9 +211,15 @@ impl Store {
         for row in &rows {
             let record = rows::read::<Record>(row)?;
             let index = tree.size();
-            let hash = record.leaf_hash(index);
+            let content = record.content_hash_hex();
+            let hash = record.pruned_leaf_hash(index, &content);
             tree.push(hash);
-            leaves.push((record.id, to_i64(index), icbt_merkle::to_hex(&hash)));
+            leaves.push((
+                record.id,
+                to_i64(index),
+                icbt_merkle::to_hex(&hash),
+                content,
+            ));
         }
         assign_leaves(&mut tx, &leaves).await?;
         let head_checkpoint = signer.sign(
@@ -235,7 +259,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Stored>, StorageError> {
         let mut sql = format!(
-            "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+            "SELECT {STORED_COLUMNS} FROM audit_records \
              WHERE leaf_index IS NOT NULL AND pruned = 0"
         );
         let mut binds: Vec<Bind> = Vec::new();
@@ -302,8 +326,9 @@ impl Store {
         rows.iter().map(rows::read::<Stored>).collect()
     }
 
-    /// Every sequenced record from leaf index `from`, pruned or not, in tree order.
-    pub async fn audit_scan(&self, from: u64, limit: i64) -> Result<Vec<Stored>, StorageError> {
+    /// Every sequenced record from leaf index `from`, pruned or not, in tree order; a
+    /// row that does not read as a record is returned as what is wrong with it.
+    pub async fn audit_scan(&self, from: u64, limit: i64) -> Result<Vec<Scanned>, StorageError> {
         scan(&self.pool, from, limit).await
     }
 
@@ -347,6 +372,69 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Seals the records hashed in leaf format 1, once: signs a tree over what pruning
+    /// keeps of each (position, id, time, action, leaf hash), so that verify can still
+    /// tell their time and action after their content is pruned. Every record sequenced
+    /// before the first start of leaf format 2 is in format 1; the head row's lock keeps
+    /// the sequencer out meanwhile. Returns the number of records sealed, or `None` when
+    /// the seal exists.
+    pub async fn seal_legacy_leaves(&self, signer: &Signer) -> Result<Option<u64>, StorageError> {
+        const PAGE: i64 = 10_000;
+        let mut tx = self.pool.begin().await?;
+        let head: TreeHeadRow =
+            sqlx::query_as("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
+                .fetch_one(&mut *tx)
+                .await?;
+        if legacy_seal(&mut *tx).await?.is_some() {
+            return Ok(None);
+        }
+        let size = head.stored_size();
+        let mut seal = icbt_merkle::Tree::new();
+        while seal.size() < size {
+            let page = scan(&mut *tx, seal.size(), PAGE).await?;
+            if page.is_empty() {
+                return Err(StorageError::Corrupt("audit_records.leaf_index"));
+            }
+            for row in page {
+                if seal.size() >= size {
+                    break;
+                }
+                let stored =
+                    row.map_err(|bad| StorageError::Corrupt(rows::record_column(bad.field)))?;
+                let index = seal.size();
+                let leaf = stored
+                    .leaf_hash
+                    .as_deref()
+                    .filter(|_| stored.leaf_index == Some(index))
+                    .ok_or(StorageError::Corrupt("audit_records.leaf_index"))?;
+                seal.push(icbt_merkle::leaf_hash(
+                    &stored.record.seal_leaf_data(index, leaf),
+                ));
+            }
+        }
+        let sealed = signer.sign(
+            Checkpoint {
+                origin: LEGACY_SEAL_ORIGIN.to_owned(),
+                size,
+                root: seal.root(),
+            },
+            now_ms(),
+        )?;
+        sqlx::query(
+            "INSERT INTO audit_legacy_seal (id, size, root, timestamp_ms, key_id, signature) \
+             VALUES (1, $1, $2, $3, $4, $5)",
+        )
+        .bind(to_i64(size))
+        .bind(icbt_merkle::to_hex(&sealed.checkpoint.root))
+        .bind(sealed.signed_at_ms)
+        .bind(&sealed.key_id)
+        .bind(STANDARD.encode(&sealed.signature))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(size))
     }
 
     /// The newest checkpoint, or the one at exactly `size`.
@@ -470,8 +558,13 @@ impl AuditSnapshot {
         Ok((head.stored_size(), head.tree("audit_head").ok()))
     }
 
-    pub async fn scan(&mut self, from: u64, limit: i64) -> Result<Vec<Stored>, StorageError> {
+    pub async fn scan(&mut self, from: u64, limit: i64) -> Result<Vec<Scanned>, StorageError> {
         scan(&mut *self.tx, from, limit).await
+    }
+
+    /// The signed seal over the records hashed in leaf format 1, if there is one.
+    pub async fn legacy_seal(&mut self) -> Result<Option<SignedCheckpoint>, StorageError> {
+        legacy_seal(&mut *self.tx).await
     }
 
     /// Ends the view (it changed nothing).
@@ -481,20 +574,38 @@ impl AuditSnapshot {
     }
 }
 
+/// A sequenced row as `audit verify` walks it: the record, or what is wrong with it.
+pub type Scanned = Result<Stored, Unreadable>;
+
 async fn scan<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     from: u64,
     limit: i64,
-) -> Result<Vec<Stored>, StorageError> {
+) -> Result<Vec<Scanned>, StorageError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+        "SELECT {STORED_COLUMNS} FROM audit_records \
          WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2"
     )))
     .bind(to_i64(from))
     .bind(limit)
     .fetch_all(executor)
     .await?;
-    rows.iter().map(rows::read::<Stored>).collect()
+    rows.iter()
+        .map(|row| Ok(rows::StoredRow::from_row(row)?.check()))
+        .collect()
+}
+
+async fn legacy_seal<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+) -> Result<Option<SignedCheckpoint>, StorageError> {
+    let row: Option<CheckpointRow> = sqlx::query_as(
+        "SELECT size, root, timestamp_ms, key_id, signature, 'note' AS format \
+         FROM audit_legacy_seal WHERE id = 1",
+    )
+    .fetch_optional(executor)
+    .await?;
+    row.map(|r| r.signed(LEGACY_SEAL_ORIGIN, "audit_legacy_seal"))
+        .transpose()
 }
 
 async fn checkpoints<'e>(

@@ -62,6 +62,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     ),
     (15, "checkpoint notes", CHECKPOINT_NOTES, CHECKPOINT_NOTES),
     (16, "review", REVIEW, REVIEW),
+    (
+        17,
+        "leaf format 2, canonical identifiers",
+        include_str!("../../migrations/sqlite/0017_leaf_format.sql"),
+        include_str!("../../migrations/postgres/0017_leaf_format.sql"),
+    ),
 ];
 
 const REVIEW: &str = include_str!("../../migrations/0016_review.sql");

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::audit::COLUMNS;
+use super::audit::STORED_COLUMNS;
 use super::{StorageError, Store, rows};
 use crate::domain::audit::Stored;
 
@@ -56,7 +56,7 @@ impl Store {
             (at, i64::try_from(i).unwrap_or(i64::MAX))
         });
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records \
+            "SELECT {STORED_COLUMNS} FROM audit_records \
              WHERE leaf_index IS NOT NULL AND recorded_at_ms >= $1 AND recorded_at_ms < $2 \
              AND (recorded_at_ms > $3 OR (recorded_at_ms = $3 AND leaf_index > $4)) AND {} \
              ORDER BY recorded_at_ms, leaf_index LIMIT $5",

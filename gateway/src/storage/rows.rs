@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::StorageError;
-use crate::domain::audit::{Action, Outcome, Record, Stored};
+use crate::domain::audit::{Action, Outcome, Record, Stored, Unreadable};
 use crate::domain::episode::{
     CareTeamEntry, Clinic, ClinicId, Episode, EpisodeId, EpisodeState, NationalId, OrgNumber,
 };
@@ -227,33 +227,116 @@ pub(super) struct RecordRow {
     source: Option<String>,
 }
 
+/// A column whose stored value the gateway never writes: which, and what it holds (never
+/// a national id number or an HPR number; those are described, not shown).
+struct BadColumn {
+    column: &'static str,
+    shown: String,
+}
+
+impl BadColumn {
+    fn new(column: &'static str, value: &str) -> Self {
+        let shown = if matches!(column, "patient" | "principal_id") {
+            format!("({} characters, not shown)", value.chars().count())
+        } else {
+            let mut shown: String = value.chars().take(64).collect();
+            if shown.len() < value.len() {
+                shown.push('…');
+            }
+            format!("{shown:?}")
+        };
+        Self { column, shown }
+    }
+}
+
+/// A UUID in the one form the gateway writes: lower case, hyphenated.
+fn canonical_uuid(value: &str, column: &'static str) -> Result<Uuid, BadColumn> {
+    match Uuid::try_parse(value) {
+        Ok(id) if id.hyphenated().to_string() == value => Ok(id),
+        _ => Err(BadColumn::new(column, value)),
+    }
+}
+
+fn digits(value: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl RecordRow {
+    /// The record, with every identifier in its canonical form; otherwise the first
+    /// column that is not.
+    fn check(self) -> Result<Record, BadColumn> {
+        let id = canonical_uuid(&self.id, "id")?;
+        let action =
+            Action::parse(&self.action).ok_or_else(|| BadColumn::new("action", &self.action))?;
+        let outcome = Outcome::parse(&self.outcome)
+            .ok_or_else(|| BadColumn::new("outcome", &self.outcome))?;
+        let episode_id = self
+            .episode_id
+            .map(|v| canonical_uuid(&v, "episode_id"))
+            .transpose()?;
+        if let Some(p) = self.patient.as_deref().filter(|p| !digits(p, 11..=11)) {
+            return Err(BadColumn::new("patient", p));
+        }
+        if let Some(o) = self
+            .principal_organisation
+            .as_deref()
+            .filter(|o| !digits(o, 9..=9))
+        {
+            return Err(BadColumn::new("principal_organisation", o));
+        }
+        if let Some(p) = self.principal_id.as_deref() {
+            let canonical = match self.principal_kind.as_str() {
+                "patient" => digits(p, 11..=11),
+                "clinician" => digits(p, 1..=9) && !p.starts_with('0'),
+                _ => true,
+            };
+            if !canonical {
+                return Err(BadColumn::new("principal_id", p));
+            }
+        }
+        Ok(Record {
+            id,
+            recorded_at_ms: self.recorded_at_ms,
+            action,
+            outcome,
+            reason: self.reason,
+            principal_kind: self.principal_kind,
+            principal_id: self.principal_id,
+            principal_organisation: self.principal_organisation,
+            issuer: self.issuer,
+            client_id: self.client_id,
+            token_jti: self.token_jti,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            episode_id,
+            patient: self.patient,
+            request_id: self.request_id,
+            source: self.source,
+        })
+    }
+}
+
 impl TryFrom<RecordRow> for Record {
     type Error = StorageError;
     fn try_from(r: RecordRow) -> Result<Self, StorageError> {
-        Ok(Record {
-            id: uuid(&r.id, "audit_records.id")?,
-            recorded_at_ms: r.recorded_at_ms,
-            action: Action::parse(&r.action)
-                .ok_or(StorageError::Corrupt("audit_records.action"))?,
-            outcome: Outcome::parse(&r.outcome)
-                .ok_or(StorageError::Corrupt("audit_records.outcome"))?,
-            reason: r.reason,
-            principal_kind: r.principal_kind,
-            principal_id: r.principal_id,
-            principal_organisation: r.principal_organisation,
-            issuer: r.issuer,
-            client_id: r.client_id,
-            token_jti: r.token_jti,
-            resource_type: r.resource_type,
-            resource_id: r.resource_id,
-            episode_id: r
-                .episode_id
-                .map(|v| uuid(&v, "audit_records.episode_id"))
-                .transpose()?,
-            patient: r.patient,
-            request_id: r.request_id,
-            source: r.source,
-        })
+        r.check()
+            .map_err(|bad| StorageError::Corrupt(record_column(bad.column)))
+    }
+}
+
+/// `audit_records.<column>`, for a storage error.
+pub(super) fn record_column(column: &'static str) -> &'static str {
+    match column {
+        "id" => "audit_records.id",
+        "action" => "audit_records.action",
+        "outcome" => "audit_records.outcome",
+        "episode_id" => "audit_records.episode_id",
+        "patient" => "audit_records.patient",
+        "principal_organisation" => "audit_records.principal_organisation",
+        "principal_id" => "audit_records.principal_id",
+        "leaf_index" => "audit_records.leaf_index",
+        "content_hash" => "audit_records.content_hash",
+        _ => "audit_records",
     }
 }
 
@@ -264,21 +347,46 @@ pub(super) struct StoredRow {
     record: RecordRow,
     leaf_index: Option<i64>,
     leaf_hash: Option<String>,
+    content_hash: Option<String>,
     pruned: i64,
+}
+
+impl StoredRow {
+    /// The stored record, or what `audit verify` says of a row that does not read as one.
+    pub(super) fn check(self) -> Result<Stored, Unreadable> {
+        let leaf_index = self.leaf_index.and_then(|i| u64::try_from(i).ok());
+        let raw_id = self.record.id.clone();
+        let unreadable = |bad: BadColumn| Unreadable {
+            leaf_index,
+            id: BadColumn::new("id", &raw_id).shown,
+            field: bad.column,
+            stored: bad.shown,
+        };
+        if let Some(i) = self.leaf_index.filter(|i| *i < 0) {
+            return Err(unreadable(BadColumn::new("leaf_index", &i.to_string())));
+        }
+        if let Some(c) = self
+            .content_hash
+            .as_deref()
+            .filter(|c| c.len() != 64 || !c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        {
+            return Err(unreadable(BadColumn::new("content_hash", c)));
+        }
+        Ok(Stored {
+            record: self.record.check().map_err(unreadable)?,
+            leaf_index,
+            leaf_hash: self.leaf_hash,
+            content_hash: self.content_hash,
+            pruned: self.pruned != 0,
+        })
+    }
 }
 
 impl TryFrom<StoredRow> for Stored {
     type Error = StorageError;
     fn try_from(r: StoredRow) -> Result<Self, StorageError> {
-        Ok(Stored {
-            record: r.record.try_into()?,
-            leaf_index: r
-                .leaf_index
-                .map(|i| index(i, "audit_records.leaf_index"))
-                .transpose()?,
-            leaf_hash: r.leaf_hash,
-            pruned: r.pruned != 0,
-        })
+        r.check()
+            .map_err(|bad| StorageError::Corrupt(record_column(bad.field)))
     }
 }
 
