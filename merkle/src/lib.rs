@@ -71,9 +71,11 @@ pub fn from_hex(hex: &str) -> Option<Hash> {
     from_hex_array(hex)
 }
 
-/// `N` bytes from `2N` lower- or upper-case hex digits.
+/// `N` bytes from `2N` lower-case hex digits: the one form [`to_hex`] writes, so a
+/// stored hash has exactly one spelling (an upper-case digit or a `+` sign is refused,
+/// not read as the same bytes).
 fn from_hex_array<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    if hex.len() != 2 * N || !hex.is_ascii() {
+    if hex.len() != 2 * N || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; N];
@@ -140,6 +142,9 @@ mod tests {
         assert_eq!(from_hex("00"), None);
         assert_eq!(from_hex(&"zz".repeat(32)), None);
         assert_eq!(from_hex(&"é".repeat(32)), None);
+        // One spelling per hash: no upper case, no sign.
+        assert_eq!(from_hex(&to_hex(&h).to_uppercase()), None);
+        assert_eq!(from_hex(&format!("+{}", &to_hex(&h)[1..])), None);
     }
 
     #[test]

@@ -9,12 +9,55 @@
 //! signature, and records past the last checkpoint or checkpoints past the last record.
 //! Held to checkpoints kept outside the database ([`Verifier::with_outside`]), it also
 //! catches a log cut back, with its checkpoints, to an earlier state, or rewritten.
+//! [`walk`] feeds it from one snapshot of the store: what `audit verify` runs.
 
 use icbt_config::RetentionConfig;
 use icbt_merkle::{Checkpoint, SignedCheckpoint, Tree};
 
 use super::{Action, Outcome, Record, Stored};
 use crate::domain::audit::Unreadable;
+
+/// Verifies the log in `store` as of one moment: one read-only snapshot, so a batch that
+/// running gateways sequence meanwhile is wholly in it or wholly out. Returns the report
+/// and the number of records still waiting to join the tree.
+pub async fn walk(
+    store: &crate::storage::Store,
+    log: &super::sequencer::AuditLog,
+    outside: Vec<Checkpoint>,
+    now_ms: i64,
+) -> Result<(Report, i64), crate::storage::StorageError> {
+    const PAGE: i64 = 10_000;
+    let mut snapshot = store.audit_snapshot().await?;
+    let checkpoints = snapshot.checkpoints().await?;
+    let pending = snapshot.pending().await?;
+    let seal = snapshot.legacy_seal().await?;
+    let mut verifier = Verifier::new(checkpoints, log.trusted.clone(), &log.retention, now_ms)
+        .with_legacy_seal(seal)
+        .with_outside(outside);
+    let mut from = 0;
+    loop {
+        let page = snapshot.scan(from, PAGE).await?;
+        let Some(last) = page.last().and_then(|row| match row {
+            Ok(stored) => stored.leaf_index,
+            Err(bad) => bad.leaf_index,
+        }) else {
+            break;
+        };
+        for row in &page {
+            verifier.feed_row(row);
+        }
+        if verifier.failed() || i64::try_from(page.len()).unwrap_or(i64::MAX) < PAGE {
+            break;
+        }
+        from = last + 1;
+    }
+    let head = snapshot.head().await?;
+    snapshot.close().await?;
+    Ok((
+        verifier.finish_with_head((head.0, head.1.as_ref())),
+        pending,
+    ))
+}
 
 /// The first thing wrong with the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -213,43 +213,11 @@ pub(crate) async fn verify_audit(
     log: &AuditLog,
     outside: Vec<Checkpoint>,
 ) -> anyhow::Result<()> {
-    const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let store = Store::open(&config.storage).await?;
-    // One snapshot: a batch the running gateway sequences meanwhile is not half seen.
-    let mut log_now = store.audit_snapshot().await?;
-    let checkpoints = log_now.checkpoints().await?;
-    let pending = log_now.pending().await?;
-    let seal = log_now.legacy_seal().await?;
-    let mut verifier = crate::audit::verify::Verifier::new(
-        checkpoints,
-        log.trusted.clone(),
-        &log.retention,
-        crate::storage::now_ms(),
-    )
-    .with_legacy_seal(seal)
-    .with_outside(outside);
-    let mut from = 0;
-    loop {
-        let page = log_now.scan(from, PAGE).await?;
-        let Some(last) = page.last().and_then(|row| match row {
-            Ok(stored) => stored.leaf_index,
-            Err(bad) => bad.leaf_index,
-        }) else {
-            break;
-        };
-        for row in &page {
-            verifier.feed_row(row);
-        }
-        if verifier.failed() || i64::try_from(page.len()).unwrap_or(i64::MAX) < PAGE {
-            break;
-        }
-        from = last + 1;
-    }
-    let head = log_now.head().await?;
-    log_now.close().await?;
-    let report = verifier.finish_with_head((head.0, head.1.as_ref()));
+    let walked = crate::audit::verify::walk(&store, log, outside, crate::storage::now_ms()).await;
     store.close().await;
+    let (report, pending) = walked?;
     let seconds = started.elapsed().as_secs_f64();
     #[allow(clippy::print_stdout, clippy::cast_precision_loss)]
     match report.problem {

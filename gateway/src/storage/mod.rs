@@ -88,6 +88,14 @@ pub enum StorageError {
     #[error("stored row is inconsistent: {0}")]
     Corrupt(&'static str),
     #[error(
+        "the checkpoint at size {size} in {table}: {field} is not in the form the gateway writes"
+    )]
+    CorruptCheckpoint {
+        table: &'static str,
+        size: i64,
+        field: &'static str,
+    },
+    #[error(
         "the access log's cached head (audit_head, size {head_size}) disagrees with its newest signed checkpoint (size {checkpoint_size}); records wait until an operator repairs it"
     )]
     HeadMismatch {

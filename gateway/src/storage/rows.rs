@@ -415,21 +415,24 @@ impl CheckpointRow {
         origin: &str,
         table: &'static str,
     ) -> Result<SignedCheckpoint, StorageError> {
-        let corrupt = || StorageError::Corrupt(table);
+        let size = self.size;
+        let corrupt = |field: &'static str| StorageError::CorruptCheckpoint { table, size, field };
         Ok(SignedCheckpoint {
             checkpoint: Checkpoint {
                 origin: origin.to_owned(),
-                size: index(self.size, table)?,
-                root: icbt_merkle::from_hex(&self.root).ok_or_else(corrupt)?,
+                size: u64::try_from(size).map_err(|_| corrupt("size"))?,
+                root: icbt_merkle::from_hex(&self.root).ok_or_else(|| corrupt("root"))?,
             },
             format: match self.format.as_str() {
                 "note" => Format::Note,
                 "legacy" => Format::Legacy,
-                _ => return Err(corrupt()),
+                _ => return Err(corrupt("format")),
             },
             signed_at_ms: self.timestamp_ms,
             key_id: self.key_id,
-            signature: STANDARD.decode(self.signature).map_err(|_| corrupt())?,
+            signature: STANDARD
+                .decode(self.signature)
+                .map_err(|_| corrupt("signature"))?,
         })
     }
 }
