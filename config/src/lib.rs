@@ -651,6 +651,55 @@ impl Config {
                 "set it to the origin clients use, e.g. https://gateway.example.no",
             ));
         }
+        self.validate_private_files()
+    }
+
+    /// Production: every file that holds a private key or a secret is its owner's alone,
+    /// and the access log's signing key lies outside the data directory whose database
+    /// it protects (whoever can rewrite the one should not also hold the other).
+    fn validate_private_files(&self) -> Result<(), ConfigError> {
+        let mut files: Vec<(&'static str, &Path)> = Vec::new();
+        if let Some(path) = &self.audit.signing_key_file {
+            files.push(("audit.signing_key_file", path));
+        }
+        if let Some(path) = &self.tls.key_file {
+            files.push(("tls.key_file", path));
+        }
+        if let Some(outbound) = &self.outbound {
+            files.push(("outbound.key_file", &outbound.key_file));
+        }
+        if let Some(client) = &self.export.client {
+            files.push(("export.client.key_file", &client.key_file));
+        }
+        for login in &self.login {
+            files.push(("login.key_file", &login.key_file));
+        }
+        for file in &self.export.journal_key_files {
+            files.push(("export.journal_key_files", file));
+        }
+        if let Some(SecretOrigin::File(path)) = self.storage.password.as_ref().map(Secret::origin) {
+            files.push(("storage.password", path));
+        }
+        if let Some(SecretOrigin::File(path)) =
+            self.auth.dpop.nonce_secret.as_ref().map(Secret::origin)
+        {
+            files.push(("auth.dpop.nonce_secret", path));
+        }
+        for (key, path) in files {
+            owner_only(key, path)?;
+        }
+        if let Some(key) = &self.audit.signing_key_file
+            && inside(key, &self.storage.data_dir)
+        {
+            return Err(invalid(
+                "audit.signing_key_file",
+                format!(
+                    "{} is inside storage.data_dir, next to the database whose log it signs",
+                    key.display()
+                ),
+                "keep it where the database's operator cannot reach, e.g. /run/secrets/audit-signing-key.pem",
+            ));
+        }
         Ok(())
     }
 
@@ -741,11 +790,11 @@ impl Config {
                 path,
                 "point it at a PEM Ed25519 key, e.g. from `openssl genpkey -algorithm ed25519`",
             )?,
-            None if self.storage.url.is_some() && mode == Mode::Production => {
+            None if mode == Mode::Production => {
                 return Err(invalid(
                     "audit.signing_key_file",
-                    "is not set, and instances sharing PostgreSQL must sign with one key".into(),
-                    "set it to a PEM Ed25519 key, e.g. from `openssl genpkey -algorithm ed25519`",
+                    "is not set; production keeps the key that signs the access log apart from the database it protects (and instances sharing PostgreSQL sign with one key)".into(),
+                    "set it to a PEM Ed25519 key outside storage.data_dir, e.g. from `openssl genpkey -algorithm ed25519`",
                 ));
             }
             None => {}
@@ -927,6 +976,41 @@ pub(crate) fn invalid(key: &'static str, problem: String, fix: &'static str) -> 
     ConfigError::Invalid { key, problem, fix }
 }
 
+/// A file only its owner may read (no group or other permission bits).
+fn owner_only(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} may be read by others (mode {mode:04o}); it holds a private key or secret",
+                        path.display()
+                    ),
+                    "chmod 600 it (or 400), owned by the user the gateway runs as",
+                ));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (key, path);
+    Ok(())
+}
+
+/// Whether `file` lies inside `dir` (both resolved, symbolic links followed where they
+/// exist).
+fn inside(file: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    resolve(file).starts_with(resolve(dir))
+}
+
 pub(crate) fn readable_file(
     key: &'static str,
     path: &Path,
@@ -1049,8 +1133,10 @@ mod tests {
     #[test]
     fn production_refuses_a_dev_issuer_in_one_line() {
         Jail::expect_with(|jail| {
+            signing_key(jail);
             jail.create_file("cert.pem", "x")?;
             jail.create_file("key.pem", "x")?;
+            owner_only_file(jail, "key.pem");
             let base = "[server]\npublic_url = \"https://gateway.example.no\"\n\
                         [tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
             let issuer = |url: &str| {
@@ -1086,8 +1172,10 @@ mod tests {
     #[test]
     fn production_needs_its_own_public_origin_for_dpop() {
         Jail::expect_with(|jail| {
+            signing_key(jail);
             jail.create_file("cert.pem", "x")?;
             jail.create_file("key.pem", "x")?;
+            owner_only_file(jail, "key.pem");
             let tls = "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
             let err = load_in_jail(jail, tls, Mode::Production).unwrap_err();
             let msg = err.to_string();
@@ -1099,6 +1187,75 @@ mod tests {
             load_in_jail(jail, tls, Mode::Dev).unwrap();
             let with = format!("[server]\npublic_url = \"https://gateway.example.no\"\n{tls}");
             load_in_jail(jail, &with, Mode::Production).unwrap();
+            Ok(())
+        });
+    }
+
+    /// An owner-only access-log signing key for a production configuration, named by
+    /// the environment.
+    fn signing_key(jail: &mut Jail) {
+        jail.create_file("audit-signing-key.pem", "x").unwrap();
+        owner_only_file(jail, "audit-signing-key.pem");
+        jail.set_env("ICBT_AUDIT__SIGNING_KEY_FILE", "audit-signing-key.pem");
+    }
+
+    /// Makes `name` in the jail readable by its owner only, as production wants keys.
+    fn owner_only_file(jail: &Jail, name: &str) {
+        set_mode(jail, name, 0o600);
+    }
+
+    fn set_mode(jail: &Jail, name: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = jail.directory().join(name);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn production_refuses_keys_others_may_read_and_a_signing_key_beside_the_database() {
+        Jail::expect_with(|jail| {
+            jail.create_file("cert.pem", "x")?;
+            jail.create_file("key.pem", "x")?;
+            jail.create_file("audit.pem", "x")?;
+            owner_only_file(jail, "audit.pem");
+            let base = "[server]\npublic_url = \"https://gateway.example.no\"\n\
+                        [tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n\
+                        [audit]\nsigning_key_file = \"audit.pem\"\n";
+            set_mode(jail, "key.pem", 0o644);
+            let err = load_in_jail(jail, base, Mode::Production).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("`tls.key_file`")
+                    && msg.contains("mode 0644")
+                    && msg.contains("chmod 600"),
+                "{msg}"
+            );
+            // Dev mode generates and reads its own files; it is not held to this.
+            load_in_jail(jail, base, Mode::Dev).unwrap();
+            owner_only_file(jail, "key.pem");
+            load_in_jail(jail, base, Mode::Production).unwrap();
+            // Production signs the access log with a configured key, never one generated
+            // beside the database.
+            let unset = base.replace("[audit]\nsigning_key_file = \"audit.pem\"\n", "");
+            let err = load_in_jail(jail, &unset, Mode::Production).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("`audit.signing_key_file`: is not set"),
+                "{err}"
+            );
+            // The key inside the data directory of the database it signs.
+            jail.create_dir("data")?;
+            jail.create_file("data/audit.pem", "x")?;
+            owner_only_file(jail, "data/audit.pem");
+            let beside = format!(
+                "{}[storage]\ndata_dir = \"data\"\n",
+                base.replace("\"audit.pem\"", "\"data/audit.pem\"")
+            );
+            let err = load_in_jail(jail, &beside, Mode::Production).unwrap_err();
+            assert!(
+                err.to_string().contains("`audit.signing_key_file`")
+                    && err.to_string().contains("inside storage.data_dir"),
+                "{err}"
+            );
             Ok(())
         });
     }
@@ -1189,7 +1346,14 @@ mod tests {
             let example = include_str!("../example.toml");
             jail.create_file("cert.pem", "x")?;
             jail.create_file("key.pem", "x")?;
+            owner_only_file(jail, "key.pem");
             let dir = jail.directory().display().to_string();
+            jail.create_file("audit.pem", "x")?;
+            owner_only_file(jail, "audit.pem");
+            let example = example.replace(
+                "/run/secrets/icbt-audit-signing-key.pem",
+                &format!("{dir}/audit.pem"),
+            );
             let example = example.replace("/etc/icbt-gateway/tls", &dir);
             let c = load_in_jail(jail, &example, Mode::Production).unwrap();
             // Every key the effective configuration has appears in the example.

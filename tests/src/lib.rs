@@ -360,9 +360,23 @@ pub async fn connect_database(
     sqlx::AnyConnection::connect(&url).await.unwrap()
 }
 
-/// The test-only Ed25519 key that signs the access log's checkpoints.
+/// The test-only Ed25519 key that signs the access log's checkpoints: a copy of the
+/// fixture readable by its owner only (git keeps the fixture world-readable, and
+/// production refuses a key file others may read).
 pub fn audit_signing_key() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-only-audit-signing-key.pem")
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-only-audit-signing-key.pem");
+        let dir = std::env::temp_dir().join(format!("icbt-e2e-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("test-only-audit-signing-key.pem");
+        std::fs::copy(&fixture, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        copy
+    })
+    .clone()
 }
 
 /// The raw Ed25519 public key of [`audit_signing_key`]: what clients pin to check the

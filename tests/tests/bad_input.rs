@@ -153,7 +153,31 @@ fn example_configuration_checks() {
     .unwrap();
     std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
     std::fs::write(dir.path().join("key.pem"), "x").unwrap();
+    let signing_key = dir.path().join("audit-signing-key.pem");
+    std::fs::copy(icbt_e2e::audit_signing_key(), &signing_key).unwrap();
+    let example = example.replace(
+        "/run/secrets/icbt-audit-signing-key.pem",
+        signing_key.to_str().unwrap(),
+    );
     let file = dir.path().join("gateway.toml");
+    // Production refuses a private key others may read, naming it and the fix.
+    std::fs::write(
+        &file,
+        example.replace("/etc/icbt-gateway/tls", dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = dir.path().join("key.pem");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = run_cli(
+            &["config", "check", file.to_str().unwrap()],
+            &[],
+            dir.path(),
+        );
+        assert_one_line_failure(&out, &["tls.key_file", "mode 0644", "chmod 600"]);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     std::fs::write(
         &file,
         example.replace("/etc/icbt-gateway/tls", dir.path().to_str().unwrap()),
