@@ -1315,99 +1315,12 @@ async fn a_cached_head_that_disagrees_with_the_checkpoints_is_named_and_stops_re
     }
 }
 
-/// One access record as stored, read back the way the gateway hashes it.
-fn record_of(row: &sqlx::any::AnyRow) -> icbt_gateway::domain::audit::Record {
-    use icbt_gateway::domain::audit::{Action, Outcome, Record};
-    use sqlx::Row;
-    let text = |c: &str| row.get::<Option<String>, _>(c);
-    Record {
-        id: Uuid::parse_str(&row.get::<String, _>("id")).unwrap(),
-        recorded_at_ms: row.get("recorded_at_ms"),
-        action: Action::parse(&row.get::<String, _>("action")).unwrap(),
-        outcome: Outcome::parse(&row.get::<String, _>("outcome")).unwrap(),
-        reason: text("reason"),
-        principal_kind: row.get("principal_kind"),
-        principal_id: text("principal_id"),
-        principal_organisation: text("principal_organisation"),
-        issuer: text("issuer"),
-        client_id: text("client_id"),
-        token_jti: text("token_jti"),
-        resource_type: row.get("resource_type"),
-        resource_id: text("resource_id"),
-        episode_id: text("episode_id").map(|e| Uuid::parse_str(&e).unwrap()),
-        patient: text("patient"),
-        request_id: text("request_id"),
-        source: text("source"),
-    }
-}
-
-/// Rewrites the access log as the gateway wrote it before leaf format 2: every leaf the
-/// whole record, no content hashes, no seal, checkpoints and head over those leaves.
-/// Returns the number of records.
+/// [`icbt_e2e::tamper::make_format_1`] on the stopped gateway's database.
 async fn make_format_1(gw: &Gateway) -> u64 {
-    let signer = icbt_merkle::Signer::from_pkcs8(&icbt_e2e::audit_signing_key_der()).unwrap();
     let mut conn = connect(gw.data_dir.path(), gw.database()).await;
-    let rows = sqlx::query(
-        "SELECT id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
-         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
-         patient, request_id, source FROM audit_records WHERE leaf_index IS NOT NULL ORDER BY leaf_index",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    let mut tree = icbt_merkle::Tree::new();
-    let mut roots = std::collections::HashMap::new();
-    for row in &rows {
-        let record = record_of(row);
-        let index = tree.size();
-        let hash = record.leaf_hash_v1(index);
-        sqlx::query(
-            "UPDATE audit_records SET leaf_hash = $1, content_hash = NULL WHERE leaf_index = $2",
-        )
-        .bind(icbt_merkle::to_hex(&hash))
-        .bind(i64::try_from(index).unwrap())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        tree.push(hash);
-        roots.insert(tree.size(), tree.root());
-    }
-    let sizes: Vec<(i64,)> = sqlx::query_as("SELECT size FROM audit_checkpoints")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-    for (size,) in sizes {
-        let root = roots[&u64::try_from(size).unwrap()];
-        let note = signer
-            .sign(
-                icbt_merkle::Checkpoint {
-                    origin: "icbt-gateway/audit/v1".into(),
-                    size: u64::try_from(size).unwrap(),
-                    root,
-                },
-                0,
-            )
-            .unwrap();
-        sqlx::query("UPDATE audit_checkpoints SET root = $1, signature = $2 WHERE size = $3")
-            .bind(icbt_merkle::to_hex(&root))
-            .bind(STANDARD.encode(&note.signature))
-            .bind(size)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
-    sqlx::query("UPDATE audit_head SET peaks = $1 WHERE id = 1")
-        .bind(peaks.join(","))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM audit_legacy_seal")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let records = icbt_e2e::tamper::make_format_1(&mut conn).await;
     conn.close().await.unwrap();
-    tree.size()
+    records
 }
 
 #[tokio::test]

@@ -7,8 +7,9 @@
 -- (`audit_legacy_seal`, one row), so their time and action stay bound after pruning.
 --
 -- Identifiers are stored in one form: UUIDs lower-case and hyphenated, national id
--- numbers 11 digits, organisation numbers 9, HPR numbers without leading zeros. The
--- gateway writes nothing else; the database refuses anything else from now on.
+-- numbers 11 digits, organisation numbers 9, HPR numbers without leading zeros, and the
+-- pruned flag 0 or 1. The gateway writes nothing else; the database refuses anything
+-- else from now on.
 ALTER TABLE audit_records ADD COLUMN content_hash TEXT;
 CREATE TABLE audit_legacy_seal (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -20,6 +21,8 @@ CREATE TABLE audit_legacy_seal (
 );
 -- NOT VALID: rows written before are not re-read here (`audit verify` names any that
 -- is not canonical); every write from now on is checked.
+ALTER TABLE audit_records ADD CONSTRAINT audit_records_pruned_flag
+    CHECK (pruned IN (0, 1)) NOT VALID;
 ALTER TABLE audit_records ADD CONSTRAINT audit_records_id_canonical
     CHECK (id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$') NOT VALID;
 ALTER TABLE audit_records ADD CONSTRAINT audit_records_episode_id_canonical

@@ -7,8 +7,9 @@
 -- (`audit_legacy_seal`, one row), so their time and action stay bound after pruning.
 --
 -- Identifiers are stored in one form: UUIDs lower-case and hyphenated, national id
--- numbers 11 digits, organisation numbers 9, HPR numbers without leading zeros. The
--- gateway writes nothing else; the database refuses anything else from now on.
+-- numbers 11 digits, organisation numbers 9, HPR numbers without leading zeros, and the
+-- pruned flag 0 or 1. The gateway writes nothing else; the database refuses anything
+-- else from now on.
 ALTER TABLE audit_records ADD COLUMN content_hash TEXT;
 CREATE TABLE audit_legacy_seal (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -20,7 +21,7 @@ CREATE TABLE audit_legacy_seal (
 );
 -- SQLite cannot add a CHECK to a table: triggers refuse the same writes.
 CREATE TRIGGER audit_records_canonical_insert BEFORE INSERT ON audit_records
-    WHEN NOT ((NEW.id IS NULL OR NEW.id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND
+    WHEN NOT (NEW.pruned IN (0, 1) AND (NEW.id IS NULL OR NEW.id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND
         (NEW.episode_id IS NULL OR NEW.episode_id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND
         (NEW.patient IS NULL OR (length(NEW.patient) = 11 AND NEW.patient NOT GLOB '*[^0-9]*')) AND
         (NEW.principal_organisation IS NULL OR (length(NEW.principal_organisation) = 9 AND NEW.principal_organisation NOT GLOB '*[^0-9]*')) AND
@@ -30,8 +31,8 @@ CREATE TRIGGER audit_records_canonical_insert BEFORE INSERT ON audit_records
 BEGIN
     SELECT RAISE(ABORT, 'audit_records: an identifier is not in canonical form');
 END;
-CREATE TRIGGER audit_records_canonical_update BEFORE UPDATE OF id, episode_id, patient, principal_organisation, content_hash, principal_kind, principal_id ON audit_records
-    WHEN NOT ((NEW.id IS NULL OR NEW.id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND
+CREATE TRIGGER audit_records_canonical_update BEFORE UPDATE OF id, episode_id, patient, principal_organisation, content_hash, principal_kind, principal_id, pruned ON audit_records
+    WHEN NOT (NEW.pruned IN (0, 1) AND (NEW.id IS NULL OR NEW.id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND
         (NEW.episode_id IS NULL OR NEW.episode_id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND
         (NEW.patient IS NULL OR (length(NEW.patient) = 11 AND NEW.patient NOT GLOB '*[^0-9]*')) AND
         (NEW.principal_organisation IS NULL OR (length(NEW.principal_organisation) = 9 AND NEW.principal_organisation NOT GLOB '*[^0-9]*')) AND

@@ -336,6 +336,7 @@ pub(super) fn record_column(column: &'static str) -> &'static str {
         "principal_id" => "audit_records.principal_id",
         "leaf_index" => "audit_records.leaf_index",
         "content_hash" => "audit_records.content_hash",
+        "pruned" => "audit_records.pruned",
         _ => "audit_records",
     }
 }
@@ -365,6 +366,12 @@ impl StoredRow {
         if let Some(i) = self.leaf_index.filter(|i| *i < 0) {
             return Err(unreadable(BadColumn::new("leaf_index", &i.to_string())));
         }
+        if !matches!(self.pruned, 0 | 1) {
+            return Err(unreadable(BadColumn::new(
+                "pruned",
+                &self.pruned.to_string(),
+            )));
+        }
         if let Some(c) = self
             .content_hash
             .as_deref()
@@ -377,7 +384,7 @@ impl StoredRow {
             leaf_index,
             leaf_hash: self.leaf_hash,
             content_hash: self.content_hash,
-            pruned: self.pruned != 0,
+            pruned: self.pruned == 1,
         })
     }
 }
