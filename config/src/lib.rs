@@ -196,9 +196,8 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// PEM PKCS#8 Ed25519 key that signs the log's checkpoints. Unset: a key is generated
-    /// in `storage.data_dir` on first start (SQLite only; every PostgreSQL instance must
-    /// sign with the same, configured key).
+    /// PEM PKCS#8 Ed25519 key that signs the log's checkpoints. Required in production;
+    /// dev mode generates one in `storage.data_dir` when unset.
     pub signing_key_file: Option<PathBuf>,
     /// Base64 Ed25519 public keys of earlier signing keys, whose checkpoints still verify.
     pub trusted_public_keys: Vec<String>,
@@ -208,6 +207,8 @@ pub struct AuditConfig {
     pub retention_days: RetentionConfig,
     /// What the review reports count as unusual.
     pub review: ReviewConfig,
+    /// Where new checkpoints are pushed, outside the database.
+    pub publish: PublishConfig,
 }
 
 impl Default for AuditConfig {
@@ -218,8 +219,47 @@ impl Default for AuditConfig {
             checkpoint_interval_ms: 1_000,
             retention_days: RetentionConfig::default(),
             review: ReviewConfig::default(),
+            publish: PublishConfig::default(),
         }
     }
+}
+
+/// Checkpoints of the access log pushed outside the database, so a log cut back or
+/// rewritten there still meets the checkpoints it published.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// A directory (for example a share the security team owns) that receives each new
+    /// checkpoint note: `checkpoint` (the newest) and `checkpoints/<size>`.
+    pub directory: Option<PathBuf>,
+    /// C2SP witnesses (`tlog-witness`): each new checkpoint is sent to
+    /// `<url>/add-checkpoint` with a consistency proof, and the cosignature kept.
+    pub witnesses: Vec<WitnessConfig>,
+    /// How often the newest checkpoint is pushed.
+    pub interval_ms: u64,
+    /// Time one witness gets to answer.
+    pub timeout_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            directory: None,
+            witnesses: Vec::new(),
+            interval_ms: 10_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// One witness.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The witness's submission prefix, `https://…`.
+    pub url: String,
+    /// Its cosigner verifier key, `<name>+<key id>+<base64(0x04 || Ed25519 key)>`.
+    pub key: String,
 }
 
 /// The security team's review reports (`audit report`, the console's reports page).
@@ -798,6 +838,25 @@ impl Config {
                 ));
             }
             None => {}
+        }
+        let publish = &audit.publish;
+        if publish.interval_ms == 0 || publish.timeout_ms == 0 {
+            return Err(invalid(
+                "audit.publish.interval_ms",
+                "interval_ms and timeout_ms must be above zero".into(),
+                "e.g. interval_ms = 10000, timeout_ms = 5000",
+            ));
+        }
+        if let Some(w) = publish
+            .witnesses
+            .iter()
+            .find(|w| !w.url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "audit.publish.witnesses",
+                format!("`{}` is not an https:// URL", w.url),
+                "set the witness's submission prefix, e.g. https://witness.example.no/",
+            ));
         }
         let review = &audit.review;
         if jiff::tz::TimeZone::get(&review.time_zone).is_err() {

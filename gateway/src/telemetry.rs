@@ -124,6 +124,14 @@ pub struct Metrics {
     latency: Family<RequestLabels, Histogram>,
     /// 1 while the access log's head disagrees with its checkpoints and records wait.
     audit_stuck: Gauge,
+    /// Size of the newest access-log checkpoint each outside place holds.
+    audit_published: Family<TargetLabels, Gauge>,
+}
+
+/// An outside place checkpoints are pushed to: `directory` or a witness's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
 }
 
 impl Default for Metrics {
@@ -147,11 +155,18 @@ impl Default for Metrics {
             "1 while the access log's cached head disagrees with its newest signed checkpoint, so no record joins the tree",
             audit_stuck.clone(),
         );
+        let audit_published = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "audit_published_size",
+            "Size of the newest access-log checkpoint a directory or witness holds",
+            audit_published.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             audit_stuck,
+            audit_published,
         }
     }
 }
@@ -178,6 +193,15 @@ impl Metrics {
     /// checkpoints.
     pub fn audit_stuck(&self, stuck: bool) {
         self.audit_stuck.set(i64::from(stuck));
+    }
+
+    /// `target` (the directory, or a witness by name) holds the checkpoint of `size`.
+    pub fn audit_published(&self, target: &str, size: u64) {
+        self.audit_published
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition.

@@ -12,12 +12,14 @@
 //! A reader starts at [`Tree`] and [`verify_inclusion`].
 
 mod checkpoint;
+pub mod cosignature;
 pub mod note;
 mod proof;
 mod tree;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Format, SignedCheckpoint, Signer};
-pub use note::{Note, NoteError, VerifierKey};
+pub use cosignature::CosignerKey;
+pub use note::{Note, NoteError, NoteSignature, VerifierKey};
 pub use proof::{
     ProofError, consistency_proof, inclusion_proof, verify_consistency, verify_inclusion,
 };

@@ -25,6 +25,7 @@ pub mod relay;
 pub mod scenario;
 pub mod sealed;
 pub mod tamper;
+pub mod witness;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -48,10 +48,18 @@ async fn world(backend: Backend) -> World {
 
 /// [`world`] with extra `ICBT_…` settings.
 async fn world_with(backend: Backend, env: Vec<(String, String)>) -> World {
+    world_configured(backend, env, "").await
+}
+
+/// [`world`] with extra `ICBT_…` settings and `toml` added to the configuration file.
+async fn world_configured(backend: Backend, env: Vec<(String, String)>, toml: &str) -> World {
     let gw = Gateway::start_with(
         backend,
         GatewayOptions {
-            config_toml: Some(IdentityProviders::shared().gateway_config()),
+            config_toml: Some(format!(
+                "{}\n{toml}",
+                IdentityProviders::shared().gateway_config()
+            )),
             env,
             ..Default::default()
         },
@@ -1490,5 +1498,114 @@ async fn pruned_records_stay_bound_old_leaves_are_sealed_and_every_finding_names
                 && !report.contains(SYNTHETIC_FNR),
             "{backend:?}: {report}"
         );
+    }
+}
+
+/// Waits (at most 20 s) until `ready` holds.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut ready: impl FnMut() -> F) {
+    let started = std::time::Instant::now();
+    while !ready().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "waited 20 s for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_reach_a_directory_and_a_witness_whose_cosignatures_are_served() {
+    use icbt_e2e::witness::Witness;
+    for backend in backends() {
+        let log_vkey =
+            icbt_merkle::VerifierKey::new("icbt-gateway/audit/v1", &icbt_e2e::audit_public_key())
+                .unwrap()
+                .to_string();
+        let witness = Witness::start(&log_vkey);
+        let kept = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[audit.publish]\ndirectory = \"{}\"\ninterval_ms = 200\n\
+             [[audit.publish.witnesses]]\nurl = \"{}/\"\nkey = \"{}\"\n",
+            kept.path().display(),
+            witness.url,
+            witness.vkey
+        );
+        let mut w = world_configured(backend, Vec::new(), &toml).await;
+        w.activity().await;
+        let witness_key = icbt_merkle::CosignerKey::parse(&witness.vkey).unwrap();
+        let pinned = icbt_merkle::VerifierKey::parse(&log_vkey).unwrap();
+        // The served checkpoint carries the witness's cosignature once it has one; the
+        // witness checked the log's signature and, after its first, each consistency proof.
+        let cosigned = |text: &str| {
+            let Ok(note) = icbt_merkle::Note::parse(text) else {
+                return false;
+            };
+            note.verify(std::slice::from_ref(&pinned)).is_ok()
+                && note
+                    .signatures
+                    .iter()
+                    .any(|s| matches!(witness_key.verify(&note.text, s), Ok(Some(_))))
+        };
+        let fetch = || async {
+            w.gw.client()
+                .get(format!("{}/logs/access/checkpoint", w.gw.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        until("a cosigned checkpoint", || async {
+            cosigned(&fetch().await)
+        })
+        .await;
+        let first = witness.state().await;
+        w.activity().await;
+        until("the witness to follow the log", || async {
+            let state = witness.state().await;
+            state["size"].as_u64() > first["size"].as_u64() && state["cosigned"].as_u64() > Some(1)
+        })
+        .await;
+        let state = witness.state().await;
+        assert_eq!(
+            state["refused"].as_array().map(Vec::len),
+            Some(0),
+            "{backend:?}: {state}"
+        );
+        // The directory holds the newest note, with the cosignature, and each one by size.
+        let newest = std::fs::read_to_string(kept.path().join("checkpoint")).unwrap();
+        let signed = icbt_merkle::SignedCheckpoint::from_note(&newest).unwrap();
+        assert!(cosigned(&newest), "{backend:?}: {newest}");
+        assert!(
+            kept.path()
+                .join("checkpoints")
+                .join(signed.checkpoint.size.to_string())
+                .exists()
+        );
+        // A witness that has cosigned a larger tree than the log now holds: the alarm.
+        let bigger = state["size"].as_u64().unwrap() + 1000;
+        witness
+            .pretend(bigger, state["root"].as_str().unwrap())
+            .await;
+        w.activity().await;
+        until("the witness-ahead alarm", || async {
+            w.gw.logged(|l| l.contains("audit_witness_ahead") && l.contains(&bigger.to_string()))
+                .await
+        })
+        .await;
+        // The kept file is what `audit verify --trusted-checkpoint` holds the log to.
+        assert!(w.gw.stop_with("TERM").await.success());
+        let held = output(&verify_with(
+            w.gw.data_dir.path(),
+            w.gw.database(),
+            &[],
+            &[
+                "--trusted-checkpoint",
+                kept.path().join("checkpoint").to_str().unwrap(),
+            ],
+        ));
+        assert!(held.contains("audit log verified"), "{backend:?}: {held}");
+        drop(witness);
     }
 }

@@ -4,8 +4,8 @@
 //! log's meaning.
 //!
 //! Each backend gets a log of both leaf formats (records sequenced before format 2 and
-//! sealed, then format-2 records), several checkpoints, and pruned records of both
-//! formats. A trial changes one byte of the text of one value (a digit of a number),
+//! sealed, then format-2 records), several checkpoints, a witness's cosignatures of some
+//! of them, and pruned records of both formats. A trial changes one byte of the text of one value (a digit of a number),
 //! verifies in process with the same walk as `icbt-gateway audit verify`, and puts the
 //! byte back. `ICBT_TAMPER_TRIALS` (default 300 per backend) and `ICBT_TAMPER_SEED` set
 //! the run; the table of outcomes per column is printed (`-- --nocapture`).
@@ -98,6 +98,12 @@ const TABLES: &[(&str, Columns, &str, &str)] = &[
         "id",
     ),
     (
+        "audit_cosignatures",
+        &[("size", true), ("witness", false), ("line", false)],
+        "line",
+        "line",
+    ),
+    (
         "audit_legacy_seal",
         &[
             ("size", true),
@@ -110,6 +116,42 @@ const TABLES: &[(&str, Columns, &str, &str)] = &[
         "id",
     ),
 ];
+
+/// A witness, in process: its key and cosignatures (C2SP tlog-cosignature v1).
+struct Cosigner {
+    pair: ring::signature::Ed25519KeyPair,
+    key: icbt_merkle::CosignerKey,
+}
+
+impl Cosigner {
+    fn new() -> Self {
+        use ring::signature::KeyPair as _;
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let key =
+            icbt_merkle::CosignerKey::new("witness.test/w1", pair.public_key().as_ref()).unwrap();
+        Self { pair, key }
+    }
+
+    /// The note signature line of a cosignature of `text` (a checkpoint body).
+    fn cosign(&self, text: &str) -> String {
+        let time = 1_790_000_000_u64;
+        let mut blob = time.to_be_bytes().to_vec();
+        blob.extend_from_slice(
+            self.pair
+                .sign(icbt_merkle::cosignature::message(text, time).as_bytes())
+                .as_ref(),
+        );
+        icbt_merkle::NoteSignature {
+            name: self.key.name.clone(),
+            id: self.key.id,
+            signature: blob,
+        }
+        .line()
+    }
+}
 
 /// A log to tamper with, on one backend.
 struct Log {
@@ -176,8 +218,16 @@ async fn build(backend: Backend) -> Log {
     let dir = tempfile::tempdir().unwrap();
     let (config, database) = storage_for(backend, dir.path()).await;
     let store = Store::open(&config).await.unwrap();
+    let witness = Cosigner::new();
     let audit = icbt_config::AuditConfig {
         signing_key_file: Some(audit_signing_key()),
+        publish: icbt_config::PublishConfig {
+            witnesses: vec![icbt_config::WitnessConfig {
+                url: "https://witness.invalid/".into(),
+                key: witness.key.to_string(),
+            }],
+            ..Default::default()
+        },
         retention_days: icbt_config::RetentionConfig {
             access: Some(30),
             ..Default::default()
@@ -201,6 +251,15 @@ async fn build(backend: Backend) -> Log {
                 store.seal_legacy_leaves(&log.signer).await.unwrap(),
                 Some(24)
             );
+        }
+        if batch % 3 == 0 && batch >= 3 {
+            // A witness cosigned this checkpoint (witnesses came with this version).
+            let newest = store.audit_checkpoint(None).await.unwrap().unwrap();
+            let line = witness.cosign(&newest.checkpoint.body());
+            store
+                .add_audit_cosignature(newest.checkpoint.size, &witness.key.name, &line)
+                .await
+                .unwrap();
         }
     }
     assert!(log.prune(&store, now).await.unwrap() > 0);
@@ -337,6 +396,9 @@ fn exempt(table: &str, column: &str, row: &BTreeMap<String, Value>) -> Option<&'
         ("audit_legacy_seal", "timestamp_ms") => {
             Some("the seal is a C2SP note too: its time is not signed")
         }
+        ("audit_cosignatures", "witness") => Some(
+            "a cosignature filed under another name is no longer read as a configured witness's: as good as deleted, and a kept cosignature is evidence the log may lose (the witness keeps its own)",
+        ),
         _ => None,
     }
 }
@@ -434,11 +496,12 @@ async fn every_single_byte_change_to_the_access_log_is_caught_or_provably_harmle
         let mut done = 0;
         while done < trials {
             // Records are most of the log, so most of the trials.
-            let t = match rng.below(10) {
-                0..=5 => 0,
-                6 | 7 => 1,
-                8 => 2,
-                _ => 3,
+            let t = match rng.below(12) {
+                0..=6 => 0,
+                7 | 8 => 1,
+                9 => 2,
+                10 => 3,
+                _ => 4,
             };
             let (table, columns, key, key_for_key) = TABLES[t];
             let all = rows(&mut conn, table, columns).await;
@@ -578,8 +641,8 @@ async fn structural_attacks_are_caught_and_named() {
                     "UPDATE audit_records SET leaf_index = 41 WHERE leaf_index = -1".into(),
                 ],
                 "truncate" => {
-                    // A careful attacker: records, checkpoints and the cached head all cut
-                    // back to size 48. Only a checkpoint kept outside tells.
+                    // A careful attacker: records, checkpoints, cosignatures and the cached
+                    // head all cut back to size 48. Only a checkpoint kept outside tells.
                     let hashes = log.store.audit_leaf_hashes(48).await.unwrap();
                     let mut tree = icbt_merkle::Tree::new();
                     for h in hashes {
@@ -590,6 +653,7 @@ async fn structural_attacks_are_caught_and_named() {
                     vec![
                         "DELETE FROM audit_records WHERE leaf_index >= 48".into(),
                         "DELETE FROM audit_checkpoints WHERE size > 48".into(),
+                        "DELETE FROM audit_cosignatures WHERE size > 48".into(),
                         format!("UPDATE audit_head SET size = 48, peaks = '{}'", peaks.join(",")),
                     ]
                 }

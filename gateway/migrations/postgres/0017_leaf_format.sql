@@ -19,6 +19,14 @@ CREATE TABLE audit_legacy_seal (
     key_id TEXT NOT NULL,
     signature TEXT NOT NULL
 );
+-- Witnesses' cosignatures of access-log checkpoints (C2SP note signature lines), served
+-- with the checkpoint they sign; one per witness and size.
+CREATE TABLE audit_cosignatures (
+    size BIGINT NOT NULL,
+    witness TEXT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (size, witness)
+);
 -- NOT VALID: rows written before are not re-read here (`audit verify` names any that
 -- is not canonical); every write from now on is checked.
 ALTER TABLE audit_records ADD CONSTRAINT audit_records_pruned_flag

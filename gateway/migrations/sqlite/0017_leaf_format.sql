@@ -19,6 +19,14 @@ CREATE TABLE audit_legacy_seal (
     key_id TEXT NOT NULL,
     signature TEXT NOT NULL
 );
+-- Witnesses' cosignatures of access-log checkpoints (C2SP note signature lines), served
+-- with the checkpoint they sign; one per witness and size.
+CREATE TABLE audit_cosignatures (
+    size BIGINT NOT NULL,
+    witness TEXT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (size, witness)
+);
 -- SQLite cannot add a CHECK to a table: triggers refuse the same writes.
 CREATE TRIGGER audit_records_canonical_insert BEFORE INSERT ON audit_records
     WHEN NOT (NEW.pruned IN (0, 1) AND (NEW.id IS NULL OR NEW.id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]') AND

@@ -9,6 +9,7 @@
 //! [`crate::domain::audit`].
 
 pub mod fhir;
+pub mod publish;
 pub mod review;
 pub mod sequencer;
 pub mod verify;

@@ -42,6 +42,8 @@ pub enum KeyError {
     },
     #[error("configuration key `audit.review`: {0}")]
     Review(String),
+    #[error("configuration key `audit.publish.witnesses`: `{key}`: {reason}")]
+    Witness { key: String, reason: String },
 }
 
 /// The access log's keys and settings, shared by handlers and the background task.
@@ -54,6 +56,8 @@ pub struct AuditLog {
     pub retention: RetentionConfig,
     /// What the review reports count as unusual.
     pub review: super::review::Settings,
+    /// The configured witnesses' keys: what their stored cosignatures are verified with.
+    pub witnesses: Vec<icbt_merkle::CosignerKey>,
     /// Why records cannot join the tree, while they cannot (the head disagrees with the
     /// signed checkpoints); for `/readyz`.
     pub stuck: std::sync::Mutex<Option<String>>,
@@ -81,6 +85,17 @@ impl AuditLog {
             retention: config.retention_days.clone(),
             review: super::review::Settings::from_config(&config.review)
                 .map_err(KeyError::Review)?,
+            witnesses: config
+                .publish
+                .witnesses
+                .iter()
+                .map(|w| {
+                    icbt_merkle::CosignerKey::parse(&w.key).map_err(|e| KeyError::Witness {
+                        key: w.key.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             stuck: std::sync::Mutex::new(None),
         })
     }

@@ -31,6 +31,11 @@ pub async fn walk(
     let checkpoints = snapshot.checkpoints().await?;
     let pending = snapshot.pending().await?;
     let seal = snapshot.legacy_seal().await?;
+    let cosigned = cosignatures(
+        &checkpoints,
+        &snapshot.cosignatures().await?,
+        &log.witnesses,
+    );
     let mut verifier = Verifier::new(checkpoints, log.trusted.clone(), &log.retention, now_ms)
         .with_legacy_seal(seal)
         .with_outside(outside);
@@ -53,10 +58,44 @@ pub async fn walk(
     }
     let head = snapshot.head().await?;
     snapshot.close().await?;
-    Ok((
-        verifier.finish_with_head((head.0, head.1.as_ref())),
-        pending,
-    ))
+    let mut report = verifier.finish_with_head((head.0, head.1.as_ref()));
+    if report.problem.is_none() {
+        report.problem = cosigned;
+    }
+    Ok((report, pending))
+}
+
+/// The first kept cosignature of a configured witness that does not verify on the
+/// checkpoint of its size. Cosignatures of witnesses no longer configured are not read.
+fn cosignatures(
+    checkpoints: &[SignedCheckpoint],
+    kept: &[(i64, String, String)],
+    witnesses: &[icbt_merkle::CosignerKey],
+) -> Option<Finding> {
+    kept.iter().find_map(|(size, witness, line)| {
+        let key = witnesses.iter().find(|k| k.name == *witness)?;
+        let bad = |reason: &str| Finding::BadCosignature {
+            size: *size,
+            witness: witness.clone(),
+            reason: reason.to_owned(),
+        };
+        let Some(checkpoint) = checkpoints
+            .iter()
+            .find(|c| i64::try_from(c.checkpoint.size).ok() == Some(*size))
+        else {
+            return Some(bad("there is no checkpoint of that size"));
+        };
+        let text = checkpoint.checkpoint.body();
+        let Ok(note) = icbt_merkle::Note::parse(&format!("{text}\n{line}")) else {
+            return Some(bad("it is not a note signature line"));
+        };
+        match note.signatures.as_slice() {
+            [one] if matches!(key.verify(&text, one), Ok(Some(_))) => None,
+            _ => Some(bad(
+                "it is not the witness's valid signature of that checkpoint",
+            )),
+        }
+    })
 }
 
 /// The first thing wrong with the log.
@@ -113,6 +152,14 @@ pub enum Finding {
         "the records of leaf format 1 (0 to {last}) no longer give their signed seal: the time or action of one of them was changed"
     )]
     SealMismatch { last: u64 },
+    #[error(
+        "the cosignature of witness {witness} on the checkpoint at size {size} does not verify: {reason}"
+    )]
+    BadCosignature {
+        size: i64,
+        witness: String,
+        reason: String,
+    },
     #[error("the seal of format-1 records is not validly signed: {reason}")]
     BadSeal { reason: String },
     #[error("the seal of format-1 records covers {size} records, but the log holds {have}")]

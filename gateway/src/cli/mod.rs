@@ -289,6 +289,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         push.hub.clone(),
         metrics.clone(),
     ));
+    let publisher = checkpoint_publisher(&config, &store, &metrics)?;
     let closing = push.closing.clone();
     let notifications = tokio::spawn(push.forward_notifications(store.clone()));
     let (limits, timeouts) = limits(&config);
@@ -314,19 +315,31 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         server::shutdown_signal(),
     )
     .await;
-    for task in [purge, notifications, hub, sequencer]
-        .into_iter()
-        .chain(exporter)
-    {
+    let tasks = [purge, notifications, hub, sequencer];
+    stop(
+        tasks.into_iter().chain(exporter).chain(publisher),
+        &audit_log,
+        store,
+    )
+    .await;
+    Ok(())
+}
+
+/// After the server has drained: ends the background tasks, adds the last requests'
+/// records to the tree, and closes the pool.
+async fn stop(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<()>>,
+    audit_log: &AuditLog,
+    store: Store,
+) {
+    for task in tasks {
         task.abort();
     }
-    // Records of the last requests join the tree before the pool closes.
     if let Err(e) = audit_log.sequence_all(&store).await {
         tracing::warn!(error = %e, "adding the last audit records to the tree failed; the next start adds them");
     }
     store.close().await;
     tracing::info!("stopped");
-    Ok(())
 }
 
 /// A line of `serve`'s start-up output. A closed stdout (a reader that stopped after the
@@ -406,6 +419,19 @@ fn login_context(config: &Config, auth: &AuthContext) -> anyhow::Result<Arc<Logi
         &auth.validator,
         &http,
     )?))
+}
+
+/// The task that pushes the access log's checkpoints to `[audit.publish]`, if any.
+fn checkpoint_publisher(
+    config: &Config,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let publisher = crate::audit::publish::Publisher::from_config(
+        &config.audit.publish,
+        config.auth.trust_roots_file.as_deref(),
+    )?;
+    Ok(publisher.map(|p| tokio::spawn(Arc::new(p).run(store.clone(), metrics.clone()))))
 }
 
 /// Re-signs the newest checkpoint of each log as a C2SP note if it was written before

@@ -14,23 +14,29 @@ use super::state::AppState;
 #[utoipa::path(get, path = "/logs/access/checkpoint", tag = "audit", responses((status = 200, content_type = "text/plain; charset=utf-8", body = String, description = "a C2SP tlog-checkpoint, signed as a C2SP signed note under the key name of its origin"), (status = 404, body = crate::http::errors::ProblemDocument, description = "the newest checkpoint was signed by an earlier key before the note format, and none has been signed since")))]
 pub async fn access_log(State(state): State<AppState>) -> Result<Response, Problem> {
     let newest = state.store.audit_checkpoint(None).await?;
-    note(&state, newest, crate::audit::ORIGIN)
+    let cosignatures = match &newest {
+        Some(c) => state.store.audit_cosignatures(c.checkpoint.size).await?,
+        None => Vec::new(),
+    };
+    note(&state, newest, crate::audit::ORIGIN, &cosignatures)
 }
 
 /// `GET /logs/keys/checkpoint`: the key log's newest checkpoint note.
 #[utoipa::path(get, path = "/logs/keys/checkpoint", tag = "devices", responses((status = 200, content_type = "text/plain; charset=utf-8", body = String, description = "a C2SP tlog-checkpoint, signed as a C2SP signed note under the key name of its origin"), (status = 404, body = crate::http::errors::ProblemDocument, description = "the newest checkpoint was signed by an earlier key before the note format, and none has been signed since")))]
 pub async fn key_log(State(state): State<AppState>) -> Result<Response, Problem> {
     let head = state.store.key_log_head().await?;
-    note(&state, head, crate::storage::KEY_LOG_ORIGIN)
+    note(&state, head, crate::storage::KEY_LOG_ORIGIN, &[])
 }
 
-/// The note of `checkpoint`; of the empty tree while the log has none. A newest
-/// checkpoint still in the legacy format signed by an earlier key (it is re-signed at
-/// start when the current key made it) has no note until the next one.
+/// The note of `checkpoint`, with the witnesses' `cosignatures` of it (name, line); of
+/// the empty tree while the log has none. A newest checkpoint still in the legacy format
+/// signed by an earlier key (it is re-signed at start when the current key made it) has
+/// no note until the next one.
 fn note(
     state: &AppState,
     checkpoint: Option<SignedCheckpoint>,
     origin: &str,
+    cosignatures: &[(String, String)],
 ) -> Result<Response, Problem> {
     let checkpoint = match checkpoint {
         Some(c) => c,
@@ -47,9 +53,12 @@ fn note(
             )
             .map_err(crate::storage::StorageError::from)?,
     };
-    let note = checkpoint
+    let mut note = checkpoint
         .note()
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
+    for (_, line) in cosignatures {
+        note.push_str(line);
+    }
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),

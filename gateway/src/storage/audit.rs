@@ -437,6 +437,39 @@ impl Store {
         Ok(Some(size))
     }
 
+    /// Keeps `witness`'s cosignature `line` of the checkpoint of `size` (the newest
+    /// one it gave for that size).
+    pub async fn add_audit_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO audit_cosignatures (size, witness, line) VALUES ($1, $2, $3) \
+             ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line",
+        )
+        .bind(to_i64(size))
+        .bind(witness)
+        .bind(line)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The witnesses' cosignature lines of the checkpoint of `size`, by witness name.
+    pub async fn audit_cosignatures(
+        &self,
+        size: u64,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT witness, line FROM audit_cosignatures WHERE size = $1 ORDER BY witness",
+        )
+        .bind(to_i64(size))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The newest checkpoint, or the one at exactly `size`.
     pub async fn audit_checkpoint(
         &self,
@@ -560,6 +593,15 @@ impl AuditSnapshot {
 
     pub async fn scan(&mut self, from: u64, limit: i64) -> Result<Vec<Scanned>, StorageError> {
         scan(&mut *self.tx, from, limit).await
+    }
+
+    /// Every witness cosignature kept: (checkpoint size, witness name, line).
+    pub async fn cosignatures(&mut self) -> Result<Vec<(i64, String, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT size, witness, line FROM audit_cosignatures ORDER BY size, witness",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?)
     }
 
     /// The signed seal over the records hashed in leaf format 1, if there is one.
