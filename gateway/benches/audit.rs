@@ -1,6 +1,7 @@
 //! Audit figures, from one run (`scripts/bench/audit`): the cost of the access record on
 //! the send path (a message insert committed alone, and with its audit record in the same
-//! transaction, at 1 and 8 concurrent writers), and `audit verify` speed in records/s.
+//! transaction, at 1 and 8 concurrent writers), the WAL that sequencing writes per record,
+//! and `audit verify` speed in records/s.
 //!
 //! Uses the PostgreSQL at `E2E_POSTGRES_URL` (a fresh database is created and dropped).
 
@@ -62,9 +63,28 @@ async fn main() {
 
     // Verify speed over everything written above, sequenced first.
     let log = AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap();
+    let lsn = |pool: sqlx::PgPool| async move {
+        let (lsn,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        lsn
+    };
+    let before = lsn(pool.clone()).await;
     let started = Instant::now();
     let sequenced = log.sequence_all(&store).await.unwrap();
     let sequencing = started.elapsed();
+    let after = lsn(pool.clone()).await;
+    let (wal,): (f64,) = sqlx::query_as("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
+        .bind(&after)
+        .bind(&before)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    println!(
+        "WAL written while sequencing: {:.0} bytes a record ({sequenced} records; the whole database's WAL in that time)",
+        wal / sequenced as f64
+    );
     let started = Instant::now();
     let mut verifier = Verifier::new(
         store.audit_checkpoints().await.unwrap(),
