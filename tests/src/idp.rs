@@ -82,9 +82,18 @@ impl TestCa {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
+        // Shaped as a public CA issues a server certificate: 90 days, for serving TLS,
+        // with a revocation list to look at.
+        let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
                 .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(90);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec!["http://crl.icbt-test.invalid/ca.crl".to_owned()],
+        }];
         let cert = params.signed_by(&key, &issuer).unwrap();
         let write = |name: &str, content: String| {
             let path = dir.path().join(name);

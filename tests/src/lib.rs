@@ -156,20 +156,30 @@ pub fn client_js() -> PathBuf {
 /// this runs as root (as on CI); its own download would need the internet.
 pub fn chromium() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let path = PathBuf::from("/usr/bin/chromium");
-        if !path.exists() {
-            let status = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "chromium"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .expect("run apt-get (Debian's chromium package is needed for browser tests)");
-            assert!(status.success(), "apt-get install chromium failed");
-        }
-        path
-    })
-    .clone()
+    BIN.get_or_init(|| debian_tool("/usr/bin/chromium", "chromium"))
+        .clone()
+}
+
+/// Debian's `testssl.sh`, installed with apt-get when missing (as root): the TLS scanner.
+pub fn testssl() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| debian_tool("/usr/bin/testssl", "testssl.sh"))
+        .clone()
+}
+
+/// `path`, from Debian's `package`, installed first when missing.
+fn debian_tool(path: &str, package: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    if !path.exists() {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("run apt-get (Debian's {package} package is needed): {e}"));
+        assert!(status.success(), "apt-get install {package} failed");
+    }
+    path
 }
 
 /// A loopback port nobody listens on now, for a gateway that must keep its address

@@ -115,6 +115,10 @@ pub fn server_config(
     };
     let mut server = builder.with_single_cert(chain, key)?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The provider's order (AEAD suites with forward secrecy, strongest first) decides,
+    // not the client's: a client cannot steer a TLS 1.2 handshake to its weakest
+    // common suite, and scanners rate a server without an order of its own as weak.
+    server.ignore_client_order = true;
     Ok(server)
 }
 
