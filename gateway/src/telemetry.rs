@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use icbt_config::{LogFormat, TelemetryConfig};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -41,10 +41,52 @@ pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
 }
 
+/// The exporter's blocking HTTP client: no redirects, and with `trust_roots` the only
+/// CAs an `https://` endpoint may chain to (as `icbt_auth::http::https_client` does for
+/// every other outbound call); without, reqwest's defaults.
+fn otlp_client(
+    trust_roots: Option<&std::path::Path>,
+) -> Result<reqwest::blocking::Client, TelemetryError> {
+    let fail = |e: String| TelemetryError::Otlp(e);
+    let builder = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = match trust_roots {
+        None => builder,
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject as _;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| fail(format!("{}: {e}", path.display())))?
+            {
+                roots
+                    .add(cert.map_err(|e| fail(format!("{}: {e}", path.display())))?)
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            builder.tls_backend_preconfigured(tls)
+        }
+    };
+    builder.build().map_err(|e| fail(e.to_string()))
+}
+
 impl Telemetry {
     /// Installs the global subscriber. Call outside any async runtime: the OTLP exporter
     /// runs its own blocking HTTP client on the span processor's thread.
-    pub fn init(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
+    ///
+    /// `trust_roots` (PEM), when set, are the only CAs an `https://` OTLP endpoint may
+    /// chain to (`auth.trust_roots_file`, as for every outbound call); otherwise the
+    /// system's.
+    pub fn init(
+        config: &TelemetryConfig,
+        trust_roots: Option<&std::path::Path>,
+    ) -> Result<Self, TelemetryError> {
         let filter = EnvFilter::try_new(&config.log_filter)
             .map_err(|e| TelemetryError::Filter(e.to_string()))?;
         let tracer_provider = match &config.otlp_endpoint {
@@ -53,6 +95,7 @@ impl Telemetry {
                 let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
                 let exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
+                    .with_http_client(otlp_client(trust_roots)?)
                     .with_protocol(Protocol::HttpBinary)
                     .with_endpoint(endpoint)
                     .with_timeout(Duration::from_secs(5))

@@ -29,12 +29,9 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// A receiver over plain HTTP.
     pub async fn start() -> Self {
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let raw = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .route("/v1/traces", post(receive))
-            .with_state((spans.clone(), raw.clone()));
+        let (app, spans, raw) = app();
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
@@ -42,6 +39,40 @@ impl Receiver {
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
             endpoint: format!("http://{addr}"),
+            spans,
+            raw,
+        }
+    }
+
+    /// A receiver over HTTPS with the test CA's server certificate, as a collector
+    /// outside the host would be reached.
+    pub async fn start_tls(ca: &crate::idp::TestCa) -> Self {
+        use rustls_pki_types::pem::PemObject as _;
+        let (app, spans, raw) = app();
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&ca.cert_file)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&ca.key_file).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let tcp = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            endpoint: format!("https://{addr}"),
             spans,
             raw,
         }
@@ -58,6 +89,47 @@ impl Receiver {
 }
 
 type Shared = (Arc<Mutex<Vec<ReceivedSpan>>>, Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// The receiving routes and where they keep what arrives.
+#[allow(clippy::type_complexity)]
+fn app() -> (
+    Router,
+    Arc<Mutex<Vec<ReceivedSpan>>>,
+    Arc<Mutex<Vec<Vec<u8>>>>,
+) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let raw = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state((spans.clone(), raw.clone()));
+    (app, spans, raw)
+}
+
+/// TCP connections that have completed a TLS handshake; failed handshakes are dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
 
 fn string_value(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
     match value.and_then(|v| v.value.as_ref()) {

@@ -128,6 +128,81 @@ async fn login_session_and_logout() {
     }
 }
 
+/// The status of `GET /v1/me` with `cookie`.
+async fn me_status(gw: &Gateway, cookie: &str) -> u16 {
+    gw.client()
+        .get(format!("{}/v1/me", gw.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_logout_and_its_access_record_commit_together() {
+    use sqlx::Connection as _;
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let callback = through_the_provider(&gw, "idporten-loa-high", "/inbox").await;
+        let done = gw.client().get(&callback).send().await.unwrap();
+        let cookie = session_cookie(&done);
+        assert_eq!(me_status(&gw, &cookie).await, 200);
+        // The access record of a logout cannot be written (the database refuses it)...
+        let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
+        let refuse: &[&str] = match backend {
+            Backend::Sqlite => &[
+                "CREATE TRIGGER refuse_logout BEFORE INSERT ON audit_records \
+                 WHEN NEW.action = 'logout' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            ],
+            Backend::Postgres => &[
+                "CREATE FUNCTION refuse_logout() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.action = 'logout' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_logout BEFORE INSERT ON audit_records \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_logout()",
+            ],
+        };
+        for sql in refuse {
+            sqlx::query(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        let logout = || async {
+            gw.client()
+                .post(format!("{}/auth/logout", gw.url))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap()
+        };
+        let failed = logout().await;
+        assert!(
+            failed.status().is_server_error(),
+            "{backend:?}: {}",
+            failed.status()
+        );
+        // ...so the session is not ended either: no logout goes unrecorded.
+        assert_eq!(me_status(&gw, &cookie).await, 200, "{backend:?}");
+        let lift = match backend {
+            Backend::Sqlite => "DROP TRIGGER refuse_logout",
+            Backend::Postgres => "DROP TRIGGER refuse_logout ON audit_records",
+        };
+        sqlx::query(lift).execute(&mut db).await.unwrap();
+        assert_eq!(logout().await.status(), 303);
+        assert_eq!(me_status(&gw, &cookie).await, 401);
+        let (logouts,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM audit_records WHERE action = 'logout'")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        assert_eq!(logouts, 1, "{backend:?}");
+        db.close().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn unknown_state_is_refused() {
     let gw = gateway(Backend::Sqlite).await;

@@ -156,3 +156,45 @@ async fn metrics_count_requests_and_latency_by_route_and_status() {
     );
     assert!(!text.contains(SYNTHETIC_FNR));
 }
+
+/// A collector reached over HTTPS, with a certificate of a private CA named in
+/// `auth.trust_roots_file`: the spans arrive over TLS.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_https_to_a_privately_certified_collector() {
+    let ca = icbt_e2e::idp::TestCa::new();
+    let receiver = otlp::Receiver::start_tls(&ca).await;
+    assert!(receiver.endpoint.starts_with("https://"));
+    let mut gw = Gateway::start_with(
+        Backend::Sqlite,
+        GatewayOptions {
+            env: vec![
+                (
+                    "ICBT_TELEMETRY__OTLP_ENDPOINT".into(),
+                    receiver.endpoint.clone(),
+                ),
+                (
+                    "ICBT_AUTH__TRUST_ROOTS_FILE".into(),
+                    ca.ca_file.display().to_string(),
+                ),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let health = gw
+        .client()
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(gw.stop_with("TERM").await.success());
+    let spans = receiver.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.attributes.contains(&("route".into(), "/healthz".into()))),
+        "no span arrived over TLS: {spans:#?}\n{}",
+        gw.logs().join("\n")
+    );
+}

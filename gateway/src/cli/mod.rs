@@ -161,7 +161,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config, dev } => {
             let mode = mode(dev);
             let config = Config::load(config.as_deref(), mode)?;
-            let telemetry = Telemetry::init(&config.telemetry)?;
+            let telemetry =
+                Telemetry::init(&config.telemetry, config.auth.trust_roots_file.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -185,7 +186,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             match command.unwrap_or(ExportCommand::Run) {
                 ExportCommand::Run => {
-                    let telemetry = Telemetry::init(&config.telemetry)?;
+                    let telemetry = Telemetry::init(
+                        &config.telemetry,
+                        config.auth.trust_roots_file.as_deref(),
+                    )?;
                     let result = runtime.block_on(export::run_exporter(config));
                     runtime.shutdown_timeout(Duration::from_secs(5));
                     telemetry.shutdown();

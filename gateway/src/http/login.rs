@@ -236,18 +236,18 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let ended = match session_cookie(&headers) {
-        Some(value) => state.store.delete_session(&session_id_hash(value)).await?,
+        Some(value) => {
+            state
+                .store
+                .end_session(&session_id_hash(value), |session| {
+                    serde_json::from_str::<icbt_auth::principal::Authenticated>(&session.principal)
+                        .ok()
+                        .map(|who| access.record(&who, Action::Logout, "session"))
+                })
+                .await?
+        }
         None => None,
     };
-    if let Some(session) = &ended
-        && let Ok(who) =
-            serde_json::from_str::<icbt_auth::principal::Authenticated>(&session.principal)
-    {
-        state
-            .store
-            .record_access(&[access.record(&who, Action::Logout, "session")])
-            .await?;
-    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(session) = ended
         && let Some(provider) = state.login.providers.get(&session.issuer)

@@ -152,6 +152,29 @@ impl Store {
         Ok(Some(session))
     }
 
+    /// Logs out: ends the session and commits the access record `record_for` makes of it
+    /// in the same transaction, so a logout is never without its record, nor a record
+    /// without its logout. Returns the session if it existed.
+    pub async fn end_session(
+        &self,
+        id_hash: &str,
+        record_for: impl FnOnce(&SessionRecord) -> Option<crate::domain::audit::Record>,
+    ) -> Result<Option<SessionRecord>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let ended: Option<SessionRecord> = sqlx::query_as(
+            "DELETE FROM sessions WHERE id_hash = $1 \
+             RETURNING issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry",
+        )
+        .bind(id_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(record) = ended.as_ref().and_then(record_for) {
+            super::audit::insert(&mut tx, &record).await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
     /// Ends a session; returns it if it existed.
     pub async fn delete_session(
         &self,
