@@ -4,13 +4,12 @@
 //! whose blob is `key id || u64 big-endian time || signature`.
 //!
 //! The key id is the first four bytes of `SHA-256(name || 0x0A || 0x04 || public key)`;
-//! a cosigner's verifier key is `<name>+<hex key id>+<base64(0x04 || public key)>`.
+//! a cosigner's verifier key is `<name>+<hex key id>+<base64(0x04 || public key)>`, the
+//! signed-note form with another type byte (see [`crate::note`]).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use ring::signature::{ED25519, UnparsedPublicKey};
 
-use crate::note::{NoteError, NoteSignature, valid_key_name};
+use crate::note::{NoteError, NoteSignature, named_key, parse_named_key, write_named_key};
 
 /// The signature type byte of an Ed25519 cosignature/v1 key.
 const COSIGNATURE_V1_TYPE: u8 = 0x04;
@@ -26,43 +25,26 @@ pub struct CosignerKey {
 impl CosignerKey {
     /// The key of raw Ed25519 `public_key` under `name`.
     pub fn new(name: &str, public_key: &[u8]) -> Result<Self, NoteError> {
-        if !valid_key_name(name) {
-            return Err(NoteError::BadVerifierKey(
-                "the name is empty or has a space or '+'",
-            ));
-        }
-        let public_key: [u8; 32] = public_key
-            .try_into()
-            .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))?;
-        let hash = crate::digest(&[name.as_bytes(), b"\n", &[COSIGNATURE_V1_TYPE], &public_key]);
+        let (name, id, public_key) = named_key(COSIGNATURE_V1_TYPE, name, public_key)?;
         Ok(Self {
-            name: name.to_owned(),
-            id: [hash[0], hash[1], hash[2], hash[3]],
+            name,
+            id,
             public_key,
         })
     }
 
     /// Parses `<name>+<hex key id>+<base64(0x04 || key)>`, checking that the id fits.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let mut parts = text.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(NoteError::BadVerifierKey("expected name+id+key"));
-        };
-        let key = STANDARD
-            .decode(key)
-            .map_err(|_| NoteError::BadVerifierKey("the key is not base64"))?;
-        let Some((&COSIGNATURE_V1_TYPE, raw)) = key.split_first() else {
-            return Err(NoteError::BadVerifierKey(
-                "not an Ed25519 cosignature/v1 key (type 0x04)",
-            ));
-        };
-        let parsed = Self::new(name, raw)?;
-        if id.len() != 8 || crate::hex(&parsed.id) != id {
-            return Err(NoteError::BadVerifierKey(
-                "the key id does not match the key",
-            ));
-        }
-        Ok(parsed)
+        let (name, id, public_key) = parse_named_key(
+            COSIGNATURE_V1_TYPE,
+            "not an Ed25519 cosignature/v1 key (type 0x04)",
+            text,
+        )?;
+        Ok(Self {
+            name,
+            id,
+            public_key,
+        })
     }
 
     /// Checks `signature` as this key's cosignature of `checkpoint_text` (the note's
@@ -96,15 +78,12 @@ impl CosignerKey {
 
 impl std::fmt::Display for CosignerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut key = Vec::with_capacity(33);
-        key.push(COSIGNATURE_V1_TYPE);
-        key.extend_from_slice(&self.public_key);
-        write!(
+        write_named_key(
             f,
-            "{}+{}+{}",
-            self.name,
-            crate::hex(&self.id),
-            STANDARD.encode(key)
+            COSIGNATURE_V1_TYPE,
+            &self.name,
+            self.id,
+            &self.public_key,
         )
     }
 }

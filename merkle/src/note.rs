@@ -40,8 +40,79 @@ pub fn valid_key_name(name: &str) -> bool {
 
 /// The four-byte id of Ed25519 `public_key` under `name`.
 pub fn key_id(name: &str, public_key: &[u8]) -> [u8; 4] {
-    let hash = crate::digest(&[name.as_bytes(), b"\n", &[ED25519_TYPE], public_key]);
+    typed_key_id(ED25519_TYPE, name, public_key)
+}
+
+/// The four-byte id of `public_key` of signature type `kind` under `name`:
+/// `SHA-256(name || 0x0A || kind || public key)[..4]`.
+fn typed_key_id(kind: u8, name: &str, public_key: &[u8]) -> [u8; 4] {
+    let hash = crate::digest(&[name.as_bytes(), b"\n", &[kind], public_key]);
     [hash[0], hash[1], hash[2], hash[3]]
+}
+
+/// A named Ed25519 key of one signature type: name, id and raw key. Log verifier keys
+/// (type 0x01) and witness cosigner keys (0x04, [`crate::CosignerKey`]) are both written
+/// `<name>+<hex key id>+<base64(type || key)>`.
+pub(crate) type NamedKey = (String, [u8; 4], [u8; 32]);
+
+/// The named key of raw Ed25519 `public_key` under `name`, for signature type `kind`.
+pub(crate) fn named_key(kind: u8, name: &str, public_key: &[u8]) -> Result<NamedKey, NoteError> {
+    if !valid_key_name(name) {
+        return Err(NoteError::BadVerifierKey(
+            "the name is empty or has a space or '+'",
+        ));
+    }
+    let public_key: [u8; 32] = public_key
+        .try_into()
+        .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))?;
+    Ok((
+        name.to_owned(),
+        typed_key_id(kind, name, &public_key),
+        public_key,
+    ))
+}
+
+/// Parses a key of type `kind` written as above, checking that the id fits; a key of
+/// another type is refused with `wrong_type`.
+pub(crate) fn parse_named_key(
+    kind: u8,
+    wrong_type: &'static str,
+    text: &str,
+) -> Result<NamedKey, NoteError> {
+    // The key's base64 may hold '+' itself; the name and the id cannot.
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id), Some(key), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(NoteError::BadVerifierKey("expected name+id+key"));
+    };
+    let key = STANDARD
+        .decode(key)
+        .map_err(|_| NoteError::BadVerifierKey("the key is not base64"))?;
+    let Some((_, raw)) = key.split_first().filter(|(k, _)| **k == kind) else {
+        return Err(NoteError::BadVerifierKey(wrong_type));
+    };
+    let parsed = named_key(kind, name, raw)?;
+    if id.len() != 8 || crate::hex(&parsed.1) != id {
+        return Err(NoteError::BadVerifierKey(
+            "the key id does not match the key",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Writes a key of type `kind` as above.
+pub(crate) fn write_named_key(
+    f: &mut std::fmt::Formatter<'_>,
+    kind: u8,
+    name: &str,
+    id: [u8; 4],
+    public_key: &[u8; 32],
+) -> std::fmt::Result {
+    let mut key = Vec::with_capacity(33);
+    key.push(kind);
+    key.extend_from_slice(public_key);
+    write!(f, "{name}+{}+{}", crate::hex(&id), STANDARD.encode(key))
 }
 
 /// A key that checks signatures of one name: what a verifier pins.
@@ -56,58 +127,28 @@ pub struct VerifierKey {
 impl VerifierKey {
     /// The verifier key of `public_key` (raw Ed25519) under `name`.
     pub fn new(name: &str, public_key: &[u8]) -> Result<Self, NoteError> {
-        if !valid_key_name(name) {
-            return Err(NoteError::BadVerifierKey(
-                "the name is empty or has a space or '+'",
-            ));
-        }
-        let public_key: [u8; 32] = public_key
-            .try_into()
-            .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))?;
+        let (name, id, public_key) = named_key(ED25519_TYPE, name, public_key)?;
         Ok(Self {
-            name: name.to_owned(),
-            id: key_id(name, &public_key),
+            name,
+            id,
             public_key,
         })
     }
 
     /// Parses `<name>+<hex key id>+<base64(0x01 || key)>`, checking that the id fits.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        // The key's base64 may hold '+' itself; the name and the id cannot.
-        let mut parts = text.splitn(3, '+');
-        let (Some(name), Some(id), Some(key), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(NoteError::BadVerifierKey("expected name+id+key"));
-        };
-        let key = STANDARD
-            .decode(key)
-            .map_err(|_| NoteError::BadVerifierKey("the key is not base64"))?;
-        let Some((&ED25519_TYPE, raw)) = key.split_first() else {
-            return Err(NoteError::BadVerifierKey("not an Ed25519 key"));
-        };
-        let parsed = Self::new(name, raw)?;
-        if id.len() != 8 || crate::hex(&parsed.id) != id {
-            return Err(NoteError::BadVerifierKey(
-                "the key id does not match the key",
-            ));
-        }
-        Ok(parsed)
+        let (name, id, public_key) = parse_named_key(ED25519_TYPE, "not an Ed25519 key", text)?;
+        Ok(Self {
+            name,
+            id,
+            public_key,
+        })
     }
 }
 
 impl std::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut key = Vec::with_capacity(33);
-        key.push(ED25519_TYPE);
-        key.extend_from_slice(&self.public_key);
-        write!(
-            f,
-            "{}+{}+{}",
-            self.name,
-            crate::hex(&self.id),
-            STANDARD.encode(key)
-        )
+        write_named_key(f, ED25519_TYPE, &self.name, self.id, &self.public_key)
     }
 }
 
