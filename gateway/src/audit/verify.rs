@@ -300,7 +300,7 @@ impl<'a> Verifier<'a> {
                 self.problem = Some(Finding::Unreadable {
                     index,
                     id: bad.id.clone(),
-                    field: bad.field,
+                    field: bad.field.trim_start_matches("audit_records."),
                     stored: bad.stored.clone(),
                 });
             }
@@ -1114,7 +1114,7 @@ mod tests {
         v.feed_row(&Err(Unreadable {
             leaf_index: Some(1),
             id: "\"x\"".into(),
-            field: "action",
+            field: "audit_records.action",
             stored: "\"bogus\"".into(),
         }));
         assert_eq!(

@@ -401,8 +401,7 @@ impl Store {
                 if seal.size() >= size {
                     break;
                 }
-                let stored =
-                    row.map_err(|bad| StorageError::Corrupt(rows::record_column(bad.field)))?;
+                let stored = row.map_err(|bad| StorageError::Corrupt(bad.field))?;
                 let index = seal.size();
                 let leaf = stored
                     .leaf_hash

@@ -227,8 +227,9 @@ pub(super) struct RecordRow {
     source: Option<String>,
 }
 
-/// A column whose stored value the gateway never writes: which, and what it holds (never
-/// a national id number or an HPR number; those are described, not shown).
+/// A column whose stored value the gateway never writes: which (`audit_records.<name>`),
+/// and what it holds (never a national id number or an HPR number; those are described,
+/// not shown).
 struct BadColumn {
     column: &'static str,
     shown: String,
@@ -236,7 +237,10 @@ struct BadColumn {
 
 impl BadColumn {
     fn new(column: &'static str, value: &str) -> Self {
-        let shown = if matches!(column, "patient" | "principal_id") {
+        let shown = if matches!(
+            column,
+            "audit_records.patient" | "audit_records.principal_id"
+        ) {
             format!("({} characters, not shown)", value.chars().count())
         } else {
             let mut shown: String = value.chars().take(64).collect();
@@ -265,24 +269,24 @@ impl RecordRow {
     /// The record, with every identifier in its canonical form; otherwise the first
     /// column that is not.
     fn check(self) -> Result<Record, BadColumn> {
-        let id = canonical_uuid(&self.id, "id")?;
-        let action =
-            Action::parse(&self.action).ok_or_else(|| BadColumn::new("action", &self.action))?;
+        let id = canonical_uuid(&self.id, "audit_records.id")?;
+        let action = Action::parse(&self.action)
+            .ok_or_else(|| BadColumn::new("audit_records.action", &self.action))?;
         let outcome = Outcome::parse(&self.outcome)
-            .ok_or_else(|| BadColumn::new("outcome", &self.outcome))?;
+            .ok_or_else(|| BadColumn::new("audit_records.outcome", &self.outcome))?;
         let episode_id = self
             .episode_id
-            .map(|v| canonical_uuid(&v, "episode_id"))
+            .map(|v| canonical_uuid(&v, "audit_records.episode_id"))
             .transpose()?;
         if let Some(p) = self.patient.as_deref().filter(|p| !digits(p, 11..=11)) {
-            return Err(BadColumn::new("patient", p));
+            return Err(BadColumn::new("audit_records.patient", p));
         }
         if let Some(o) = self
             .principal_organisation
             .as_deref()
             .filter(|o| !digits(o, 9..=9))
         {
-            return Err(BadColumn::new("principal_organisation", o));
+            return Err(BadColumn::new("audit_records.principal_organisation", o));
         }
         if let Some(p) = self.principal_id.as_deref() {
             let canonical = match self.principal_kind.as_str() {
@@ -291,7 +295,7 @@ impl RecordRow {
                 _ => true,
             };
             if !canonical {
-                return Err(BadColumn::new("principal_id", p));
+                return Err(BadColumn::new("audit_records.principal_id", p));
             }
         }
         Ok(Record {
@@ -319,25 +323,7 @@ impl RecordRow {
 impl TryFrom<RecordRow> for Record {
     type Error = StorageError;
     fn try_from(r: RecordRow) -> Result<Self, StorageError> {
-        r.check()
-            .map_err(|bad| StorageError::Corrupt(record_column(bad.column)))
-    }
-}
-
-/// `audit_records.<column>`, for a storage error.
-pub(super) fn record_column(column: &'static str) -> &'static str {
-    match column {
-        "id" => "audit_records.id",
-        "action" => "audit_records.action",
-        "outcome" => "audit_records.outcome",
-        "episode_id" => "audit_records.episode_id",
-        "patient" => "audit_records.patient",
-        "principal_organisation" => "audit_records.principal_organisation",
-        "principal_id" => "audit_records.principal_id",
-        "leaf_index" => "audit_records.leaf_index",
-        "content_hash" => "audit_records.content_hash",
-        "pruned" => "audit_records.pruned",
-        _ => "audit_records",
+        r.check().map_err(|bad| StorageError::Corrupt(bad.column))
     }
 }
 
@@ -359,12 +345,15 @@ impl StoredRow {
         let raw_id = self.record.id.clone();
         let unreadable = |bad: BadColumn| Unreadable {
             leaf_index,
-            id: BadColumn::new("id", &raw_id).shown,
+            id: BadColumn::new("audit_records.id", &raw_id).shown,
             field: bad.column,
             stored: bad.shown,
         };
         if let Some(i) = self.leaf_index.filter(|i| *i < 0) {
-            return Err(unreadable(BadColumn::new("leaf_index", &i.to_string())));
+            return Err(unreadable(BadColumn::new(
+                "audit_records.leaf_index",
+                &i.to_string(),
+            )));
         }
         if !matches!(self.pruned, 0 | 1) {
             return Err(unreadable(BadColumn::new(
@@ -375,9 +364,9 @@ impl StoredRow {
         if let Some(c) = self
             .content_hash
             .as_deref()
-            .filter(|c| c.len() != 64 || !c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .filter(|c| icbt_merkle::from_hex(c).is_none())
         {
-            return Err(unreadable(BadColumn::new("content_hash", c)));
+            return Err(unreadable(BadColumn::new("audit_records.content_hash", c)));
         }
         Ok(Stored {
             record: self.record.check().map_err(unreadable)?,
@@ -392,8 +381,7 @@ impl StoredRow {
 impl TryFrom<StoredRow> for Stored {
     type Error = StorageError;
     fn try_from(r: StoredRow) -> Result<Self, StorageError> {
-        r.check()
-            .map_err(|bad| StorageError::Corrupt(record_column(bad.field)))
+        r.check().map_err(|bad| StorageError::Corrupt(bad.field))
     }
 }
 
