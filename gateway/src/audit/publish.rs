@@ -245,7 +245,7 @@ impl Publisher {
             let answer = response.text().await.map_err(unreachable)?;
             match status {
                 200 => {
-                    let line = cosignature(&witness.key, note, &answer)
+                    let line = cosignature(&witness.key, &newest.checkpoint.body(), &answer)
                         .ok_or_else(|| PublishError::NoCosignature { witness: name() })?;
                     store
                         .add_audit_cosignature(size, &witness.key.name, &line)
@@ -294,14 +294,14 @@ impl Publisher {
     }
 }
 
-/// The first line of `answer` that is `key`'s valid cosignature of `note`, as a note
-/// signature line; lines of other keys are ignored, as the protocol asks.
-fn cosignature(key: &CosignerKey, note: &str, answer: &str) -> Option<String> {
-    let text = Note::parse(note).ok()?.text;
+/// The first line of `answer` that is `key`'s valid cosignature of the checkpoint whose
+/// note text is `text`, as a note signature line; lines of other keys are ignored, as the
+/// protocol asks.
+fn cosignature(key: &CosignerKey, text: &str, answer: &str) -> Option<String> {
     let signed = Note::parse(&format!("{text}\n{answer}")).ok()?;
     signed
         .signatures
         .iter()
-        .find(|s| matches!(key.verify(&text, s), Ok(Some(_))))
+        .find(|s| matches!(key.verify(text, s), Ok(Some(_))))
         .map(icbt_merkle::NoteSignature::line)
 }

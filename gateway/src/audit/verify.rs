@@ -66,7 +66,7 @@ pub async fn walk(
 }
 
 /// The first kept cosignature of a configured witness that does not verify on the
-/// checkpoint of its size. Cosignatures of witnesses no longer configured are not read.
+/// checkpoint of its size (`checkpoints` smallest first). Cosignatures of witnesses no longer configured are not read.
 fn cosignatures(
     checkpoints: &[SignedCheckpoint],
     kept: &[(i64, String, String)],
@@ -79,10 +79,13 @@ fn cosignatures(
             witness: witness.clone(),
             reason: reason.to_owned(),
         };
-        let Some(checkpoint) = checkpoints
-            .iter()
-            .find(|c| i64::try_from(c.checkpoint.size).ok() == Some(*size))
-        else {
+        // Smallest first, as the snapshot reads them: one lookup, not a scan per line.
+        let Some(checkpoint) = u64::try_from(*size).ok().and_then(|size| {
+            checkpoints
+                .binary_search_by_key(&size, |c| c.checkpoint.size)
+                .ok()
+                .map(|i| &checkpoints[i])
+        }) else {
             return Some(bad("there is no checkpoint of that size"));
         };
         let text = checkpoint.checkpoint.body();
