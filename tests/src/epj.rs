@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::idp::{IdentityProviders, ensure_node_packages, peers_dir};
+use crate::idp::{IdentityProviders, NodePeer, ensure_node_packages, peers_dir, start_peer};
 use crate::{Gateway, gateway_command};
 
 /// Resource types the exporter writes.
@@ -44,7 +44,8 @@ impl Epj {
     pub fn start() -> Self {
         ensure_node_packages();
         let idps = IdentityProviders::shared();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(peers_dir().join("epj.mjs"))
             .env("TLS_CERT", &idps.ca.cert_file)
             .env("TLS_KEY", &idps.ca.key_file)
@@ -52,36 +53,8 @@ impl Epj {
             .env("ISSUER", &idps.helseid.issuer)
             .env("AUDIENCE", "nhn:epj")
             .env("SCOPE", "nhn:epj/write")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node for the EPJ");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_mins(1)) else {
-            let _ = child.kill();
-            panic!(
-                "the EPJ did not start:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
-        };
-        let info: Value = serde_json::from_str(&line).unwrap();
+            .stdin(Stdio::null());
+        let NodePeer { child, info, logs } = start_peer(command, "the EPJ", Duration::from_mins(1));
         Self {
             child,
             base: info["base"].as_str().unwrap().to_owned(),

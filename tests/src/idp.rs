@@ -165,6 +165,51 @@ pub(crate) fn peers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
+/// A test peer running under node: its process, the JSON line it prints once it listens,
+/// and its standard error as it comes.
+pub(crate) struct NodePeer {
+    pub(crate) child: Child,
+    pub(crate) info: Value,
+    pub(crate) logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `command` (node with a peer script; the caller sets its environment and
+/// stdin), collects its standard error, and waits at most `wait` for the first line it
+/// prints. Panics with what it wrote when that does not come; `what` names it.
+pub(crate) fn start_peer(mut command: Command, what: &str, wait: Duration) -> NodePeer {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start node for {what} (Node 20 is needed): {e}"));
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let Ok(line) = rx.recv_timeout(wait) else {
+        let _ = child.kill();
+        panic!("{what} did not start:\n{}", logs.lock().unwrap().join("\n"));
+    };
+    NodePeer {
+        child,
+        info: serde_json::from_str(&line).unwrap(),
+        logs,
+    }
+}
+
 /// Installs the node packages once per test process when they are missing.
 pub fn ensure_node_packages() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -204,42 +249,16 @@ impl IdentityProviders {
                 .public_jwk();
         rsa.as_object_mut().unwrap().remove("alg");
         jwks.insert(RSA_CLIENT.to_owned(), rsa);
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(peers_dir().join("oidc-provider.mjs"))
             .env("TLS_CERT", &ca.cert_file)
             .env("TLS_KEY", &ca.key_file)
             .env("CLIENT_JWKS", Value::Object(jwks).to_string())
             .env("DEBUG", std::env::var("E2E_IDP_DEBUG").unwrap_or_default())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node (Node 20 is needed for the OpenID providers)");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_mins(1)) else {
-            let _ = child.kill();
-            panic!(
-                "the OpenID providers did not start:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
-        };
-        let info: Value = serde_json::from_str(&line).unwrap();
+            .stdin(Stdio::piped());
+        let NodePeer { child, info, logs } =
+            start_peer(command, "the OpenID providers", Duration::from_mins(1));
         let provider = |name: &str| ProviderInfo {
             issuer: info[name]["issuer"].as_str().unwrap().to_owned(),
             signing_jwk: info[name]["signing_jwk"].clone(),

@@ -2,14 +2,13 @@
 //! specifications in Node's own crypto: the gateway pushes its access log's checkpoints
 //! to it and keeps the cosignatures it returns.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::idp::{IdentityProviders, ensure_node_packages, peers_dir};
+use crate::idp::{IdentityProviders, NodePeer, ensure_node_packages, peers_dir, start_peer};
 
 /// A running witness.
 #[derive(Debug)]
@@ -28,41 +27,15 @@ impl Witness {
     pub fn start(log_vkey: &str) -> Self {
         ensure_node_packages();
         let idps = IdentityProviders::shared();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(peers_dir().join("witness.mjs"))
             .env("TLS_CERT", &idps.ca.cert_file)
             .env("TLS_KEY", &idps.ca.key_file)
             .env("LOG_VKEY", log_vkey)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node for the witness");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            panic!(
-                "the witness did not start:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
-        };
-        let info: Value = serde_json::from_str(&line).unwrap();
+            .stdin(Stdio::null());
+        let NodePeer { child, info, logs } =
+            start_peer(command, "the witness", Duration::from_secs(30));
         Self {
             child,
             url: info["url"].as_str().unwrap().to_owned(),
