@@ -22,30 +22,17 @@ use icbt_gateway::audit::sequencer::AuditLog;
 use icbt_gateway::audit::verify::Verifier;
 use icbt_gateway::audit::{Access, Action};
 use icbt_gateway::storage::Store;
-use sqlx::Connection;
 
 const RUN: Duration = Duration::from_secs(5);
 
+mod common;
+
 #[tokio::main]
 async fn main() {
-    let admin = std::env::var("E2E_POSTGRES_URL").expect("E2E_POSTGRES_URL");
-    let name = format!("icbt_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').unwrap().0;
-    let url = format!("{base}/{name}");
-    let dir = tempfile::tempdir().unwrap();
-    let config = icbt_config::StorageConfig {
-        data_dir: dir.path().to_owned(),
-        url: Some(url.clone()),
-        max_connections: 16,
-        ..Default::default()
-    };
-    let store = Store::open(&config).await.unwrap();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let db = common::BenchDatabase::create(16).await;
+    let dir = &db.dir;
+    let store = Store::open(&db.config).await.unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     sqlx::query("CREATE TABLE bench_messages (id TEXT PRIMARY KEY, episode_id TEXT, body BYTEA, created_at_ms BIGINT)")
         .execute(&pool)
         .await
@@ -122,12 +109,7 @@ async fn main() {
 
     store.close().await;
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.drop().await;
 }
 
 /// Transactions per second: a 2 KiB message row, with or without its audit record.

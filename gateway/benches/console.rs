@@ -27,7 +27,6 @@ use icbt_gateway::audit::review::{self, Kind};
 use icbt_gateway::audit::sequencer::AuditLog;
 use icbt_gateway::audit::{Action, Outcome, Record};
 use icbt_gateway::storage::{AuditFilter, Store};
-use sqlx::Connection;
 use uuid::Uuid;
 
 const DAY: i64 = 86_400_000;
@@ -135,29 +134,17 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[i].as_secs_f64() * 1000.0
 }
 
+mod common;
+
 #[tokio::main]
 async fn main() {
     let total: u64 = std::env::var("BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let admin = std::env::var("E2E_POSTGRES_URL").expect("E2E_POSTGRES_URL");
-    let name = format!("icbt_bench_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').unwrap().0;
-    let url = format!("{base}/{name}");
-    let dir = tempfile::tempdir().unwrap();
-    let config = icbt_config::StorageConfig {
-        data_dir: dir.path().to_owned(),
-        url: Some(url.clone()),
-        max_connections: 8,
-        ..Default::default()
-    };
-    let store = Store::open(&config).await.unwrap();
+    let db = common::BenchDatabase::create(8).await;
+    let dir = &db.dir;
+    let store = Store::open(&db.config).await.unwrap();
     let log = AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap();
     let now = i64::try_from(
         std::time::SystemTime::now()
@@ -184,7 +171,7 @@ async fn main() {
     log.sequence_all(&store).await.unwrap();
     let sequenced = started.elapsed();
     // Care teams: each episode's own therapist, for the whole period.
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     sqlx::query(
         "INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ('c', 'Bench', '998877660', 0)",
     )
@@ -371,10 +358,5 @@ async fn main() {
 
     store.close().await;
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.drop().await;
 }
