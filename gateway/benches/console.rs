@@ -172,9 +172,12 @@ async fn main() {
     let sequenced = started.elapsed();
     // Care teams: each episode's own therapist, for the whole period.
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // Identifiers in the one form the database accepts (a UUID for the clinic).
+    let clinic = Uuid::from_u128(0xc).to_string();
     sqlx::query(
-        "INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ('c', 'Bench', '998877660', 0)",
+        "INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ($1, 'Bench', '998877660', 0)",
     )
+    .bind(&clinic)
     .execute(&pool)
     .await
     .unwrap();
@@ -184,7 +187,7 @@ async fn main() {
         );
         episodes.push_values(chunk, |mut b, e| {
             b.push_bind(episode(*e).to_string())
-                .push_bind("c")
+                .push_bind(&clinic)
                 .push_bind(patient(e % PATIENTS))
                 .push_bind("bench")
                 .push_bind("active")
