@@ -14,6 +14,34 @@ pub enum HttpClientError {
     Build(String),
 }
 
+/// rustls with ring that accepts only certificates chaining to the PEM bundle at
+/// `trust_roots`: what every outbound client of the gateway uses when one is configured.
+pub fn tls_config(trust_roots: &Path) -> Result<rustls::ClientConfig, HttpClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let fail = |reason: String| HttpClientError::TrustRoots {
+        path: trust_roots.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(trust_roots)
+        .map_err(|e| fail(e.to_string()))?
+    {
+        roots
+            .add(cert.map_err(|e| fail(e.to_string()))?)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| HttpClientError::Build(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 /// An HTTPS client. With `trust_roots`, only certificates chaining to that PEM bundle are
 /// accepted; without, the platform's trust store is used.
 pub fn https_client(
@@ -27,32 +55,7 @@ pub fn https_client(
         .https_only(true);
     let builder = match trust_roots {
         None => builder,
-        Some(path) => {
-            use rustls_pki_types::pem::PemObject;
-            let fail = |reason: String| HttpClientError::TrustRoots {
-                path: path.display().to_string(),
-                reason,
-            };
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| fail(e.to_string()))?
-            {
-                roots
-                    .add(cert.map_err(|e| fail(e.to_string()))?)
-                    .map_err(|e| fail(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(fail("no certificate in the file".into()));
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HttpClientError::Build(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            builder.tls_backend_preconfigured(config)
-        }
+        Some(path) => builder.tls_backend_preconfigured(tls_config(path)?),
     };
     builder
         .build()

@@ -42,8 +42,8 @@ pub struct Telemetry {
 }
 
 /// The exporter's blocking HTTP client: no redirects, and with `trust_roots` the only
-/// CAs an `https://` endpoint may chain to (as `icbt_auth::http::https_client` does for
-/// every other outbound call); without, reqwest's defaults.
+/// CAs an `https://` endpoint may chain to (the TLS configuration of every other
+/// outbound call); without, reqwest's defaults.
 fn otlp_client(
     trust_roots: Option<&std::path::Path>,
 ) -> Result<reqwest::blocking::Client, TelemetryError> {
@@ -53,25 +53,9 @@ fn otlp_client(
         .redirect(reqwest::redirect::Policy::none());
     let builder = match trust_roots {
         None => builder,
-        Some(path) => {
-            use rustls_pki_types::pem::PemObject as _;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| fail(format!("{}: {e}", path.display())))?
-            {
-                roots
-                    .add(cert.map_err(|e| fail(format!("{}: {e}", path.display())))?)
-                    .map_err(|e| fail(e.to_string()))?;
-            }
-            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            builder.tls_backend_preconfigured(tls)
-        }
+        Some(path) => builder.tls_backend_preconfigured(
+            icbt_auth::http::tls_config(path).map_err(|e| fail(e.to_string()))?,
+        ),
     };
     builder.build().map_err(|e| fail(e.to_string()))
 }
