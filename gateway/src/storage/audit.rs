@@ -382,11 +382,16 @@ impl Store {
     /// the seal exists.
     pub async fn seal_legacy_leaves(&self, signer: &Signer) -> Result<Option<u64>, StorageError> {
         const PAGE: i64 = 10_000;
+        // Every start after the first: the seal is there, and the head row is left alone.
+        if legacy_seal(&self.pool).await?.is_some() {
+            return Ok(None);
+        }
         let mut tx = self.pool.begin().await?;
         let head: TreeHeadRow =
             sqlx::query_as("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
                 .fetch_one(&mut *tx)
                 .await?;
+        // Another instance may have sealed while this one waited for the lock.
         if legacy_seal(&mut *tx).await?.is_some() {
             return Ok(None);
         }
