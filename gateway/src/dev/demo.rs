@@ -642,6 +642,9 @@ fn bundles(
         let mut files: Vec<_> = entries
             .filter_map(Result::ok)
             .filter_map(|e| Some((e.metadata().and_then(|m| m.modified()).ok()?, e.path())))
+            // The sink's bundles only: a temporary file it is still writing (renamed into
+            // place when whole) is no bundle yet.
+            .filter(|(_, path)| path.extension().is_some_and(|x| x == "json"))
             .filter(|(modified, _)| *modified >= since)
             .collect();
         files.sort();
