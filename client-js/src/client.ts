@@ -6,7 +6,7 @@ import { checkConsistency, Directory, proofHashes, verifyDirectory, type TreeHea
 import type { DpopKey } from './dpop.js';
 import { b64url, buf, concat, hex, randomBytes, sha256, unb64, unb64url, utf8 } from './encoding.js';
 import { Envelope, type Opened, seal, type Kind } from './envelope.js';
-import { EnvelopeError, GatewayError, IcbtError, mayRetry, NetworkError } from './errors.js';
+import { EnvelopeError, GatewayError, IcbtError, mayRetry, NetworkError, REAUTHENTICATE, StreamEndedError } from './errors.js';
 import { deviceBody, type DeviceKeys } from './keys.js';
 import { safetyNumber } from './safety.js';
 import { MemoryStore, type Store } from './store.js';
@@ -416,11 +416,14 @@ export class Client {
   }
 
   /** One page of the inbox after `after`; with `wait` seconds, a long poll. */
-  inbox(options: { after?: string; limit?: number; wait?: number; signal?: AbortSignal } = {}): Promise<{ entries: StreamEntry[]; next_after: string }> {
+  inbox(
+    options: { after?: string; limit?: number; wait?: number; device?: string; signal?: AbortSignal } = {},
+  ): Promise<{ entries: StreamEntry[]; next_after: string; end?: string }> {
     const query = new URLSearchParams();
     if (options.after !== undefined) query.set('after', options.after);
     query.set('limit', String(options.limit ?? 100));
     if (options.wait !== undefined) query.set('wait', String(options.wait));
+    if (options.device !== undefined) query.set('device', options.device);
     return this.request('GET', `v1/inbox?${query}`, { signal: options.signal }).then((r) => r.json());
   }
 
@@ -428,12 +431,17 @@ export class Client {
    * New messages as they arrive, from the event stream, resuming after the last event
    * seen when the connection drops (nothing missed, nothing twice), and falling back to
    * long polls of the inbox when streaming does not work (`mode: 'auto'`). A refusal
-   * (401, 403) ends the iteration with the GatewayError: re-authenticate, then call again
-   * with `after` set to the last position seen.
+   * (401, 403) ends the iteration with the GatewayError, and the gateway ending the stream
+   * because its token or session expired, was logged out or `device` was revoked ends it
+   * with a StreamEndedError: re-authenticate, then call again with `after` set to the last
+   * position seen. Other ends (a care team changed, the gateway shutting down) reconnect at
+   * once by themselves.
    */
   async *events(
     options: {
       after?: string;
+      /** The device reading (its id in the key directory): the stream ends when it is revoked. */
+      device?: string;
       signal?: AbortSignal;
       mode?: 'auto' | 'stream' | 'poll';
       /** Told when the stream is open (from then on nothing is missed), when it reconnects, and when it falls back to polling. */
@@ -455,16 +463,17 @@ export class Client {
         if (mode === 'poll') {
           if (after === undefined) after = await this.present();
           tell('polling');
-          const page = await this.inbox({ after, wait: 25, signal });
+          const page = await this.inbox({ after, wait: 25, device: options.device, signal });
           for (const entry of page.entries) yield { type: 'message', id: entry.position, entry };
           after = page.next_after;
+          if (page.end !== undefined && REAUTHENTICATE.includes(page.end)) throw new StreamEndedError(page.end);
         } else {
           const connected = () => {
             opened = true;
             failures = 0;
             tell('connected');
           };
-          for await (const event of this.sse(after, signal, connected)) {
+          for await (const event of this.sse(after, options.device, signal, connected)) {
             delivered = true;
             if (event.id !== undefined) after = event.id;
             yield event;
@@ -473,6 +482,7 @@ export class Client {
       } catch (e) {
         if (signal?.aborted) return;
         if (e instanceof GatewayError && !e.mayRetry) throw e;
+        if (e instanceof StreamEndedError) throw e;
         failures++;
         tell('reconnecting');
         await sleep(Math.min(250 * 2 ** failures, 10_000), signal);
@@ -487,16 +497,22 @@ export class Client {
   private async present(): Promise<string> {
     let after: string | undefined;
     for (;;) {
-      const page = await this.inbox({ after, limit: 500 });
+      const page = await this.inbox({ after, limit: 200 });
       if (page.entries.length === 0) return page.next_after;
       after = page.next_after;
     }
   }
 
-  private async *sse(after: string | undefined, signal: AbortSignal | undefined, connected: () => void): AsyncGenerator<StreamEvent> {
+  private async *sse(
+    after: string | undefined,
+    device: string | undefined,
+    signal: AbortSignal | undefined,
+    connected: () => void,
+  ): AsyncGenerator<StreamEvent> {
     const headers: Record<string, string> = { accept: 'text/event-stream' };
     if (after !== undefined) headers['last-event-id'] = after;
-    const response = await this.request('GET', 'v1/stream', { headers, signal });
+    const path = device === undefined ? 'v1/stream' : `v1/stream?${new URLSearchParams({ device })}`;
+    const response = await this.request('GET', path, { headers, signal });
     if (!response.body) throw new NetworkError('the event stream has no body');
     connected();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -517,6 +533,11 @@ export class Client {
               if (event.type === 'message') {
                 const entry = JSON.parse(data) as StreamEntry;
                 yield { type: 'message', id: event.id ?? entry.position, entry };
+              } else if (event.type === 'end') {
+                // The gateway's last event: re-authenticate, or reconnect at once.
+                const reason = String((JSON.parse(data) as { reason?: unknown }).reason);
+                if (REAUTHENTICATE.includes(reason)) throw new StreamEndedError(reason);
+                return;
               } else yield { type: event.type, id: event.id, data };
             }
             event = { type: 'message', data: [] };

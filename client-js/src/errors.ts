@@ -50,6 +50,24 @@ export class GatewayError extends IcbtError {
   }
 }
 
+/**
+ * The gateway ended the event stream or long poll because the authorization it rested on
+ * ended, and the caller must re-authenticate before resuming (with `after` set to the last
+ * position seen: nothing is missed). `code` is the gateway's reason: `expired` (the token
+ * or session), `logged-out`, `device-revoked`.
+ */
+export class StreamEndedError extends IcbtError {
+  constructor(reason: string) {
+    super(reason, `the gateway ended the stream: ${reason}`);
+  }
+  get mayRetry(): boolean {
+    return false;
+  }
+}
+
+/** Reasons of an `end` event after which the same credentials will not do. */
+export const REAUTHENTICATE = ['expired', 'logged-out', 'device-revoked'];
+
 /** The request did not get an answer at all (network, TLS, aborted). */
 export class NetworkError extends IcbtError {
   constructor(message: string) {

@@ -21,7 +21,7 @@ export { activeAt, checkConsistency, Directory, verifyDirectory, type KnownDevic
 export { DpopKey } from './dpop.js';
 export { b64, b64url, unb64, unb64url } from './encoding.js';
 export { Envelope, seal, SignedMessage, DEFAULT_LIMITS, type Binding, type Kind, type Limits, type Opened } from './envelope.js';
-export { ContentError, DirectoryError, EnvelopeError, GatewayError, IcbtError, mayRetry, NetworkError } from './errors.js';
+export { ContentError, DirectoryError, EnvelopeError, GatewayError, IcbtError, mayRetry, NetworkError, StreamEndedError } from './errors.js';
 export { checkPublicJwk, thumbprint, type PublicJwk, type PublicKey } from './jwk.js';
 export { deviceBody, fromPrivateJson, generateDeviceKeys, toPrivateJson, type DeviceKeys } from './keys.js';
 export { leafHash, nodeHash, verifyConsistency, verifyInclusion } from './merkle.js';

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import test from 'node:test';
 
-import { b64url, Client, Envelope, GatewayError, fromPrivateJson, generateDeviceKeys, parseContent, questionnaireContent, safetyNumber, seal, textContent, unb64url } from '../dist/index.js';
+import { b64url, Client, Envelope, GatewayError, fromPrivateJson, generateDeviceKeys, parseContent, questionnaireContent, safetyNumber, seal, textContent, unb64url, StreamEndedError } from '../dist/index.js';
 
 const utf8 = new TextEncoder();
 
@@ -120,4 +120,33 @@ test('a GET the gateway asks to retry is retried after Retry-After; a PUT is not
   assert.deepEqual(answers, ['GET', 'GET']);
   await assert.rejects(client.call('PUT', 'v1/episodes/x/receipts', {}), (e) => e instanceof GatewayError && e.status === 429 && e.retryAfter === 0);
   assert.deepEqual(answers, ['GET', 'GET', 'PUT']);
+});
+
+test('an end event reconnects at once, or ends the iteration when the client must re-authenticate', async () => {
+  const entry = (position) => ({ position, episode: 'e', message: { id: position } });
+  const sse = (...events) => new Response(events.join(''), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  const message = (position) => `id: ${position}\nevent: message\ndata: ${JSON.stringify(entry(position))}\n\n`;
+  const end = (reason) => `event: end\ndata: ${JSON.stringify({ reason })}\n\n`;
+  const opened = [];
+  const bodies = [sse(message('1.1'), end('care-team-left')), sse(message('1.2'), end('expired'))];
+  const fetch = async (url, init) => {
+    opened.push({ url: String(url), after: init.headers['last-event-id'] });
+    return bodies.shift();
+  };
+  const client = new Client({ gateway: 'https://gateway.test', auth: { type: 'bearer', token: 't' }, logKeys: [new Uint8Array(32)], fetch });
+  const seen = [];
+  await assert.rejects(
+    (async () => {
+      for await (const event of client.events({ mode: 'stream', device: 'dev-1' })) seen.push(event.id);
+    })(),
+    (e) => e instanceof StreamEndedError && e.code === 'expired' && !e.mayRetry,
+  );
+  assert.deepEqual(seen, ['1.1', '1.2']);
+  assert.deepEqual(
+    opened.map((o) => [o.url, o.after]),
+    [
+      ['https://gateway.test/v1/stream?device=dev-1', undefined],
+      ['https://gateway.test/v1/stream?device=dev-1', '1.1'],
+    ],
+  );
 });

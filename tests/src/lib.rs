@@ -876,10 +876,12 @@ pub struct EventStream {
     buffer: String,
 }
 
-/// One event: its `id` and `data` (parsed as JSON).
+/// One event: its `id` (empty when it has none), its type and `data` (parsed as JSON).
 #[derive(Debug, Clone)]
 pub struct StreamEvent {
     pub id: String,
+    /// `message`, or `end` for the last event of a stream the gateway ends.
+    pub kind: String,
     pub data: serde_json::Value,
 }
 
@@ -900,24 +902,43 @@ impl EventStream {
         }
     }
 
-    /// The next event with data, skipping heartbeats; `None` after `wait` without one.
+    /// The next message, skipping heartbeats and an `end` event; `None` after `wait`
+    /// without one, or when the stream ends.
     pub async fn next(&mut self, wait: Duration) -> Option<StreamEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let event = self
+                .next_event(deadline - tokio::time::Instant::now())
+                .await?;
+            if event.kind == "message" {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The next event with data, of any type; `None` after `wait` without one, or when
+    /// the stream ends.
+    pub async fn next_event(&mut self, wait: Duration) -> Option<StreamEvent> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut id = None;
+                let mut id = String::new();
+                let mut kind = "message".to_owned();
                 let mut data = String::new();
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_owned());
+                        v.trim().clone_into(&mut id);
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        v.trim().clone_into(&mut kind);
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
                     }
                 }
-                if let (Some(id), false) = (id, data.is_empty()) {
+                if !data.is_empty() {
                     return Some(StreamEvent {
                         id,
+                        kind,
                         data: serde_json::from_str(&data).unwrap(),
                     });
                 }
@@ -925,8 +946,31 @@ impl EventStream {
             let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
                 .await
                 .ok()?
-                .unwrap()?;
+                .ok()??;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The reason of the stream's `end` event, skipping messages and heartbeats, once the
+    /// stream has ended after it; `None` if neither happens within `wait`.
+    pub async fn end_reason(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let event = self
+                .next_event(deadline - tokio::time::Instant::now())
+                .await?;
+            if event.kind == "end" {
+                let reason = event.data["reason"].as_str()?.to_owned();
+                // Nothing after it: the body ends.
+                // Nothing after it (HTTP/2 may send an empty last frame): the body ends.
+                loop {
+                    match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                        Ok(Ok(Some(rest))) if rest.is_empty() => {}
+                        Ok(Ok(None)) => return Some(reason),
+                        _ => return None,
+                    }
+                }
+            }
         }
     }
 

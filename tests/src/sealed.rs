@@ -127,6 +127,12 @@ impl Sealer {
         keys
     }
 
+    /// Forgets the recipients fetched so far, after a care team changed: the next seal
+    /// fetches them afresh.
+    pub fn forget_recipients(&self) {
+        self.directories.lock().unwrap().clear();
+    }
+
     /// [`Self::recipients`] fetched afresh, after devices have changed.
     pub async fn fetch_recipients(&self, who: &Actor, episode: Uuid) -> Vec<PublicKey> {
         let response = who

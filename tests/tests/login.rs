@@ -250,3 +250,72 @@ async fn unknown_issuer_has_no_login() {
         .unwrap();
     expect_problem(response, 404, "not-found").await;
 }
+
+/// A stream opened with `cookie` over the protocol `alpn` names.
+async fn session_stream(gw: &Gateway, alpn: &[u8], cookie: &str) -> icbt_e2e::EventStream {
+    let mut tls = gw.tls_config();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let response = http
+        .get(format!("{}/v1/stream", gw.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    icbt_e2e::EventStream::new(response)
+}
+
+#[tokio::test]
+async fn logging_out_ends_the_sessions_streams_and_long_polls_on_every_instance() {
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let callback = through_the_provider(&gw, "idporten-loa-high", "/").await;
+        let done = gw.client().get(&callback).send().await.unwrap();
+        let cookie = session_cookie(&done);
+        let other = (backend == Backend::Postgres).then(|| gw.another_instance());
+
+        let mut streams = vec![
+            ("http/1.1", session_stream(&gw, b"http/1.1", &cookie).await),
+            ("h2", session_stream(&gw, b"h2", &cookie).await),
+        ];
+        if let Some(other) = &other {
+            streams.push((
+                "another instance",
+                session_stream(other, b"h2", &cookie).await,
+            ));
+        }
+        let poll = gw
+            .client()
+            .get(format!("{}/v1/inbox?wait=25", gw.url))
+            .header("cookie", &cookie)
+            .send();
+        let logout = async {
+            // The long poll and streams are waiting by now.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let logout = gw
+                .client()
+                .post(format!("{}/auth/logout", gw.url))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(logout.status(), 303);
+        };
+        let (polled, ()) = tokio::join!(poll, logout);
+        let page: Value = polled.unwrap().json().await.unwrap();
+        assert_eq!(page["end"], "logged-out", "{backend:?}: {page}");
+        for (what, mut stream) in streams {
+            assert_eq!(
+                stream
+                    .end_reason(std::time::Duration::from_secs(10))
+                    .await
+                    .as_deref(),
+                Some("logged-out"),
+                "{backend:?} {what}"
+            );
+        }
+    }
+}

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders, Idp};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{Backend, EventStream, Gateway, GatewayOptions, SYNTHETIC_FNR, backends};
 use icbt_envelope::DeviceKeys;
@@ -134,12 +134,8 @@ async fn send(gw: &Gateway, sealer: &Sealer, who: &Actor, episode: Uuid, text: &
     let path = format!("/v1/episodes/{episode}/messages/{id}");
     let body = sealer.body(who, &path, "message", text).await;
     let url = format!("{}{path}", gw.url);
-    assert_eq!(
-        who.call(&gw.client(), Method::PUT, &url, Some(&body))
-            .await
-            .status(),
-        201
-    );
+    let response = who.call(&gw.client(), Method::PUT, &url, Some(&body)).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     id
 }
 
@@ -156,6 +152,19 @@ async fn open_stream_over(
     last_event_id: Option<&str>,
 ) -> EventStream {
     let url = format!("{}/v1/stream", gw.url);
+    EventStream::new(
+        stream_request(gw, alpn, &url, &who.credentials("GET", &url), last_event_id).await,
+    )
+}
+
+/// `GET url` over the protocol `alpn` names, with `credentials`, for a stream.
+async fn stream_request(
+    gw: &Gateway,
+    alpn: &[u8],
+    url: &str,
+    credentials: &[(&'static str, String)],
+    last_event_id: Option<&str>,
+) -> reqwest::Response {
     // No overall timeout, unlike the harness's default client: a stream stays open.
     let mut tls = gw.tls_config();
     tls.alpn_protocols = vec![alpn.to_vec()];
@@ -163,14 +172,14 @@ async fn open_stream_over(
         .tls_backend_preconfigured(tls)
         .build()
         .unwrap();
-    let mut request = http.get(&url);
-    for (name, value) in who.credentials("GET", &url) {
-        request = request.header(name, value);
+    let mut request = http.get(url);
+    for (name, value) in credentials {
+        request = request.header(*name, value);
     }
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }
-    EventStream::new(request.send().await.unwrap())
+    request.send().await.unwrap()
 }
 
 /// The text of a delivered message, opened by `reader`.
@@ -695,4 +704,199 @@ async fn open_streams_per_principal_are_capped_and_freed_when_one_closes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(reopened.is_some(), "the closed stream's place was freed");
+}
+
+const PROTOCOLS: [&[u8]; 2] = [b"http/1.1", b"h2"];
+
+/// The clock skew the gateway allows past a token's `exp` (its default).
+const CLOCK_SKEW_SECONDS: i64 = 30;
+
+/// A patient's bearer token that the gateway takes for `seconds` more (its `exp` is
+/// within the allowed clock skew of now), signed by the ID-porten test provider's key.
+fn patient_token_expiring_in(seconds: i64) -> String {
+    let idps = IdentityProviders::shared();
+    let now = icbt_auth::now_secs();
+    let claims = json!({
+        "iss": idps.idporten.issuer, "aud": Idp::Idporten.api_resource(),
+        "scope": format!("openid {}", Idp::Idporten.api_scope()),
+        "exp": now + seconds - CLOCK_SKEW_SECONDS, "iat": now, "jti": Uuid::new_v4().to_string(),
+        "client_id": "icbt-platform", "pid": SYNTHETIC_FNR, "acr": "idporten-loa-high",
+    });
+    idps.forge(Idp::Idporten, &json!({}), &claims)
+}
+
+#[tokio::test]
+async fn streams_and_long_polls_end_when_their_token_expires_and_resume_with_a_new_one() {
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let c = cast(&gw).await;
+        let url = format!("{}/v1/stream", gw.url);
+        for alpn in PROTOCOLS {
+            let what = format!("{backend:?} {}", String::from_utf8_lossy(alpn));
+            let short = [(
+                "authorization",
+                format!("Bearer {}", patient_token_expiring_in(3)),
+            )];
+            let mut stream = EventStream::new(stream_request(&gw, alpn, &url, &short, None).await);
+            let before = send(&gw, &c.sealer, &c.therapist, c.episode, "before").await;
+            let seen = stream.next(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(seen.data["message"]["id"], before.to_string(), "{what}");
+            assert_eq!(
+                stream.end_reason(Duration::from_secs(10)).await.as_deref(),
+                Some("expired"),
+                "{what}: ends with its token, with a last event that says why"
+            );
+            // Sent after the end: the client re-authenticates and misses nothing.
+            let after = send(&gw, &c.sealer, &c.therapist, c.episode, "after").await;
+            let mut resumed = open_stream_over(&gw, alpn, &c.patient, Some(&seen.id)).await;
+            let next = resumed.next(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(next.data["message"]["id"], after.to_string(), "{what}");
+        }
+        // A long poll waiting for a message answers when its token expires.
+        let head = inbox(&gw, &c.patient, "?limit=200").await["next_after"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let started = std::time::Instant::now();
+        let page: Value = gw
+            .client()
+            .get(format!("{}/v1/inbox?after={head}&wait=25", gw.url))
+            .bearer_auth(patient_token_expiring_in(2))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["end"], "expired", "{backend:?}: {page}");
+        assert_eq!(page["entries"], json!([]), "{backend:?}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_clinicians_stream_ends_when_they_leave_the_care_team_or_their_cover_ends() {
+    const COVER_HPR: &str = "100000001";
+    const OTHER_HPR: &str = "100000002";
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let c = cast(&gw).await;
+        let platform = Actor::system("icbt-platform").await;
+        let cover = Actor::therapist("01018512609", COVER_HPR).await;
+        let team_url = format!("{}/v1/episodes/{}/care-team", gw.url, c.episode);
+        for alpn in PROTOCOLS {
+            let what = format!("{backend:?} {}", String::from_utf8_lossy(alpn));
+            let team = |members: Value| json!({ "members": members });
+            let therapist = json!({ "hpr_number": THERAPIST_HPR, "role": "therapist" });
+            let put_team = |body: Value| {
+                let (platform, http, url) = (&platform, gw.client(), team_url.clone());
+                async move {
+                    let status = platform
+                        .call(&http, Method::PUT, &url, Some(&body))
+                        .await
+                        .status();
+                    assert_eq!(status, 200);
+                }
+            };
+            put_team(team(json!([therapist]))).await;
+            c.sealer.forget_recipients();
+
+            // A cover added while the cover therapist's stream is open, ending shortly.
+            let mut theirs = open_stream_over(&gw, alpn, &cover, None).await;
+            let mut mine = open_stream_over(&gw, alpn, &c.therapist, None).await;
+            let until = icbt_auth::now_secs() * 1000 + 2_000;
+            put_team(team(
+                json!([therapist, { "hpr_number": COVER_HPR, "role": "cover", "until_ms": until }]),
+            ))
+            .await;
+            let during = send(&gw, &c.sealer, &c.patient, c.episode, "during cover").await;
+            let seen = theirs.next(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(seen.data["message"]["id"], during.to_string(), "{what}");
+            assert_eq!(
+                theirs.end_reason(Duration::from_secs(10)).await.as_deref(),
+                Some("cover-ended"),
+                "{what}"
+            );
+            assert!(
+                icbt_auth::now_secs() * 1000 >= until - 1_000,
+                "{what}: not before the cover ends"
+            );
+            let mine_seen = mine.next(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(
+                mine_seen.data["message"]["id"],
+                during.to_string(),
+                "{what}"
+            );
+
+            // The therapist is replaced: their stream ends, and that episode's messages
+            // no longer reach them when they reconnect.
+            put_team(team(
+                json!([{ "hpr_number": OTHER_HPR, "role": "therapist" }]),
+            ))
+            .await;
+            c.sealer.forget_recipients();
+            assert_eq!(
+                mine.end_reason(Duration::from_secs(10)).await.as_deref(),
+                Some("care-team-left"),
+                "{what}"
+            );
+            send(&gw, &c.sealer, &c.patient, c.episode, "to the new team").await;
+            let mut again = open_stream_over(&gw, alpn, &c.therapist, Some(&mine_seen.id)).await;
+            assert!(
+                again.next(Duration::from_millis(800)).await.is_none(),
+                "{what}: nothing of the episode they left"
+            );
+            let mut cover_again = open_stream_over(&gw, alpn, &cover, Some(&seen.id)).await;
+            assert!(
+                cover_again.next(Duration::from_millis(300)).await.is_none(),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_for_a_device_ends_when_the_device_is_revoked() {
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let c = cast(&gw).await;
+        for alpn in PROTOCOLS {
+            let what = format!("{backend:?} {}", String::from_utf8_lossy(alpn));
+            // A device of the therapist's own, published for this stream.
+            let device = icbt_envelope::DeviceKeys::generate().unwrap();
+            let id = device.device_id();
+            let publish = format!("{}/v1/devices/{id}", gw.url);
+            let body = icbt_e2e::sealed::device_body(&device);
+            let status = c
+                .therapist
+                .call(&gw.client(), Method::PUT, &publish, Some(&body))
+                .await
+                .status();
+            assert_eq!(status, 201, "{what}");
+            let url = format!("{}/v1/stream?device={id}", gw.url);
+            let mut stream = EventStream::new(
+                stream_request(&gw, alpn, &url, &c.therapist.credentials("GET", &url), None).await,
+            );
+            // Someone else cannot name it.
+            let theirs =
+                stream_request(&gw, alpn, &url, &c.patient.credentials("GET", &url), None).await;
+            icbt_e2e::expect_problem(theirs, 422, "invalid-field").await;
+
+            let revoke = format!("{}/v1/devices/{id}", gw.url);
+            let status = c
+                .therapist
+                .call(&gw.client(), Method::DELETE, &revoke, None)
+                .await
+                .status();
+            assert_eq!(status, 200, "{what}");
+            assert_eq!(
+                stream.end_reason(Duration::from_secs(10)).await.as_deref(),
+                Some("device-revoked"),
+                "{what}"
+            );
+            let again =
+                stream_request(&gw, alpn, &url, &c.therapist.credentials("GET", &url), None).await;
+            icbt_e2e::expect_problem(again, 422, "invalid-field").await;
+        }
+    }
 }

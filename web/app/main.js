@@ -14,6 +14,7 @@ import {
   EnvelopeError,
   GatewayError,
   IndexedDbStore,
+  StreamEndedError,
   deviceKeysIn,
   parseContent,
   questionnaireContent,
@@ -390,13 +391,16 @@ class App {
       this.loop(onState).catch((e) => {
         opened();
         if (e instanceof GatewayError && e.status === 401) raise('Innloggingen er utløpt. Last siden på nytt for å logge inn igjen.');
+        else if (e instanceof StreamEndedError && e.code === 'device-revoked') {
+          raise('Denne nettleseren er trukket tilbake som enhet. Last siden på nytt for å registrere den igjen.');
+        } else if (e instanceof StreamEndedError) raise('Du er logget ut, eller innloggingen er utløpt. Last siden på nytt for å logge inn igjen.');
         else raise(explain(e));
       });
     });
   }
 
   async loop(onState) {
-    for await (const event of this.client.events({ onState })) {
+    for await (const event of this.client.events({ onState, device: this.keys.deviceId })) {
       if (event.type !== 'message') continue;
       const { entry } = event;
       if (this.open?.id === entry.episode) {

@@ -5,6 +5,7 @@
 
 pub mod attachments;
 pub mod audit;
+pub mod authz;
 pub mod episode;
 pub mod messages;
 pub mod participants;

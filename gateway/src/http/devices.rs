@@ -288,7 +288,12 @@ pub async fn delete_device(
         .revoke_device(&device, now_ms(), &state.audit.signer, &record)
         .await?
     {
-        Some(revoked) => revoked,
+        Some(revoked) => {
+            state
+                .push
+                .changed([crate::push::authz::Change::DeviceRevoked(device_id.clone())]);
+            revoked
+        }
         None => state
             .store
             .device(&device_id)

@@ -234,7 +234,8 @@ pub async fn put_care_team(
             until_ms: member.until_ms,
         });
     }
-    state.store.set_care_team(id, &team, &record).await?;
+    let changes = state.store.set_care_team(id, &team, &record).await?;
+    state.push.changed(changes);
     let (episode, clinic, team) = state
         .store
         .episode_with_team(id)

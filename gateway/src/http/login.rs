@@ -237,14 +237,21 @@ pub async fn logout(
 ) -> Result<Response, Problem> {
     let ended = match session_cookie(&headers) {
         Some(value) => {
-            state
+            let id_hash = session_id_hash(value);
+            let ended = state
                 .store
-                .end_session(&session_id_hash(value), |session| {
+                .end_session(&id_hash, |session| {
                     serde_json::from_str::<icbt_auth::principal::Authenticated>(&session.principal)
                         .ok()
                         .map(|who| access.record(&who, Action::Logout, "session"))
                 })
-                .await?
+                .await?;
+            if ended.is_some() {
+                state
+                    .push
+                    .changed([crate::push::authz::Change::SessionEnded(id_hash)]);
+            }
+            ended
         }
         None => None,
     };

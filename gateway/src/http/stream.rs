@@ -10,16 +10,18 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 
 use super::auth::principal_key;
 use super::errors::{Problem, ProblemKind, invalid};
-use super::extractors::{ApiQuery, Caller, page_limit};
+use super::extractors::{ApiQuery, Caller, SessionId, page_limit};
 use super::state::AppState;
 use crate::audit::Access;
+use crate::domain::participants::owner_of;
 use crate::push::Slot;
+use crate::push::authz::{Authorization, EndReason, Grounds};
 use crate::storage::stream::{StreamFilter, StreamPosition};
 use crate::views::{EntryView, entry_view};
 
@@ -51,6 +53,43 @@ fn parse_position(value: &str) -> Result<StreamPosition, Problem> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct StreamQuery {
     after: Option<String>,
+    /// The caller's device reading the stream (its id in the key directory): the stream
+    /// ends when that device is revoked.
+    device: Option<String>,
+}
+
+/// Watches what `caller`'s authorization rests on for as long as a stream or long poll
+/// is open: the token's or session's expiry, the session, the device named, the
+/// clinician's care teams. A device that is not an active one of the caller's is refused.
+async fn watch(
+    state: &AppState,
+    caller: &Authenticated,
+    session: Option<SessionId>,
+    device: Option<String>,
+) -> Result<Result<Authorization, EndReason>, Problem> {
+    if let Some(id) = &device {
+        let mine = state.store.device(id).await?.is_some_and(|d| {
+            d.owner == owner_of(&caller.principal) && d.active_at(crate::storage::now_ms())
+        });
+        if !mine {
+            return Err(invalid("device", "is not an active device of the caller's"));
+        }
+    }
+    let grounds = Grounds {
+        expires_at_ms: caller.expires_at.saturating_mul(1000),
+        session: session.map(|s| s.0),
+        device,
+        hpr: match &caller.principal {
+            Principal::Clinician(c) => Some(c.hpr_number.as_str().to_owned()),
+            _ => None,
+        },
+    };
+    Ok(Authorization::watch(state.store.clone(), state.push.changes(), grounds).await?)
+}
+
+/// The last event of a stream that ends before its client closes it.
+fn end_event(reason: EndReason) -> Event {
+    Event::default().event("end").data(reason.event_data())
 }
 
 /// A slot among the caller's open streams and long polls, or 429 with Retry-After.
@@ -68,15 +107,18 @@ fn slot(state: &AppState, caller: &Authenticated) -> Result<Slot, Problem> {
 
 /// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
 /// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
-/// exactly what came after it. Without either, the stream starts at the present.
+/// exactly what came after it. Without either, the stream starts at the present. The
+/// stream ends with an `end` event when the authorization it rests on ends
+/// ([`crate::push::authz`]).
 ///
 /// Order: each episode's messages arrive in sequence order (`seq`), on every instance,
 /// and positions only grow; messages of different episodes arrive in commit order.
-#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`"), (status = 429, body = crate::http::errors::ProblemDocument, description = "the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`; when the gateway ends the stream (the authorization ended, or shutdown) a last event `end` with data `{\"reason\": …}`"), (status = 422, body = crate::http::errors::ProblemDocument, description = "`device` is not an active device of the caller's"), (status = 429, body = crate::http::errors::ProblemDocument, description = "the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
+    session: Option<axum::Extension<SessionId>>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
@@ -91,22 +133,49 @@ pub async fn stream(
         None => state.store.stream_head().await?,
     };
     let slot = slot(&state, &caller)?;
-    let mut closing = state.push.closing.subscribe();
+    let watch = watch(&state, &caller, session.map(|s| s.0), query.device).await?;
+    let closing = state.push.closing.subscribe();
     let reader = state
         .push
         .open(state.store.clone(), filter, position, access, caller);
-    // The slot lives as long as the stream does.
-    let events = futures_util::stream::unfold((reader, slot), |(mut reader, slot)| async move {
-        let entry = reader.next().await?;
-        let event = Event::default()
-            .id(entry.position.to_string())
-            .event("message")
-            .data(&entry.data);
-        Some((Ok(event), (reader, slot)))
-    })
-    // Ends at shutdown; the lean HTTP/1.1 path ends its own streams the same way.
-    .take_until(async move {
-        let _ = closing.wait_for(|closing| *closing).await;
+    let open = Open {
+        reader,
+        watch,
+        closing,
+        _slot: slot,
+    };
+    // The slot lives as long as the stream does; both paths (HTTP/2 through hyper, the
+    // lean HTTP/1.1 one) end the connection's stream when this ends.
+    let events = futures_util::stream::unfold(Some(open), |open| async move {
+        let mut open = open?;
+        let Open {
+            reader,
+            watch,
+            closing,
+            ..
+        } = &mut open;
+        let next = match watch {
+            Err(reason) => Err(*reason),
+            Ok(watch) => tokio::select! {
+                // The end first: nothing is delivered once the authorization has ended.
+                biased;
+                _ = closing.wait_for(|closing| *closing) => Err(EndReason::Shutdown),
+                reason = watch.ended() => Err(reason),
+                entry = reader.next() => Ok(entry?),
+            },
+        };
+        let reason = match next {
+            Ok(entry) => {
+                let event = Event::default()
+                    .id(entry.position.to_string())
+                    .event("message")
+                    .data(&entry.data);
+                return Some((Ok(event), Some(open)));
+            }
+            Err(reason) => reason,
+        };
+        tracing::info!(reason = ?reason, "event stream ended by the gateway");
+        Some((Ok(end_event(reason)), None))
     });
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
@@ -115,12 +184,22 @@ pub async fn stream(
     ))
 }
 
+/// An open event stream: its reader, what ends it, and its slot.
+struct Open {
+    reader: crate::push::Reader,
+    watch: Result<Authorization, EndReason>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    _slot: Slot,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct InboxQuery {
     after: Option<String>,
     limit: Option<i64>,
     /// Seconds to wait for something new when nothing is (0–25).
     wait: Option<u64>,
+    /// The caller's device reading the inbox: a long poll ends when it is revoked.
+    device: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -128,6 +207,10 @@ pub struct InboxPage {
     entries: Vec<EntryView>,
     /// Pass as `after` next time.
     next_after: String,
+    /// Set when a long poll ended because the authorization it rested on ended (the
+    /// same reasons as the event stream's `end` event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<EndReason>,
 }
 
 /// `GET /v1/inbox?after=POS&limit=N&wait=S`: the caller's messages across episodes, in
@@ -136,11 +219,12 @@ pub struct InboxPage {
 /// Order: as on the event stream, each episode's messages come in sequence order
 /// (`seq`), pages follow one another without gaps or repeats, and `next_after` only
 /// grows; messages of different episodes come in commit order.
-#[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 200, body = InboxPage), (status = 429, body = crate::http::errors::ProblemDocument, description = "a long poll (`wait`) while the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/inbox", tag = "messages", params(InboxQuery), responses((status = 200, body = InboxPage), (status = 422, body = crate::http::errors::ProblemDocument, description = "a bad `after`, `limit` or `device`"), (status = 429, body = crate::http::errors::ProblemDocument, description = "a long poll (`wait`) while the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn inbox(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
+    session: Option<axum::Extension<SessionId>>,
     ApiQuery(query): ApiQuery<InboxQuery>,
 ) -> Result<Json<InboxPage>, Problem> {
     let filter = filter_for(&state, &caller)?;
@@ -153,24 +237,32 @@ pub async fn inbox(
     let limit = page_limit(query.limit)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(25));
     // A long poll holds a slot while it waits; a page that answers at once does not.
-    let _slot = if wait.is_zero() {
-        None
+    let (_slot, mut watch) = if wait.is_zero() {
+        (None, None)
     } else {
-        Some(slot(&state, &caller)?)
+        let slot = slot(&state, &caller)?;
+        let watch = watch(&state, &caller, session.map(|s| s.0), query.device).await?;
+        (Some(slot), Some(watch))
     };
-    let entries = state
-        .push
-        .poll(
-            &state.store,
-            (&filter, after, limit),
-            wait,
-            &access,
-            &caller,
-        )
-        .await?;
+    let (entries, end) = match &mut watch {
+        Some(Err(reason)) => (Vec::new(), Some(*reason)),
+        watching => {
+            state
+                .push
+                .poll(
+                    &state.store,
+                    (&filter, after, limit),
+                    wait,
+                    (&access, &caller),
+                    watching.as_mut().and_then(|w| w.as_mut().ok()),
+                )
+                .await?
+        }
+    };
     let next_after = entries.last().map_or(after, |e| e.position).to_string();
     Ok(Json(InboxPage {
         entries: entries.into_iter().map(entry_view).collect(),
         next_after,
+        end,
     }))
 }

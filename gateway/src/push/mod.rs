@@ -11,6 +11,7 @@
 //! stream reads the database itself only to catch up: when it starts from a position, and
 //! when it fell behind (its bounded queue overflowed, or the hub could not record).
 
+pub mod authz;
 mod hub;
 mod reader;
 mod slots;
@@ -35,6 +36,9 @@ use crate::storage::{StorageError, Store, now_ms};
 #[derive(Debug, Clone)]
 pub struct Push {
     tx: broadcast::Sender<()>,
+    /// Authorization changes committed on this instance or announced by others: each
+    /// open stream checks whether one ends it.
+    changes: broadcast::Sender<authz::Change>,
     pub hub: Arc<Hub>,
     /// Turns true when the gateway begins to shut down: every open stream ends then, on
     /// HTTP/2 as on HTTP/1.1, and its client resumes elsewhere with `Last-Event-ID`.
@@ -45,11 +49,16 @@ impl Default for Push {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(256).0,
+            changes: broadcast::channel(CHANGES).0,
             hub: Arc::new(Hub::default()),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }
+
+/// Authorization changes a stream may have pending before it lags, and ends to be
+/// authorized afresh.
+const CHANGES: usize = 1024;
 
 /// Entries a stream may have queued before it counts as behind and catches up from the
 /// database.
@@ -78,18 +87,42 @@ impl Push {
         self.tx.subscribe()
     }
 
+    /// Tells this instance's open streams of committed authorization changes (other
+    /// instances hear of them through the database).
+    pub fn changed(&self, changes: impl IntoIterator<Item = authz::Change>) {
+        for change in changes {
+            // No receiver is fine: no stream is open.
+            let _ = self.changes.send(change);
+        }
+    }
+
+    /// Authorization changes from now on.
+    pub fn changes(&self) -> broadcast::Receiver<authz::Change> {
+        self.changes.subscribe()
+    }
+
     /// Forwards PostgreSQL notifications from every instance, reconnecting after errors.
     /// Returns at once on SQLite.
     pub async fn forward_notifications(self, store: Store) {
         let mut backoff = Duration::from_millis(200);
+        // Whether changes may have been announced while this instance was not listening.
+        let mut missed = false;
         loop {
             match store.message_listener().await {
                 Ok(None) => return,
                 Ok(Some(mut listener)) => {
                     backoff = Duration::from_millis(200);
-                    // Whatever was announced while we were away: everyone re-reads.
+                    // Whatever was announced while we were away: everyone re-reads, and
+                    // every stream is authorized afresh.
                     self.wake();
+                    if std::mem::take(&mut missed) {
+                        self.changed([authz::Change::Unknown]);
+                    }
                     while let Ok(notification) = listener.recv().await {
+                        if notification.channel() == authz::CHANNEL {
+                            self.changed([authz::Change::decode(notification.payload())]);
+                            continue;
+                        }
                         if let Ok(tx) = notification.payload().parse::<i64>() {
                             self.hub.committed(tx);
                         }
@@ -101,6 +134,7 @@ impl Push {
                     tracing::warn!(error = %e, "message notification listener cannot connect");
                 }
             }
+            missed = true;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
@@ -132,14 +166,17 @@ impl Push {
     /// Up to `limit` of `filter`'s entries after `after`, waiting up to `wait` for one
     /// when there are none (a long poll); the entries handed out are recorded as read by
     /// `caller` first.
+    ///
+    /// A wait ends early, with the reason, when `watch` (the caller's authorization)
+    /// ends.
     pub async fn poll(
         &self,
         store: &Store,
         (filter, after, limit): (&StreamFilter, StreamPosition, i64),
         wait: Duration,
-        access: &Access,
-        caller: &Authenticated,
-    ) -> Result<Vec<StreamEntry>, StorageError> {
+        (access, caller): (&Access, &Authenticated),
+        mut watch: Option<&mut authz::Authorization>,
+    ) -> Result<(Vec<StreamEntry>, Option<authz::EndReason>), StorageError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut wake = self.subscribe();
         let mut held_back = hub::HeldBack::default();
@@ -148,8 +185,14 @@ impl Push {
             let entries = store.stream_after(filter, after, now_ms(), limit).await?;
             if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
                 reader::record_delivery(store, access, caller, &entries).await?;
-                return Ok(entries);
+                return Ok((entries, None));
             }
+            let ended = async {
+                match watch.as_deref_mut() {
+                    Some(watch) => watch.ended().await,
+                    None => std::future::pending().await,
+                }
+            };
             // A message announced as committed but held back below the horizon (an older
             // transaction still runs) is readable soon, with no announcement when it is:
             // look again shortly while the horizon has not passed it.
@@ -159,6 +202,7 @@ impl Push {
                 && let Some(pause) = held_back.next(announced, std::time::Instant::now())
             {
                 tokio::select! {
+                    reason = ended => return Ok((Vec::new(), Some(reason))),
                     () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)) => {}
                     _ = released.changed() => {}
                 }
@@ -166,6 +210,7 @@ impl Push {
             }
             held_back.clear();
             tokio::select! {
+                reason = ended => return Ok((Vec::new(), Some(reason))),
                 _ = wake.recv() => {}
                 () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RECHECK)) => {}
             }

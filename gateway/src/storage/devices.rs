@@ -255,6 +255,8 @@ impl Store {
             // Revoked meanwhile: drop the leaf and the record with the transaction.
             return Ok(None);
         }
+        let change = crate::domain::authz::Change::DeviceRevoked(device.device_id.clone());
+        super::stream::announce_change(&mut tx, self.backend, &change).await?;
         tx.commit().await?;
         Ok(Some(DeviceRecord {
             revoked_at_ms: Some(at_ms),

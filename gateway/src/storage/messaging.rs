@@ -213,16 +213,36 @@ impl Store {
         Ok((episode, inserted))
     }
 
-    /// Replaces the episode's care team.
+    /// Replaces the episode's care team; returns what that changes for open streams,
+    /// which the other instances hear of at the commit.
     pub async fn set_care_team(
         &self,
         episode: EpisodeId,
         team: &[CareTeamEntry],
         audit: &Record,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<crate::domain::authz::Change>, StorageError> {
         let mut tx = self.pool.begin().await?;
         super::audit::insert(&mut tx, audit).await?;
         let now = now_ms();
+        // The episode's row lock, taken first, orders concurrent replacements: each diffs
+        // against the team it replaces.
+        sqlx::query("UPDATE episodes SET updated_at_ms = $1 WHERE id = $2")
+            .bind(now)
+            .bind(episode.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let old: Vec<CareTeamEntry> =
+            sqlx::query("SELECT hpr_number, role, until_ms FROM care_team WHERE episode_id = $1")
+                .bind(episode.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(super::rows::read::<CareTeamEntry>)
+                .collect::<Result<_, _>>()?;
+        let changes = crate::domain::authz::team_changes(&old, team, now);
+        for change in &changes {
+            super::stream::announce_change(&mut tx, self.backend, change).await?;
+        }
         sqlx::query("DELETE FROM care_team WHERE episode_id = $1")
             .bind(episode.to_string())
             .execute(&mut *tx)
@@ -257,14 +277,24 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE episodes SET updated_at_ms = $1 WHERE id = $2")
-            .bind(now)
-            .bind(episode.to_string())
-            .execute(&mut *tx)
-            .await?;
         super::outbox::enqueue(&mut tx, &episode.to_string(), OutboxKind::Episode).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(changes)
+    }
+
+    /// When the clinician's next cover period ends after `now_ms`, if one does.
+    pub async fn next_cover_end(
+        &self,
+        hpr: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(until_ms) FROM care_team WHERE hpr_number = $1 AND until_ms > $2",
+        )
+        .bind(hpr)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn care_team(&self, episode: EpisodeId) -> Result<Vec<CareTeamEntry>, StorageError> {

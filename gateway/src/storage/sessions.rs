@@ -171,8 +171,30 @@ impl Store {
         if let Some(record) = ended.as_ref().and_then(record_for) {
             super::audit::insert(&mut tx, &record).await?;
         }
+        if ended.is_some() {
+            let change = crate::domain::authz::Change::SessionEnded(id_hash.to_owned());
+            super::stream::announce_change(&mut tx, self.backend, &change).await?;
+        }
         tx.commit().await?;
         Ok(ended)
+    }
+
+    /// Until when (Unix ms) the session lives unless it is used again, without counting
+    /// this as a use; `None` if it is gone. Open streams ask this, and must not keep their
+    /// session alive by asking.
+    pub async fn session_live_until(&self, id_hash: &str) -> Result<Option<i64>, StorageError> {
+        let session: Option<SessionRecord> = sqlx::query_as(
+            "SELECT issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry \
+             FROM sessions WHERE id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(session.map(|s| {
+            s.absolute_expiry
+                .min(s.last_seen_at.saturating_add(s.idle_timeout))
+                .saturating_mul(1000)
+        }))
     }
 
     /// Ends a session; returns it if it existed.

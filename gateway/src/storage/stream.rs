@@ -100,6 +100,26 @@ async fn announce(pool: sqlx::AnyPool, announced: Arc<Announced>) {
     }
 }
 
+/// Tells every instance's open streams of an authorization change committed by `conn`'s
+/// transaction: a NOTIFY on [`crate::domain::authz::CHANNEL`], delivered at its commit and
+/// not at all if it rolls back (PostgreSQL; SQLite is one instance, told in-process).
+/// Changes are rare (logouts, revocations, care-team changes), so the commit lock a
+/// NOTIFY takes costs nothing measurable here, unlike for sends.
+pub(super) async fn announce_change(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    change: &crate::domain::authz::Change,
+) -> Result<(), StorageError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::domain::authz::CHANNEL)
+            .bind(change.encode())
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A position in a principal's stream, shown to clients as `tx.pos`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamPosition {
@@ -258,7 +278,7 @@ impl Store {
         })
     }
 
-    /// A listener for new-message notifications from every instance (PostgreSQL only;
+    /// A listener for new-message and authorization-change notifications from every instance (PostgreSQL only;
     /// SQLite is one instance, announced in-process).
     pub async fn message_listener(
         &self,
@@ -267,7 +287,9 @@ impl Store {
             return Ok(None);
         };
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-        listener.listen(CHANNEL).await?;
+        listener
+            .listen_all([CHANNEL, crate::domain::authz::CHANNEL])
+            .await?;
         Ok(Some(listener))
     }
 }

@@ -38,6 +38,9 @@ impl FromRequestParts<AppState> for Caller {
                     auth.admit(&authenticated)?;
                     let caller = Caller(authenticated);
                     parts.extensions.insert(caller.clone());
+                    parts.extensions.insert(super::session::SessionId(
+                        super::session::session_id_hash(&cookie),
+                    ));
                     Ok(caller)
                 }
                 Err(error) => {

@@ -12,7 +12,7 @@ mod session;
 pub use caller::Caller;
 pub use json::{ApiJson, parse};
 pub use query::ApiQuery;
-pub use session::{SESSION_COOKIE, session_cookie, session_id_hash};
+pub use session::{SESSION_COOKIE, SessionId, session_cookie, session_id_hash};
 
 use std::net::SocketAddr;
 

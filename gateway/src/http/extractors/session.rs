@@ -10,6 +10,11 @@ use crate::http::state::AppState;
 /// The session cookie. `__Host-` makes browsers insist on Secure, `Path=/` and no Domain.
 pub const SESSION_COOKIE: &str = "__Host-icbt-session";
 
+/// Set on a request authenticated by its login session: the session's id hash, for what
+/// must end with the session (its event streams).
+#[derive(Clone, Debug)]
+pub struct SessionId(pub String);
+
 /// The SHA-256 of a session cookie value, as stored.
 pub fn session_id_hash(cookie_value: &str) -> String {
     encode_b64url(ring::digest::digest(&ring::digest::SHA256, cookie_value.as_bytes()).as_ref())
