@@ -44,6 +44,12 @@ pub struct Limits {
     pub hsts_max_age_seconds: u64,
 }
 
+/// The largest request head accepted: the request line and headers of HTTP/1.1 as sent,
+/// or on HTTP/2 the header list as RFC 9113 counts it (each field's name and value plus
+/// 32). The listener's buffers hold a little more, so that a head above this gets the
+/// problem document of [`head_size`] rather than the transport's bare refusal.
+pub const MAX_HEAD: usize = 64 * 1024;
+
 /// The route template a response was produced by, for metrics.
 #[derive(Clone, Debug)]
 struct RouteTag(Arc<str>);
@@ -70,6 +76,7 @@ pub fn build(router: Router, limits: &Limits, metrics: Arc<Metrics>) -> HttpServ
         )
         .layer(from_fn_with_state(metrics, observe))
         .layer(map_response_with_state(security, security_headers))
+        .layer(from_fn(head_size))
         .layer(from_fn(one_identity))
         .layer(from_fn_with_state(
             (limits.body_limit_bytes, limits.attachment_limit_bytes),
@@ -200,6 +207,32 @@ async fn one_identity(req: Request, next: Next) -> Response {
     if hosts.next().is_some() || authority_differs {
         return Problem::new(ProblemKind::AmbiguousHost)
             .detail("send one Host header (on HTTP/2, none, or the same as :authority)")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// A request head over [`MAX_HEAD`] is 431 with a problem document, whichever protocol
+/// brought it. hyper refuses larger ones itself, and on HTTP/1.1 only while the head is
+/// still arriving: a later request on a kept-alive connection may come whole into a
+/// larger buffer, and HTTP/2's header lists are counted by another rule.
+async fn head_size(req: Request, next: Next) -> Response {
+    let size = req.method().as_str().len()
+        + req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum::<usize>();
+    if size > MAX_HEAD {
+        tracing::info!(reason = "request_head_too_large", "request refused");
+        // And the connection closes (HTTP/1.1): a client that sends such heads is not
+        // worth keeping a buffer of that size for.
+        return Problem::new(ProblemKind::RequestHeadTooLarge)
+            .detail(format!(
+                "the request line and headers may be at most {MAX_HEAD} bytes"
+            ))
+            .header(header::CONNECTION, HeaderValue::from_static("close"))
             .into_response();
     }
     next.run(req).await

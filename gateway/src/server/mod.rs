@@ -26,10 +26,13 @@ use event_stream::{First, Prefixed};
 
 use crate::http::errors::ProblemKind;
 use crate::http::extractors::ConnectionInfo;
-use crate::http::middleware::HttpService;
+use crate::http::middleware::{HttpService, MAX_HEAD};
 
-/// The largest request head accepted (hyper's read buffer limit as well).
-const MAX_HEAD: usize = 64 * 1024;
+/// The most a request head may take in hyper's buffers: twice what is accepted, so that a
+/// head between the two gets the stack's problem document (`head_size`), and only a
+/// larger one hyper's own refusal (on HTTP/1.1 turned into a problem document by
+/// [`bare_answers`]; on HTTP/2 a bodiless 431).
+const HEAD_BUFFER: usize = 2 * MAX_HEAD;
 
 /// Timing of the listener.
 #[derive(Clone, Copy, Debug)]
@@ -55,11 +58,12 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.handshake)
-        .max_buf_size(MAX_HEAD);
+        .max_buf_size(HEAD_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(HEAD_BUFFER).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
