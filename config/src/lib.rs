@@ -135,6 +135,15 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// Time a TLS handshake may take.
     pub handshake_timeout_ms: u64,
+    /// Time a write to a connection may make no progress before the connection is
+    /// dropped (a client that stopped reading).
+    pub write_timeout_ms: u64,
+    /// TLS handshakes one client address (an IPv6 /64) may have under way at once; more
+    /// connections are closed at once (0 is no cap).
+    pub handshakes_per_address: usize,
+    /// Connections of one client address that have not yet carried an authenticated
+    /// request; more are closed at once (0 is no cap). Mind clinics behind one NAT.
+    pub unauthenticated_per_address: usize,
     /// Requests per minute each principal may make (0 turns the limit off).
     pub rate_limit_per_minute: u32,
     /// Requests a principal may make at once before the per-minute rate applies.
@@ -156,6 +165,9 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             concurrency_limit: 1024,
             handshake_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
+            handshakes_per_address: 32,
+            unauthenticated_per_address: 128,
             rate_limit_per_minute: 600,
             rate_limit_burst: 60,
             streams_per_principal: 10,
@@ -571,33 +583,35 @@ impl Config {
                 "bind dev mode to 127.0.0.1 or ::1, or run without --dev",
             ));
         }
-        if s.body_limit_bytes == 0 {
-            return Err(invalid(
+        let positive = [
+            (
                 "server.body_limit_bytes",
-                "must be above 0".into(),
+                s.body_limit_bytes,
                 "set a size in bytes, e.g. 1048576",
-            ));
-        }
-        if s.request_timeout_ms == 0 {
-            return Err(invalid(
+            ),
+            (
                 "server.request_timeout_ms",
-                "must be above 0".into(),
+                s.request_timeout_ms,
                 "set milliseconds, e.g. 30000",
-            ));
-        }
-        if s.handshake_timeout_ms == 0 {
-            return Err(invalid(
+            ),
+            (
                 "server.handshake_timeout_ms",
-                "must be above 0".into(),
+                s.handshake_timeout_ms,
                 "set milliseconds, e.g. 10000",
-            ));
-        }
-        if s.concurrency_limit == 0 {
-            return Err(invalid(
+            ),
+            (
+                "server.write_timeout_ms",
+                s.write_timeout_ms,
+                "set milliseconds, e.g. 30000",
+            ),
+            (
                 "server.concurrency_limit",
-                "must be above 0".into(),
+                u64::try_from(s.concurrency_limit).unwrap_or(u64::MAX),
                 "set a count, e.g. 1024",
-            ));
+            ),
+        ];
+        if let Some((key, _, fix)) = positive.iter().find(|(_, value, _)| *value == 0) {
+            return Err(invalid(key, "must be above 0".into(), fix));
         }
         self.validate_tls(mode)?;
         if mode == Mode::Production {

@@ -12,8 +12,9 @@
 //! - [`dev`]: dev mode's sandbox (identity providers, people, journal sink, demo); never
 //!   reached in production.
 //!
-//! Beside them: [`cli`] (the command line), [`telemetry`] (logs, traces, metrics) and
-//! [`views`] (JSON shapes that more than one layer writes).
+//! Beside them: [`cli`] (the command line), [`telemetry`] (logs, traces, metrics),
+//! [`slots`] (what one principal or address may hold at once) and [`views`] (JSON shapes
+//! that more than one layer writes).
 //!
 //! Must not know about: token formats or FHIR (the `icbt-auth` and `icbt-fhir-mapping`
 //! crates own them).
@@ -29,6 +30,7 @@ pub mod export;
 pub mod http;
 pub mod push;
 pub mod server;
+pub mod slots;
 pub mod storage;
 pub mod telemetry;
 pub mod views;

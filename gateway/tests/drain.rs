@@ -9,7 +9,7 @@ use axum::routing::get;
 use icbt_config::TlsConfig;
 use icbt_gateway::http::middleware::{self, Limits};
 use icbt_gateway::server::tls;
-use icbt_gateway::server::{self, ListenerTimeouts};
+use icbt_gateway::server::{self, ListenerLimits};
 use icbt_gateway::telemetry::Metrics;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,9 +44,12 @@ async fn in_flight_request_completes_during_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let timeouts = ListenerTimeouts {
+    let timeouts = ListenerLimits {
         handshake: Duration::from_secs(5),
+        write: Duration::from_secs(5),
         grace: Duration::from_secs(10),
+        handshakes_per_address: 0,
+        unauthenticated_per_address: 0,
     };
     let closing = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
     let server = tokio::spawn(server::serve(

@@ -223,6 +223,12 @@ async fn main() {
             ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
             // One therapist holds the 1 000 and 10 000 streams of the push figures.
             ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
+            // Every client connects from 127.0.0.1, thousands at once.
+            ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "0".into()),
+            (
+                "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
+                "0".into(),
+            ),
             (
                 "ICBT_AUDIT__CHECKPOINT_INTERVAL_MS".into(),
                 std::env::var("CKPT").unwrap_or("1000".into()),

@@ -33,8 +33,8 @@ async fn gateway(backend: Backend) -> Gateway {
     .await
 }
 
-/// A gateway without rate limits or a stream cap, for scenarios that send or open many
-/// at once.
+/// A gateway without rate limits, a stream cap or per-address caps, for scenarios that
+/// send or open many at once.
 async fn unlimited_gateway(backend: Backend) -> Gateway {
     let idps = IdentityProviders::shared();
     Gateway::start_with(
@@ -44,6 +44,12 @@ async fn unlimited_gateway(backend: Backend) -> Gateway {
             env: vec![
                 ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
                 ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
+                // Every client connects from 127.0.0.1, many at once.
+                ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "0".into()),
+                (
+                    "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
+                    "0".into(),
+                ),
             ],
             ..Default::default()
         },

@@ -578,3 +578,103 @@ async fn accepted_connections_use_tcp_keepalive() {
     }
     assert!(text.contains("timer:(keepalive"), "{text}");
 }
+
+/// One client address gets a bounded number of TLS handshakes under way and of
+/// connections that have not yet authenticated; further connections are closed before
+/// TLS, and a connection that authenticates no longer counts.
+#[tokio::test]
+async fn handshakes_and_unauthenticated_connections_are_capped_per_address() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idps = icbt_e2e::idp::IdentityProviders::shared();
+    let gw = Gateway::start_with(
+        Backend::Sqlite,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            env: vec![
+                ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "3".into()),
+                (
+                    "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
+                    "5".into(),
+                ),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let address = gw.url.trim_start_matches("https://").to_owned();
+    // Whether a new connection is closed by the gateway before anything is sent.
+    let closed_at_once = || async {
+        let mut tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    };
+    let tls = || async {
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(gw.tls_config()))
+            .connect(name, tcp)
+            .await
+    };
+
+    // Three connections that never start TLS hold the address's handshakes.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_at_once().await, "a fourth handshake is refused");
+    drop(silent);
+
+    // Five idle TLS connections are the address's unauthenticated share.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        if let Ok(connection) = tls().await {
+            idle.push(connection);
+            if idle.len() == 5 {
+                break;
+            }
+        } else {
+            // The silent ones are still being let go.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(idle.len(), 5);
+    assert!(
+        tls().await.is_err(),
+        "a sixth unauthenticated connection is refused"
+    );
+
+    // One of them authenticates: its place is free again.
+    let patient = icbt_e2e::idp::Actor::patient(icbt_e2e::SYNTHETIC_FNR).await;
+    let request = format!(
+        "GET /v1/me HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n",
+        patient.token.access_token
+    );
+    let connection = &mut idle[0];
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = connection.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert!(
+        tls().await.is_ok(),
+        "the authenticated connection no longer counts"
+    );
+    let logs = gw.logs();
+    let refusals: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("too_many_connections_from_address"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "both refusals are logged");
+    assert!(
+        refusals.iter().all(|l| !l.contains("127.0.0.1")),
+        "without the client's address: {refusals:?}"
+    );
+}

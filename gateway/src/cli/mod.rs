@@ -27,7 +27,7 @@ use crate::http::auth::LoginContext;
 use crate::http::middleware::{self, Limits};
 use crate::http::{self, AppState};
 use crate::server::tls::{self, CertificateFiles};
-use crate::server::{self, ListenerTimeouts};
+use crate::server::{self, ListenerLimits};
 use crate::storage::Store;
 use crate::telemetry::{Metrics, Telemetry};
 
@@ -355,7 +355,7 @@ fn announce(line: &str) {
 }
 
 /// The request pipeline's limits and the listener's timeouts.
-fn limits(config: &Config) -> (Limits, ListenerTimeouts) {
+fn limits(config: &Config) -> (Limits, ListenerLimits) {
     let limits = Limits {
         body_limit_bytes: config.server.body_limit_bytes,
         attachment_limit_bytes: config.storage.attachment_limit_bytes,
@@ -363,9 +363,12 @@ fn limits(config: &Config) -> (Limits, ListenerTimeouts) {
         concurrency_limit: config.server.concurrency_limit,
         hsts_max_age_seconds: config.server.hsts_max_age_seconds,
     };
-    let timeouts = ListenerTimeouts {
+    let timeouts = ListenerLimits {
         handshake: Duration::from_millis(config.server.handshake_timeout_ms),
+        write: Duration::from_millis(config.server.write_timeout_ms),
         grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+        handshakes_per_address: config.server.handshakes_per_address,
+        unauthenticated_per_address: config.server.unauthenticated_per_address,
     };
     (limits, timeouts)
 }

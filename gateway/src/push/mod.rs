@@ -14,11 +14,10 @@
 pub mod authz;
 mod hub;
 mod reader;
-mod slots;
 
+pub use crate::slots::{PrincipalKey, Slot, StreamSlots};
 pub use hub::{Delivery, Hub};
 pub use reader::Reader;
-pub use slots::{PrincipalKey, Slot, StreamSlots};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -4,6 +4,7 @@
 //! [`event_stream`] instead of hyper; on shutdown its stream ends at once.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +21,16 @@ use tower::ServiceExt;
 pub mod bare_answers;
 pub mod event_stream;
 pub mod tls;
+pub mod write_deadline;
 
 use bare_answers::{ProblemAnswers, problem_answer};
 use event_stream::{First, Prefixed};
+use write_deadline::WriteDeadline;
 
 use crate::http::errors::ProblemKind;
 use crate::http::extractors::ConnectionInfo;
 use crate::http::middleware::{HttpService, MAX_HEAD};
+use crate::slots::{AddressSlots, Slot};
 
 /// The most a request head may take in hyper's buffers: twice what is accepted, so that a
 /// head between the two gets the stack's problem document (`head_size`), and only a
@@ -34,13 +38,43 @@ use crate::http::middleware::{HttpService, MAX_HEAD};
 /// [`bare_answers`]; on HTTP/2 a bodiless 431).
 const HEAD_BUFFER: usize = 2 * MAX_HEAD;
 
-/// Timing of the listener.
+/// Timing and per-address limits of the listener.
 #[derive(Clone, Copy, Debug)]
-pub struct ListenerTimeouts {
+pub struct ListenerLimits {
     /// A TLS handshake, and HTTP/1 request headers, must arrive within this.
     pub handshake: Duration,
+    /// A write, flush or shutdown of a connection that makes no progress for this long
+    /// fails, and the connection is dropped.
+    pub write: Duration,
     /// In-flight requests get this long after shutdown begins.
     pub grace: Duration,
+    /// TLS handshakes one client address may have under way at once (0: no cap).
+    pub handshakes_per_address: usize,
+    /// Connections of one client address that have not yet carried an authenticated
+    /// request (0: no cap).
+    pub unauthenticated_per_address: usize,
+}
+
+/// The places one client address holds on the listener.
+struct PerAddress {
+    handshakes: Arc<AddressSlots>,
+    unauthenticated: Arc<AddressSlots>,
+}
+
+impl PerAddress {
+    /// A handshake's and an unauthenticated connection's places for `peer`, or `None`
+    /// when it holds its share of either. An IPv6 client counts by its /64, which one
+    /// subscriber usually holds whole.
+    fn admit(&self, peer: std::net::IpAddr) -> Option<(Slot<IpAddr>, Slot<IpAddr>)> {
+        let key = match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+            },
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        Some((self.handshakes.take(key)?, self.unauthenticated.take(key)?))
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
@@ -49,23 +83,15 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: HttpService,
-    (timeouts, closing_tx): (ListenerTimeouts, Arc<tokio::sync::watch::Sender<bool>>),
+    (timeouts, closing_tx): (ListenerLimits, Arc<tokio::sync::watch::Sender<bool>>),
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.handshake)
-        .max_buf_size(HEAD_BUFFER);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
-        .max_header_list_size(u32::try_from(HEAD_BUFFER).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(hyper_builder(&timeouts));
+    let per_address = PerAddress {
+        handshakes: AddressSlots::new(timeouts.handshakes_per_address),
+        unauthenticated: AddressSlots::new(timeouts.unauthenticated_per_address),
+    };
     let graceful = GracefulShutdown::new();
     // Lean event streams end when this turns true; they hold a watcher, so the drain
     // below waits for them too. Streams served by hyper watch it from their handler.
@@ -76,6 +102,11 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let Some((handshaking, unauthenticated)) = per_address.admit(peer.ip()) else {
+                        // Closed before TLS: nothing costs less to refuse.
+                        tracing::info!(reason = "too_many_connections_from_address", "connection refused");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     keep_alive(&tcp);
                     let watcher = graceful.watcher();
@@ -91,6 +122,7 @@ pub async fn serve(
                             tracing::debug!("TLS handshake failed or timed out");
                             return;
                         };
+                        drop(handshaking);
                         let info = ConnectionInfo {
                             peer,
                             client_certificate: stream
@@ -99,8 +131,11 @@ pub async fn serve(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .map(|c| c.clone().into_owned()),
+                            unauthenticated: Arc::new(std::sync::Mutex::new(Some(unauthenticated))),
                         };
-                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let stream = WriteDeadline::new(stream, timeouts.write);
+                        if h2 {
                             return Box::pin(serve_hyper(&builder, stream, info, app, watcher)).await;
                         }
                         let mut stream = Box::new(stream);
@@ -158,6 +193,23 @@ pub async fn serve(
     } else {
         tracing::warn!("grace period over; closing the remaining connections");
     }
+}
+
+/// hyper's connection settings, for both protocols.
+fn hyper_builder(timeouts: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.handshake)
+        .max_buf_size(HEAD_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(HEAD_BUFFER).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
 }
 
 /// TCP keepalive, so a peer that vanished without a FIN (a phone off the network, a

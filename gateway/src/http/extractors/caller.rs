@@ -38,6 +38,7 @@ impl FromRequestParts<AppState> for Caller {
                     auth.admit(&authenticated)?;
                     let caller = Caller(authenticated);
                     parts.extensions.insert(caller.clone());
+                    connection_authenticated(parts);
                     parts.extensions.insert(super::session::SessionId(
                         super::session::session_id_hash(&cookie),
                     ));
@@ -74,6 +75,7 @@ impl FromRequestParts<AppState> for Caller {
                 span.record("issuer", &*authenticated.issuer);
                 let caller = Caller(authenticated);
                 parts.extensions.insert(caller.clone());
+                connection_authenticated(parts);
                 Ok(caller)
             }
             Err(error) => {
@@ -81,6 +83,13 @@ impl FromRequestParts<AppState> for Caller {
                 Err(auth.refusal(&error))
             }
         }
+    }
+}
+
+/// The request's connection no longer counts as unauthenticated against its address.
+fn connection_authenticated(parts: &Parts) {
+    if let Some(info) = parts.extensions.get::<super::ConnectionInfo>() {
+        info.authenticated();
     }
 }
 

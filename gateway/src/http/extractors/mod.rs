@@ -14,7 +14,8 @@ pub use json::{ApiJson, parse};
 pub use query::ApiQuery;
 pub use session::{SESSION_COOKIE, SessionId, session_cookie, session_id_hash};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use super::errors::{Problem, invalid};
 use super::middleware::X_REQUEST_ID;
 use crate::audit::Access;
+use crate::slots::Slot;
 
 /// Facts about the connection a request arrived on, as a request extension (set by the
 /// listener).
@@ -32,6 +34,20 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The verified client certificate (leaf), when the client presented one.
     pub client_certificate: Option<CertificateDer<'static>>,
+    /// The connection's place among its address's unauthenticated connections
+    /// (`server.unauthenticated_per_address`), until a request on it authenticates.
+    pub unauthenticated: Arc<Mutex<Option<Slot<IpAddr>>>>,
+}
+
+impl ConnectionInfo {
+    /// A request on this connection authenticated: it no longer counts against its
+    /// address.
+    pub fn authenticated(&self) {
+        self.unauthenticated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
 }
 
 /// The request's id and source address, for the access record of what it does.

@@ -1,29 +1,37 @@
-//! How many event streams and long polls one principal holds open at once. A stream
-//! costs a connection, a task and a place in the hub for as long as it lasts, so without a
-//! cap one token could open them until the gateway runs out of file descriptors. Each
-//! open stream holds a [`Slot`]; dropping it (the stream ends, the poll answers) frees it.
+//! Places counted per key, for what one client may hold at once: event streams and long
+//! polls per principal (each costs a connection, a task and a place in the hub for as
+//! long as it lasts), TLS handshakes and unauthenticated connections per client address.
+//! Without a cap one token or one address could open them until the gateway runs out of
+//! file descriptors. Each holds a [`Slot`]; dropping it frees the place.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A principal, as the rate limiter names it: a SHA-256 of issuer and identity.
 pub type PrincipalKey = [u8; 32];
 
+/// Event streams and long polls per principal.
+pub type StreamSlots = Slots<PrincipalKey>;
+/// Connections per client address.
+pub type AddressSlots = Slots<IpAddr>;
+
 #[derive(Debug)]
-pub struct StreamSlots {
-    /// Streams a principal may hold; 0 is no cap.
+pub struct Slots<K> {
+    /// Places a key may hold; 0 is no cap.
     cap: usize,
-    open: Mutex<HashMap<PrincipalKey, usize>>,
+    open: Mutex<HashMap<K, usize>>,
 }
 
-/// One open stream of a principal; frees its place when dropped.
+/// One place held by a key; frees it when dropped.
 #[derive(Debug)]
-pub struct Slot {
-    slots: Arc<StreamSlots>,
-    key: PrincipalKey,
+pub struct Slot<K: Hash + Eq = PrincipalKey> {
+    slots: Arc<Slots<K>>,
+    key: K,
 }
 
-impl StreamSlots {
+impl<K: Hash + Eq + Clone> Slots<K> {
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
             cap,
@@ -31,10 +39,10 @@ impl StreamSlots {
         })
     }
 
-    /// A slot for `key`, or `None` when it already holds `cap` streams.
-    pub fn take(self: &Arc<Self>, key: PrincipalKey) -> Option<Slot> {
+    /// A slot for `key`, or `None` when it already holds `cap`.
+    pub fn take(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(key).or_insert(0);
+        let count = open.entry(key.clone()).or_insert(0);
         if self.cap != 0 && *count >= self.cap {
             return None;
         }
@@ -45,14 +53,14 @@ impl StreamSlots {
         })
     }
 
-    /// Streams `key` holds now.
-    pub fn held(&self, key: &PrincipalKey) -> usize {
+    /// Places `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(key).copied().unwrap_or(0)
     }
 }
 
-impl Drop for Slot {
+impl<K: Hash + Eq> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut open = self
             .slots
