@@ -241,7 +241,7 @@ export class Client {
   }
 
   private async putDevice(path: string, keys: DeviceKeys, expiresAtMs: number): Promise<Directory> {
-    return this.checked(await this.call('PUT', path, deviceBody(keys, expiresAtMs)));
+    return this.checked(await this.call('PUT', path, await deviceBody(keys, expiresAtMs)));
   }
 
   /** Publishes this device's public keys as the caller's; checks the answer's proof. */

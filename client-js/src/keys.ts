@@ -2,6 +2,7 @@
 // sends, ECDH P-256 for opening what is sealed to it. Its id is the RFC 7638 thumbprint of
 // the signing key, so the gateway cannot pair an id with another key.
 
+import { b64url, buf, utf8 } from './encoding.js';
 import { EnvelopeError } from './errors.js';
 import { ECDH, ECDSA, type PublicJwk, thumbprint } from './jwk.js';
 import { parseStrict } from './json.js';
@@ -109,7 +110,20 @@ export async function toPrivateJson(keys: DeviceKeys): Promise<string> {
   );
 }
 
-/** The body of `PUT /v1/devices/{id}`. */
-export function deviceBody(keys: DeviceKeys, expiresAtMs: number): object {
-  return { signing_jwk: keys.signingJwk, encryption_jwk: keys.encryptionJwk, expires_at_ms: expiresAtMs };
+/**
+ * The body of `PUT /v1/devices/{id}`, with the proof the gateway asks for that the
+ * publisher holds the signing key: a compact JWS (ES256, `typ` `icbt-device-proof+jwt`)
+ * signed with it over the device id, the encryption key's thumbprint, the expiry and now.
+ */
+export async function deviceBody(keys: DeviceKeys, expiresAtMs: number, nowMs: number = Date.now()): Promise<object> {
+  const part = (value: object) => b64url(utf8.encode(JSON.stringify(value)));
+  const input = `${part({ alg: 'ES256', typ: 'icbt-device-proof+jwt', kid: keys.deviceId })}.${part({
+    device_id: keys.deviceId,
+    encryption_kid: keys.encryptionKid,
+    expires_at_ms: expiresAtMs,
+    iat: Math.floor(nowMs / 1000),
+  })}`;
+  const signature = await crypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, keys.signingKey, buf(utf8.encode(input)));
+  const proof = `${input}.${b64url(new Uint8Array(signature))}`;
+  return { signing_jwk: keys.signingJwk, encryption_jwk: keys.encryptionJwk, expires_at_ms: expiresAtMs, proof };
 }

@@ -188,12 +188,17 @@ impl Client {
         Ok((status, value))
     }
 
-    fn device_body(keys: &DeviceKeys, expires_at_ms: i64) -> Value {
-        json!({
+    /// A publish body, with the proof that this device holds its signing key.
+    fn device_body(keys: &DeviceKeys, expires_at_ms: i64) -> Result<Value, ClientError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Ok(json!({
             "signing_jwk": keys.signing.public().to_jwk(),
             "encryption_jwk": keys.encryption.public().to_jwk(),
             "expires_at_ms": expires_at_ms,
-        })
+            "proof": keys.possession_proof(expires_at_ms, now)?,
+        }))
     }
 
     /// PUTs `keys` at `path` and checks the answer's proof.
@@ -207,7 +212,7 @@ impl Client {
             .call(
                 reqwest::Method::PUT,
                 path,
-                Some(&Self::device_body(keys, expires_at_ms)),
+                Some(&Self::device_body(keys, expires_at_ms)?),
             )
             .await?;
         self.checked(&view).await

@@ -30,6 +30,7 @@ mod jws;
 mod kdf;
 mod keys;
 pub mod policy;
+mod possession;
 mod safety;
 
 pub use error::EnvelopeError;
@@ -39,6 +40,7 @@ pub use jwk::PublicKey;
 pub use jws::SignedMessage;
 pub use keys::PrivateJwk;
 pub use keys::{DecryptionKey, DeviceKeys, SigningKey};
+pub use possession::{PROOF_TYP, PossessionClaims, verify_possession};
 pub use safety::safety_number;
 
 /// The media type of a sealed envelope (the JWE JSON serialization's own).

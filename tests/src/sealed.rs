@@ -23,12 +23,19 @@ pub fn in_a_year_ms() -> i64 {
     i64::try_from(now).unwrap() + 365 * 86_400_000
 }
 
-/// The body that publishes `keys`.
+/// The body that publishes `keys` for a year.
 pub fn device_body(keys: &DeviceKeys) -> Value {
+    device_body_expiring(keys, in_a_year_ms())
+}
+
+/// The body that publishes `keys` until `expires_at_ms`, with a fresh proof that the
+/// publisher holds them.
+pub fn device_body_expiring(keys: &DeviceKeys, expires_at_ms: i64) -> Value {
     json!({
         "signing_jwk": keys.signing.public().to_jwk(),
         "encryption_jwk": keys.encryption.public().to_jwk(),
-        "expires_at_ms": in_a_year_ms(),
+        "expires_at_ms": expires_at_ms,
+        "proof": keys.possession_proof(expires_at_ms, icbt_auth::now_secs()).unwrap(),
     })
 }
 

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_auth::dpop::DpopKey;
 use icbt_client::{Client, ClientError, Credentials};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
-use icbt_e2e::sealed::{Sealer, device_body, in_a_year_ms};
+use icbt_e2e::sealed::{Sealer, device_body, device_body_expiring, in_a_year_ms};
 use icbt_e2e::tamper::rewrite_key_log;
 use icbt_e2e::{
     Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, audit_public_key, backends, connect_database,
@@ -187,21 +187,24 @@ async fn directory_publishes_proves_revokes_and_refuses() {
                 &s.patient,
                 Method::PUT,
                 &path,
-                Some(&json!({
-                    "signing_jwk": keys.signing.public().to_jwk(),
-                    "encryption_jwk": keys.encryption.public().to_jwk(),
-                    "expires_at_ms": published.devices[0].expires_at_ms,
-                })),
+                Some(&device_body_expiring(
+                    &keys,
+                    published.devices[0].expires_at_ms,
+                )),
             )
             .await;
         assert_eq!(same.status(), 200);
         assert_eq!(s.key_log_size(&s.patient).await, before + 1);
-        // Another encryption key under a taken device id.
+        // Another encryption key under a taken device id, by the holder of its signing
+        // key.
         let other = DeviceKeys::generate().unwrap();
-        let swapped = json!({
-            "signing_jwk": keys.signing.public().to_jwk(),
-            "encryption_jwk": other.encryption.public().to_jwk(),
-            "expires_at_ms": in_a_year_ms(),
+        let swapped = device_body(&DeviceKeys {
+            signing: DeviceKeys::from_private_json(&keys.to_private_json())
+                .unwrap()
+                .signing,
+            encryption: DeviceKeys::from_private_json(&other.to_private_json())
+                .unwrap()
+                .encryption,
         });
         expect_problem(
             s.call(&s.patient, Method::PUT, &path, Some(&swapped)).await,
@@ -265,6 +268,62 @@ async fn directory_publishes_proves_revokes_and_refuses() {
             .await;
             assert_eq!(problem["path"], field, "{backend:?}: {problem}");
         }
+
+        // Publishing needs a fresh proof, made with the device's own signing key, for
+        // exactly its encryption key and expiry.
+        let stranger = DeviceKeys::generate().unwrap();
+        let proofs = [
+            (
+                "another key's",
+                stranger
+                    .possession_proof(in_a_year_ms(), icbt_auth::now_secs())
+                    .unwrap(),
+            ),
+            (
+                "another expiry's",
+                fresh
+                    .possession_proof(in_a_year_ms() + 1, icbt_auth::now_secs())
+                    .unwrap(),
+            ),
+            (
+                "a stale",
+                fresh
+                    .possession_proof(in_a_year_ms(), icbt_auth::now_secs() - 600)
+                    .unwrap(),
+            ),
+            ("a garbled", "not.a.jws".to_owned()),
+        ];
+        let fresh_path = format!("/v1/devices/{}", fresh.device_id());
+        let size = s.key_log_size(&s.patient).await;
+        for (what, proof) in proofs {
+            let mut body = device_body(&fresh);
+            body["proof"] = json!(proof);
+            expect_problem(
+                s.call(&s.patient, Method::PUT, &fresh_path, Some(&body))
+                    .await,
+                422,
+                "device-proof-invalid",
+            )
+            .await;
+            assert_eq!(
+                s.key_log_size(&s.patient).await,
+                size,
+                "{backend:?}: nothing published with {what} proof"
+            );
+        }
+        let mut unproven = device_body(&fresh);
+        unproven.as_object_mut().unwrap().remove("proof");
+        let problem = expect_problem(
+            s.call(&s.patient, Method::PUT, &fresh_path, Some(&unproven))
+                .await,
+            400,
+            "malformed-json",
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("proof"),
+            "{backend:?}: names the missing field: {problem}"
+        );
 
         // Only a system client of the clinic publishes its journal key.
         let journal = DeviceKeys::generate().unwrap();
@@ -579,8 +638,7 @@ async fn the_envelope_policy_names_what_is_wrong() {
         )
         .await;
         let short = DeviceKeys::generate().unwrap();
-        let mut body = device_body(&short);
-        body["expires_at_ms"] = json!(now_ms() + 1500);
+        let body = device_body_expiring(&short, now_ms() + 1500);
         s.ok(
             &s.patient,
             Method::PUT,

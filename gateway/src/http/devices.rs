@@ -39,6 +39,43 @@ pub struct PutDevice {
     encryption_jwk: serde_json::Value,
     /// When the keys stop being used (Unix ms); at most `devices.max_lifetime_days` ahead.
     expires_at_ms: i64,
+    /// Proof that the publisher holds the signing key: a compact JWS (ES256, `typ`
+    /// `icbt-device-proof+jwt`, `kid` the device id) signed with it, whose claims are
+    /// `device_id`, `encryption_kid` (the encryption key's RFC 7638 thumbprint),
+    /// `expires_at_ms` (as above) and `iat` (Unix seconds, within 5 minutes of now).
+    proof: String,
+}
+
+/// How far a possession proof's `iat` may be from now.
+const PROOF_WINDOW_SECONDS: i64 = 300;
+
+/// Checks that `body.proof` was made by the holder of `signing` for exactly this
+/// device, encryption key and expiry, recently.
+fn check_possession(
+    body: &PutDevice,
+    device_id: &str,
+    signing: &PublicKey,
+    encryption: &PublicKey,
+) -> Result<(), Problem> {
+    let refused = |detail: &str| {
+        tracing::info!(reason = "device_proof_invalid", "device publish refused");
+        Problem::new(ProblemKind::DeviceProofInvalid).detail(detail)
+    };
+    let claims = icbt_envelope::verify_possession(&body.proof, signing).map_err(|_| {
+        refused("proof must be an ES256 JWS signed with signing_jwk, typ icbt-device-proof+jwt")
+    })?;
+    if claims.device_id != device_id
+        || claims.encryption_kid != encryption.thumbprint()
+        || claims.expires_at_ms != body.expires_at_ms
+    {
+        return Err(refused(
+            "the proof is for another device, encryption key or expiry than this request",
+        ));
+    }
+    if (claims.iat - icbt_auth::now_secs()).abs() > PROOF_WINDOW_SECONDS {
+        return Err(refused("the proof's iat must be within 5 minutes of now"));
+    }
+    Ok(())
 }
 
 /// A leaf of the key log with its inclusion proof in the checkpoint's tree.
@@ -168,6 +205,7 @@ fn checked_device(
             ),
         ));
     }
+    check_possession(body, device_id, &signing, &encryption)?;
     let json = |key: &PublicKey| serde_json::to_string(&key.to_jwk()).unwrap_or_default();
     Ok(DeviceRecord {
         device_id: device_id.to_owned(),
@@ -225,7 +263,7 @@ fn not_an_auditor(state: &AppState, caller: &Authenticated) -> Result<(), Proble
 
 /// `PUT /v1/devices/{device_id}`: publishes one of the caller's devices. The same
 /// request again answers the stored device (200); other keys under a taken id, 409.
-#[utoipa::path(put, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id or key taken, or too many devices"), (status = 422, body = crate::http::errors::ProblemDocument, description = "invalid key or expiry")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(put, path = "/v1/devices/{device_id}", tag = "devices", params(("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id or key taken, or too many devices"), (status = 422, body = crate::http::errors::ProblemDocument, description = "invalid key or expiry, or no valid proof of possession (`device-proof-invalid`)")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_device(
     State(state): State<AppState>,
     access: Access,
@@ -240,7 +278,7 @@ pub async fn put_device(
 
 /// `PUT /v1/clinics/{org}/journal-keys/{device_id}`: publishes a clinic's journal key
 /// (the exporter's), which every message in the clinic's episodes must be sealed to.
-#[utoipa::path(put, path = "/v1/clinics/{org}/journal-keys/{device_id}", tag = "devices", params(("org" = String, Path, description = "the clinic's organisation number"), ("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 403, body = crate::http::errors::ProblemDocument, description = "not a system client of this clinic"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id or key taken, or too many keys")), security(("bearer" = []), ("dpop" = [])))]
+#[utoipa::path(put, path = "/v1/clinics/{org}/journal-keys/{device_id}", tag = "devices", params(("org" = String, Path, description = "the clinic's organisation number"), ("device_id" = String, Path, description = "RFC 7638 thumbprint of the signing key")), request_body = PutDevice, responses((status = 201, body = DirectoryView, description = "published, with its proof"), (status = 200, body = DirectoryView, description = "already published with these keys"), (status = 403, body = crate::http::errors::ProblemDocument, description = "not a system client of this clinic"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id or key taken, or too many keys"), (status = 422, body = crate::http::errors::ProblemDocument, description = "invalid key or expiry, or no valid proof of possession (`device-proof-invalid`)")), security(("bearer" = []), ("dpop" = [])))]
 pub async fn put_journal_key(
     State(state): State<AppState>,
     access: Access,

@@ -65,6 +65,7 @@ pub enum ProblemKind {
     EnvelopeRecipientUnknown,
     JournalKeyMissing,
     DeviceConflict,
+    DeviceProofInvalid,
     DeviceLimit,
     OauthInvalidRequest,
     OauthInvalidClient,
@@ -76,7 +77,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 50] = [
+    pub const ALL: [ProblemKind; 51] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -120,6 +121,7 @@ impl ProblemKind {
         Self::EnvelopeRecipientUnknown,
         Self::JournalKeyMissing,
         Self::DeviceConflict,
+        Self::DeviceProofInvalid,
         Self::DeviceLimit,
         Self::OauthInvalidRequest,
         Self::OauthInvalidClient,
@@ -175,6 +177,7 @@ impl ProblemKind {
             Self::EnvelopeRecipientUnknown => "envelope-recipient-unknown",
             Self::JournalKeyMissing => "journal-key-missing",
             Self::DeviceConflict => "device-conflict",
+            Self::DeviceProofInvalid => "device-proof-invalid",
             Self::DeviceLimit => "device-limit",
             Self::OauthInvalidRequest => "oauth-invalid-request",
             Self::OauthInvalidClient => "oauth-invalid-client",
@@ -227,6 +230,7 @@ impl ProblemKind {
             | Self::EnvelopeRecipientMissing
             | Self::EnvelopeRecipientUnknown
             | Self::JournalKeyMissing
+            | Self::DeviceProofInvalid
             | Self::SearchTooBroad => StatusCode::UNPROCESSABLE_ENTITY,
             Self::EpisodeIdConflict
             | Self::InvalidTransition
@@ -301,6 +305,9 @@ impl ProblemKind {
                 "The device id or its encryption key is already published with other details"
             }
             Self::DeviceLimit => "The owner already has the most active devices allowed",
+            Self::DeviceProofInvalid => {
+                "The proof does not show that the publisher holds the device's signing key"
+            }
             Self::OauthInvalidRequest => {
                 "The dev identity provider could not read the request (OAuth invalid_request)"
             }
