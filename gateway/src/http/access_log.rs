@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use icbt_auth::identity::NationalId;
 use icbt_auth::principal::Principal;
 use serde::{Deserialize, Serialize};
@@ -95,7 +96,7 @@ pub async fn patient_timeline(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(patient): Path<String>,
+    ApiPath(patient): ApiPath<String>,
     ApiQuery(query): ApiQuery<AccessLogQuery>,
 ) -> Result<Json<Timeline>, Problem> {
     auditor(&state, &access, &caller).await?;

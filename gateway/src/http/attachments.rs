@@ -5,9 +5,10 @@
 //! large upload costs a file, not memory, until it is known good; a refused or interrupted
 //! upload only ever touched that file, which is removed when the request ends.
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -44,7 +45,7 @@ pub async fn put_attachment(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path((episode_id, sha256)): Path<(Uuid, String)>,
+    ApiPath((episode_id, sha256)): ApiPath<(Uuid, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -128,7 +129,7 @@ pub async fn get_attachment(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path((episode_id, sha256)): Path<(Uuid, String)>,
+    ApiPath((episode_id, sha256)): ApiPath<(Uuid, String)>,
 ) -> Result<Response, Problem> {
     if !is_sha256_hex(&sha256) {
         return Err(invalid("sha256", "64 lower-case hex digits"));

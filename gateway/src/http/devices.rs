@@ -2,8 +2,9 @@
 //! clinics their journal keys; senders fetch an episode's keys with proofs that each key
 //! is in the signed key log; everyone can check the log only grows.
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -268,7 +269,7 @@ pub async fn put_device(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(device_id): Path<String>,
+    ApiPath(device_id): ApiPath<String>,
     ApiJson(body): ApiJson<PutDevice>,
 ) -> Result<Response, Problem> {
     not_an_auditor(&state, &caller)?;
@@ -283,7 +284,7 @@ pub async fn put_journal_key(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path((org, device_id)): Path<(String, String)>,
+    ApiPath((org, device_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<PutDevice>,
 ) -> Result<Response, Problem> {
     let org = OrgNumber::parse(&org).map_err(|e| invalid("org", e.to_string()))?;
@@ -302,7 +303,7 @@ pub async fn delete_device(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(device_id): Path<String>,
+    ApiPath(device_id): ApiPath<String>,
 ) -> Result<Response, Problem> {
     not_an_auditor(&state, &caller)?;
     let device = state
@@ -371,7 +372,7 @@ pub async fn episode_devices(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<EpisodeDevicesQuery>,
 ) -> Result<Json<DirectoryView>, Problem> {
     let (episode, clinic, team, record) = reach(

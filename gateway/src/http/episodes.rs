@@ -1,8 +1,9 @@
 //! Treatment episodes, created and run by the iCBT platform: the episode, its care team
 //! and its life cycle.
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use icbt_auth::identity::HprNumber;
@@ -80,7 +81,7 @@ pub async fn put_episode(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<PutEpisode>,
 ) -> Result<Response, Problem> {
     let patient =
@@ -126,7 +127,7 @@ pub async fn get_episode(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let (episode, clinic, team, record) = reach(
         &state,
@@ -197,7 +198,7 @@ pub async fn put_care_team(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<PutCareTeam>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let id = EpisodeId(id);
@@ -256,7 +257,7 @@ pub async fn put_state(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<PutState>,
 ) -> Result<Json<EpisodeView>, Problem> {
     let id = EpisodeId(id);

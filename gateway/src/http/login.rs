@@ -4,7 +4,8 @@
 //! HttpOnly, Secure, SameSite=Strict cookie. Logout ends the session and sends the browser
 //! to the issuer's end-session endpoint.
 
-use axum::extract::{Path, Query, State};
+use crate::http::extractors::ApiPath;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use icbt_auth::client::{Pkce, random_value};
@@ -58,7 +59,7 @@ pub struct LoginQuery {
 #[utoipa::path(get, path = "/auth/login/{issuer}", tag = "login", params(("issuer" = String, Path, description = "name of a configured issuer"), LoginQuery), responses((status = 303, description = "to the issuer"), (status = 404, body = crate::http::errors::ProblemDocument)))]
 pub async fn start(
     State(state): State<AppState>,
-    Path(issuer): Path<String>,
+    ApiPath(issuer): ApiPath<String>,
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, Problem> {
     let provider = state

@@ -1,8 +1,9 @@
 //! Sealed messages in an episode: sending (checked against the envelope policy, committed
 //! with its access record and journal outbox entry) and the history.
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -171,7 +172,7 @@ pub async fn put_message(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path((episode_id, message_id)): Path<(Uuid, Uuid)>,
+    ApiPath((episode_id, message_id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMessage>,
 ) -> Result<Response, Problem> {
     let send = state
@@ -277,7 +278,7 @@ pub async fn list_messages(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(episode_id): Path<Uuid>,
+    ApiPath(episode_id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<MessagePage>, Problem> {
     let limit = page_limit(query.limit)?;

@@ -131,9 +131,56 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, document)
 }
 
-/// Every operation that needs a caller can answer 401 and 403; they are defined once, as
-/// `components.responses`, and referenced from each such operation. An operation that
-/// documents a 403 of its own (say "not an auditor") keeps it.
+/// What any operation may answer, whatever it does (docs/problems.md has each type):
+/// status, shared response name, description.
+const ANYWHERE: [(&str, &str, &str); 6] = [
+    (
+        "400",
+        "BadRequest",
+        "a request hyper or the gateway cannot read: malformed, a query string that does not parse, a body that is not the JSON expected",
+    ),
+    (
+        "422",
+        "Unprocessable",
+        "a value the gateway cannot accept (`invalid-field`, with `path`)",
+    ),
+    (
+        "429",
+        "TooManyRequests",
+        "over the principal's rate limit or stream cap, with `Retry-After`",
+    ),
+    ("431", "HeadTooLarge", "a request head over 64 KiB"),
+    (
+        "500",
+        "Internal",
+        "a fault of the gateway's; nothing was committed",
+    ),
+    (
+        "503",
+        "Unavailable",
+        "overloaded, over the request time limit or the database is away, with `Retry-After` where known",
+    ),
+];
+/// What an operation with a request body may answer besides.
+const WITH_BODY: [(&str, &str, &str); 2] = [
+    ("413", "PayloadTooLarge", "a body over the limit"),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "a body that is not `application/json` (or `application/octet-stream` for attachments)",
+    ),
+];
+/// What an operation with path parameters may answer besides.
+const WITH_PATH: [(&str, &str, &str); 1] = [(
+    "404",
+    "NotFound",
+    "no such resource, or one the caller may not know of",
+)];
+
+/// The problem answers every operation may give are defined once, as
+/// `components.responses`, and referenced from each operation they apply to: 401 and 403
+/// where a caller is needed, the transport's and the stack's everywhere. An operation
+/// that documents one of these codes itself (say a 403 "not an auditor") keeps its own.
 fn shared_responses(document: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let problem = |description: &str| {
@@ -158,6 +205,11 @@ fn shared_responses(document: &mut utoipa::openapi::OpenApi) {
         "Forbidden".into(),
         RefOr::T(problem("not allowed for this caller")),
     );
+    for (_, name, description) in ANYWHERE.iter().chain(&WITH_BODY).chain(&WITH_PATH) {
+        components
+            .responses
+            .insert((*name).into(), RefOr::T(problem(description)));
+    }
     for item in document.paths.paths.values_mut() {
         for operation in [
             &mut item.get,
@@ -169,17 +221,50 @@ fn shared_responses(document: &mut utoipa::openapi::OpenApi) {
         .into_iter()
         .flatten()
         {
-            if operation.security.as_ref().is_none_or(Vec::is_empty) {
-                continue;
-            }
+            problem_content_type(operation);
+            let has_body = operation.request_body.is_some();
+            let has_path_parameters = operation.parameters.iter().flatten().any(|p| {
+                matches!(p, RefOr::T(p) if matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path))
+            });
+            let shared = ANYWHERE
+                .iter()
+                .chain(WITH_BODY.iter().filter(|_| has_body))
+                .chain(WITH_PATH.iter().filter(|_| has_path_parameters));
+            let needs_caller = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut operation.responses.responses;
-            responses.insert(
-                "401".into(),
-                RefOr::Ref(Ref::from_response_name("Unauthenticated")),
-            );
-            responses
-                .entry("403".into())
-                .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Forbidden")));
+            for (status, name, _) in shared {
+                responses
+                    .entry((*status).into())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name(*name)));
+            }
+            if needs_caller {
+                responses.insert(
+                    "401".into(),
+                    RefOr::Ref(Ref::from_response_name("Unauthenticated")),
+                );
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Forbidden")));
+            }
+        }
+    }
+}
+
+/// Problem documents an operation lists itself (`body = ProblemDocument`) are served as
+/// `application/problem+json`, not the `application/json` utoipa assumes.
+fn problem_content_type(operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::RefOr;
+    for response in operation.responses.responses.values_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let is_problem = response.content.get("application/json").is_some_and(|c| {
+            matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/ProblemDocument")))
+        });
+        if is_problem && let Some(content) = response.content.shift_remove("application/json") {
+            response
+                .content
+                .insert(errors::CONTENT_TYPE.into(), content);
         }
     }
 }

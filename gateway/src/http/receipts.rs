@@ -1,7 +1,8 @@
 //! Receipts: per-reader watermarks of what was delivered and read in an episode.
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -95,7 +96,7 @@ pub async fn put_receipts(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<PutReceipt>,
 ) -> Result<Json<ReceiptsView>, Problem> {
     let (episode, _, _, record) = reach(
@@ -134,7 +135,7 @@ pub async fn get_receipts(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ReceiptsView>, Problem> {
     let (episode, _, _, record) = reach(
         &state,

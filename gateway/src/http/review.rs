@@ -2,8 +2,9 @@
 //! time range, as JSON or CSV, paged. Asking for a report is recorded like any other read
 //! of the access log, before the answer is sent.
 
+use crate::http::extractors::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -54,7 +55,7 @@ pub async fn report(
     State(state): State<AppState>,
     access: Access,
     Caller(caller): Caller,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     ApiQuery(query): ApiQuery<ReportQuery>,
 ) -> Result<Response, Problem> {
     auditor(&state, &access, &caller).await?;

@@ -1,16 +1,18 @@
 //! What a handler learns from a request before it runs: who the caller is ([`Caller`],
 //! from a token and DPoP proof or a login session), where the request came from for the
 //! access log ([`Access`]), a JSON body and a query string that fail as problem documents
-//! ([`ApiJson`], [`ApiQuery`]),
+//! ([`ApiJson`], [`ApiQuery`]), path parameters likewise ([`ApiPath`]),
 //! and the page asked for.
 
 mod caller;
 mod json;
+mod path;
 mod query;
 mod session;
 
 pub use caller::Caller;
 pub use json::{ApiJson, parse};
+pub use path::ApiPath;
 pub use query::ApiQuery;
 pub use session::{SESSION_COOKIE, SessionId, session_cookie, session_id_hash};
 
