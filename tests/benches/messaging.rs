@@ -2,11 +2,12 @@
 //! durable sends per second through the whole stack (TLS, token + DPoP, policy, commit) at
 //! 1, 8 and 64 concurrent clients beside plain INSERT+COMMIT of the same row from sqlx at
 //! the same concurrency; p50/p99 send latency; push delivery p99 to 1 000 SSE subscribers;
-//! RSS of the gateway holding 10 000 idle SSE connections.
+//! RSS of the gateway holding 10 000 idle SSE connections; RSS and open file descriptors
+//! with 1 000 principals each at the stream cap and refused one more.
 //!
 //! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a
 //! release build. Client and server share this machine's cores. `ICBT_BENCH_PARTS` (a
-//! comma-separated subset of `sends,push,idle`) runs only those parts, for profiling one;
+//! comma-separated subset of `sends,push,idle,cap`) runs only those parts, for profiling one;
 //! `ICBT_BENCH_CLIENTS` (e.g. `64`) runs the sends at those concurrencies only;
 //! `ICBT_BENCH_DETAIL=1` prints each pushed message's answer time and first, median and
 //! last delivery.
@@ -322,6 +323,104 @@ async fn main() {
         idle(&gw, &therapist).await;
     }
     drop(raw_db);
+    if part("cap") {
+        drop(gw);
+        stream_cap().await;
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// A bearer token of the patient with national id `pid`, signed by the ID-porten test
+/// provider's key, valid for an hour.
+fn patient_token(idps: &IdentityProviders, pid: &str) -> String {
+    use icbt_e2e::idp::Idp;
+    let now = icbt_auth::now_secs();
+    let claims = json!({
+        "iss": idps.idporten.issuer, "aud": Idp::Idporten.api_resource(),
+        "scope": format!("openid {}", Idp::Idporten.api_scope()),
+        "exp": now + 3600, "iat": now, "jti": Uuid::new_v4().to_string(),
+        "client_id": "icbt-platform", "pid": pid, "acr": "idporten-loa-high",
+    });
+    idps.forge(Idp::Idporten, &json!({}), &claims)
+}
+
+/// 1 000 patients each hold `server.streams_per_principal` (10, the default) open streams,
+/// then each asks for one more and is refused with 429: the gateway's RSS and open file
+/// descriptors before, at the cap, and after the refusals.
+async fn stream_cap() {
+    const PRINCIPALS: usize = 1_000;
+    const CAP: usize = 10;
+    let idps = IdentityProviders::shared();
+    let options = GatewayOptions {
+        config_toml: Some(idps.gateway_config()),
+        env: vec![
+            ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+            ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "0".into()),
+            (
+                "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
+                "0".into(),
+            ),
+            ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
+            ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
+        ],
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(Backend::Postgres, options).await;
+    let pids: Vec<String> = (0..)
+        .filter_map(|n: u32| {
+            let head = format!("{:02}{:02}85{:03}", 1 + n % 28, 1 + (n / 28) % 12, n % 1000);
+            icbt_gateway::domain::episode::NationalId::with_check_digits(&head)
+                .map(|id| id.expose().to_owned())
+        })
+        .take(PRINCIPALS)
+        .collect();
+    let tokens: Vec<String> = pids.iter().map(|p| patient_token(idps, p)).collect();
+    let url = format!("{}/v1/stream", gw.url);
+    let open = |token: String| {
+        let http = client_for(&gw, true);
+        let url = url.clone();
+        async move { http.get(&url).bearer_auth(token).send().await.unwrap() }
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_before, fds_before) = (rss_kib(gw.pid()), open_fds(gw.pid()));
+    let mut held = Vec::with_capacity(PRINCIPALS * CAP);
+    for chunk in tokens.chunks(20) {
+        let opened = futures_util::future::join_all(
+            chunk
+                .iter()
+                .flat_map(|t| std::iter::repeat_n(t.clone(), CAP))
+                .map(open),
+        )
+        .await;
+        for response in opened {
+            assert_eq!(response.status(), 200, "a stream within the cap");
+            held.push(response);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_cap, fds_cap) = (rss_kib(gw.pid()), open_fds(gw.pid()));
+    let mut refused = 0;
+    for chunk in tokens.chunks(100) {
+        let answers = futures_util::future::join_all(chunk.iter().cloned().map(open)).await;
+        refused += answers.iter().filter(|r| r.status() == 429).count();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_after, fds_after) = (rss_kib(gw.pid()), open_fds(gw.pid()));
+    println!(
+        "stream cap: {PRINCIPALS} principals x {CAP} streams = {} open; {refused} of {PRINCIPALS} one-more refused with 429",
+        held.len()
+    );
+    println!(
+        "  gateway RSS {rss_before} KiB before, {rss_cap} KiB at the cap ({:.1} KiB a stream), {rss_after} KiB after the refusals",
+        (rss_cap.saturating_sub(rss_before)) as f64 / held.len() as f64
+    );
+    println!(
+        "  gateway open file descriptors {fds_before} before, {fds_cap} at the cap, {fds_after} after the refusals"
+    );
+    drop(held);
 }
 
 /// A subscriber on its own HTTP/1.1 connection, read by hand: the bench's client work
