@@ -906,3 +906,34 @@ async fn a_stream_for_a_device_ends_when_the_device_is_revoked() {
         }
     }
 }
+
+/// An instance whose notification listener was cut off may have missed a logout or a
+/// revocation on another instance: once it listens again, every open stream ends with
+/// `recheck`, and its client reconnects and is authorized afresh.
+#[tokio::test]
+async fn streams_end_for_a_recheck_when_the_listener_was_cut_off() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let gw = gateway(Backend::Postgres).await;
+    let c = cast(&gw).await;
+    let mut stream = open_stream_over(&gw, b"h2", &c.therapist, None).await;
+    let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(!cut.is_empty(), "the gateway was listening");
+    assert_eq!(
+        stream.end_reason(Duration::from_secs(20)).await.as_deref(),
+        Some("recheck")
+    );
+    // The client reconnects and gets what was sent meanwhile.
+    let sent = send(&gw, &c.sealer, &c.patient, c.episode, "after the recheck").await;
+    let mut again = open_stream_over(&gw, b"h2", &c.therapist, Some("0.0")).await;
+    let seen = again.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(seen.data["message"]["id"], sent.to_string());
+}

@@ -117,15 +117,30 @@ impl Push {
                     if std::mem::take(&mut missed) {
                         self.changed([authz::Change::Unknown]);
                     }
-                    while let Ok(notification) = listener.recv().await {
-                        if notification.channel() == authz::CHANNEL {
-                            self.changed([authz::Change::decode(notification.payload())]);
-                            continue;
+                    // `try_recv`, not `recv`: `recv` reconnects by itself and hides that
+                    // notifications were lost meanwhile.
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(notification)) => {
+                                if notification.channel() == authz::CHANNEL {
+                                    self.changed([authz::Change::decode(notification.payload())]);
+                                    continue;
+                                }
+                                if let Ok(tx) = notification.payload().parse::<i64>() {
+                                    self.hub.committed(tx);
+                                }
+                                self.wake();
+                            }
+                            Ok(None) => {
+                                // The connection was lost; the next call reconnects.
+                                tracing::warn!(
+                                    "notification listener lost its connection; reconnecting"
+                                );
+                                self.wake();
+                                self.changed([authz::Change::Unknown]);
+                            }
+                            Err(_) => break,
                         }
-                        if let Ok(tx) = notification.payload().parse::<i64>() {
-                            self.hub.committed(tx);
-                        }
-                        self.wake();
                     }
                     tracing::warn!("message notification listener disconnected");
                 }
