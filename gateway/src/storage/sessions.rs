@@ -120,6 +120,17 @@ impl Store {
         Ok(())
     }
 
+    /// The session stored under `id_hash`, live or not.
+    async fn stored_session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry \
+             FROM sessions WHERE id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// The live session for `id_hash` at `now`, its last-seen time moved forward. An
     /// expired session is deleted and not returned.
     pub async fn session(
@@ -127,14 +138,7 @@ impl Store {
         id_hash: &str,
         now: i64,
     ) -> Result<Option<SessionRecord>, StorageError> {
-        let session: Option<SessionRecord> = sqlx::query_as(
-            "SELECT issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry \
-             FROM sessions WHERE id_hash = $1",
-        )
-        .bind(id_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(mut session) = session else {
+        let Some(mut session) = self.stored_session(id_hash).await? else {
             return Ok(None);
         };
         if !session.live_at(now) {
@@ -183,14 +187,7 @@ impl Store {
     /// this as a use; `None` if it is gone. Open streams ask this, and must not keep their
     /// session alive by asking.
     pub async fn session_live_until(&self, id_hash: &str) -> Result<Option<i64>, StorageError> {
-        let session: Option<SessionRecord> = sqlx::query_as(
-            "SELECT issuer, principal, id_token, created_at, last_seen_at, idle_timeout, absolute_expiry \
-             FROM sessions WHERE id_hash = $1",
-        )
-        .bind(id_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(session.map(|s| {
+        Ok(self.stored_session(id_hash).await?.map(|s| {
             s.absolute_expiry
                 .min(s.last_seen_at.saturating_add(s.idle_timeout))
                 .saturating_mul(1000)
