@@ -678,3 +678,35 @@ async fn handshakes_and_unauthenticated_connections_are_capped_per_address() {
         "without the client's address: {refusals:?}"
     );
 }
+
+/// A request refused before its body is read (here: no credentials) still gets its
+/// answer while the client is sending the body: the gateway reads on and discards the
+/// rest before it closes, rather than closing with unread data, which makes the kernel
+/// reset the connection and lose the answer on its way.
+#[tokio::test]
+async fn an_answer_given_before_the_body_is_read_is_not_lost_to_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(Backend::Sqlite).await;
+    for _ in 0..3 {
+        let mut tls = gw.raw_tls().await;
+        let head = format!(
+            "PUT /v1/episodes/{}/messages/{} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 400000\r\n\r\n",
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&vec![b' '; 200_000]).await.unwrap();
+        // The gateway answers 401 and is done with the connection; the client is still
+        // sending its body.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let _ = tls.write_all(&vec![b' '; 100_000]).await;
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("the answer, not a reset");
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 401 "), "{text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+    }
+}

@@ -20,11 +20,13 @@ use tower::ServiceExt;
 
 pub mod bare_answers;
 pub mod event_stream;
+pub mod linger;
 pub mod tls;
 pub mod write_deadline;
 
 use bare_answers::{ProblemAnswers, problem_answer};
 use event_stream::{First, Prefixed};
+use linger::Linger;
 use write_deadline::WriteDeadline;
 
 use crate::http::errors::ProblemKind;
@@ -134,7 +136,9 @@ pub async fn serve(
                             unauthenticated: Arc::new(std::sync::Mutex::new(Some(unauthenticated))),
                         };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let stream = WriteDeadline::new(stream, timeouts.write);
+                        // Writes are bounded in time; a close reads on so that an
+                        // answer given before the body was read is not lost.
+                        let stream = Linger::new(WriteDeadline::new(stream, timeouts.write));
                         if h2 {
                             return Box::pin(serve_hyper(&builder, stream, info, app, watcher)).await;
                         }
