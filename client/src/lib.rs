@@ -190,14 +190,11 @@ impl Client {
 
     /// A publish body, with the proof that this device holds its signing key.
     fn device_body(keys: &DeviceKeys, expires_at_ms: i64) -> Result<Value, ClientError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         Ok(json!({
             "signing_jwk": keys.signing.public().to_jwk(),
             "encryption_jwk": keys.encryption.public().to_jwk(),
             "expires_at_ms": expires_at_ms,
-            "proof": keys.possession_proof(expires_at_ms, now)?,
+            "proof": keys.possession_proof(expires_at_ms, icbt_auth::now_secs())?,
         }))
     }
 

@@ -217,8 +217,12 @@ async fn one_identity(req: Request, next: Next) -> Response {
 /// still arriving: a later request on a kept-alive connection may come whole into a
 /// larger buffer, and HTTP/2's header lists are counted by another rule.
 async fn head_size(req: Request, next: Next) -> Response {
+    // The URI as sent (`scheme://authority` only on HTTP/2), measured without writing it.
+    let uri = req.uri();
     let size = req.method().as_str().len()
-        + req.uri().to_string().len()
+        + uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
         + req
             .headers()
             .iter()

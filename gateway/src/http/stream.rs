@@ -60,31 +60,30 @@ pub struct StreamQuery {
 
 /// Watches what `caller`'s authorization rests on for as long as a stream or long poll
 /// is open: the token's or session's expiry, the session, the device named, the
-/// clinician's care teams. A device that is not an active one of the caller's is refused.
+/// clinician's care teams. A device that is not an active one of the caller's is refused
+/// (the watch's first check finds it).
 async fn watch(
     state: &AppState,
     caller: &Authenticated,
     session: Option<SessionId>,
     device: Option<String>,
 ) -> Result<Result<Authorization, EndReason>, Problem> {
-    if let Some(id) = &device {
-        let mine = state.store.device(id).await?.is_some_and(|d| {
-            d.owner == owner_of(&caller.principal) && d.active_at(crate::storage::now_ms())
-        });
-        if !mine {
-            return Err(invalid("device", "is not an active device of the caller's"));
-        }
-    }
+    let named = device.is_some();
     let grounds = Grounds {
         expires_at_ms: caller.expires_at.saturating_mul(1000),
         session: session.map(|s| s.0),
-        device,
+        device: device.map(|id| (id, owner_of(&caller.principal))),
         hpr: match &caller.principal {
             Principal::Clinician(c) => Some(c.hpr_number.as_str().to_owned()),
             _ => None,
         },
     };
-    Ok(Authorization::watch(state.store.clone(), state.push.changes(), grounds).await?)
+    match Authorization::watch(state.store.clone(), state.push.changes(), grounds).await? {
+        Err(EndReason::DeviceRevoked) if named => {
+            Err(invalid("device", "is not an active device of the caller's"))
+        }
+        watching => Ok(watching),
+    }
 }
 
 /// The last event of a stream that ends before its client closes it.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use crate::domain::authz::{CHANNEL, Change, EndReason};
+use crate::domain::participants::Owner;
 use crate::storage::{Store, now_ms};
 
 /// What a stream's authorization rests on, and the changes it watches.
@@ -24,8 +25,8 @@ pub struct Authorization {
     expires_at_ms: i64,
     /// The login session's id hash, when it opened the stream.
     session: Option<String>,
-    /// The device the stream was opened for.
-    device: Option<String>,
+    /// The device the stream was opened for, and whose it must be.
+    device: Option<(String, Owner)>,
     /// The clinician's HPR number, and when their next cover period ends.
     clinician: Option<(String, Option<i64>)>,
 }
@@ -35,7 +36,8 @@ pub struct Authorization {
 pub struct Grounds {
     pub expires_at_ms: i64,
     pub session: Option<String>,
-    pub device: Option<String>,
+    /// The device named, and the caller as its owner.
+    pub device: Option<(String, Owner)>,
     pub hpr: Option<String>,
 }
 
@@ -90,12 +92,12 @@ impl Authorization {
         if self.expires_at_ms <= now {
             return Ok(Some(EndReason::Expired));
         }
-        if let Some(device) = &self.device {
+        if let Some((device, owner)) = &self.device {
             let active = self
                 .store
                 .device(device)
                 .await?
-                .is_some_and(|d| d.active_at(now));
+                .is_some_and(|d| d.owner == *owner && d.active_at(now));
             if !active {
                 return Ok(Some(EndReason::DeviceRevoked));
             }
@@ -151,7 +153,7 @@ impl Authorization {
             Change::SessionEnded(id) if self.session.as_ref() == Some(id) => {
                 Some(EndReason::LoggedOut)
             }
-            Change::DeviceRevoked(id) if self.device.as_ref() == Some(id) => {
+            Change::DeviceRevoked(id) if self.device.as_ref().is_some_and(|(d, _)| d == id) => {
                 Some(EndReason::DeviceRevoked)
             }
             Change::CareTeamLeft(hpr) if self.is_clinician(hpr) => Some(EndReason::CareTeamLeft),
