@@ -48,6 +48,9 @@ pub struct Clinician {
     /// The organisation the client acts for (child organisation when present, else the
     /// parent).
     pub organisation: Option<OrgNumber>,
+    /// The parent organisation (the legal entity, a hospital) when the token names one.
+    #[serde(default)]
+    pub orgnr_parent: Option<OrgNumber>,
 }
 
 /// A system (an iCBT platform backend) with a HelseID client-credentials token.

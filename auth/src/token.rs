@@ -503,6 +503,7 @@ impl Validator {
                     hpr_number,
                     security_level: level,
                     organisation,
+                    orgnr_parent: org(claims, &names.orgnr_parent),
                 }))
             }
             IssuerKind::Helseid => {

@@ -155,10 +155,17 @@ impl Default for DpopConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditorConfig {
-    /// HelseID personnel with these HPR numbers are auditors.
+    /// HelseID personnel with these HPR numbers are auditors. With a `[[clinics]]`
+    /// register, each sees the records of their own hospital's clinics (the hospital or
+    /// clinic their token's organisation claims name).
     pub hpr_numbers: Vec<String>,
-    /// Tokens carrying this scope are auditors.
+    /// Tokens carrying this scope are auditors (scoped as `hpr_numbers` are).
     pub scope: Option<String>,
+    /// The deployment's (or a national) security team: these HPR numbers see every
+    /// clinic's records, whatever their organisation.
+    pub deployment_hpr_numbers: Vec<String>,
+    /// Tokens carrying this scope see every clinic's records.
+    pub deployment_scope: Option<String>,
 }
 
 impl AuthConfig {

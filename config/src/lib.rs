@@ -15,6 +15,7 @@
 //! `config/example.toml` documents (the auth section is already its own module).
 
 mod auth;
+mod register;
 mod secret;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub use auth::{
     AuditorConfig, AuthConfig, ClaimNames, DpopConfig, IssuerConfig, IssuerKind, JwksConfig,
     LoginConfig, OutboundClientConfig, SIGNING_ALGORITHMS,
 };
+pub use register::{ClinicConfig, PlatformConfig, is_org_number};
 pub use secret::{Secret, SecretOrigin};
 
 /// Environment variables with this prefix override file values; `__` separates levels.
@@ -67,6 +69,11 @@ pub struct Config {
     pub login: Vec<LoginConfig>,
     /// The journal exporter (`icbt-gateway export`).
     pub export: ExportConfig,
+    /// The clinic register (`[[clinics]]`): each clinic's hospital and journal route.
+    /// Empty: one clinic or one EPJ, routed by `export.epj_base_url`.
+    pub clinics: Vec<ClinicConfig>,
+    /// Platforms bound to the register's clinics (`[[platforms]]`).
+    pub platforms: Vec<PlatformConfig>,
     /// The security team's console at `/console/`.
     pub console: ConsoleConfig,
     /// Dev mode's sandbox; ignored in production.
@@ -359,6 +366,8 @@ pub struct ExportConfig {
     pub journal_key_files: Vec<PathBuf>,
     /// HelseID client credentials (with DPoP) for the EPJ: scope and resource of the EPJ.
     pub client: Option<OutboundClientConfig>,
+    /// Named HelseID clients the register's clinics route with (`client = "<name>"`).
+    pub clients: std::collections::BTreeMap<String, OutboundClientConfig>,
     /// Run the exporter inside `serve` (dev set-ups); production runs `icbt-gateway export`.
     pub in_process: bool,
     /// Our identifier systems are `{identifier_base}:episode`, `:message`, `:document`.
@@ -398,6 +407,7 @@ impl Default for ExportConfig {
             trust_roots_file: None,
             journal_key_files: Vec::new(),
             client: None,
+            clients: std::collections::BTreeMap::new(),
             in_process: false,
             identifier_base: "urn:icbt-gateway".into(),
             batch_size: 8,
@@ -652,6 +662,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_register()?;
         self.validate_export()?;
         self.validate_audit(mode)?;
         if self.devices.max_lifetime_days == 0 || self.devices.max_per_owner == 0 {
@@ -684,6 +695,7 @@ impl Config {
         let clients = [self.outbound.as_ref(), self.export.client.as_ref()]
             .into_iter()
             .flatten()
+            .chain(self.export.clients.values())
             .map(|c| c.issuer.as_str());
         if let Some(url) = issuers.chain(clients).find(|u| is_dev_issuer(u)) {
             return Err(invalid(
@@ -731,6 +743,12 @@ impl Config {
         for file in &self.export.journal_key_files {
             files.push(("export.journal_key_files", file));
         }
+        for client in self.export.clients.values() {
+            files.push(("export.clients.key_file", &client.key_file));
+        }
+        for file in self.clinics.iter().flat_map(|c| &c.journal_key_files) {
+            files.push(("clinics.journal_key_files", file));
+        }
         if let Some(SecretOrigin::File(path)) = self.storage.password.as_ref().map(Secret::origin) {
             files.push(("storage.password", path));
         }
@@ -760,7 +778,11 @@ impl Config {
     fn validate_export(&self) -> Result<(), ConfigError> {
         let export = &self.export;
         let Some(base) = &export.epj_base_url else {
-            return Ok(());
+            return if self.clinics.is_empty() {
+                Ok(())
+            } else {
+                self.validate_export_limits()
+            };
         };
         for (key, url) in [
             ("export.epj_base_url", Some(base)),
@@ -802,6 +824,12 @@ impl Config {
             &client.key_file,
             "point it at the client's PEM private key",
         )?;
+        self.validate_export_limits()
+    }
+
+    /// The exporter's loop settings, whichever way it routes.
+    fn validate_export_limits(&self) -> Result<(), ConfigError> {
+        let export = &self.export;
         if export.batch_size == 0
             || export.rows_per_episode == 0
             || export.workers == 0
@@ -1199,6 +1227,79 @@ mod tests {
             assert!(err.to_string().contains("`export.workers`"), "{err}");
             let fewer = toml.replace("workers = 8", "workers = 7");
             load_in_jail(jail, &fewer, Mode::Dev).unwrap();
+            Ok(())
+        });
+    }
+
+    /// A register of two clinics of two hospitals, sharing nothing.
+    const REGISTER: &str = "[[clinics]]\norg_number = \"974589095\"\nname = \"A1\"\n\
+        hospital = \"983974899\"\nepj_base_url = \"https://epj.a.example/fhir\"\n\
+        journal_key_files = [\"a1.json\"]\nclient = \"hospital-a\"\n\
+        [[clinics]]\norg_number = \"974749025\"\nname = \"B1\"\nhospital = \"983975240\"\n\
+        epj_base_url = \"https://epj.b.example/fhir\"\njournal_key_files = [\"b1.json\"]\n\
+        client = \"hospital-a\"\n\
+        [[platforms]]\nclient_id = \"platform\"\nclinics = [\"974589095\"]\n\
+        [export.clients.hospital-a]\nissuer = \"https://helseid-sts.test.nhn.no\"\n\
+        client_id = \"c\"\nkey_file = \"client.pem\"\nkey_algorithm = \"ES256\"\n\
+        scope = \"nhn:epj/write\"\n";
+
+    #[test]
+    fn the_register_is_checked_and_its_faults_named() {
+        Jail::expect_with(|jail| {
+            for file in ["a1.json", "b1.json", "client.pem", "journal.json"] {
+                jail.create_file(file, "{}")?;
+            }
+            let c = load_in_jail(jail, REGISTER, Mode::Dev).unwrap();
+            assert_eq!(c.hospitals().len(), 2);
+            let faults = [
+                (
+                    REGISTER.replace("974749025", "974749026"),
+                    "clinics.org_number",
+                ),
+                (
+                    REGISTER.replace("983975240", "12345678"),
+                    "clinics.hospital",
+                ),
+                (
+                    REGISTER.replace("b1.json", "a1.json"),
+                    "is the journal key of both",
+                ),
+                (
+                    REGISTER.replace("b1.json", "missing.json"),
+                    "clinics.journal_key_files",
+                ),
+                (
+                    REGISTER.replacen("client = \"hospital-a\"", "client = \"nobody\"", 1),
+                    "`nobody`",
+                ),
+                (
+                    REGISTER.replace("https://epj.b", "http://epj.b"),
+                    "clinics.epj_base_url",
+                ),
+                (REGISTER.replace("974749025", "974589095"), "twice"),
+                (
+                    REGISTER.replace("clinics = [\"974589095\"]", "clinics = [\"974633574\"]"),
+                    "not in [[clinics]]",
+                ),
+                (
+                    format!("{REGISTER}[export]\nepj_base_url = \"https://epj.example/fhir\"\n"),
+                    "export.epj_base_url",
+                ),
+                (
+                    format!("{REGISTER}[export]\njournal_key_files = [\"journal.json\"]\n"),
+                    "export.journal_key_files",
+                ),
+                (
+                    "[[platforms]]\nclient_id = \"p\"\nclinics = [\"974589095\"]\n".to_owned(),
+                    "no [[clinics]] register",
+                ),
+            ];
+            for (toml, named) in faults {
+                let err = load_in_jail(jail, &toml, Mode::Dev)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(named), "{named}: {err}");
+            }
             Ok(())
         });
     }

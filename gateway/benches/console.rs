@@ -290,9 +290,15 @@ async fn main() {
     );
     for kind in Kind::ALL {
         let started = Instant::now();
-        let report = review::run(&store, &settings, kind, now - 30 * DAY, now)
-            .await
-            .unwrap();
+        let report = review::run(
+            &store,
+            &settings,
+            kind,
+            (now - 30 * DAY, now),
+            &review::Scope::Everything,
+        )
+        .await
+        .unwrap();
         println!(
             "  {:<16} {:>9.2} {:>10} {:>6}",
             kind.as_str(),

@@ -439,6 +439,68 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
+/// The records a report (or a search) may show: every record, or a hospital auditor's.
+#[derive(Clone, Debug, Default)]
+pub enum Scope {
+    #[default]
+    Everything,
+    /// Records about these episodes, or without an episode and made by someone acting
+    /// for one of these organisations.
+    Within {
+        organisations: std::collections::HashSet<String>,
+        episodes: std::collections::HashSet<Uuid>,
+    },
+}
+
+impl Scope {
+    /// The scope of an auditor, with the episodes of its clinics read now.
+    pub async fn load(
+        store: &Store,
+        scope: &icbt_auth::policy::AuditScope,
+    ) -> Result<Self, StorageError> {
+        let icbt_auth::policy::AuditScope::Organisations(organisations) = scope else {
+            return Ok(Self::Everything);
+        };
+        let organisations: Vec<String> = organisations
+            .iter()
+            .map(|o| o.as_str().to_owned())
+            .collect();
+        let episodes = store
+            .episodes_of_clinics(&organisations)
+            .await?
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        Ok(Self::Within {
+            organisations: organisations.into_iter().collect(),
+            episodes,
+        })
+    }
+
+    pub fn contains(&self, record: &super::Record) -> bool {
+        match self {
+            Self::Everything => true,
+            Self::Within {
+                organisations,
+                episodes,
+            } => match record.episode_id {
+                Some(episode) => episodes.contains(&episode),
+                None => record
+                    .principal_organisation
+                    .as_ref()
+                    .is_some_and(|o| organisations.contains(o)),
+            },
+        }
+    }
+
+    pub fn contains_episode(&self, episode: Uuid) -> bool {
+        match self {
+            Self::Everything => true,
+            Self::Within { episodes, .. } => episodes.contains(&episode),
+        }
+    }
+}
+
 /// Records read per page of the scan.
 const PAGE: i64 = 5_000;
 
@@ -447,8 +509,8 @@ pub async fn run(
     store: &Store,
     settings: &Settings,
     kind: Kind,
-    from_ms: i64,
-    to_ms: i64,
+    (from_ms, to_ms): (i64, i64),
+    scope: &Scope,
 ) -> Result<Report, StorageError> {
     let started = Instant::now();
     if kind == Kind::DeadLetters {
@@ -456,6 +518,7 @@ pub async fn run(
             .dead_letters_between(from_ms, to_ms, 10_000)
             .await?
             .into_iter()
+            .filter(|d| scope.contains_episode(d.episode.0))
             .map(|d| {
                 let mut row = Row::new(
                     Kind::DeadLetters,
@@ -502,7 +565,7 @@ pub async fn run(
         let page = store
             .audit_window(from_ms, to_ms, only, cursor, PAGE)
             .await?;
-        for stored in &page {
+        for stored in page.iter().filter(|s| scope.contains(&s.record)) {
             reviewer.feed(stored);
         }
         scanned += page.len() as u64;
@@ -622,6 +685,34 @@ mod tests {
             reviewer.feed(r);
         }
         reviewer.finish()
+    }
+
+    #[test]
+    fn a_hospital_scope_keeps_its_episodes_and_its_own_records_without_one() {
+        let ours = Uuid::from_u128(1);
+        let scope = Scope::Within {
+            organisations: ["983974899".to_owned()].into(),
+            episodes: [ours].into(),
+        };
+        let record = |episode: Option<Uuid>, organisation: Option<&str>| {
+            let mut r = sample(1);
+            r.episode_id = episode;
+            r.principal_organisation = organisation.map(str::to_owned);
+            r
+        };
+        assert!(
+            scope.contains(&record(Some(ours), Some("983975240"))),
+            "another's access to ours"
+        );
+        assert!(
+            !scope.contains(&record(Some(Uuid::from_u128(2)), Some("983974899"))),
+            "ours on another's episode"
+        );
+        assert!(scope.contains(&record(None, Some("983974899"))));
+        assert!(!scope.contains(&record(None, Some("983975240"))));
+        assert!(!scope.contains(&record(None, None)));
+        assert!(Scope::Everything.contains(&record(None, None)));
+        assert!(scope.contains_episode(ours) && !scope.contains_episode(Uuid::from_u128(2)));
     }
 
     #[test]

@@ -121,7 +121,14 @@ pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             let report = runtime.block_on(async {
                 let store = Store::open(&config.storage).await?;
-                let report = review::run(&store, settings, kind, from, to).await;
+                let report = review::run(
+                    &store,
+                    settings,
+                    kind,
+                    (from, to),
+                    &review::Scope::Everything,
+                )
+                .await;
                 store.close().await;
                 anyhow::Ok(report?)
             })?;

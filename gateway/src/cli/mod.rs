@@ -16,9 +16,9 @@ use clap::{Parser, Subcommand};
 use icbt_config::{Config, Mode};
 
 use icbt_auth::client::OutboundTokens;
-use icbt_auth::identity::HprNumber;
+use icbt_auth::identity::{HprNumber, OrgNumber};
 use icbt_auth::keys::{Fetch, HttpFetch, KeyCachePolicy};
-use icbt_auth::policy::AuditorRule;
+use icbt_auth::policy::{AuditorRule, Rules, Tenancy};
 use icbt_auth::token::Validator;
 
 use crate::audit::sequencer::AuditLog;
@@ -131,6 +131,9 @@ enum DeadLetterCommand {
         after: i64,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Only this clinic's rows (its organisation number): one route's dead letters.
+        #[arg(long)]
+        clinic: Option<String>,
     },
     /// One row in full, with the EPJ's OperationOutcome if it refused it.
     Show { id: i64 },
@@ -256,6 +259,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         &config.storage.data_dir,
     )?);
     upgrade_checkpoints(&store, &audit_log).await?;
+    store.register_clinics(&register_names(&config)).await?;
     let metrics = Metrics::shared();
     let push = crate::push::Push::default();
     let state = AppState {
@@ -462,19 +466,20 @@ fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {
     let client = icbt_auth::http::https_client(config.auth.trust_roots_file.as_deref(), timeout)?;
     let fetch: Arc<dyn Fetch> = Arc::new(HttpFetch::new(client));
     let validator = Validator::from_config(&config.auth, &fetch)?;
-    let auditors = AuditorRule {
-        hpr_numbers: config
-            .auth
-            .auditors
-            .hpr_numbers
-            .iter()
-            .map(|h| {
-                HprNumber::parse(h).with_context(|| {
-                    format!("configuration key `auth.auditors.hpr_numbers`: `{h}`")
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-        scope: config.auth.auditors.scope.clone(),
+    let rules = Rules {
+        auditors: AuditorRule {
+            hpr_numbers: hpr_numbers(
+                "auth.auditors.hpr_numbers",
+                &config.auth.auditors.hpr_numbers,
+            )?,
+            scope: config.auth.auditors.scope.clone(),
+            deployment_hpr_numbers: hpr_numbers(
+                "auth.auditors.deployment_hpr_numbers",
+                &config.auth.auditors.deployment_hpr_numbers,
+            )?,
+            deployment_scope: config.auth.auditors.deployment_scope.clone(),
+        },
+        tenancy: tenancy(config)?,
     };
     let limit = std::num::NonZeroU32::new(config.server.rate_limit_per_minute).map(|per_minute| {
         let burst = std::num::NonZeroU32::new(config.server.rate_limit_burst).unwrap_or(per_minute);
@@ -483,9 +488,56 @@ fn auth_context(config: &Config) -> anyhow::Result<AuthContext> {
     Ok(AuthContext::with_limit(
         validator,
         config.server.public_url.clone(),
-        auditors,
+        rules,
         limit,
     ))
+}
+
+/// The register's clinics as `(org number, name)`.
+pub(crate) fn register_names(config: &Config) -> Vec<(&str, &str)> {
+    config
+        .clinics
+        .iter()
+        .map(|c| (c.org_number.as_str(), c.name.as_str()))
+        .collect()
+}
+
+fn hpr_numbers(key: &str, numbers: &[String]) -> anyhow::Result<Vec<HprNumber>> {
+    numbers
+        .iter()
+        .map(|h| HprNumber::parse(h).with_context(|| format!("configuration key `{key}`: `{h}`")))
+        .collect()
+}
+
+/// The clinic register as the policy reads it (validated already; parsed again into the
+/// auth crate's types).
+pub(crate) fn tenancy(config: &Config) -> anyhow::Result<Tenancy> {
+    let org = |key: &str, text: &str| {
+        OrgNumber::parse(text).with_context(|| format!("configuration key `{key}`: `{text}`"))
+    };
+    let clinics = config
+        .clinics
+        .iter()
+        .map(|c| {
+            Ok((
+                org("clinics.org_number", &c.org_number)?,
+                org("clinics.hospital", &c.hospital)?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let platforms = config
+        .platforms
+        .iter()
+        .map(|p| {
+            let clinics = p
+                .clinics
+                .iter()
+                .map(|c| org("platforms.clinics", c))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((p.client_id.clone(), clinics))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Tenancy::new(clinics, platforms))
 }
 
 /// The outbound HelseID client; its key is read now, so a bad key stops the start.

@@ -57,6 +57,7 @@ mod tests {
             hpr_number: HprNumber::parse("1").unwrap(),
             security_level: 4,
             organisation: None,
+            orgnr_parent: None,
         });
         let system = Principal::System(SystemClient {
             client_id: "p".into(),

@@ -90,7 +90,7 @@ fn decide_episode(
     };
     policy::decide(
         caller,
-        &state.auth.auditors,
+        &state.auth.rules,
         &Resource::Episode(facts),
         now_secs(),
     )
@@ -106,7 +106,7 @@ pub async fn manage(
 ) -> Result<(), Problem> {
     if let Err(denial) = policy::decide(
         caller,
-        &state.auth.auditors,
+        &state.auth.rules,
         &Resource::ClinicEpisodes { clinic },
         now_secs(),
     ) {

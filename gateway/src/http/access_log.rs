@@ -63,7 +63,7 @@ pub async fn access_log(
     let mut record = access.record(&caller, Action::AuditRead, "access-log");
     record.patient = Some(pid.clone());
     record_read(&state, record).await?;
-    let (found, next_after) = page_of(&state, &pid, query.after, limit).await?;
+    let (found, next_after) = page_of(&state, (&pid, None), query.after, limit).await?;
     let entries = entries(&state, &pid, &found).await?;
     Ok(Json(AccessLog {
         entries,
@@ -99,13 +99,15 @@ pub async fn patient_timeline(
     ApiPath(patient): ApiPath<String>,
     ApiQuery(query): ApiQuery<AccessLogQuery>,
 ) -> Result<Json<Timeline>, Problem> {
-    auditor(&state, &access, &caller).await?;
+    let scope = auditor(&state, &access, &caller).await?;
     NationalId::parse(&patient).map_err(|e| invalid("patient", e.to_string()))?;
     let limit = page_limit(query.limit)?;
     let mut record = access.record(&caller, Action::AuditRead, "access-log");
     record.patient = Some(patient.clone());
     record_read(&state, record).await?;
-    let (found, next_after) = page_of(&state, &patient, query.after, limit).await?;
+    let organisations = super::audit::scope_organisations(&scope);
+    let (found, next_after) =
+        page_of(&state, (&patient, organisations), query.after, limit).await?;
     let words = entries(&state, &patient, &found).await?;
     let mut records: Vec<RecordView> = found.into_iter().map(view).collect();
     if let Some(size) = query.proof_size {
@@ -128,12 +130,13 @@ pub async fn patient_timeline(
 /// One page of the records about `pid`, and the next page's cursor.
 async fn page_of(
     state: &AppState,
-    pid: &str,
+    (pid, organisations): (&str, Option<Vec<String>>),
     after: Option<u64>,
     limit: i64,
 ) -> Result<(Vec<Stored>, Option<u64>), Problem> {
     let filter = AuditFilter {
         patient: Some(pid.to_owned()),
+        organisations,
         ..AuditFilter::default()
     };
     let found = state.store.audit_page(&filter, after, limit).await?;

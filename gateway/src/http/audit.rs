@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_auth::now_secs;
-use icbt_auth::policy::{self, Resource};
+use icbt_auth::policy::{self, AuditScope, Resource};
 use icbt_auth::principal::Authenticated;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -23,18 +23,15 @@ use crate::http::state::AppState;
 use crate::storage::AuditFilter;
 use crate::views::CheckpointView;
 
-/// Refuses (and records the refusal) unless `caller` holds the auditor role.
+/// Refuses (and records the refusal) unless `caller` holds the auditor role; else the
+/// records the auditor may see (their own hospital's, with a clinic register).
 pub(crate) async fn auditor(
     state: &AppState,
     access: &Access,
     caller: &Authenticated,
-) -> Result<(), Problem> {
-    if let Err(denial) = policy::decide(
-        caller,
-        &state.auth.auditors,
-        &Resource::AuditLog,
-        now_secs(),
-    ) {
+) -> Result<AuditScope, Problem> {
+    if let Err(denial) = policy::decide(caller, &state.auth.rules, &Resource::AuditLog, now_secs())
+    {
         tracing::info!(reason = denial.reason_code(), "authorisation refused");
         let record = access
             .record(caller, Action::AuditRead, "access-log")
@@ -42,7 +39,49 @@ pub(crate) async fn auditor(
         state.store.record_access(&[record]).await?;
         return Err(Problem::new(ProblemKind::Forbidden));
     }
-    Ok(())
+    let rules = &state.auth.rules;
+    Ok(rules
+        .auditors
+        .scope(caller, &rules.tenancy)
+        .unwrap_or_else(|| AuditScope::Organisations(Vec::new())))
+}
+
+/// The organisation numbers of a hospital auditor's scope, `None` for everything.
+pub(crate) fn scope_organisations(scope: &AuditScope) -> Option<Vec<String>> {
+    match scope {
+        AuditScope::Everything => None,
+        AuditScope::Organisations(orgs) => {
+            Some(orgs.iter().map(|o| o.as_str().to_owned()).collect())
+        }
+    }
+}
+
+/// Marks the record of a search that names an episode outside the auditor's scope: the
+/// search returns nothing, and the log shows someone looked past their hospital.
+async fn mark_outside_scope(
+    state: &AppState,
+    scope: &AuditScope,
+    record: Record,
+) -> Result<Record, Problem> {
+    let Some(episode) = record.episode_id else {
+        return Ok(record);
+    };
+    let AuditScope::Organisations(orgs) = scope else {
+        return Ok(record);
+    };
+    let inside = match state
+        .store
+        .episode_with_team(crate::domain::episode::EpisodeId(episode))
+        .await?
+    {
+        Some((_, clinic, _)) => orgs.contains(&clinic.org_number),
+        None => true,
+    };
+    Ok(if inside {
+        record
+    } else {
+        record.refused("outside_scope")
+    })
 }
 
 /// Records the read, then brings the tree up to date so the answer includes it.
@@ -166,6 +205,7 @@ fn filter_of(query: &RecordsQuery) -> Result<AuditFilter, Problem> {
             .transpose()?,
         from_ms: query.from_ms,
         to_ms: query.to_ms,
+        organisations: None,
     })
 }
 
@@ -177,8 +217,9 @@ pub async fn records(
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<RecordsQuery>,
 ) -> Result<Response, Problem> {
-    auditor(&state, &access, &caller).await?;
-    let filter = filter_of(&query)?;
+    let scope = auditor(&state, &access, &caller).await?;
+    let mut filter = filter_of(&query)?;
+    filter.organisations = scope_organisations(&scope);
     let limit = page_limit(query.limit)?;
     let format = query.format.as_deref().unwrap_or("json");
     if !["json", "ndjson", "fhir"].contains(&format) {
@@ -192,7 +233,7 @@ pub async fn records(
     let mut record = access.record(&caller, action, "access-log");
     record.patient.clone_from(&filter.patient);
     record.episode_id = filter.episode;
-    record_read(&state, record).await?;
+    record_read(&state, mark_outside_scope(&state, &scope, record).await?).await?;
 
     let found = state.store.audit_page(&filter, query.after, limit).await?;
     let next_after = (i64::try_from(found.len()).ok() == Some(limit))

@@ -11,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use icbt_auth::AuthError;
 use icbt_auth::client::{ClientKey, ClientKeyAlgorithm, OidcClient};
 use icbt_auth::error::Refusal;
-use icbt_auth::policy::AuditorRule;
+use icbt_auth::policy::Rules;
 use icbt_auth::principal::Authenticated;
 use icbt_auth::token::Validator;
 use icbt_config::LoginConfig;
@@ -32,21 +32,22 @@ pub struct AuthContext {
     pub limiter: Option<PrincipalLimiter>,
     /// Origin clients address, for DPoP `htu`; else taken from the request.
     pub public_url: Option<String>,
-    pub auditors: AuditorRule,
+    /// Who holds the auditor role, and the clinic register's scopes.
+    pub rules: Rules,
     realm: String,
     dpop_algs: String,
 }
 
 impl AuthContext {
-    pub fn new(validator: Validator, public_url: Option<String>, auditors: AuditorRule) -> Self {
-        Self::with_limit(validator, public_url, auditors, None)
+    pub fn new(validator: Validator, public_url: Option<String>, rules: Rules) -> Self {
+        Self::with_limit(validator, public_url, rules, None)
     }
 
     /// With a per-principal rate: `per_minute` requests, `burst` at once.
     pub fn with_limit(
         validator: Validator,
         public_url: Option<String>,
-        auditors: AuditorRule,
+        rules: Rules,
         limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
     ) -> Self {
         let limiter = limit.map(|(per_minute, burst)| {
@@ -63,7 +64,7 @@ impl AuthContext {
             validator,
             limiter,
             public_url,
-            auditors,
+            rules,
             realm: "icbt-gateway".into(),
             dpop_algs,
         }

@@ -256,7 +256,7 @@ async fn publish(
 
 /// Refuses auditors, who reach the access log and nothing else.
 fn not_an_auditor(state: &AppState, caller: &Authenticated) -> Result<(), Problem> {
-    if state.auth.auditors.holds(caller) {
+    if state.auth.rules.auditors.holds(caller) {
         return Err(Problem::new(ProblemKind::Forbidden));
     }
     Ok(())

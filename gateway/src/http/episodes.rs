@@ -96,7 +96,19 @@ pub async fn put_episode(
         .resource_id(id.to_string());
     record.episode_id = Some(id);
     record.patient = Some(patient.expose().to_owned());
+    if !state.auth.rules.tenancy.admits(&org)
+        && state
+            .store
+            .episode_with_team(EpisodeId(id))
+            .await?
+            .is_none()
+    {
+        // Its records would have no EPJ to go to. An episode started before the clinic
+        // left the register stays reachable; `export status` reports it.
+        return Err(Problem::new(ProblemKind::ClinicNotRegistered).with("clinic", org.as_str()));
+    }
     manage(&state, &caller, &org, record.clone()).await?;
+    // A registered clinic is in the table from the start, under the register's name.
     let clinic = state
         .store
         .upsert_clinic(&org, body.clinic_name.as_deref().unwrap_or(org.as_str()))
@@ -156,15 +168,14 @@ pub async fn list_episodes(
 ) -> Result<Json<EpisodeList>, Problem> {
     let limit = page_limit(query.limit)?;
     let mut episodes = Vec::new();
+    let clinics = match &caller.principal {
+        Principal::System(s) => state.auth.rules.tenancy.platform_clinics(s),
+        _ => Vec::new(),
+    };
     let filters: Vec<EpisodeFilter<'_>> = match &caller.principal {
         Principal::Patient(p) => vec![EpisodeFilter::Patient(&p.pid)],
         Principal::Clinician(c) => vec![EpisodeFilter::CareTeam(&c.hpr_number)],
-        Principal::System(s) => s
-            .orgnr_parent
-            .iter()
-            .chain(&s.orgnr_child)
-            .map(EpisodeFilter::Clinic)
-            .collect(),
+        Principal::System(_) => clinics.iter().map(EpisodeFilter::Clinic).collect(),
     };
     let mut records = Vec::new();
     for filter in filters {

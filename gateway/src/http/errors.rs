@@ -64,6 +64,7 @@ pub enum ProblemKind {
     EnvelopeRecipientMissing,
     EnvelopeRecipientUnknown,
     JournalKeyMissing,
+    ClinicNotRegistered,
     DeviceConflict,
     DeviceProofInvalid,
     DeviceLimit,
@@ -77,7 +78,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ProblemKind; 51] = [
+    pub const ALL: [ProblemKind; 52] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -120,6 +121,7 @@ impl ProblemKind {
         Self::EnvelopeRecipientMissing,
         Self::EnvelopeRecipientUnknown,
         Self::JournalKeyMissing,
+        Self::ClinicNotRegistered,
         Self::DeviceConflict,
         Self::DeviceProofInvalid,
         Self::DeviceLimit,
@@ -176,6 +178,7 @@ impl ProblemKind {
             Self::EnvelopeRecipientMissing => "envelope-recipient-missing",
             Self::EnvelopeRecipientUnknown => "envelope-recipient-unknown",
             Self::JournalKeyMissing => "journal-key-missing",
+            Self::ClinicNotRegistered => "clinic-not-registered",
             Self::DeviceConflict => "device-conflict",
             Self::DeviceProofInvalid => "device-proof-invalid",
             Self::DeviceLimit => "device-limit",
@@ -230,6 +233,7 @@ impl ProblemKind {
             | Self::EnvelopeRecipientMissing
             | Self::EnvelopeRecipientUnknown
             | Self::JournalKeyMissing
+            | Self::ClinicNotRegistered
             | Self::DeviceProofInvalid
             | Self::SearchTooBroad => StatusCode::UNPROCESSABLE_ENTITY,
             Self::EpisodeIdConflict
@@ -300,6 +304,9 @@ impl ProblemKind {
             }
             Self::JournalKeyMissing => {
                 "The clinic has no active journal key, so nothing can be sealed to its record"
+            }
+            Self::ClinicNotRegistered => {
+                "The clinic is not in this deployment's clinic register, so its records would have no journal to go to"
             }
             Self::DeviceConflict => {
                 "The device id or its encryption key is already published with other details"

@@ -110,7 +110,7 @@ pub async fn me(State(state): State<AppState>, Caller(auth): Caller) -> Json<Me>
         security_level: None,
         organisations: Vec::new(),
         dpop_bound: auth.dpop_jkt.is_some(),
-        auditor: state.auth.auditors.holds(&auth),
+        auditor: state.auth.rules.auditors.holds(&auth),
     };
     match &auth.principal {
         Principal::Patient(p) => me.acr = Some(p.acr.as_str()),

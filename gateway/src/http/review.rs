@@ -58,7 +58,7 @@ pub async fn report(
     ApiPath(kind): ApiPath<String>,
     ApiQuery(query): ApiQuery<ReportQuery>,
 ) -> Result<Response, Problem> {
-    auditor(&state, &access, &caller).await?;
+    let scope = auditor(&state, &access, &caller).await?;
     let kind = Kind::parse(&kind).ok_or_else(|| {
         invalid(
             "kind",
@@ -94,7 +94,8 @@ pub async fn report(
     )
     .await?;
 
-    let mut report = review::run(&state.store, settings, kind, from, to).await?;
+    let scope = review::Scope::load(&state.store, &scope).await?;
+    let mut report = review::run(&state.store, settings, kind, (from, to), &scope).await?;
     let total_rows = report.rows.len();
     let page: Vec<Row> = report.rows.drain(..).skip(after).take(limit).collect();
     let next_after = (after.saturating_add(limit) < total_rows).then_some(after + limit);

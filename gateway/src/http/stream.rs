@@ -27,20 +27,14 @@ use crate::views::{EntryView, entry_view};
 
 /// The stream filter for `caller`, or 403 for auditors (who reach the audit API only).
 fn filter_for(state: &AppState, caller: &Authenticated) -> Result<StreamFilter, Problem> {
-    if state.auth.auditors.holds(caller) {
+    if state.auth.rules.auditors.holds(caller) {
         tracing::info!(reason = "auditor_only", "authorisation refused");
         return Err(Problem::new(ProblemKind::Forbidden));
     }
     Ok(match &caller.principal {
         Principal::Patient(p) => StreamFilter::Patient(p.pid.clone()),
         Principal::Clinician(c) => StreamFilter::CareTeam(c.hpr_number.clone()),
-        Principal::System(s) => StreamFilter::Clinics(
-            s.orgnr_parent
-                .iter()
-                .chain(&s.orgnr_child)
-                .cloned()
-                .collect(),
-        ),
+        Principal::System(s) => StreamFilter::Clinics(state.auth.rules.tenancy.platform_clinics(s)),
     })
 }
 

@@ -132,6 +132,26 @@ async fn assign_leaves(conn: &mut AnyConnection, leaves: &[Leaf]) -> Result<(), 
     Ok(())
 }
 
+/// `AND` the records of an auditor's scope: about an episode of one of `organisations`
+/// (clinics), or without an episode, by someone acting for one of them.
+fn scope_condition(sql: &mut String, binds: &mut Vec<Bind>, organisations: &[String]) {
+    if organisations.is_empty() {
+        sql.push_str(" AND 1 = 0");
+        return;
+    }
+    let first = binds.len() + 1;
+    binds.extend(organisations.iter().cloned().map(Bind::Text));
+    let slots: Vec<String> = (first..first + organisations.len())
+        .map(|i| format!("${i}"))
+        .collect();
+    let list = slots.join(", ");
+    let _ = write!(
+        sql,
+        " AND (episode_id IN (SELECT e.id FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
+         WHERE c.org_number IN ({list})) OR (episode_id IS NULL AND principal_organisation IN ({list})))"
+    );
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -150,6 +170,9 @@ pub struct AuditFilter {
     pub outcome: Option<Outcome>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
+    /// A hospital auditor's scope: only records about these organisations' episodes, or
+    /// without an episode, made by someone acting for one of them. `None`: every record.
+    pub organisations: Option<Vec<String>>,
 }
 
 impl Store {
@@ -290,6 +313,9 @@ impl Store {
         }
         if let Some(a) = after {
             and("leaf_index", ">", Bind::Int(to_i64(a)));
+        }
+        if let Some(organisations) = &filter.organisations {
+            scope_condition(&mut sql, &mut binds, organisations);
         }
         let _ = write!(sql, " ORDER BY leaf_index LIMIT ${}", binds.len() + 1);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

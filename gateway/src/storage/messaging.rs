@@ -173,6 +173,26 @@ impl Store {
         super::rows::read::<Clinic>(&row)
     }
 
+    /// Writes the clinic register's clinics under its names (at start), so episodes and
+    /// the patient's access log name them as configured.
+    pub async fn register_clinics(&self, clinics: &[(&str, &str)]) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        for (org_number, name) in clinics {
+            sqlx::query(
+                "INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (org_number) DO UPDATE SET name = excluded.name",
+            )
+            .bind(ClinicId::new_random().to_string())
+            .bind(*name)
+            .bind(*org_number)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Creates the episode `id`, or returns it when it already exists with the same
     /// details (a retried PUT). `true` when created now.
     pub async fn put_episode(

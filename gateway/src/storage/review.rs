@@ -72,6 +72,25 @@ impl Store {
         rows.iter().map(rows::read::<Stored>).collect()
     }
 
+    /// Ids of every episode of these clinics (a hospital auditor's scope).
+    pub async fn episodes_of_clinics(
+        &self,
+        clinics: &[String],
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        let mut ids = std::collections::HashSet::new();
+        for clinic in clinics {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT e.id FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
+                 WHERE c.org_number = $1",
+            )
+            .bind(clinic)
+            .fetch_all(&self.pool)
+            .await?;
+            ids.extend(rows);
+        }
+        Ok(ids)
+    }
+
     /// Every care-team stretch that overlaps `[from_ms, to_ms)`.
     pub async fn team_periods_between(
         &self,

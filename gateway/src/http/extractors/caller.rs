@@ -112,7 +112,7 @@ mod tests {
     use super::*;
     use axum::response::IntoResponse;
     use icbt_auth::dpop::DpopVerifier;
-    use icbt_auth::policy::AuditorRule;
+    use icbt_auth::policy::Rules;
     use icbt_auth::principal::{Principal, SystemClient};
     use icbt_auth::token::Validator;
     use std::sync::Arc;
@@ -125,7 +125,7 @@ mod tests {
                 DpopVerifier::new(vec![icbt_auth::jose::Algorithm::ES256], 60, 5, None),
             ),
             None,
-            AuditorRule::default(),
+            Rules::default(),
         );
         let caller = Caller(Authenticated {
             principal: Principal::System(SystemClient {
