@@ -19,6 +19,9 @@ use crate::storage::{
 use icbt_fhir_mapping::content::Content;
 use icbt_fhir_mapping::questionnaire::Instrument;
 
+/// Who raises an alert for a clinic no route serves (never in a consistent set-up).
+const ALERT_SENDER: &str = "icbt-gateway-exporter";
+
 /// Screened per pass at most.
 const SCREEN_BATCH: i64 = 64;
 
@@ -47,7 +50,7 @@ impl Exporter {
         let message = records::message(&self.store, episode, seq).await?;
         let Content::Questionnaire { instrument, items } = records::open(
             &self.store,
-            &self.keys,
+            self.keys.of(facts.clinic.org_number.as_str()),
             &mut records::Senders::default(),
             &message,
         )
@@ -82,7 +85,11 @@ impl Exporter {
         let sender = published
             .iter()
             .filter(|d| d.active_at(now))
-            .find_map(|d| self.keys.device(&d.device_id))
+            .find_map(|d| {
+                self.keys
+                    .of(facts.clinic.org_number.as_str())
+                    .device(&d.device_id)
+            })
             .ok_or_else(|| {
                 Failed::Unmappable(
                     "none of the configured journal keys is a published journal device of the clinic".into(),
@@ -123,12 +130,15 @@ impl Exporter {
         );
         let recipients_json = serde_json::to_string(&kids).unwrap_or_else(|_| "[]".into());
         let device_id = sender.device_id();
+        let client_id = self
+            .route_of(facts.clinic.org_number.as_str())
+            .map_or(ALERT_SENDER, |r| r.client_id.as_str());
         let message = NewMessage {
             episode: facts.episode.id,
             id,
             kind: "notice",
             sender_kind: "system",
-            sender_ref: &self.settings.client_id,
+            sender_ref: client_id,
             sender_device: &device_id,
             recipients: &recipients_json,
             content_type: icbt_envelope::MEDIA_TYPE,
@@ -139,7 +149,7 @@ impl Exporter {
         };
         let record = Record {
             action: Action::Create,
-            ..self.audit(facts, "messages", id.to_string())
+            ..Self::audit(client_id, facts, "messages", id.to_string())
         };
         match self.store.append_message(&message, &record).await {
             Ok(Appended::Created(_)) => {

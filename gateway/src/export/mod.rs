@@ -6,10 +6,17 @@
 //! export audit records. Must not know about: HTTP routes of the gateway, FHIR details
 //! beyond choosing which bundle to build (the mapping crate owns those).
 //!
-//! Failure rules: a row that cannot be mapped (no journal key among its recipients, bad
-//! signature, not the content format) or that the EPJ refuses with a 4xx and an
-//! OperationOutcome is dead at once; anything else (EPJ down, 5xx, time-outs, token
-//! trouble) is retried after `backoff_base_ms · 2^attempts` (capped, jittered) until
+//! Routing: each clinic's records go by its [`Route`] (its hospital's EPJ, summary record
+//! and HelseID client). Every route has its own claim loops, claiming only its clinics'
+//! rows, and its own rest after failing, so one EPJ down or slow holds up no other.
+//!
+//! Failure rules: a row that cannot be mapped (no journal key of its clinic among its
+//! recipients, bad signature, not the content format) or that the EPJ refuses with a
+//! 4xx and an OperationOutcome is dead at once. A pass in which nothing got through and
+//! every attempt failed on the way to the EPJ (down, 5xx, time-outs, token trouble)
+//! charges no row: the route rests (`backoff_base_ms · 2^passes`, capped, jittered) and
+//! its rows wait untouched, so an EPJ away for a weekend dead-letters nothing. Otherwise
+//! a row that failed is retried after `backoff_base_ms · 2^attempts` until
 //! `max_attempts`, then dead. Nothing expires silently: dead rows stay until an operator
 //! replays them (`icbt-gateway export dead-letters`), and they are counted in the logs
 //! and in `export status`. Other episodes keep flowing meanwhile.
@@ -17,6 +24,7 @@
 mod alert;
 pub mod epj;
 pub mod records;
+pub mod route;
 pub mod sink;
 
 use std::sync::Arc;
@@ -34,62 +42,28 @@ use serde_json::Value;
 use crate::audit::{Action, Outcome, Record};
 use crate::storage::{Finish, OutboxKind, OutboxRow, Store};
 use epj::CallError;
-use records::{EpisodeFacts, JournalKeys, Systems, Unready};
-use sink::Destination;
+use records::{ClinicKeys, EpisodeFacts, Systems, Unready};
+pub use route::Route;
 
-/// The exporter's settings, resolved from configuration.
+/// The exporter's settings, resolved from configuration (the same for every route).
 #[derive(Debug)]
 pub struct Settings {
-    pub epj_base: String,
-    pub summary_base: String,
     pub systems: Systems,
     pub codes: DocumentCodes,
     pub batch_size: i64,
     pub rows_per_episode: i64,
     pub poll_interval: Duration,
     pub max_attempts: i64,
-    /// Claim loops on PostgreSQL, so the EPJ works while a loop commits.
+    /// Claim loops on PostgreSQL, shared out among the routes (at least one each), so
+    /// the EPJ works while a loop commits.
     pub workers: usize,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
-    /// The client id the EPJ knows us by, for the export audit records.
-    pub client_id: String,
 }
 
 impl Settings {
-    /// For the EPJ of `export.epj_base_url`; `None` when it is unset.
-    pub fn from_config(config: &ExportConfig, client_id: &str) -> Option<Self> {
-        let epj_base = config
-            .epj_base_url
-            .clone()?
-            .trim_end_matches('/')
-            .to_owned();
-        let summary_base = config
-            .summary_base_url
-            .as_deref()
-            .map_or_else(|| epj_base.clone(), |b| b.trim_end_matches('/').to_owned());
-        Some(Self::with_bases(config, client_id, epj_base, summary_base))
-    }
-
-    /// For a [`sink::Folder`]: the bases name its sub-folders.
-    pub fn for_folder(config: &ExportConfig, client_id: &str) -> Self {
-        Self::with_bases(
-            config,
-            client_id,
-            sink::EPJ_FOLDER.to_owned(),
-            sink::SUMMARY_FOLDER.to_owned(),
-        )
-    }
-
-    fn with_bases(
-        config: &ExportConfig,
-        client_id: &str,
-        epj_base: String,
-        summary_base: String,
-    ) -> Self {
+    pub fn from_config(config: &ExportConfig) -> Self {
         Self {
-            summary_base,
-            epj_base,
             systems: Systems::under(&config.identifier_base),
             codes: DocumentCodes {
                 system: config.document_code_system.clone(),
@@ -106,7 +80,6 @@ impl Settings {
             workers: usize::try_from(config.workers).unwrap_or(1),
             backoff_base_ms: config.backoff_base_ms,
             backoff_max_ms: config.backoff_max_ms,
-            client_id: client_id.to_owned(),
         }
     }
 }
@@ -122,8 +95,8 @@ pub struct Pass {
 
 pub struct Exporter {
     store: Store,
-    destination: Destination,
-    keys: JournalKeys,
+    routes: Vec<Arc<Route>>,
+    keys: ClinicKeys,
     settings: Settings,
     /// Wakes this process's push hub after an alert (the exporter inside `serve`; across
     /// processes PostgreSQL's NOTIFY does it).
@@ -133,6 +106,7 @@ pub struct Exporter {
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exporter")
+            .field("routes", &self.routes)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -144,6 +118,12 @@ struct RunContext {
     facts: EpisodeFacts,
     messages: std::collections::HashMap<i64, crate::storage::StoredMessage>,
     senders: records::Senders,
+}
+
+/// How one row's attempt ended, and whether it failed on the way to the EPJ.
+struct Attempt {
+    finish: Finish,
+    unreachable: bool,
 }
 
 /// Why an attempt did not deliver.
@@ -190,15 +170,10 @@ fn random_u64() -> u64 {
 }
 
 impl Exporter {
-    pub fn new(
-        store: Store,
-        destination: Destination,
-        keys: JournalKeys,
-        settings: Settings,
-    ) -> Self {
+    pub fn new(store: Store, routes: Vec<Route>, keys: ClinicKeys, settings: Settings) -> Self {
         Self {
             store,
-            destination,
+            routes: routes.into_iter().map(Arc::new).collect(),
             keys,
             settings,
             wake: None,
@@ -212,18 +187,28 @@ impl Exporter {
         self
     }
 
-    /// Runs until `stop` resolves: `workers` loops claiming and exporting (one on SQLite),
-    /// the first also screening for risk; each waits `poll_interval` when idle.
+    /// Runs until `stop` resolves: per route, its share of `workers` claim loops (one on
+    /// SQLite), each waiting `poll_interval` when idle and resting while its EPJ is away;
+    /// besides them one loop screening questionnaire responses for risk, whatever the
+    /// EPJs do.
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let workers = match self.store.backend() {
-            crate::storage::Backend::Postgres => self.settings.workers.max(1),
+        let per_route = match self.store.backend() {
+            crate::storage::Backend::Postgres => {
+                (self.settings.workers / self.routes.len().max(1)).max(1)
+            }
             crate::storage::Backend::Sqlite => 1,
         };
-        tracing::info!(epj = %self.settings.epj_base, workers, "exporter started");
+        for route in &self.routes {
+            tracing::info!(route = %route.name, loops = per_route, "export route started");
+        }
         let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let tasks: Vec<_> = (0..workers)
-            .map(|i| tokio::spawn(self.clone().work(i == 0, stopped.clone())))
+        let mut tasks: Vec<_> = self
+            .routes
+            .iter()
+            .flat_map(|route| std::iter::repeat_n(route, per_route))
+            .map(|route| tokio::spawn(self.clone().work(route.clone(), stopped.clone())))
             .collect();
+        tasks.push(tokio::spawn(self.clone().screening(stopped.clone())));
         stop.await;
         let _ = stopping.send(true);
         for task in tasks {
@@ -232,48 +217,81 @@ impl Exporter {
         tracing::info!("exporter stopped");
     }
 
-    async fn work(self: Arc<Self>, screens: bool, mut stop: tokio::sync::watch::Receiver<bool>) {
+    async fn screening(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         while !*stop.borrow() {
-            if screens && let Err(e) = self.screen().await {
+            if let Err(e) = self.screen().await {
                 tracing::warn!(error = %e, "risk screening failed; trying again");
             }
-            let idle = match self.pass().await {
-                Ok(pass) => pass.claimed == 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "export pass failed; trying again");
-                    true
-                }
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn work(
+        self: Arc<Self>,
+        route: Arc<Route>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        while !*stop.borrow() {
+            let wait = match route.resting() {
+                Some(rest) => Some(rest),
+                None => match self.pass(&route).await {
+                    Ok(pass) => (pass.claimed == 0).then_some(self.settings.poll_interval),
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, error = %e, "export pass failed; trying again");
+                        Some(self.settings.poll_interval)
+                    }
+                },
             };
-            if idle {
+            if let Some(wait) = wait {
                 tokio::select! {
                     _ = stop.changed() => {}
-                    () = tokio::time::sleep(self.settings.poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }
     }
 
-    /// Claims due rows (a run of consecutive rows per episode), attempts the episodes
-    /// concurrently and each run in order, records the outcomes and commits.
-    pub async fn pass(&self) -> Result<Pass, crate::storage::StorageError> {
+    /// Claims due rows of `route`'s clinics (a run of consecutive rows per episode),
+    /// attempts the episodes concurrently and each run in order, records the outcomes
+    /// and commits. When nothing got through and every attempt failed on the way to the
+    /// EPJ, the rows go back untouched and the route rests.
+    pub async fn pass(&self, route: &Route) -> Result<Pass, crate::storage::StorageError> {
         let mut claim = self
             .store
-            .claim_outbox(self.settings.batch_size, self.settings.rows_per_episode)
+            .claim_outbox(
+                self.settings.batch_size,
+                self.settings.rows_per_episode,
+                route.clinics.as_deref(),
+            )
             .await?;
         let rows = claim.rows.clone();
         let runs: Vec<&[OutboxRow]> = rows.chunk_by(|a, b| a.episode == b.episode).collect();
-        let finishes =
-            futures_util::future::join_all(runs.iter().map(|run| self.attempt_run(run))).await;
+        let attempts =
+            futures_util::future::join_all(runs.iter().map(|run| self.attempt_run(route, run)))
+                .await;
         let mut pass = Pass {
             claimed: rows.len(),
             ..Pass::default()
         };
+        if !attempts.is_empty() && attempts.iter().flatten().all(|a| a.unreachable) {
+            self.store.release_claim(claim).await?;
+            self.rest(route, &attempts);
+            pass.retried = rows.len();
+            return Ok(pass);
+        }
+        let failures = route.delivered();
+        if failures > 0 {
+            tracing::info!(route = %route.name, failed_passes = failures, "export route reachable again");
+        }
         let mut done = Vec::new();
         let attempted = runs
             .iter()
-            .zip(finishes)
-            .flat_map(|(run, finishes)| run.iter().zip(finishes));
-        for (row, finish) in attempted {
+            .zip(attempts)
+            .flat_map(|(run, attempts)| run.iter().zip(attempts));
+        for (row, Attempt { finish, .. }) in attempted {
             match &finish {
                 Finish::Done { audit } => {
                     pass.done += 1;
@@ -282,12 +300,12 @@ impl Exporter {
                 }
                 Finish::Retry { error, at_ms } => {
                     pass.retried += 1;
-                    tracing::info!(row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
+                    tracing::info!(route = %route.name, row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
                         retry_in_ms = at_ms - crate::storage::now_ms(), "export attempt failed; will retry");
                 }
                 Finish::Dead { error, .. } => {
                     pass.dead += 1;
-                    tracing::error!(row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
+                    tracing::error!(route = %route.name, row = row.id, kind = row.kind.as_str(), attempts = row.attempts + 1, error = %error,
                         "export dead-lettered; an operator must look (icbt-gateway export dead-letters)");
                 }
             }
@@ -298,9 +316,37 @@ impl Exporter {
         Ok(pass)
     }
 
+    /// Puts `route` to rest after a pass that reached nothing.
+    fn rest(&self, route: &Route, attempts: &[Vec<Attempt>]) {
+        let s = &self.settings;
+        let (pause, first) = route.failed(|failures| {
+            Duration::from_millis(backoff_ms(
+                i64::from(failures),
+                s.backoff_base_ms,
+                s.backoff_max_ms,
+                random_u64(),
+            ))
+        });
+        let error = attempts
+            .iter()
+            .flatten()
+            .find_map(|a| match &a.finish {
+                Finish::Retry { error, .. } => Some(error.as_str()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let rest_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        if first {
+            tracing::warn!(route = %route.name, error = %error, rest_ms,
+                "export route unreachable; its rows wait, uncharged, while it rests");
+        } else {
+            tracing::info!(route = %route.name, error = %error, rest_ms, "export route still unreachable");
+        }
+    }
+
     /// Attempts one episode's rows in order, up to the first that does not go through:
     /// the rows behind it stay pending, untouched, so the episode's order holds.
-    async fn attempt_run(&self, run: &[OutboxRow]) -> Vec<Finish> {
+    async fn attempt_run(&self, route: &Route, run: &[OutboxRow]) -> Vec<Attempt> {
         let Some(first) = run.first() else {
             return Vec::new();
         };
@@ -329,21 +375,22 @@ impl Exporter {
                 context.messages = messages.into_iter().map(|m| (m.seq, m)).collect();
             }
         }
-        let mut finishes = Vec::with_capacity(run.len());
+        let mut attempts = Vec::with_capacity(run.len());
         for row in run {
-            let finish = self.finish(row, self.export(row, &mut context).await);
-            let go_on = matches!(finish, Finish::Done { .. });
-            finishes.push(finish);
+            let attempt = self.finish(row, self.export(route, row, &mut context).await);
+            let go_on = matches!(attempt.finish, Finish::Done { .. });
+            attempts.push(attempt);
             if !go_on {
                 break;
             }
         }
-        finishes
+        attempts
     }
 
     /// How an attempt at `row` ended, from what exporting it gave.
-    fn finish(&self, row: &OutboxRow, exported: Result<Option<Box<Record>>, Failed>) -> Finish {
-        match exported {
+    fn finish(&self, row: &OutboxRow, exported: Result<Option<Box<Record>>, Failed>) -> Attempt {
+        let unreachable = matches!(exported, Err(Failed::Call(CallError::Transient(_))));
+        let finish = match exported {
             Ok(audit) => Finish::Done { audit },
             Err(Failed::Unmappable(error)) => Finish::Dead {
                 error,
@@ -355,6 +402,10 @@ impl Exporter {
             },
             Err(Failed::Call(CallError::Transient(error))) => self.retry(row, error),
             Err(Failed::Storage(e)) => self.retry(row, format!("database: {e}")),
+        };
+        Attempt {
+            finish,
+            unreachable,
         }
     }
 
@@ -380,15 +431,22 @@ impl Exporter {
     /// Sends what `row` names; returns the audit record of the export.
     async fn export(
         &self,
+        route: &Route,
         row: &OutboxRow,
         context: &mut RunContext,
     ) -> Result<Option<Box<Record>>, Failed> {
         let s = &self.settings;
         let facts = &context.facts;
+        if !route.serves(facts.clinic.org_number.as_str()) {
+            // Claimed by its clinic, so only a clinic renumbered under a live row.
+            return Err(Failed::Unmappable(
+                "the episode's clinic is not this route's".into(),
+            ));
+        }
+        let keys = self.keys.of(facts.clinic.org_number.as_str());
         match row.kind {
             OutboxKind::Episode => {
-                self.send(&s.epj_base, &episode_bundle(&facts.record)?)
-                    .await?;
+                Self::send(route, &route.epj_base, &episode_bundle(&facts.record)?).await?;
                 Ok(None)
             }
             OutboxKind::Message(seq) => {
@@ -397,9 +455,7 @@ impl Exporter {
                     None => records::message(&self.store, row.episode, seq).await?,
                 };
                 let bundle =
-                    match records::open(&self.store, &self.keys, &mut context.senders, &message)
-                        .await?
-                    {
+                    match records::open(&self.store, keys, &mut context.senders, &message).await? {
                         Content::Text {
                             text,
                             in_response_to,
@@ -416,8 +472,9 @@ impl Exporter {
                             questionnaire_bundle(&answers, facts.care_manager())?
                         }
                     };
-                self.send(&s.epj_base, &bundle).await?;
-                Ok(Some(Box::new(self.audit(
+                Self::send(route, &route.epj_base, &bundle).await?;
+                Ok(Some(Box::new(Self::audit(
+                    &route.client_id,
                     facts,
                     "messages",
                     message.id.to_string(),
@@ -425,9 +482,9 @@ impl Exporter {
             }
             OutboxKind::Summary => {
                 let query = document_query(&s.systems.document, &facts.record.id);
-                if !self
+                if !route
                     .destination
-                    .exists(&s.summary_base, "DocumentReference", &query)
+                    .exists(&route.summary_base, "DocumentReference", &query)
                     .await?
                 {
                     let summary = self.summary(facts).await?;
@@ -437,9 +494,10 @@ impl Exporter {
                         &s.systems.document,
                         facts.episode.updated_at_ms,
                     )?;
-                    self.send(&s.summary_base, &bundle).await?;
+                    Self::send(route, &route.summary_base, &bundle).await?;
                 }
-                Ok(Some(Box::new(self.audit(
+                Ok(Some(Box::new(Self::audit(
+                    &route.client_id,
                     facts,
                     "episode",
                     facts.record.id.clone(),
@@ -448,10 +506,14 @@ impl Exporter {
         }
     }
 
-    async fn send(&self, base: &str, bundle: &icbt_fhir_mapping::Bundle) -> Result<(), Failed> {
+    async fn send(
+        route: &Route,
+        base: &str,
+        bundle: &icbt_fhir_mapping::Bundle,
+    ) -> Result<(), Failed> {
         let json: Value = serde_json::to_value(bundle)
             .map_err(|e| Failed::Unmappable(format!("the bundle does not serialise: {e}")))?;
-        Ok(self.destination.transaction(base, &json).await?)
+        Ok(route.destination.transaction(base, &json).await?)
     }
 
     /// Counts and score trajectory of the whole episode, from its opened messages.
@@ -480,8 +542,13 @@ impl Exporter {
                     ("questionnaire-response", _) => {
                         // A response that does not open was dead-lettered on its own;
                         // the summary is written from the ones that do.
-                        if let Ok(Content::Questionnaire { instrument, items }) =
-                            records::open(&self.store, &self.keys, &mut senders, m).await
+                        if let Ok(Content::Questionnaire { instrument, items }) = records::open(
+                            &self.store,
+                            self.keys.of(facts.clinic.org_number.as_str()),
+                            &mut senders,
+                            m,
+                        )
+                        .await
                         {
                             let answers = records::answers(
                                 facts,
@@ -510,8 +577,16 @@ impl Exporter {
         Ok(summary)
     }
 
-    /// The export as an access to the patient's data, by the exporter.
-    fn audit(&self, facts: &EpisodeFacts, resource_type: &str, id: String) -> Record {
+    /// The route that carries `clinic`'s records, if any does.
+    fn route_of(&self, clinic: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.serves(clinic))
+            .map(AsRef::as_ref)
+    }
+
+    /// The export as an access to the patient's data, by the exporter (as `client_id`).
+    fn audit(client_id: &str, facts: &EpisodeFacts, resource_type: &str, id: String) -> Record {
         Record {
             id: uuid::Uuid::new_v4(),
             recorded_at_ms: crate::storage::now_ms(),
@@ -519,10 +594,10 @@ impl Exporter {
             outcome: Outcome::Success,
             reason: None,
             principal_kind: "system".into(),
-            principal_id: Some(self.settings.client_id.clone()),
+            principal_id: Some(client_id.to_owned()),
             principal_organisation: Some(facts.record.organisation.clone()),
             issuer: None,
-            client_id: Some(self.settings.client_id.clone()),
+            client_id: Some(client_id.to_owned()),
             token_jti: None,
             resource_type: resource_type.into(),
             resource_id: Some(id),

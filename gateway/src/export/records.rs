@@ -83,6 +83,42 @@ impl JournalKeys {
     }
 }
 
+/// The journal keys of every clinic the exporter serves: each clinic's own, or, in a
+/// deployment without a register, one set for all.
+#[derive(Debug, Default)]
+pub struct ClinicKeys {
+    /// By the clinic's organisation number.
+    by_clinic: HashMap<String, JournalKeys>,
+    shared: JournalKeys,
+}
+
+impl ClinicKeys {
+    /// One set of keys for every clinic (no register).
+    pub fn shared(keys: JournalKeys) -> Self {
+        Self {
+            by_clinic: HashMap::new(),
+            shared: keys,
+        }
+    }
+
+    /// Each clinic's own keys.
+    pub fn per_clinic(keys: HashMap<String, JournalKeys>) -> Self {
+        Self {
+            by_clinic: keys,
+            shared: JournalKeys::default(),
+        }
+    }
+
+    /// The keys that may open `clinic`'s envelopes: its own only, with a register.
+    pub fn of(&self, clinic: &str) -> &JournalKeys {
+        if self.by_clinic.is_empty() {
+            &self.shared
+        } else {
+            self.by_clinic.get(clinic).unwrap_or(&self.shared)
+        }
+    }
+}
+
 /// An episode as the export needs it.
 #[derive(Debug)]
 pub struct EpisodeFacts {

@@ -68,6 +68,29 @@ pub struct OutboxCounts {
     pub oldest_pending_ms: Option<i64>,
 }
 
+impl OutboxCounts {
+    fn add(&mut self, state: &str, n: i64, oldest: Option<i64>) -> Result<(), StorageError> {
+        match state {
+            "pending" => {
+                self.pending = n;
+                self.oldest_pending_ms = oldest.map(|t| now_ms().saturating_sub(t));
+            }
+            "done" => self.done = n,
+            "dead" => self.dead = n,
+            _ => return Err(StorageError::Corrupt("outbox.state")),
+        }
+        Ok(())
+    }
+}
+
+/// `$first, $first+1, …` for `n` parameters.
+fn numbered(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finish {
@@ -197,11 +220,19 @@ impl Store {
     /// Claims due rows of up to `episodes` episodes: of each, a run of at most
     /// `per_episode` consecutive pending rows that starts at its oldest pending row, in
     /// order. Episodes come oldest row first.
+    /// `clinics` limits the claim to those clinics' episodes (one route's).
     pub async fn claim_outbox(
         &self,
         episodes: i64,
         per_episode: i64,
+        clinics: Option<&[String]>,
     ) -> Result<Claim, StorageError> {
+        if clinics.is_some_and(<[String]>::is_empty) {
+            return Ok(Claim {
+                tx: None,
+                rows: Vec::new(),
+            });
+        }
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE OF o SKIP LOCKED",
             Backend::Sqlite => "",
@@ -211,17 +242,27 @@ impl Store {
         // conditions on a row changed meanwhile), so a row another exporter finished after
         // the snapshot is not claimed again, and [`runs`] drops an episode whose first
         // row is missing.
+        let route = clinics.map_or_else(String::new, |clinics| {
+            format!(
+                " AND episode_id IN (SELECT e.id FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
+                 WHERE c.org_number IN ({}))",
+                numbered(4, clinics.len())
+            )
+        });
         let sql = format!(
             "WITH ranked AS (SELECT id, ROW_NUMBER() OVER (PARTITION BY episode_id ORDER BY id) AS rank \
-             FROM outbox WHERE state = 'pending') \
+             FROM outbox WHERE state = 'pending'{route}) \
              SELECT {COLUMNS_O}, r.rank AS rank FROM outbox o JOIN ranked r ON r.id = o.id \
              WHERE r.rank <= $2 AND o.state = 'pending' AND o.next_attempt_at_ms <= $1 \
              ORDER BY o.id LIMIT $3{lock}"
         );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now_ms())
             .bind(per_episode)
             .bind(episodes.saturating_mul(per_episode));
+        for clinic in clinics.unwrap_or_default() {
+            query = query.bind(clinic.clone());
+        }
         let ranked = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(i64, OutboxRow)>, StorageError> {
             rows.iter().map(super::rows::ranked_outbox).collect()
         };
@@ -344,6 +385,15 @@ impl Store {
         Ok(())
     }
 
+    /// Gives the claimed rows back untouched (their route is unreachable: nothing about
+    /// them is to be recorded).
+    pub async fn release_claim(&self, claim: Claim) -> Result<(), StorageError> {
+        if let Some(tx) = claim.tx {
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
+
     /// Ends the claim: on PostgreSQL commits what was finished and releases the rows.
     pub async fn commit_claim(&self, claim: Claim) -> Result<(), StorageError> {
         if let Some(tx) = claim.tx {
@@ -352,21 +402,33 @@ impl Store {
         Ok(())
     }
 
-    /// Rows in `state`, oldest first, after `after_id`.
+    /// Rows in `state`, oldest first, after `after_id`; of one clinic's episodes only
+    /// when `clinic` (an organisation number) is given.
     pub async fn outbox_rows(
         &self,
         state: &str,
         after_id: i64,
         limit: i64,
+        clinic: Option<&str>,
     ) -> Result<Vec<OutboxRow>, StorageError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM outbox WHERE state = $1 AND id > $2 ORDER BY id LIMIT $3"
+        let (of_clinic, limit_slot) = if clinic.is_some() {
+            (
+                " AND episode_id IN (SELECT e.id FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
+                 WHERE c.org_number = $3)",
+                "$4",
+            )
+        } else {
+            ("", "$3")
+        };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM outbox WHERE state = $1 AND id > $2{of_clinic} ORDER BY id LIMIT {limit_slot}"
         )))
         .bind(state)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(after_id);
+        if let Some(clinic) = clinic {
+            query = query.bind(clinic);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(super::rows::read::<OutboxRow>).collect()
     }
 
@@ -416,6 +478,39 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// Counts per clinic (organisation number), for `export status` with a register.
+    pub async fn outbox_counts_by_clinic(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, OutboxCounts>, StorageError> {
+        let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT c.org_number, o.state, COUNT(*) AS n, MIN(o.created_at_ms) AS oldest \
+             FROM outbox o JOIN episodes e ON e.id = o.episode_id JOIN clinics c ON c.id = e.clinic_id \
+             GROUP BY c.org_number, o.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_clinic = std::collections::BTreeMap::<String, OutboxCounts>::new();
+        for (clinic, state, n, oldest) in rows {
+            let counts = by_clinic.entry(clinic).or_default();
+            counts.add(&state, n, oldest)?;
+        }
+        Ok(by_clinic)
+    }
+
+    /// Episodes per clinic (organisation number), for `export status` to name the
+    /// clinics outside the register.
+    pub async fn episodes_by_clinic(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StorageError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT c.org_number, COUNT(e.id) AS n FROM clinics c \
+             JOIN episodes e ON e.clinic_id = c.id GROUP BY c.org_number",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn outbox_counts(&self) -> Result<OutboxCounts, StorageError> {
         let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
             "SELECT state, COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox GROUP BY state",
@@ -424,15 +519,7 @@ impl Store {
         .await?;
         let mut counts = OutboxCounts::default();
         for (state, n, oldest) in rows {
-            match state.as_str() {
-                "pending" => {
-                    counts.pending = n;
-                    counts.oldest_pending_ms = oldest.map(|t| now_ms().saturating_sub(t));
-                }
-                "done" => counts.done = n,
-                "dead" => counts.dead = n,
-                _ => return Err(StorageError::Corrupt("outbox.state")),
-            }
+            counts.add(&state, n, oldest)?;
         }
         Ok(counts)
     }
