@@ -13,6 +13,8 @@
 //   ISSUER               the provider's issuer (its JWKS is found by discovery; the
 //                        harness sets NODE_EXTRA_CA_CERTS so node trusts the test CA)
 //   AUDIENCE, SCOPE      what the token must be for (e.g. nhn:epj, nhn:epj/write)
+//   CLIENT_ID            optional: the one HelseID client whose tokens it takes (a
+//                        hospital's EPJ knows its own integration client)
 // Output: one JSON line on stdout once listening:
 //   { "base": "https://127.0.0.1:PORT/fhir/R4", "admin": "http://127.0.0.1:PORT2" }
 //
@@ -157,6 +159,9 @@ async function authorize(req, url) {
   const { payload: claims } = await jwtVerify(token, await keySet(), { issuer, audience });
   const scopes = String(claims.scope ?? '').split(' ');
   if (!scopes.includes(requiredScope)) throw new Error(`scope ${requiredScope} is missing`);
+  if (process.env.CLIENT_ID && claims.client_id !== process.env.CLIENT_ID) {
+    throw new Error(`a token of client ${claims.client_id}, not ${process.env.CLIENT_ID}`);
+  }
   if (!claims.cnf?.jkt) throw new Error('the token is not DPoP-bound');
   const proof = req.headers.dpop;
   if (!proof || Array.isArray(proof)) throw new Error('one DPoP proof is required');

@@ -22,6 +22,9 @@ const tls = { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(proces
 const clientJwks = JSON.parse(process.env.CLIENT_JWKS);
 
 const ORG_PARENT = '974760673';
+// Two hospitals of one deployment (the clinic-register tests).
+const HOSPITAL_A = '983974899';
+const HOSPITAL_B = '983975240';
 
 function decodeAccount(accountId) {
   return JSON.parse(Buffer.from(accountId, 'base64url').toString('utf8'));
@@ -73,6 +76,12 @@ const shapes = {
       }),
       client('icbt-gateway', { scope: 'openid nhn:icbt-gateway/api nhn:epj/write', orgnr_parent: ORG_PARENT }),
       client('other-org-platform', { scope: 'nhn:icbt-gateway/api', orgnr_parent: '991056505' }),
+      // Platforms acting for one hospital each, hospital B's own EPJ client, and hospital
+      // A's security team's system (a SIEM reading the access log).
+      client('platform-a', { scope: 'nhn:icbt-gateway/api', orgnr_parent: HOSPITAL_A }),
+      client('platform-b', { scope: 'nhn:icbt-gateway/api', orgnr_parent: HOSPITAL_B }),
+      client('gateway-b', { scope: 'nhn:epj/write', orgnr_parent: HOSPITAL_B }),
+      client('audit-a', { scope: 'nhn:icbt-gateway/api nhn:icbt-gateway/audit', orgnr_parent: HOSPITAL_A }),
       // An RSA key: RS256 or PS256 assertions.
       client('icbt-gateway-rsa', {
         scope: 'nhn:icbt-gateway/api nhn:epj/write',

@@ -42,6 +42,15 @@ pub struct Epj {
 impl Epj {
     /// Starts an EPJ that accepts tokens of the shared HelseID-like provider for `nhn:epj`.
     pub fn start() -> Self {
+        Self::start_for(None)
+    }
+
+    /// An EPJ that takes tokens of the HelseID client `client_id` only (a hospital's).
+    pub fn for_client(client_id: &str) -> Self {
+        Self::start_for(Some(client_id))
+    }
+
+    fn start_for(client_id: Option<&str>) -> Self {
         ensure_node_packages();
         let idps = IdentityProviders::shared();
         let mut command = Command::new("node");
@@ -53,6 +62,7 @@ impl Epj {
             .env("ISSUER", &idps.helseid.issuer)
             .env("AUDIENCE", "nhn:epj")
             .env("SCOPE", "nhn:epj/write")
+            .env("CLIENT_ID", client_id.unwrap_or_default())
             .stdin(Stdio::null());
         let NodePeer { child, info, logs } = start_peer(command, "the EPJ", Duration::from_mins(1));
         Self {

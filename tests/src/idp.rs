@@ -24,7 +24,15 @@ use ring::rand::SystemRandom;
 use serde_json::{Value, json};
 
 /// The clients registered at both providers.
-pub const CLIENTS: [&str; 3] = ["icbt-platform", "icbt-gateway", "other-org-platform"];
+pub const CLIENTS: [&str; 7] = [
+    "icbt-platform",
+    "icbt-gateway",
+    "other-org-platform",
+    "platform-a",
+    "platform-b",
+    "gateway-b",
+    "audit-a",
+];
 
 /// A client at the HelseID-like provider whose key is RSA (RS256 or PS256).
 pub const RSA_CLIENT: &str = "icbt-gateway-rsa";

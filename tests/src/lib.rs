@@ -21,6 +21,7 @@ pub mod epj;
 pub mod idp;
 pub mod jose;
 pub mod otlp;
+pub mod register;
 pub mod relay;
 pub mod scenario;
 pub mod sealed;
