@@ -595,13 +595,7 @@ async fn two_hospitals(backend: Backend) {
         );
     }
     // Reports are scoped too.
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now = icbt_auth::now_secs() * 1_000;
     let (status, report) = d
         .call(
             &audit_a,
