@@ -20,6 +20,7 @@ pub mod clinic;
 pub mod epj;
 pub mod idp;
 pub mod jose;
+pub mod load;
 pub mod otlp;
 pub mod register;
 pub mod relay;

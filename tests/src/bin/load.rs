@@ -1,0 +1,65 @@
+//! `scripts/load`: the load and crash runs of the gateway (docs in tests/src/load.rs).
+//!
+//! ```text
+//! load kill [--backend postgres|sqlite] [--episodes 50] [--per-episode 200]
+//!           [--kills 100] [--gap-ms 500] [--exporter-every-ms 3000]
+//! ```
+//!
+//! `kill` sends `episodes × per-episode` messages through the Rust SDK while the gateway
+//! is killed with SIGKILL every `gap-ms` (jittered) until the sends are done, and the
+//! exporter on its own schedule; it fails unless every acknowledged message is stored
+//! once, without gaps, the access log verifies and the EPJ holds each message once, and
+//! unless at least `kills` kills happened.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)] // a command-line tool for test runs
+
+use std::time::Duration;
+
+use icbt_e2e::Backend;
+use icbt_e2e::load::{KillPlan, kill_run};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default, |v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} takes a number"))
+            })
+    };
+    let backend = match args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+    {
+        None => Backend::Postgres,
+        Some(b) if b == "postgres" => Backend::Postgres,
+        Some(b) if b == "sqlite" => Backend::Sqlite,
+        Some(other) => panic!("--backend postgres or sqlite, not {other}"),
+    };
+    if args.first().map(String::as_str) != Some("kill") {
+        eprintln!(
+            "usage: load kill [--backend postgres|sqlite] [--episodes N] [--per-episode N] [--kills N] [--gap-ms MS] [--exporter-every-ms MS]"
+        );
+        std::process::exit(2);
+    }
+    let count = |name, default| usize::try_from(value(name, default)).unwrap();
+    let plan = KillPlan {
+        episodes: count("--episodes", 50),
+        per_episode: count("--per-episode", 200),
+        kills: count("--kills", 100),
+        until_sent: true,
+        gap: Duration::from_millis(value("--gap-ms", 500)),
+        exporter_every: Duration::from_millis(value("--exporter-every-ms", 3_000)),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    println!("{}", runtime.block_on(kill_run(backend, plan)));
+}
