@@ -17,6 +17,7 @@
 // A harness exists to stop the test at the first surprise, loudly.
 
 pub mod clinic;
+pub mod cluster;
 pub mod epj;
 pub mod idp;
 pub mod jose;
@@ -268,8 +269,17 @@ impl TestDatabase {
         Self::create_from(Some(&self.name)).await
     }
 
+    /// A new database on the server of `admin_url` (a test's own cluster).
+    pub async fn create_on(admin_url: &str) -> Self {
+        Self::create_at(admin_url.to_owned(), None).await
+    }
+
     async fn create_from(template: Option<&str>) -> Self {
         let admin_url = postgres_admin_url().expect("PostgreSQL configured");
+        Self::create_at(admin_url, template).await
+    }
+
+    async fn create_at(admin_url: String, template: Option<&str>) -> Self {
         let name = format!("icbt_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -463,6 +473,11 @@ impl Gateway {
             Backend::Postgres => Some(TestDatabase::create().await),
         };
         Self::spawn(data_dir, database, options)
+    }
+
+    /// Starts a gateway on `database` (one made on a test's own cluster, say).
+    pub fn start_on(database: TestDatabase, options: GatewayOptions) -> Self {
+        Self::spawn(tempfile::tempdir().unwrap(), Some(database), options)
     }
 
     /// The origin the dev providers and the sandbox name: `https://localhost:<port>`.

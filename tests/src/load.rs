@@ -59,6 +59,8 @@ struct Party {
 pub struct Cast {
     patients: Vec<(Party, Uuid)>,
     therapist: Party,
+    /// The therapist's token, for reading the event stream.
+    pub therapist_actor: Actor,
     /// The clinic's journal key (private JSON), for the exporter.
     pub journal_key: tempfile::NamedTempFile,
 }
@@ -140,6 +142,7 @@ impl Cast {
         Self {
             patients: all,
             therapist,
+            therapist_actor,
             journal_key,
         }
     }
@@ -501,6 +504,30 @@ pub async fn drain_outbox(gw: &Gateway, limit: Duration) -> bool {
     false
 }
 
+/// The checks after a run: the set check, `audit verify`, and (once the outbox has
+/// drained) the EPJ's resources.
+async fn after_run(
+    gw: &Gateway,
+    epj: &Epj,
+    episodes: &[Uuid],
+    ledger: &Ledger,
+    exporter: &ExporterProcess,
+) -> Findings {
+    let mut findings = audit_run(gw, episodes, ledger).await;
+    if let Some(problem) = verify_access_log(gw) {
+        findings.problems.push(format!("audit verify: {problem}"));
+    }
+    if drain_outbox(gw, Duration::from_mins(3)).await {
+        findings.problems.extend(check_epj(gw, epj, episodes).await);
+    } else {
+        findings.problems.push(format!(
+            "the outbox did not drain:\n{}",
+            exporter.logs().join("\n")
+        ));
+    }
+    findings
+}
+
 /// How a kill run is bounded.
 #[derive(Clone, Copy, Debug)]
 pub struct KillPlan {
@@ -568,21 +595,7 @@ pub async fn kill_run(backend: Backend, plan: KillPlan) -> String {
     let exporter_kills = supervisor.exporter_kills.load(Ordering::Relaxed);
     let recoveries = supervisor.recoveries.lock().unwrap().clone();
     let gw = supervisor.into_gateway();
-    let episodes = cast.episodes();
-    let mut findings = audit_run(&gw, &episodes, &ledger).await;
-    if let Some(problem) = verify_access_log(&gw) {
-        findings.problems.push(format!("audit verify: {problem}"));
-    }
-    if drain_outbox(&gw, Duration::from_mins(3)).await {
-        findings
-            .problems
-            .extend(check_epj(&gw, &epj, &episodes).await);
-    } else {
-        findings.problems.push(format!(
-            "the outbox did not drain:\n{}",
-            exporter.logs().join("\n")
-        ));
-    }
+    let findings = after_run(&gw, &epj, &cast.episodes(), &ledger, &exporter).await;
     drop(exporter);
     let mut sorted = recoveries.clone();
     sorted.sort();
@@ -603,4 +616,254 @@ pub async fn kill_run(backend: Backend, plan: KillPlan) -> String {
     assert!(findings.problems.is_empty(), "{report}");
     assert!(findings.acked > 0 && killed >= kills, "{report}");
     report
+}
+
+/// How a database-restart run goes.
+#[derive(Clone, Copy, Debug)]
+pub struct RestartPlan {
+    pub episodes: usize,
+    /// Sends per episode at most; the sends stop once the restarts are done.
+    pub per_episode: usize,
+    pub restarts: usize,
+    /// How long the database stays away each time.
+    pub away: Duration,
+}
+
+/// Follows the therapist's event stream, reconnecting with `after` whenever it ends or
+/// breaks, and collects the ids of the messages it delivers.
+async fn follow(
+    url: String,
+    http: reqwest::Client,
+    cast: Arc<Cast>,
+    seen: Arc<Mutex<Vec<Uuid>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut after: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let target = after.as_ref().map_or_else(
+            || format!("{url}/v1/stream"),
+            |a| format!("{url}/v1/stream?after={a}"),
+        );
+        let response = cast
+            .therapist_actor
+            .try_call(&http, Method::GET, &target, None)
+            .await;
+        let Ok(response) = response
+            .map_err(drop)
+            .and_then(|r| if r.status() == 200 { Ok(r) } else { Err(()) })
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut stream = crate::EventStream::new(response);
+        while let Some(event) = stream.next_event(Duration::from_secs(2)).await {
+            if event.kind == "end" {
+                break;
+            }
+            if event.kind == "message"
+                && let Some(id) = event.data["message"]["id"]
+                    .as_str()
+                    .and_then(|i| Uuid::parse_str(i).ok())
+            {
+                seen.lock().unwrap().push(id);
+                after = Some(event.id.clone());
+            }
+        }
+    }
+}
+
+/// `/readyz`'s status, 0 when it does not answer.
+async fn readiness(http: &reqwest::Client, url: &str) -> u16 {
+    match http.get(format!("{url}/readyz")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Polls `/readyz` until it says `status`; the wait, or `None` after `limit`.
+async fn until_ready_is(
+    http: &reqwest::Client,
+    url: &str,
+    status: u16,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while readiness(http, url).await != status {
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(started.elapsed())
+}
+
+/// What one restart of the database showed: `/readyz` said 503 after, a request was
+/// answered after, `/readyz` said 200 this long after the database started again.
+#[derive(Clone, Copy, Debug, Default)]
+struct Restart {
+    noticed: Duration,
+    answered: Duration,
+    back: Duration,
+}
+
+/// Stops the database under the gateway, checks how the gateway answers meanwhile,
+/// starts it again after `away` and waits for the gateway to be ready; what it saw and
+/// what went wrong.
+async fn restart_once(
+    cluster: &crate::cluster::Cluster,
+    gw: &Gateway,
+    cast: &Cast,
+    away: Duration,
+    request_timeout: Duration,
+) -> (Restart, Vec<String>) {
+    let http = gw.client();
+    let mut problems = Vec::new();
+    cluster.stop_immediate();
+    let stopped = Instant::now();
+    let noticed = until_ready_is(&http, &gw.url, 503, Duration::from_secs(10)).await;
+    if noticed.is_none() {
+        problems.push("/readyz did not turn 503 within 10 s of the database going away".into());
+    }
+    let asked = Instant::now();
+    let probe = format!("{}/v1/episodes/{}", gw.url, cast.episodes()[0]);
+    let answer = cast
+        .therapist_actor
+        .try_call(&http, Method::GET, &probe, None)
+        .await;
+    let answered = asked.elapsed();
+    match answer {
+        Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {}
+        Ok(r) => problems.push(format!(
+            "with the database away a request got {} (Retry-After: {:?})",
+            r.status(),
+            r.headers().get("retry-after")
+        )),
+        Err(e) => problems.push(format!("with the database away a request failed: {e}")),
+    }
+    if answered > request_timeout + Duration::from_secs(1) {
+        problems.push(format!(
+            "a request hung {} ms with the database away",
+            answered.as_millis()
+        ));
+    }
+    tokio::time::sleep(away.saturating_sub(stopped.elapsed())).await;
+    cluster.start_again();
+    let back = until_ready_is(&http, &gw.url, 200, Duration::from_mins(1)).await;
+    if back.is_none() {
+        problems.push("/readyz did not return to 200 within 60 s of the database".into());
+    }
+    let restart = Restart {
+        noticed: noticed.unwrap_or_default(),
+        answered,
+        back: back.unwrap_or_default(),
+    };
+    (restart, problems)
+}
+
+/// Whether the stream delivered every acknowledged message within 20 s; how many it
+/// missed.
+async fn missed_by_stream(ledger: &Ledger, seen: &Mutex<Vec<Uuid>>) -> usize {
+    let acked: Vec<Uuid> = ledger.acked.lock().unwrap().keys().copied().collect();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: std::collections::HashSet<Uuid> = seen.lock().unwrap().iter().copied().collect();
+        let missed = acked.iter().filter(|id| !got.contains(id)).count();
+        if missed == 0 || Instant::now() > until {
+            return missed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A database-restart run (`scripts/load restart` and the short CI test): sends through
+/// the SDK while the gateway's PostgreSQL (a cluster of the run's own) is stopped with
+/// `pg_ctl stop -m immediate` and started again `restarts` times under the running
+/// gateway. While it is away `/readyz` must say 503 and a request must get a 503 problem
+/// with `Retry-After` within the request time limit; after, the gateway must recover by
+/// itself, the set checks of [`kill_run`] must hold, and the therapist's event stream
+/// must have delivered every acknowledged message. `None` when PostgreSQL's server
+/// programs are not installed.
+pub async fn restart_run(plan: RestartPlan) -> Option<String> {
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+    let cluster = crate::cluster::Cluster::start()?;
+    let database = crate::TestDatabase::create_on(&cluster.admin_url).await;
+    let idps = crate::idp::IdentityProviders::shared();
+    let mut options = restartable(idps.gateway_config());
+    options.env.extend([
+        (
+            "ICBT_SERVER__REQUEST_TIMEOUT_MS".into(),
+            REQUEST_TIMEOUT.as_millis().to_string(),
+        ),
+        ("ICBT_STORAGE__ACQUIRE_TIMEOUT_MS".into(), "1000".into()),
+    ]);
+    let gw = Gateway::start_on(database, options);
+    let cast = Arc::new(Cast::new(&gw, plan.episodes).await);
+    let epj = Epj::start();
+    let config = export_config(&gw, &epj, cast.journal_key.path());
+    let exporter = ExporterProcess::start(&gw, &config, &["run"]);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = tokio::spawn(follow(
+        gw.url.clone(),
+        gw.client(),
+        cast.clone(),
+        seen.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = Arc::new(Ledger::default());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = {
+        let (cast, ledger, done) = (cast.clone(), ledger.clone(), done.clone());
+        tokio::spawn(async move {
+            cast.send(&ledger, plan.per_episode, Duration::from_mins(2), &done)
+                .await;
+        })
+    };
+    let mut restarts = Vec::new();
+    let mut problems = Vec::new();
+    for _ in 0..plan.restarts {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (restart, found) = restart_once(&cluster, &gw, &cast, plan.away, REQUEST_TIMEOUT).await;
+        restarts.push(restart);
+        problems.extend(found);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    done.store(true, Ordering::Relaxed);
+    sending.await.unwrap();
+    let mut findings = after_run(&gw, &epj, &cast.episodes(), &ledger, &exporter).await;
+    findings.problems.extend(problems);
+    let missed = missed_by_stream(&ledger, &seen).await;
+    if missed > 0 {
+        findings.problems.push(format!(
+            "the therapist's stream missed {missed} acknowledged messages"
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    follower.abort();
+    drop(exporter);
+    let each: Vec<String> = restarts
+        .iter()
+        .map(|r| {
+            format!(
+                "readyz 503 after {} ms, a request answered 503 in {} ms, ready {} ms after the database",
+                r.noticed.as_millis(),
+                r.answered.as_millis(),
+                r.back.as_millis()
+            )
+        })
+        .collect();
+    let report = format!(
+        "{} database restarts under a running gateway; {findings}; {} requests, {} retried, {} abandoned; {} (2 cores shared by client, gateway, exporter, both PostgreSQL servers and the EPJ)",
+        restarts.len(),
+        ledger.requests.load(Ordering::Relaxed),
+        ledger.retried.load(Ordering::Relaxed),
+        ledger.abandoned.load(Ordering::Relaxed),
+        each.join("; "),
+    );
+    assert!(
+        findings.problems.is_empty() && findings.acked > 0,
+        "{report}"
+    );
+    Some(report)
 }

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use icbt_e2e::load::{KillPlan, kill_run};
+use icbt_e2e::load::{KillPlan, RestartPlan, kill_run, restart_run};
 use icbt_e2e::{Backend, backends};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,5 +34,25 @@ async fn sigkill_during_concurrent_sends_loses_and_duplicates_nothing() {
         };
         let report = kill_run(backend, plan).await;
         println!("{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_rides_out_a_postgresql_restart_without_losing_anything() {
+    let plan = RestartPlan {
+        episodes: 8,
+        per_episode: 1_000,
+        restarts: 1,
+        away: Duration::from_secs(3),
+    };
+    if let Some(report) = restart_run(plan).await {
+        println!("{report}");
+    } else {
+        let required = std::env::var("E2E_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "PostgreSQL's server programs (initdb, pg_ctl) are needed here"
+        );
+        eprintln!("note: no initdb/pg_ctl; skipping the database restart run");
     }
 }

@@ -3,7 +3,13 @@
 //! ```text
 //! load kill [--backend postgres|sqlite] [--episodes 50] [--per-episode 200]
 //!           [--kills 100] [--gap-ms 500] [--exporter-every-ms 3000]
+//! load restart [--episodes 16] [--per-episode 2000] [--restarts 3] [--away-ms 5000]
 //! ```
+//!
+//! `restart` stops the gateway's PostgreSQL (a cluster of its own, from Debian's
+//! `initdb`) with `pg_ctl stop -m immediate` and starts it again, `restarts` times,
+//! under the running gateway and exporter, while the SDK sends; the same checks, and the
+//! therapist's event stream must deliver every acknowledged message.
 //!
 //! `kill` sends `episodes × per-episode` messages through the Rust SDK while the gateway
 //! is killed with SIGKILL every `gap-ms` (jittered) until the sends are done, and the
@@ -22,7 +28,7 @@
 use std::time::Duration;
 
 use icbt_e2e::Backend;
-use icbt_e2e::load::{KillPlan, kill_run};
+use icbt_e2e::load::{KillPlan, RestartPlan, kill_run, restart_run};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,13 +51,28 @@ fn main() {
         Some(b) if b == "sqlite" => Backend::Sqlite,
         Some(other) => panic!("--backend postgres or sqlite, not {other}"),
     };
+    let count = |name, default| usize::try_from(value(name, default)).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    if args.first().map(String::as_str) == Some("restart") {
+        let plan = RestartPlan {
+            episodes: count("--episodes", 16),
+            per_episode: count("--per-episode", 2_000),
+            restarts: count("--restarts", 3),
+            away: Duration::from_millis(value("--away-ms", 5_000)),
+        };
+        let report = runtime.block_on(restart_run(plan));
+        println!(
+            "{}",
+            report.expect("PostgreSQL's server programs (initdb, pg_ctl) are needed")
+        );
+        return;
+    }
     if args.first().map(String::as_str) != Some("kill") {
         eprintln!(
-            "usage: load kill [--backend postgres|sqlite] [--episodes N] [--per-episode N] [--kills N] [--gap-ms MS] [--exporter-every-ms MS]"
+            "usage: load kill [--backend postgres|sqlite] [--episodes N] [--per-episode N] [--kills N] [--gap-ms MS] [--exporter-every-ms MS]\n       load restart [--episodes N] [--per-episode N] [--restarts N] [--away-ms MS]"
         );
         std::process::exit(2);
     }
-    let count = |name, default| usize::try_from(value(name, default)).unwrap();
     let plan = KillPlan {
         episodes: count("--episodes", 50),
         per_episode: count("--per-episode", 200),
@@ -60,6 +81,5 @@ fn main() {
         gap: Duration::from_millis(value("--gap-ms", 500)),
         exporter_every: Duration::from_millis(value("--exporter-every-ms", 3_000)),
     };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     println!("{}", runtime.block_on(kill_run(backend, plan)));
 }
