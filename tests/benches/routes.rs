@@ -25,6 +25,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use icbt_e2e::clinic::start_episode;
 use icbt_e2e::epj::{Epj, ExporterProcess};
 use icbt_e2e::idp::Actor;
 use icbt_e2e::register::{A1, B1, Clinic, HOSPITAL_A, HOSPITAL_B, KeyFile, deployment_config};
@@ -34,8 +35,6 @@ use reqwest::Method;
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
-
-const HPR: &str = "565501872";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -84,22 +83,8 @@ impl Bench {
         let mut all = Vec::new();
         for (platform, clinic) in self.platforms.iter().zip([A1, B1]) {
             for _ in 0..episodes {
-                let episode = Uuid::new_v4();
-                let base = format!("{}/v1/episodes/{episode}", self.gw.url);
-                for (url, body) in [
-                    (
-                        base.clone(),
-                        json!({ "patient": SYNTHETIC_FNR, "organisation": clinic, "programme": "depresjon-14u" }),
-                    ),
-                    (
-                        format!("{base}/care-team"),
-                        json!({ "members": [{ "hpr_number": HPR, "role": "therapist" }] }),
-                    ),
-                    (format!("{base}/state"), json!({ "state": "active" })),
-                ] {
-                    let response = platform.call(&http, Method::PUT, &url, Some(&body)).await;
-                    assert!(response.status().is_success(), "{}", response.status());
-                }
+                let episode =
+                    start_episode(&http, &self.gw.url, platform, (SYNTHETIC_FNR, clinic)).await;
                 let (sealer, patient, http, url) = (
                     self.sealer.clone(),
                     self.patient.clone(),

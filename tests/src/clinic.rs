@@ -19,12 +19,22 @@ pub const THERAPIST_PID: &str = "01018512528";
 
 /// An active episode of the synthetic patient with [`THERAPIST_HPR`], made by `platform`.
 pub async fn active_episode(gw: &Gateway, platform: &Actor) -> Uuid {
-    let http = gw.client();
+    start_episode(&gw.client(), &gw.url, platform, (SYNTHETIC_FNR, CLINIC_ORG)).await
+}
+
+/// An active episode of `patient` at `organisation` with [`THERAPIST_HPR`] as its care
+/// team, made by `platform` on the gateway at `url`.
+pub async fn start_episode(
+    http: &reqwest::Client,
+    url: &str,
+    platform: &Actor,
+    (patient, organisation): (&str, &str),
+) -> Uuid {
     let id = Uuid::new_v4();
     for (suffix, body) in [
         (
             "",
-            json!({ "patient": SYNTHETIC_FNR, "organisation": CLINIC_ORG, "programme": "insomnia-14w" }),
+            json!({ "patient": patient, "organisation": organisation, "programme": "insomnia-14w" }),
         ),
         (
             "/care-team",
@@ -34,9 +44,9 @@ pub async fn active_episode(gw: &Gateway, platform: &Actor) -> Uuid {
     ] {
         let response = platform
             .call(
-                &http,
+                http,
                 Method::PUT,
-                &format!("{}/v1/episodes/{id}{suffix}", gw.url),
+                &format!("{url}/v1/episodes/{id}{suffix}"),
                 Some(&body),
             )
             .await;

@@ -122,26 +122,11 @@ impl Cluster {
     /// `pg_ctl stop -m immediate`: every backend killed at once, no checkpoint; the next
     /// start recovers from the WAL, as after a crash.
     pub fn stop_immediate(&self) {
-        let status = self
-            .command(&self.pg_ctl)
-            .args([
-                "-D",
-                self.data().to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl stop failed");
+        assert!(self.stop(), "pg_ctl stop failed");
     }
-}
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self
-            .command(&self.pg_ctl)
+    fn stop(&self) -> bool {
+        self.command(&self.pg_ctl)
             .args([
                 "-D",
                 self.data().to_str().unwrap(),
@@ -151,6 +136,13 @@ impl Drop for Cluster {
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -22,13 +22,12 @@ use serde_json::json;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::clinic::{THERAPIST_HPR as HPR, THERAPIST_PID, start_episode};
 use crate::epj::{Epj, ExporterProcess, export_config, identifiers};
 use crate::idp::{Actor, CLINIC_ORG};
 use crate::sealed::{Sealer, in_a_year_ms};
 use crate::{Backend, Gateway, GatewayOptions, audit_public_key, free_port, run_cli};
 
-/// The episodes' therapist.
-const HPR: &str = "565501872";
 /// The exporter's identifier system for messages (`export_config`'s base).
 pub const MESSAGE_SYSTEM: &str = "urn:icbt-gateway:test:message";
 
@@ -95,7 +94,7 @@ impl Cast {
         let sealer = Sealer::new(&gw.url, &http, &platform, CLINIC_ORG).await;
         let journal_key = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(journal_key.path(), sealer.journal.to_private_json()).unwrap();
-        let therapist_actor = Actor::therapist("01018512528", HPR).await;
+        let therapist_actor = Actor::therapist(THERAPIST_PID, HPR).await;
         let dpop = therapist_actor
             .dpop_pkcs8
             .as_ref()
@@ -121,22 +120,7 @@ impl Cast {
                 .publish_device(&party.keys, in_a_year_ms())
                 .await
                 .unwrap();
-            let episode = Uuid::new_v4();
-            let base = format!("{}/v1/episodes/{episode}", gw.url);
-            for (url, body) in [
-                (
-                    base.clone(),
-                    json!({ "patient": pid, "organisation": CLINIC_ORG, "programme": "depresjon-14u" }),
-                ),
-                (
-                    format!("{base}/care-team"),
-                    json!({ "members": [{ "hpr_number": HPR, "role": "therapist" }] }),
-                ),
-                (format!("{base}/state"), json!({ "state": "active" })),
-            ] {
-                let response = platform.call(&http, Method::PUT, &url, Some(&body)).await;
-                assert!(response.status().is_success(), "{}", response.status());
-            }
+            let episode = start_episode(&http, &gw.url, &platform, (&pid, CLINIC_ORG)).await;
             all.push((party, episode));
         }
         Self {
