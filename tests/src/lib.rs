@@ -23,6 +23,7 @@ pub mod idp;
 pub mod jose;
 pub mod load;
 pub mod otlp;
+pub mod overload;
 pub mod register;
 pub mod relay;
 pub mod scenario;

@@ -51,6 +51,8 @@ pub struct Ledger {
 struct Party {
     client: Client,
     keys: DeviceKeys,
+    /// The access token (patients' are bearer tokens), for raw requests.
+    token: String,
 }
 
 /// The people of a run: patients with one episode each, and their shared therapist.
@@ -102,6 +104,7 @@ impl Cast {
         let therapist = Party {
             client: sdk(gw, &therapist_actor, dpop),
             keys: DeviceKeys::generate().unwrap(),
+            token: therapist_actor.token.access_token.clone(),
         };
         therapist
             .client
@@ -114,6 +117,7 @@ impl Cast {
             let party = Party {
                 client: sdk(gw, &actor, None),
                 keys: DeviceKeys::generate().unwrap(),
+                token: actor.token.access_token.clone(),
             };
             party
                 .client
@@ -129,6 +133,57 @@ impl Cast {
             therapist_actor,
             journal_key,
         }
+    }
+
+    /// `per_episode` patient messages per episode sealed ahead (one directory fetch per
+    /// episode), in round-robin order over the episodes, each as the path and body of its
+    /// `PUT` and the patient's bearer token: a client that is not itself the bottleneck.
+    pub async fn presealed(&self, per_episode: usize) -> Vec<(String, serde_json::Value, String)> {
+        let mut by_episode = Vec::new();
+        for (party, episode) in &self.patients {
+            let recipients = party
+                .client
+                .episode_keys(*episode, false)
+                .await
+                .unwrap()
+                .recipients();
+            let mut sealed = Vec::with_capacity(per_episode);
+            for n in 0..per_episode {
+                let id = Uuid::new_v4();
+                let binding = icbt_envelope::Binding {
+                    episode: episode.to_string(),
+                    message: id.to_string(),
+                    kind: "message".into(),
+                    sender: party.keys.device_id(),
+                };
+                let text =
+                    json!({ "text": format!("melding {n}: {}", "tekst ".repeat(40)) }).to_string();
+                let envelope = icbt_envelope::seal(
+                    text.as_bytes(),
+                    &binding,
+                    &party.keys.signing,
+                    &recipients,
+                )
+                .unwrap();
+                let body = json!({
+                    "kind": "message",
+                    "envelope": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, envelope),
+                });
+                sealed.push((
+                    format!("v1/episodes/{episode}/messages/{id}"),
+                    body,
+                    party.token.clone(),
+                ));
+            }
+            by_episode.push(sealed.into_iter());
+        }
+        let mut all = Vec::with_capacity(per_episode * by_episode.len());
+        for _ in 0..per_episode {
+            for episode in &mut by_episode {
+                all.extend(episode.next());
+            }
+        }
+        all
     }
 
     pub fn episodes(&self) -> Vec<Uuid> {

@@ -4,7 +4,11 @@
 //! load kill [--backend postgres|sqlite] [--episodes 50] [--per-episode 200]
 //!           [--kills 100] [--gap-ms 500] [--exporter-every-ms 3000]
 //! load restart [--episodes 16] [--per-episode 2000] [--restarts 3] [--away-ms 5000]
+//! load overload [--episodes 32] [--seconds 60] [--factor 3]
 //! ```
+//!
+//! `overload` measures the unloaded send latency and the capacity, then offers `factor`
+//! times the capacity in an open loop for `seconds` (tests/src/overload.rs).
 //!
 //! `restart` stops the gateway's PostgreSQL (a cluster of its own, from Debian's
 //! `initdb`) with `pg_ctl stop -m immediate` and starts it again, `restarts` times,
@@ -29,6 +33,7 @@ use std::time::Duration;
 
 use icbt_e2e::Backend;
 use icbt_e2e::load::{KillPlan, RestartPlan, kill_run, restart_run};
+use icbt_e2e::overload::{OverloadPlan, overload_run};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +58,15 @@ fn main() {
     };
     let count = |name, default| usize::try_from(value(name, default)).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    if args.first().map(String::as_str) == Some("overload") {
+        let plan = OverloadPlan {
+            episodes: count("--episodes", 32),
+            spike: Duration::from_secs(value("--seconds", 60)),
+            factor: u32::try_from(value("--factor", 3)).unwrap(),
+        };
+        println!("{}", runtime.block_on(overload_run(plan)));
+        return;
+    }
     if args.first().map(String::as_str) == Some("restart") {
         let plan = RestartPlan {
             episodes: count("--episodes", 16),
@@ -69,7 +83,7 @@ fn main() {
     }
     if args.first().map(String::as_str) != Some("kill") {
         eprintln!(
-            "usage: load kill [--backend postgres|sqlite] [--episodes N] [--per-episode N] [--kills N] [--gap-ms MS] [--exporter-every-ms MS]\n       load restart [--episodes N] [--per-episode N] [--restarts N] [--away-ms MS]"
+            "usage: load kill [--backend postgres|sqlite] [--episodes N] [--per-episode N] [--kills N] [--gap-ms MS] [--exporter-every-ms MS]\n       load restart [--episodes N] [--per-episode N] [--restarts N] [--away-ms MS]\n       load overload [--episodes N] [--seconds S] [--factor F]"
         );
         std::process::exit(2);
     }
