@@ -486,18 +486,24 @@ pub fn verify_access_log(gw: &Gateway) -> Option<String> {
     })
 }
 
-/// Problems with what the EPJ holds: each present message exactly once.
-pub async fn check_epj(gw: &Gateway, epj: &Epj, episodes: &[Uuid]) -> Vec<String> {
+/// The ids of every message stored in `episodes`.
+pub async fn stored_message_ids(gw: &Gateway, episodes: &[Uuid]) -> Vec<String> {
     let mut db = crate::connect_database(gw.data_dir.path(), gw.database()).await;
-    let mut present: Vec<String> = Vec::new();
+    let mut stored = Vec::new();
     for episode in episodes {
         let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM messages WHERE episode_id = $1")
             .bind(episode.to_string())
             .fetch_all(&mut db)
             .await
             .unwrap();
-        present.extend(ids.into_iter().map(|(id,)| id));
+        stored.extend(ids.into_iter().map(|(id,)| id));
     }
+    stored
+}
+
+/// Problems with what the EPJ holds: each present message exactly once.
+pub async fn check_epj(gw: &Gateway, epj: &Epj, episodes: &[Uuid]) -> Vec<String> {
+    let mut present = stored_message_ids(gw, episodes).await;
     present.sort();
     let held = identifiers(&epj.resources("Communication").await, MESSAGE_SYSTEM);
     if held == present {

@@ -185,16 +185,10 @@ async fn missing<'a>(
     episodes: &[uuid::Uuid],
     acked: impl Iterator<Item = &'a String>,
 ) -> usize {
-    let mut db = crate::connect_database(gw.data_dir.path(), gw.database()).await;
-    let mut stored = std::collections::HashSet::new();
-    for episode in episodes {
-        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM messages WHERE episode_id = $1")
-            .bind(episode.to_string())
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-        stored.extend(ids.into_iter().map(|(id,)| id));
-    }
+    let stored: std::collections::HashSet<String> = crate::load::stored_message_ids(gw, episodes)
+        .await
+        .into_iter()
+        .collect();
     acked.filter(|id| !stored.contains(*id)).count()
 }
 
