@@ -138,8 +138,16 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Time a request may take before it is answered with 503.
     pub request_timeout_ms: u64,
-    /// Requests handled at once; more are refused with 503 rather than queued.
+    /// Requests worked on at once (attachment uploads apart). About
+    /// `storage.max_connections`: more in progress than the database can serve only
+    /// wait for it. Further requests wait in `admission_queue`.
     pub concurrency_limit: usize,
+    /// Attachment uploads worked on at once. Counted apart because an upload is held
+    /// for as long as its client takes to send it.
+    pub upload_concurrency_limit: usize,
+    /// Requests that may wait (at most a second) for a place when the limit is reached,
+    /// for each of the two limits; when it is full, a request is refused with 503 at once.
+    pub admission_queue: usize,
     /// Time a TLS handshake may take.
     pub handshake_timeout_ms: u64,
     /// Time a write to a connection may make no progress before the connection is
@@ -163,6 +171,49 @@ pub struct ServerConfig {
     pub hsts_max_age_seconds: u64,
 }
 
+impl ServerConfig {
+    /// Each limit that must be above 0, by key.
+    fn validate_positive(&self) -> Result<(), ConfigError> {
+        let s = self;
+        let positive = [
+            (
+                "server.body_limit_bytes",
+                s.body_limit_bytes,
+                "set a size in bytes, e.g. 1048576",
+            ),
+            (
+                "server.request_timeout_ms",
+                s.request_timeout_ms,
+                "set milliseconds, e.g. 30000",
+            ),
+            (
+                "server.handshake_timeout_ms",
+                s.handshake_timeout_ms,
+                "set milliseconds, e.g. 10000",
+            ),
+            (
+                "server.write_timeout_ms",
+                s.write_timeout_ms,
+                "set milliseconds, e.g. 30000",
+            ),
+            (
+                "server.concurrency_limit",
+                u64::try_from(s.concurrency_limit).unwrap_or(u64::MAX),
+                "set a count, e.g. 16",
+            ),
+            (
+                "server.upload_concurrency_limit",
+                u64::try_from(s.upload_concurrency_limit).unwrap_or(u64::MAX),
+                "set a count, e.g. 8",
+            ),
+        ];
+        if let Some((key, _, fix)) = positive.iter().find(|(_, value, _)| *value == 0) {
+            return Err(invalid(key, "must be above 0".into(), fix));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -170,7 +221,9 @@ impl Default for ServerConfig {
             public_url: None,
             body_limit_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
-            concurrency_limit: 1024,
+            concurrency_limit: 16,
+            upload_concurrency_limit: 8,
+            admission_queue: 32,
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             handshakes_per_address: 32,
@@ -593,36 +646,7 @@ impl Config {
                 "bind dev mode to 127.0.0.1 or ::1, or run without --dev",
             ));
         }
-        let positive = [
-            (
-                "server.body_limit_bytes",
-                s.body_limit_bytes,
-                "set a size in bytes, e.g. 1048576",
-            ),
-            (
-                "server.request_timeout_ms",
-                s.request_timeout_ms,
-                "set milliseconds, e.g. 30000",
-            ),
-            (
-                "server.handshake_timeout_ms",
-                s.handshake_timeout_ms,
-                "set milliseconds, e.g. 10000",
-            ),
-            (
-                "server.write_timeout_ms",
-                s.write_timeout_ms,
-                "set milliseconds, e.g. 30000",
-            ),
-            (
-                "server.concurrency_limit",
-                u64::try_from(s.concurrency_limit).unwrap_or(u64::MAX),
-                "set a count, e.g. 1024",
-            ),
-        ];
-        if let Some((key, _, fix)) = positive.iter().find(|(_, value, _)| *value == 0) {
-            return Err(invalid(key, "must be above 0".into(), fix));
-        }
+        self.server.validate_positive()?;
         self.validate_tls(mode)?;
         if mode == Mode::Production {
             self.validate_production()?;

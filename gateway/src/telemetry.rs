@@ -153,6 +153,14 @@ pub struct Metrics {
     audit_stuck: Gauge,
     /// Size of the newest access-log checkpoint each outside place holds.
     audit_published: Family<TargetLabels, Gauge>,
+    /// Requests refused at the concurrency limit, by class (`api`, `upload`).
+    shed: Family<ShedLabels, Counter>,
+}
+
+/// Which limit refused a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub class: &'static str,
 }
 
 /// An outside place checkpoints are pushed to: `directory` or a witness's name.
@@ -188,12 +196,19 @@ impl Default for Metrics {
             "Size of the newest access-log checkpoint a directory or witness holds",
             audit_published.clone(),
         );
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "http_requests_shed",
+            "Requests refused with 503 at the concurrency limit",
+            shed.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             audit_stuck,
             audit_published,
+            shed,
         }
     }
 }
@@ -214,6 +229,11 @@ impl Metrics {
         self.latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one request refused at the concurrency limit of `class`.
+    pub fn shed(&self, class: &'static str) {
+        self.shed.get_or_create(&ShedLabels { class }).inc();
     }
 
     /// Whether the access log's sequencer is stuck on a head that disagrees with its

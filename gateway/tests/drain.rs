@@ -38,6 +38,8 @@ async fn in_flight_request_completes_during_shutdown() {
         attachment_limit_bytes: 1024,
         request_timeout: Duration::from_secs(10),
         concurrency_limit: 8,
+        upload_concurrency_limit: 4,
+        admission_queue: 8,
         hsts_max_age_seconds: 60,
     };
     let app = middleware::build(router, &limits, Metrics::shared());

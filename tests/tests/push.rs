@@ -937,3 +937,40 @@ async fn streams_end_for_a_recheck_when_the_listener_was_cut_off() {
     let seen = again.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(seen.data["message"]["id"], sent.to_string());
 }
+
+/// A long poll gives its place among the requests the gateway works on back while it
+/// waits: with room for one request at a time, a waiting poll does not refuse the next.
+#[tokio::test]
+async fn a_waiting_long_poll_holds_no_place_among_the_requests_in_progress() {
+    let idps = IdentityProviders::shared();
+    let gw = Gateway::start_with(
+        Backend::Sqlite,
+        GatewayOptions {
+            config_toml: Some(idps.gateway_config()),
+            env: vec![("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "1".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let patient = Actor::patient(SYNTHETIC_FNR).await;
+    let poll = {
+        let (http, url, patient) = (
+            gw.client(),
+            format!("{}/v1/inbox?wait=3", gw.url),
+            Actor::patient(SYNTHETIC_FNR).await,
+        );
+        tokio::spawn(async move { patient.call(&http, Method::GET, &url, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "the poll waits");
+    let me = patient
+        .call(
+            &gw.client(),
+            Method::GET,
+            &format!("{}/v1/me", gw.url),
+            None,
+        )
+        .await;
+    assert_eq!(me.status(), 200, "answered while the poll waits");
+    assert_eq!(poll.await.unwrap().status(), 200);
+}

@@ -365,6 +365,8 @@ fn limits(config: &Config) -> (Limits, ListenerLimits) {
         attachment_limit_bytes: config.storage.attachment_limit_bytes,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
         concurrency_limit: config.server.concurrency_limit,
+        upload_concurrency_limit: config.server.upload_concurrency_limit,
+        admission_queue: config.server.admission_queue,
         hsts_max_age_seconds: config.server.hsts_max_age_seconds,
     };
     let timeouts = ListenerLimits {

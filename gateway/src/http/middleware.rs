@@ -2,7 +2,7 @@
 //!
 //! Outside in: request id (accepted if well-formed, else generated; echoed) → tracing
 //! span → metrics → security headers → declared body size (413 before routing) → load
-//! shedding at the concurrency limit (503) → panic guard → router. Inside the router, per
+//! admission at the concurrency limit (503 at once; [`crate::http::admission`]) → panic guard → router. Inside the router, per
 //! route: route tag (for span and metrics) → request deadline (503) → handler, with the
 //! body-size limit enforced again on streamed bodies by the extractors.
 
@@ -11,19 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state, map_response_with_state};
 use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing::field::Empty;
 
+use crate::http::admission::{Admission, admit};
 use crate::http::errors::{Problem, ProblemKind};
 use crate::telemetry::Metrics;
 
@@ -40,7 +40,12 @@ pub struct Limits {
     /// The declared-length limit of attachment uploads (they stream; see `attachments`).
     pub attachment_limit_bytes: u64,
     pub request_timeout: Duration,
+    /// Requests worked on at once, attachment uploads apart (see [`admission`]).
     pub concurrency_limit: usize,
+    /// Attachment uploads worked on at once.
+    pub upload_concurrency_limit: usize,
+    /// Requests that may wait for a place, for each of the two limits.
+    pub admission_queue: usize,
     pub hsts_max_age_seconds: u64,
 }
 
@@ -63,6 +68,12 @@ pub fn build(router: Router, limits: &Limits, metrics: Arc<Metrics>) -> HttpServ
             usize::try_from(limits.body_limit_bytes).unwrap_or(usize::MAX),
         ));
     let security = Arc::new(SecurityHeaders::new(limits.hsts_max_age_seconds));
+    let admission = Arc::new(Admission::new(
+        limits.concurrency_limit,
+        limits.upload_concurrency_limit,
+        limits.admission_queue,
+        metrics.clone(),
+    ));
     let service = ServiceBuilder::new()
         .layer(from_fn(sanitize_request_id))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
@@ -82,9 +93,7 @@ pub fn build(router: Router, limits: &Limits, metrics: Arc<Metrics>) -> HttpServ
             (limits.body_limit_bytes, limits.attachment_limit_bytes),
             declared_length,
         ))
-        .layer(HandleErrorLayer::new(overloaded))
-        .load_shed()
-        .concurrency_limit(limits.concurrency_limit)
+        .layer(from_fn_with_state(admission, admit))
         .layer(CatchPanicLayer::custom(panicked))
         .service(router);
     BoxCloneSyncService::new(service)
@@ -266,11 +275,6 @@ async fn declared_length(
     next.run(req).await
 }
 
-async fn overloaded(_: BoxError) -> Problem {
-    tracing::warn!("concurrency limit reached; request shed");
-    Problem::new(ProblemKind::Overloaded)
-}
-
 fn panicked(_payload: Box<dyn std::any::Any + Send>) -> Response {
     // The payload may quote data; the log gets the fact only.
     tracing::error!("handler panicked");
@@ -355,6 +359,8 @@ mod tests {
             attachment_limit_bytes: 128,
             request_timeout: Duration::from_millis(200),
             concurrency_limit: 8,
+            upload_concurrency_limit: 4,
+            admission_queue: 8,
             hsts_max_age_seconds: 600,
         }
     }

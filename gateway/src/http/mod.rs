@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod access_log;
+pub mod admission;
 pub mod attachments;
 pub mod audit;
 pub mod auth;

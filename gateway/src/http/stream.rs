@@ -20,6 +20,7 @@ use super::extractors::{ApiQuery, Caller, SessionId, page_limit};
 use super::state::AppState;
 use crate::audit::Access;
 use crate::domain::participants::owner_of;
+use crate::http::admission::Place;
 use crate::push::Slot;
 use crate::push::authz::{Authorization, EndReason, Grounds};
 use crate::storage::stream::{StreamFilter, StreamPosition};
@@ -218,6 +219,7 @@ pub async fn inbox(
     access: Access,
     Caller(caller): Caller,
     session: Option<axum::Extension<SessionId>>,
+    place: Option<axum::Extension<Place>>,
     ApiQuery(query): ApiQuery<InboxQuery>,
 ) -> Result<Json<InboxPage>, Problem> {
     let filter = filter_for(&state, &caller)?;
@@ -235,6 +237,10 @@ pub async fn inbox(
     } else {
         let slot = slot(&state, &caller)?;
         let watch = watch(&state, &caller, session.map(|s| s.0), query.device).await?;
+        // Waiting is not work: the gateway's place goes to another request meanwhile.
+        if let Some(place) = place {
+            place.give_back();
+        }
         (Some(slot), Some(watch))
     };
     let (entries, end) = match &mut watch {
