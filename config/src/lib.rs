@@ -146,7 +146,8 @@ pub struct ServerConfig {
     /// for as long as its client takes to send it.
     pub upload_concurrency_limit: usize,
     /// Requests that may wait (at most a second) for a place when the limit is reached,
-    /// for each of the two limits; when it is full, a request is refused with 503 at once.
+    /// for each of the two limits; when it is full, or stands (a request waited more
+    /// than 50 ms), a request is refused with 503 at once.
     pub admission_queue: usize,
     /// Time a TLS handshake may take.
     pub handshake_timeout_ms: u64,
@@ -223,7 +224,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             concurrency_limit: 16,
             upload_concurrency_limit: 8,
-            admission_queue: 32,
+            admission_queue: 64,
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             handshakes_per_address: 32,

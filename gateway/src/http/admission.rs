@@ -3,18 +3,20 @@
 //! The limit is small, about the size of the database pool (`server.concurrency_limit`,
 //! 16 by default): more requests in progress than the database serves only wait for it,
 //! and every admitted request waits longer. A request over the limit waits for a place
-//! in a short queue (`server.admission_queue`, 32 by default, and at most
-//! [`MAX_WAIT`]), so that a burst from one platform is served rather than refused; when
-//! the queue is full, or the wait runs out, it is refused with 503 `overloaded` and
-//! `Retry-After`, before any work is done. docs/load.md has the measurements behind the
-//! defaults.
+//! in a queue (`server.admission_queue`, 64 by default, at most [`MAX_WAIT`]), so that
+//! a burst, or a pause of the database, is ridden out rather than refused. A queue that
+//! does not drain is another matter: once a request has waited longer than [`STANDING`]
+//! the gateway is getting more than it serves, and until a request finds a place free
+//! again, one that finds none is refused at once (the signal of `CoDel`, RFC 8289). A
+//! refused request gets 503 `overloaded` with `Retry-After`, before any work is done.
+//! docs/load.md has the measurements behind the defaults.
 //!
 //! Attachment uploads count apart (`server.upload_concurrency_limit`): an upload is held
 //! for as long as its client takes to send the body, and slow uploads must not take the
 //! places of the short requests. Event streams hold a place only until their headers are
 //! sent, and a long poll gives its place back while it waits ([`Place::give_back`]).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,11 +33,18 @@ use crate::telemetry::Metrics;
 /// The longest a request waits in the queue for a place.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
+/// A wait for a place longer than this means the queue is not a burst draining but a
+/// standing queue: the gateway gets more than it serves.
+pub const STANDING: Duration = Duration::from_millis(50);
+
 /// One kind of request's places, and its queue.
 #[derive(Debug)]
 struct Places {
     free: Arc<Semaphore>,
     queued: AtomicUsize,
+    /// Set when a request waited longer than [`STANDING`], cleared when one finds a place
+    /// free: meanwhile a request that finds no place is refused at once.
+    standing: AtomicBool,
 }
 
 /// A request's turn in a queue; leaves it when dropped (also when the client goes away
@@ -53,24 +62,31 @@ impl Places {
         Self {
             free: Arc::new(Semaphore::new(count)),
             queued: AtomicUsize::new(0),
+            standing: AtomicBool::new(false),
         }
     }
 
     /// A free place now, or after waiting in a queue of at most `queue` requests for at
-    /// most [`MAX_WAIT`]; `None` when the queue is full or the wait runs out.
+    /// most [`MAX_WAIT`]; `None` when the queue stands, is full, or the wait runs out.
     async fn take(&self, queue: usize) -> Option<OwnedSemaphorePermit> {
         if let Ok(place) = self.free.clone().try_acquire_owned() {
+            self.standing.store(false, Ordering::Relaxed);
             return Some(place);
+        }
+        if self.standing.load(Ordering::Relaxed) {
+            return None;
         }
         if self.queued.fetch_add(1, Ordering::Relaxed) >= queue {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         let _turn = InQueue(&self.queued);
-        tokio::time::timeout(MAX_WAIT, self.free.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()
+        let since = Instant::now();
+        let place = tokio::time::timeout(MAX_WAIT, self.free.clone().acquire_owned()).await;
+        if since.elapsed() > STANDING {
+            self.standing.store(true, Ordering::Relaxed);
+        }
+        place.ok()?.ok()
     }
 }
 
@@ -173,7 +189,7 @@ mod tests {
             let (entered, release) = (entered.clone(), release.clone());
             async move {
                 entered.fetch_add(1, Ordering::SeqCst);
-                let _go = release.acquire().await.unwrap();
+                release.acquire().await.unwrap().forget();
                 "done"
             }
         };
@@ -245,6 +261,41 @@ mod tests {
             "the refused one never ran"
         );
         assert_eq!(admission.api.queued.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn after_a_long_wait_the_queue_stands_until_a_place_is_free_again() {
+        let admission = Arc::new(Admission::new(1, 1, 8, Metrics::shared()));
+        let (entered, release) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+        let app = held(admission.clone(), entered.clone(), release.clone());
+        let me = || request(Method::GET, "/v1/me");
+        let holder = tokio::spawn(app.clone().oneshot(me()));
+        while entered.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let waiter = tokio::spawn(app.clone().oneshot(me()));
+        tokio::time::sleep(STANDING * 2).await;
+        release.add_permits(1);
+        assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+        // The waiter waited past STANDING and now holds the place: the queue stands, so
+        // the next request is refused without waiting, though the queue has room.
+        while entered.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = tokio::time::timeout(STANDING, app.clone().oneshot(me()))
+            .await
+            .expect("refused at once")
+            .unwrap();
+        assert_eq!(refused.status(), 503);
+        release.add_permits(1);
+        assert_eq!(waiter.await.unwrap().unwrap().status(), 200);
+        // A place is free again: the next request is served.
+        release.add_permits(1);
+        let served = app.oneshot(me()).await.unwrap();
+        assert_eq!(served.status(), 200);
     }
 
     #[tokio::test]
