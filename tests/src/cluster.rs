@@ -119,6 +119,31 @@ impl Cluster {
         assert!(status.success(), "pg_ctl start failed");
     }
 
+    /// The postmaster and every process it has started so far (backends it starts later
+    /// inherit the postmaster's CPU affinity).
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(postmaster) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid …; comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(postmaster)
+                && let Ok(pid) = entry.file_name().to_string_lossy().parse()
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// `pg_ctl stop -m immediate`: every backend killed at once, no checkpoint; the next
     /// start recovers from the WAL, as after a crash.
     pub fn stop_immediate(&self) {

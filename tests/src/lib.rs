@@ -28,6 +28,7 @@ pub mod register;
 pub mod relay;
 pub mod scenario;
 pub mod sealed;
+pub mod soak;
 pub mod tamper;
 pub mod witness;
 

@@ -135,46 +135,74 @@ impl Cast {
         }
     }
 
+    /// New logins for every patient (their access tokens, in the order of the episodes)
+    /// and the therapist: the test provider's tokens live 10 minutes, a soak far longer.
+    pub async fn fresh_logins(&self) -> (Vec<String>, Actor) {
+        let mut tokens = Vec::with_capacity(self.patients.len());
+        for pid in patients(self.patients.len()) {
+            tokens.push(Actor::patient(&pid).await.token.access_token);
+        }
+        (tokens, Actor::therapist(THERAPIST_PID, HPR).await)
+    }
+
+    /// Each episode's recipients as its patient's SDK reads them from the directory, in
+    /// the order of the episodes.
+    pub async fn recipients(&self) -> Vec<Vec<icbt_envelope::PublicKey>> {
+        let mut all = Vec::with_capacity(self.patients.len());
+        for (party, episode) in &self.patients {
+            all.push(
+                party
+                    .client
+                    .episode_keys(*episode, false)
+                    .await
+                    .unwrap()
+                    .recipients(),
+            );
+        }
+        all
+    }
+
+    /// One message from the patient of episode `index`, sealed to `recipients`: the path
+    /// and body of its `PUT`, and the patient's bearer token.
+    pub fn seal(
+        &self,
+        index: usize,
+        recipients: &[icbt_envelope::PublicKey],
+        n: usize,
+    ) -> (String, serde_json::Value, String) {
+        let (party, episode) = &self.patients[index];
+        let id = Uuid::new_v4();
+        let binding = icbt_envelope::Binding {
+            episode: episode.to_string(),
+            message: id.to_string(),
+            kind: "message".into(),
+            sender: party.keys.device_id(),
+        };
+        let text = json!({ "text": format!("melding {n}: {}", "tekst ".repeat(40)) }).to_string();
+        let envelope =
+            icbt_envelope::seal(text.as_bytes(), &binding, &party.keys.signing, recipients)
+                .unwrap();
+        let body = json!({
+            "kind": "message",
+            "envelope": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, envelope),
+        });
+        (
+            format!("v1/episodes/{episode}/messages/{id}"),
+            body,
+            party.token.clone(),
+        )
+    }
+
     /// `per_episode` patient messages per episode sealed ahead (one directory fetch per
     /// episode), in round-robin order over the episodes, each as the path and body of its
     /// `PUT` and the patient's bearer token: a client that is not itself the bottleneck.
     pub async fn presealed(&self, per_episode: usize) -> Vec<(String, serde_json::Value, String)> {
+        let recipients = self.recipients().await;
         let mut by_episode = Vec::new();
-        for (party, episode) in &self.patients {
-            let recipients = party
-                .client
-                .episode_keys(*episode, false)
-                .await
-                .unwrap()
-                .recipients();
-            let mut sealed = Vec::with_capacity(per_episode);
-            for n in 0..per_episode {
-                let id = Uuid::new_v4();
-                let binding = icbt_envelope::Binding {
-                    episode: episode.to_string(),
-                    message: id.to_string(),
-                    kind: "message".into(),
-                    sender: party.keys.device_id(),
-                };
-                let text =
-                    json!({ "text": format!("melding {n}: {}", "tekst ".repeat(40)) }).to_string();
-                let envelope = icbt_envelope::seal(
-                    text.as_bytes(),
-                    &binding,
-                    &party.keys.signing,
-                    &recipients,
-                )
-                .unwrap();
-                let body = json!({
-                    "kind": "message",
-                    "envelope": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, envelope),
-                });
-                sealed.push((
-                    format!("v1/episodes/{episode}/messages/{id}"),
-                    body,
-                    party.token.clone(),
-                ));
-            }
+        for (index, recipients) in recipients.iter().enumerate() {
+            let sealed: Vec<_> = (0..per_episode)
+                .map(|n| self.seal(index, recipients, n))
+                .collect();
             by_episode.push(sealed.into_iter());
         }
         let mut all = Vec::with_capacity(per_episode * by_episode.len());

@@ -12,13 +12,12 @@
 //!
 //! Messages are sealed ahead, so the client spends its share of the cores on sending.
 //!
-//! A limit of the method on a small machine: the client costs about what the gateway
-//! does per send (TLS, HTTP/2, JSON), so on cores they share it cannot offer the gateway
-//! three times what the gateway serves. The excess then waits in the client (for HTTP/2
-//! streams and connections), not in the gateway, and the spike's latencies are the
-//! client's queue. The first run (2026-12-04, 2 cores) showed exactly that: the gateway's
-//! memory stayed flat and it refused nothing. To measure the gateway's own shedding,
-//! give the client cores of its own (`taskset`), or run it from another machine.
+//! The client costs about what the gateway does per send (TLS, HTTP/2, JSON), so on
+//! cores they share it cannot offer the gateway three times what the gateway serves: the
+//! excess then waits in the client, not in the gateway, and the spike's latencies are the
+//! client's queue (the first run, on 2 shared cores, showed exactly that). So with `pin`
+//! the run gives the client cores of its own: the gateway and a PostgreSQL cluster of the
+//! run's own (Debian's `initdb`) get the first CPU, the client the rest (`taskset`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,26 +27,88 @@ use serde_json::Value;
 use crate::load::{Cast, restartable};
 use crate::{Backend, Gateway};
 
+/// Connections the spike is sent over.
+const CONNECTIONS: usize = 64;
+
 /// How an overload run goes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct OverloadPlan {
     pub episodes: usize,
     pub spike: Duration,
     pub factor: u32,
+    /// Gateway and database on CPU 0, the client on the others.
+    pub pin: bool,
+    /// Settings for the gateway (`ICBT_…` variables; the harness passes on no others).
+    pub gateway_env: Vec<(String, String)>,
+}
+
+/// Sets the CPU affinity of every thread of each of `pids` to `cpus` (a `taskset` list).
+fn pin(pids: &[u32], cpus: &str) {
+    for pid in pids {
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "taskset -a -p -c {cpus} {pid}"
+        );
+    }
+}
+
+/// The run's gateway on PostgreSQL: on the shared server, or with `pin` on a cluster of
+/// its own on CPU 0 with the client on the other CPUs (the cluster is kept alive by the
+/// returned guard).
+pub(crate) async fn gateway(
+    pin_cores: bool,
+    env: &[(String, String)],
+) -> (Gateway, Option<crate::cluster::Cluster>, String) {
+    let idps = crate::idp::IdentityProviders::shared();
+    let mut options = restartable(idps.gateway_config());
+    options.env.extend(env.iter().cloned());
+    if !pin_cores {
+        let gw = Gateway::start_with(Backend::Postgres, options).await;
+        return (
+            gw,
+            None,
+            "2 cores shared by the client, the gateway and PostgreSQL".into(),
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(cores >= 2, "--pin needs at least 2 CPUs");
+    let cluster = crate::cluster::Cluster::start().expect("PostgreSQL's initdb and pg_ctl");
+    let database = crate::TestDatabase::create_on(&cluster.admin_url).await;
+    let gw = Gateway::start_on(database, options);
+    pin(&cluster.pids(), "0");
+    pin(&[gw.pid()], "0");
+    pin(&[std::process::id()], &format!("1-{}", cores - 1));
+    let setting = format!(
+        "{cores} cores: the gateway and PostgreSQL pinned to one, the client to {}",
+        if cores == 2 {
+            "the other".to_owned()
+        } else {
+            format!("the other {}", cores - 1)
+        }
+    );
+    (gw, Some(cluster), setting)
 }
 
 /// One send's outcome: its status (0: no answer), how long it took, and whether a
 /// refusal said when to come back.
 #[derive(Clone, Copy, Debug)]
-struct Outcome {
-    status: u16,
-    took: Duration,
-    retry_after: bool,
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
+    pub(crate) took: Duration,
+    pub(crate) retry_after: bool,
 }
 
-type Send = (String, Value, String);
+pub(crate) type Send = (String, Value, String);
 
-async fn send(http: &reqwest::Client, base: &str, (path, body, token): &Send) -> Outcome {
+pub(crate) async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    (path, body, token): &Send,
+) -> Outcome {
     let started = Instant::now();
     let answer = http
         .put(format!("{base}/{path}"))
@@ -72,7 +133,7 @@ async fn send(http: &reqwest::Client, base: &str, (path, body, token): &Send) ->
 }
 
 /// The `q`-th quantile (`num/den`) of `values`, in milliseconds.
-fn quantile(values: &[Duration], num: usize, den: usize) -> f64 {
+pub(crate) fn quantile(values: &[Duration], num: usize, den: usize) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort();
     sorted
@@ -81,7 +142,7 @@ fn quantile(values: &[Duration], num: usize, den: usize) -> f64 {
 }
 
 /// Resident memory of `pid` now and at its peak, in KiB (Linux).
-fn memory(pid: u32) -> (u64, u64) {
+pub(crate) fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -113,6 +174,58 @@ fn sample_peak(
     (sampler, peak)
 }
 
+/// The gateway's own latency histogram for answers of `status`, from `/metrics`: each
+/// bucket's upper bound (seconds) and cumulative count, over every route.
+async fn histogram(http: &reqwest::Client, base: &str, status: u16) -> Vec<(f64, u64)> {
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut buckets = std::collections::BTreeMap::<String, (f64, u64)>::new();
+    let wanted = format!("status=\"{status}\"");
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("icbt_gateway_http_request_duration_seconds_bucket{")
+        else {
+            continue;
+        };
+        let Some((labels, count)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.contains(&wanted) {
+            continue;
+        }
+        let le = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .unwrap_or("+Inf");
+        let bound = le.parse::<f64>().unwrap_or(f64::INFINITY);
+        let count = count.trim().parse::<u64>().unwrap_or(0);
+        buckets.entry(le.to_owned()).or_insert((bound, 0)).1 += count;
+    }
+    let mut all: Vec<(f64, u64)> = buckets.into_values().collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all
+}
+
+/// The upper bound (ms) of the bucket holding the 99th percentile of what was answered
+/// between two readings of [`histogram`].
+fn p99_bound(before: &[(f64, u64)], after: &[(f64, u64)]) -> String {
+    let counted = |h: &[(f64, u64)], bound: f64| {
+        h.iter()
+            .find(|(b, _)| b.total_cmp(&bound).is_eq())
+            .map_or(0, |(_, c)| *c)
+    };
+    let diff: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(b, c)| (*b, c - counted(before, *b).min(*c)))
+        .collect();
+    let total = diff.last().map_or(0, |(_, c)| *c);
+    diff.iter()
+        .find(|(_, c)| *c * 100 >= total * 99)
+        .map_or_else(|| "-".to_owned(), |(b, _)| format!("{:.1}", b * 1_000.0))
+}
+
 /// One at a time, `n` sends: their latencies.
 async fn one_at_a_time(http: &reqwest::Client, base: &str, sends: &[Send]) -> Vec<Duration> {
     let mut took = Vec::with_capacity(sends.len());
@@ -124,9 +237,11 @@ async fn one_at_a_time(http: &reqwest::Client, base: &str, sends: &[Send]) -> Ve
     took
 }
 
-/// Sends per second with 64 senders, each sending as soon as its last send was
-/// answered, over 10 s.
-async fn capacity(http: &reqwest::Client, base: &str, sends: Vec<Send>) -> f64 {
+/// The gateway at full load: sends per second with 64 senders, each sending as soon as
+/// its last send was answered, over 10 s, and the p99 of the acknowledged ones. A sender
+/// refused (429/503) waits 10 ms and tries the same send again, so that a low
+/// concurrency limit is not measured as a capacity lost to refusals.
+pub(crate) async fn capacity(http: &reqwest::Client, base: &str, sends: Vec<Send>) -> (f64, f64) {
     let queue = Arc::new(Mutex::new(sends));
     let started = Instant::now();
     let window = Duration::from_secs(10);
@@ -134,23 +249,33 @@ async fn capacity(http: &reqwest::Client, base: &str, sends: Vec<Send>) -> f64 {
     for _ in 0..64 {
         let (queue, http, base) = (queue.clone(), http.clone(), base.to_owned());
         workers.push(tokio::spawn(async move {
-            let mut acked = 0_u32;
+            let mut acked = Vec::new();
             while started.elapsed() < window {
                 let Some(s) = queue.lock().unwrap().pop() else {
                     break;
                 };
-                if send(&http, &base, &s).await.status == 201 {
-                    acked += 1;
+                while started.elapsed() < window {
+                    let outcome = send(&http, &base, &s).await;
+                    if matches!(outcome.status, 429 | 503) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    if outcome.status == 201 {
+                        acked.push(outcome.took);
+                    }
+                    break;
                 }
             }
             acked
         }));
     }
-    let mut acked = 0_u32;
+    let mut acked = Vec::new();
     for w in workers {
-        acked += w.await.unwrap();
+        acked.extend(w.await.unwrap());
     }
-    f64::from(acked) / started.elapsed().as_secs_f64()
+    let rate =
+        f64::from(u32::try_from(acked.len()).unwrap_or(u32::MAX)) / started.elapsed().as_secs_f64();
+    (rate, quantile(&acked, 99, 100))
 }
 
 /// One send at a time for 15 s after the spike: the p99 of each second, and the first
@@ -180,7 +305,7 @@ async fn afterwards(
 }
 
 /// How many of `acked` (message ids) are not stored in `episodes`.
-async fn missing<'a>(
+pub(crate) async fn missing<'a>(
     gw: &Gateway,
     episodes: &[uuid::Uuid],
     acked: impl Iterator<Item = &'a String>,
@@ -192,10 +317,49 @@ async fn missing<'a>(
     acked.filter(|id| !stored.contains(*id)).count()
 }
 
+/// Offers `sends` over `clients` in an open loop, one every `interval` for `length`,
+/// whether or not the earlier ones were answered; each outcome goes into `outcomes` with
+/// its message id. Returns the count offered and how long offering took.
+async fn spike(
+    clients: &[reqwest::Client],
+    base: &str,
+    sends: &mut impl Iterator<Item = Send>,
+    interval: Duration,
+    length: Duration,
+    outcomes: &Arc<Mutex<Vec<(Outcome, String)>>>,
+) -> (u32, Duration) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut offered = 0_u32;
+    while started.elapsed() < length {
+        tick.tick().await;
+        let Some(s) = sends.next() else { break };
+        offered += 1;
+        let http = clients[usize::try_from(offered).unwrap_or(0) % clients.len()].clone();
+        let (base, outcomes) = (base.to_owned(), outcomes.clone());
+        tasks.spawn(async move {
+            let outcome = send(&http, &base, &s).await;
+            let id = s.0.rsplit('/').next().unwrap_or_default().to_owned();
+            outcomes.lock().unwrap().push((outcome, id));
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    let offered_for = started.elapsed();
+    while tasks.join_next().await.is_some() {}
+    (offered, offered_for)
+}
+
+/// A count estimated in floating point, rounded up (0 when negative or not a number).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn whole(estimate: f64) -> usize {
+    estimate.ceil().clamp(0.0, 1e9) as usize
+}
+
 /// Runs the overload measurement; returns the report.
 pub async fn overload_run(plan: OverloadPlan) -> String {
-    let idps = crate::idp::IdentityProviders::shared();
-    let gw = Gateway::start_with(Backend::Postgres, restartable(idps.gateway_config())).await;
+    let (gw, _cluster, cores) = gateway(plan.pin, &plan.gateway_env).await;
     let cast = Arc::new(Cast::new(&gw, plan.episodes).await);
     let http = gw.client();
     let base = gw.url.clone();
@@ -204,16 +368,20 @@ pub async fn overload_run(plan: OverloadPlan) -> String {
         .presealed(9_000_usize.div_ceil(plan.episodes))
         .await
         .into_iter();
+    // The spike comes from many clients, as it would: one HTTP/2 connection each, since
+    // one connection carries at most 128 requests at a time and the excess would queue
+    // in the client. Each is connected ahead, one at a time, within the per-address caps.
+    let clients: Vec<reqwest::Client> = (0..CONNECTIONS).map(|_| gw.client()).collect();
     let warm: Vec<Send> = sends.by_ref().take(200).collect();
-    one_at_a_time(&http, &base, &warm).await;
+    for (i, s) in warm.iter().enumerate() {
+        assert_eq!(send(&clients[i % CONNECTIONS], &base, s).await.status, 201);
+    }
     let probe: Vec<Send> = sends.by_ref().take(500).collect();
     let unloaded = one_at_a_time(&http, &base, &probe).await;
     let unloaded_p99 = quantile(&unloaded, 99, 100);
-    let capacity = capacity(&http, &base, sends.by_ref().take(8_000).collect()).await;
+    let (capacity, loaded_p99) = capacity(&http, &base, sends.by_ref().take(8_000).collect()).await;
     let spike_sends = capacity * f64::from(plan.factor) * plan.spike.as_secs_f64() + 15.0 * 1_000.0;
-    let needed = format!("{:.0}", spike_sends / 0.9)
-        .parse::<usize>()
-        .unwrap_or(100_000);
+    let needed = whole(spike_sends / 0.9);
     let mut sends = cast
         .presealed(needed.div_ceil(plan.episodes))
         .await
@@ -226,25 +394,18 @@ pub async fn overload_run(plan: OverloadPlan) -> String {
     let pid = gw.pid();
     let (sampling, peak) = sample_peak(pid);
     let (rss_before, _) = memory(pid);
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut offered = 0_u32;
-    while started.elapsed() < plan.spike {
-        tick.tick().await;
-        let Some(s) = sends.next() else { break };
-        offered += 1;
-        let (http, base, outcomes) = (http.clone(), base.clone(), outcomes.clone());
-        tasks.spawn(async move {
-            let outcome = send(&http, &base, &s).await;
-            let id = s.0.rsplit('/').next().unwrap_or_default().to_owned();
-            outcomes.lock().unwrap().push((outcome, id));
-        });
-    }
-    let offered_for = started.elapsed();
-    while tasks.join_next().await.is_some() {}
+    let (admitted_before, refused_before) = (
+        histogram(&http, &base, 201).await,
+        histogram(&http, &base, 503).await,
+    );
+    let (offered, offered_for) =
+        spike(&clients, &base, &mut sends, interval, plan.spike, &outcomes).await;
     sampling.abort();
+    let inside = format!(
+        "as the gateway measured them (from the tower stack's entry to the answer): p99 of the admitted at most {} ms, of the refused at most {} ms",
+        p99_bound(&admitted_before, &histogram(&http, &base, 201).await),
+        p99_bound(&refused_before, &histogram(&http, &base, 503).await),
+    );
 
     let (after, back_after) = afterwards(&http, &base, &mut sends, unloaded_p99).await;
 
@@ -273,12 +434,13 @@ pub async fn overload_run(plan: OverloadPlan) -> String {
     let other = outcomes.len() - admitted.len() - refused.len();
     let (_, hwm) = memory(pid);
     format!(
-        "unloaded send, one at a time: p50 {:.1} ms, p99 {unloaded_p99:.1} ms; capacity with 64 senders in a closed loop: {capacity:.0} sends/s\n\
-         spike: {offered} sends offered in {:.0} s ({:.0}/s, {}x capacity): {} admitted, p50 {:.0} ms, p99 {:.0} ms ({:.1}x the unloaded p99); {} refused with 429/503 ({} without Retry-After), p50 {:.1} ms, p99 {:.1} ms; {other} other (no answer or another status)\n\
+        "unloaded send, one at a time: p50 {:.1} ms, p99 {unloaded_p99:.1} ms; capacity with 64 senders in a closed loop: {capacity:.0} sends/s, p99 {loaded_p99:.1} ms\n\
+         spike: {offered} sends offered in {:.0} s ({:.0}/s, {}x capacity): {} admitted, p50 {:.0} ms, p99 {:.0} ms ({:.1}x the unloaded p99, {:.1}x the p99 at capacity); {} refused with 429/503 ({} without Retry-After), p50 {:.1} ms, p99 {:.1} ms; {other} other (no answer or another status)\n\
+         {inside}\n\
          gateway memory: {} MiB before, {} MiB at the spike's peak (sampled), {} MiB high-water mark\n\
          p99 (ms) each second after the spike, one send at a time: {}; at or below 1.5x the unloaded p99 after {}\n\
          acknowledged in the spike but not stored: {lost}\n\
-         (2 cores shared by the client, the gateway and PostgreSQL)",
+         ({cores})",
         quantile(&unloaded, 1, 2),
         offered_for.as_secs_f64(),
         f64::from(offered) / offered_for.as_secs_f64(),
@@ -287,6 +449,7 @@ pub async fn overload_run(plan: OverloadPlan) -> String {
         quantile(&admitted, 1, 2),
         quantile(&admitted, 99, 100),
         quantile(&admitted, 99, 100) / unloaded_p99,
+        quantile(&admitted, 99, 100) / loaded_p99,
         refused.len(),
         without_retry_after,
         quantile(&refused_took, 1, 2),
