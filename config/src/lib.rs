@@ -146,9 +146,13 @@ pub struct ServerConfig {
     /// for as long as its client takes to send it.
     pub upload_concurrency_limit: usize,
     /// Requests that may wait (at most a second) for a place when the limit is reached,
-    /// for each of the two limits; when it is full, or stands (a request waited more
-    /// than 50 ms), a request is refused with 503 at once.
+    /// for each of the two limits; when it is full, or stands, a request is refused with
+    /// 503 at once.
     pub admission_queue: usize,
+    /// A wait for a place longer than this makes the queue stand: until a request finds
+    /// a place free again, one that finds none is refused at once. Higher rides out
+    /// longer pauses; lower keeps admitted requests faster under overload.
+    pub admission_standing_ms: u64,
     /// Time a TLS handshake may take.
     pub handshake_timeout_ms: u64,
     /// Time a write to a connection may make no progress before the connection is
@@ -225,6 +229,7 @@ impl Default for ServerConfig {
             concurrency_limit: 16,
             upload_concurrency_limit: 8,
             admission_queue: 64,
+            admission_standing_ms: 50,
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             handshakes_per_address: 32,

@@ -40,6 +40,7 @@ async fn in_flight_request_completes_during_shutdown() {
         concurrency_limit: 8,
         upload_concurrency_limit: 4,
         admission_queue: 8,
+        admission_standing: Duration::from_millis(50),
         hsts_max_age_seconds: 60,
     };
     let app = middleware::build(router, &limits, Metrics::shared());

@@ -367,6 +367,7 @@ fn limits(config: &Config) -> (Limits, ListenerLimits) {
         concurrency_limit: config.server.concurrency_limit,
         upload_concurrency_limit: config.server.upload_concurrency_limit,
         admission_queue: config.server.admission_queue,
+        admission_standing: Duration::from_millis(config.server.admission_standing_ms),
         hsts_max_age_seconds: config.server.hsts_max_age_seconds,
     };
     let timeouts = ListenerLimits {

@@ -5,8 +5,8 @@
 //! and every admitted request waits longer. A request over the limit waits for a place
 //! in a queue (`server.admission_queue`, 64 by default, at most [`MAX_WAIT`]), so that
 //! a burst, or a pause of the database, is ridden out rather than refused. A queue that
-//! does not drain is another matter: once a request has waited longer than [`STANDING`]
-//! the gateway is getting more than it serves, and until a request finds a place free
+//! does not drain is another matter: once a request has waited longer than
+//! `server.admission_standing_ms` (50 by default) the gateway is getting more than it serves, and until a request finds a place free
 //! again, one that finds none is refused at once (the signal of `CoDel`, RFC 8289). A
 //! refused request gets 503 `overloaded` with `Retry-After`, before any work is done.
 //! docs/load.md has the measurements behind the defaults.
@@ -33,8 +33,9 @@ use crate::telemetry::Metrics;
 /// The longest a request waits in the queue for a place.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// A wait for a place longer than this means the queue is not a burst draining but a
-/// standing queue: the gateway gets more than it serves.
+/// The default of `server.admission_standing_ms`: a wait for a place longer than this
+/// means the queue is not a burst draining but a standing queue, the gateway getting
+/// more than it serves.
 pub const STANDING: Duration = Duration::from_millis(50);
 
 /// One kind of request's places, and its queue.
@@ -42,9 +43,10 @@ pub const STANDING: Duration = Duration::from_millis(50);
 struct Places {
     free: Arc<Semaphore>,
     queued: AtomicUsize,
-    /// Set when a request waited longer than [`STANDING`], cleared when one finds a place
-    /// free: meanwhile a request that finds no place is refused at once.
+    /// Set when a request waited longer than `standing_after`, cleared when one finds a
+    /// place free: meanwhile a request that finds no place is refused at once.
     standing: AtomicBool,
+    standing_after: Duration,
 }
 
 /// A request's turn in a queue; leaves it when dropped (also when the client goes away
@@ -58,11 +60,12 @@ impl Drop for InQueue<'_> {
 }
 
 impl Places {
-    fn new(count: usize) -> Self {
+    fn new(count: usize, standing_after: Duration) -> Self {
         Self {
             free: Arc::new(Semaphore::new(count)),
             queued: AtomicUsize::new(0),
             standing: AtomicBool::new(false),
+            standing_after,
         }
     }
 
@@ -83,7 +86,7 @@ impl Places {
         let _turn = InQueue(&self.queued);
         let since = Instant::now();
         let place = tokio::time::timeout(MAX_WAIT, self.free.clone().acquire_owned()).await;
-        if since.elapsed() > STANDING {
+        if since.elapsed() > self.standing_after {
             self.standing.store(true, Ordering::Relaxed);
         }
         place.ok()?.ok()
@@ -105,11 +108,17 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// `api` and `uploads` places, and a queue of `queue` requests for each.
-    pub fn new(api: usize, uploads: usize, queue: usize, metrics: Arc<Metrics>) -> Self {
+    /// `api` and `uploads` places, and a queue of `queue` requests for each that stands
+    /// once a request waited longer than `standing`.
+    pub fn new(
+        (api, uploads): (usize, usize),
+        queue: usize,
+        standing: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            api: Places::new(api),
-            uploads: Places::new(uploads),
+            api: Places::new(api, standing),
+            uploads: Places::new(uploads, standing),
             queue,
             metrics,
             started: Instant::now(),
@@ -210,7 +219,7 @@ mod tests {
     #[tokio::test]
     async fn over_the_limit_a_request_queues_and_over_the_queue_it_is_refused_at_once() {
         let metrics = Metrics::shared();
-        let admission = Arc::new(Admission::new(2, 1, 1, metrics.clone()));
+        let admission = Arc::new(Admission::new((2, 1), 1, STANDING, metrics.clone()));
         let (entered, release) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(tokio::sync::Semaphore::new(0)),
@@ -265,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_long_wait_the_queue_stands_until_a_place_is_free_again() {
-        let admission = Arc::new(Admission::new(1, 1, 8, Metrics::shared()));
+        let admission = Arc::new(Admission::new((1, 1), 8, STANDING, Metrics::shared()));
         let (entered, release) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(tokio::sync::Semaphore::new(0)),
@@ -300,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queued_request_is_refused_when_its_wait_runs_out() {
-        let admission = Arc::new(Admission::new(1, 1, 8, Metrics::shared()));
+        let admission = Arc::new(Admission::new((1, 1), 8, STANDING, Metrics::shared()));
         let (entered, release) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(tokio::sync::Semaphore::new(0)),

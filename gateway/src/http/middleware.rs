@@ -46,6 +46,8 @@ pub struct Limits {
     pub upload_concurrency_limit: usize,
     /// Requests that may wait for a place, for each of the two limits.
     pub admission_queue: usize,
+    /// A wait for a place longer than this makes the queue stand (see [`admission`]).
+    pub admission_standing: Duration,
     pub hsts_max_age_seconds: u64,
 }
 
@@ -69,9 +71,9 @@ pub fn build(router: Router, limits: &Limits, metrics: Arc<Metrics>) -> HttpServ
         ));
     let security = Arc::new(SecurityHeaders::new(limits.hsts_max_age_seconds));
     let admission = Arc::new(Admission::new(
-        limits.concurrency_limit,
-        limits.upload_concurrency_limit,
+        (limits.concurrency_limit, limits.upload_concurrency_limit),
         limits.admission_queue,
+        limits.admission_standing,
         metrics.clone(),
     ));
     let service = ServiceBuilder::new()
@@ -361,6 +363,7 @@ mod tests {
             concurrency_limit: 8,
             upload_concurrency_limit: 4,
             admission_queue: 8,
+            admission_standing: Duration::from_millis(50),
             hsts_max_age_seconds: 600,
         }
     }
