@@ -229,7 +229,7 @@ impl Default for ServerConfig {
             concurrency_limit: 16,
             upload_concurrency_limit: 8,
             admission_queue: 64,
-            admission_standing_ms: 50,
+            admission_standing_ms: 500,
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             handshakes_per_address: 32,

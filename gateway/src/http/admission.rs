@@ -6,7 +6,7 @@
 //! in a queue (`server.admission_queue`, 64 by default, at most [`MAX_WAIT`]), so that
 //! a burst, or a pause of the database, is ridden out rather than refused. A queue that
 //! does not drain is another matter: once a request has waited longer than
-//! `server.admission_standing_ms` (50 by default) the gateway is getting more than it serves, and until a request finds a place free
+//! `server.admission_standing_ms` (500 by default) the gateway is getting more than it serves, and until a request finds a place free
 //! again, one that finds none is refused at once (the signal of `CoDel`, RFC 8289). A
 //! refused request gets 503 `overloaded` with `Retry-After`, before any work is done.
 //! docs/load.md has the measurements behind the defaults.
@@ -33,9 +33,9 @@ use crate::telemetry::Metrics;
 /// The longest a request waits in the queue for a place.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// The default of `server.admission_standing_ms`: a wait for a place longer than this
-/// means the queue is not a burst draining but a standing queue, the gateway getting
-/// more than it serves.
+/// A wait for a place longer than this (`server.admission_standing_ms`) means the queue
+/// is not a burst draining but a standing queue, the gateway getting more than it
+/// serves. This value is the tests'; the configured default is 500 ms.
 pub const STANDING: Duration = Duration::from_millis(50);
 
 /// One kind of request's places, and its queue.
