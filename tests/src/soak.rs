@@ -51,6 +51,18 @@ struct Sample {
     connections: i64,
 }
 
+impl Sample {
+    /// The gateway's state now.
+    async fn of(gw: &Gateway) -> Self {
+        let pid = gw.pid();
+        Self {
+            rss_kib: memory(pid).0,
+            fds: open_fds(pid),
+            connections: connections(gw).await,
+        }
+    }
+}
+
 /// Tokens that are replaced while the run goes on.
 struct Logins {
     patients: RwLock<Vec<String>>,
@@ -246,7 +258,7 @@ pub async fn soak_run(plan: SoakPlan) -> (String, bool) {
     let (gw, _cluster, cores) = gateway(plan.pin, &env).await;
     let cast = Arc::new(Cast::new(&gw, plan.episodes).await);
     let episodes = cast.episodes();
-    let (http, base, pid) = (gw.client(), gw.url.clone(), gw.pid());
+    let (http, base) = (gw.client(), gw.url.clone());
     let (capacity, _) = capacity(&http, &base, cast.presealed(8_000 / plan.episodes).await).await;
     let (patients, therapist) = cast.fresh_logins().await;
     let logins = Arc::new(Logins {
@@ -291,11 +303,7 @@ pub async fn soak_run(plan: SoakPlan) -> (String, bool) {
             break;
         }
         if samples.len() < minute {
-            samples.push(Sample {
-                rss_kib: memory(pid).0,
-                fds: open_fds(pid),
-                connections: connections(&gw).await,
-            });
+            samples.push(Sample::of(&gw).await);
         }
         if last_login.elapsed() > Duration::from_mins(4) {
             let (patients, therapist) = cast.fresh_logins().await;
@@ -308,11 +316,7 @@ pub async fn soak_run(plan: SoakPlan) -> (String, bool) {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    samples.push(Sample {
-        rss_kib: memory(pid).0,
-        fds: open_fds(pid),
-        connections: connections(&gw).await,
-    });
+    samples.push(Sample::of(&gw).await);
     stop.store(true, Ordering::Relaxed);
     mix.sealed.lock().await.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;

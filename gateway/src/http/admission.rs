@@ -6,9 +6,10 @@
 //! in a queue (`server.admission_queue`, 64 by default, at most [`MAX_WAIT`]), so that
 //! a burst, or a pause of the database, is ridden out rather than refused. A queue that
 //! does not drain is another matter: once a request has waited longer than
-//! `server.admission_standing_ms` (500 by default) the gateway is getting more than it serves, and until a request finds a place free
-//! again, one that finds none is refused at once (the signal of `CoDel`, RFC 8289). A
-//! refused request gets 503 `overloaded` with `Retry-After`, before any work is done.
+//! `server.admission_standing_ms` (500 by default) the gateway is getting more than it
+//! serves, and until a request finds a place free again, one that finds none is refused
+//! at once (the signal of `CoDel`, RFC 8289). A refused request gets 503 `overloaded`
+//! with `Retry-After`, before any work is done.
 //! docs/load.md has the measurements behind the defaults.
 //!
 //! Attachment uploads count apart (`server.upload_concurrency_limit`): an upload is held
@@ -33,16 +34,13 @@ use crate::telemetry::Metrics;
 /// The longest a request waits in the queue for a place.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// A wait for a place longer than this (`server.admission_standing_ms`) means the queue
-/// is not a burst draining but a standing queue, the gateway getting more than it
-/// serves. This value is the tests'; the configured default is 500 ms.
-pub const STANDING: Duration = Duration::from_millis(50);
-
 /// One kind of request's places, and its queue.
 #[derive(Debug)]
 struct Places {
     free: Arc<Semaphore>,
     queued: AtomicUsize,
+    /// The most requests `queued` may hold.
+    queue: usize,
     /// Set when a request waited longer than `standing_after`, cleared when one finds a
     /// place free: meanwhile a request that finds no place is refused at once.
     standing: AtomicBool,
@@ -60,18 +58,19 @@ impl Drop for InQueue<'_> {
 }
 
 impl Places {
-    fn new(count: usize, standing_after: Duration) -> Self {
+    fn new(count: usize, queue: usize, standing_after: Duration) -> Self {
         Self {
             free: Arc::new(Semaphore::new(count)),
             queued: AtomicUsize::new(0),
+            queue,
             standing: AtomicBool::new(false),
             standing_after,
         }
     }
 
-    /// A free place now, or after waiting in a queue of at most `queue` requests for at
-    /// most [`MAX_WAIT`]; `None` when the queue stands, is full, or the wait runs out.
-    async fn take(&self, queue: usize) -> Option<OwnedSemaphorePermit> {
+    /// A free place now, or after waiting in the queue for at most [`MAX_WAIT`]; `None`
+    /// when the queue stands, is full, or the wait runs out.
+    async fn take(&self) -> Option<OwnedSemaphorePermit> {
         if let Ok(place) = self.free.clone().try_acquire_owned() {
             self.standing.store(false, Ordering::Relaxed);
             return Some(place);
@@ -79,7 +78,7 @@ impl Places {
         if self.standing.load(Ordering::Relaxed) {
             return None;
         }
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= queue {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.queue {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -98,7 +97,6 @@ impl Places {
 pub struct Admission {
     api: Places,
     uploads: Places,
-    queue: usize,
     metrics: Arc<Metrics>,
     started: Instant,
     /// Refusals not yet logged, and the second (since `started`) of the last log line:
@@ -117,9 +115,8 @@ impl Admission {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            api: Places::new(api, standing),
-            uploads: Places::new(uploads, standing),
-            queue,
+            api: Places::new(api, queue, standing),
+            uploads: Places::new(uploads, queue, standing),
             metrics,
             started: Instant::now(),
             unlogged: AtomicU64::new(0),
@@ -169,7 +166,7 @@ pub async fn admit(
     } else {
         (&admission.api, "api")
     };
-    let Some(permit) = places.take(admission.queue).await else {
+    let Some(permit) = places.take().await else {
         admission.refused(class);
         return Problem::new(ProblemKind::Overloaded).into_response();
     };
@@ -187,6 +184,9 @@ mod tests {
     use axum::body::Body;
     use axum::routing::{get, put};
     use tower::ServiceExt;
+
+    /// The standing threshold of these tests.
+    const STANDING: Duration = Duration::from_millis(50);
 
     /// A router whose handlers count themselves in and wait until `release`.
     fn held(

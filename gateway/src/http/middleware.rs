@@ -1,9 +1,10 @@
 //! The tower stack every request passes through, in one visible place.
 //!
 //! Outside in: request id (accepted if well-formed, else generated; echoed) → tracing
-//! span → metrics → security headers → declared body size (413 before routing) → load
-//! admission at the concurrency limit (503 at once; [`crate::http::admission`]) → panic guard → router. Inside the router, per
-//! route: route tag (for span and metrics) → request deadline (503) → handler, with the
+//! span → metrics → security headers → declared body size (413 before routing) →
+//! admission at the concurrency limit (a short queue, then 503;
+//! [`crate::http::admission`]) → panic guard → router. Inside the router, per route:
+//! route tag (for span and metrics) → request deadline (503) → handler, with the
 //! body-size limit enforced again on streamed bodies by the extractors.
 
 use std::convert::Infallible;
