@@ -24,13 +24,17 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::baseline::{raw_database, raw_sends};
+use icbt_e2e::figures::{Figures, cdf, ms, national_ids, percentile, rss_kib};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
+use icbt_e2e::sse::{message_ids, subscribe};
+use icbt_e2e::synapse::{Device, Synapse};
 use icbt_e2e::{Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, TestDatabase};
 use reqwest::Method;
 use serde_json::json;
@@ -38,14 +42,6 @@ use uuid::Uuid;
 
 const HPR: &str = "565501872";
 const RUN: Duration = Duration::from_secs(6);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 fn client_for(gw: &Gateway, http1_only: bool) -> reqwest::Client {
     let mut config = gw.tls_config();
@@ -64,15 +60,6 @@ fn client_for(gw: &Gateway, http1_only: bool) -> reqwest::Client {
     }
     .build()
     .unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Sealed sends queued per client: sealing (ECDH per recipient, ES256) happens before
@@ -139,49 +126,6 @@ async fn sends(
         percentile(&all, 0.5),
         percentile(&all, 0.99),
     )
-}
-
-async fn raw_inserts(url: &str, clients: usize, envelope: &Arc<Vec<u8>>) -> f64 {
-    // No ping before each query (sqlx's default): the gateway's pools do not ping a
-    // connection in steady use either.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(u32::try_from(clients).unwrap())
-        .connect(url)
-        .await
-        .unwrap();
-    sqlx::query("CREATE TABLE IF NOT EXISTS raw_messages (episode_id TEXT, seq BIGINT, id TEXT PRIMARY KEY, kind TEXT, \
-        sender_kind TEXT, sender_ref TEXT, sender_device TEXT, recipients TEXT, content_type TEXT, body BYTEA, \
-        request_hash TEXT, created_at_ms BIGINT)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (pool, stop, count, envelope) =
-            (pool.clone(), stop.clone(), count.clone(), envelope.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                sqlx::query("INSERT INTO raw_messages VALUES ($1, 1, $2, 'feedback', 'clinician', '565501872', 'bench', \
-                    '[\"k1\",\"k2\",\"journal\"]', 'application/jose+json', $3, 'hash', 0)")
-                    .bind(Uuid::new_v4().to_string())
-                    .bind(Uuid::new_v4().to_string())
-                    .bind(envelope.as_slice())
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    tokio::time::sleep(RUN).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    count.load(Ordering::Relaxed) as f64 / RUN.as_secs_f64()
 }
 
 async fn open_streams(gw: &Gateway, who: &Actor, n: usize) -> Vec<reqwest::Response> {
@@ -282,12 +226,36 @@ async fn main() {
     );
     let envelope_bytes = envelope.len();
     let raw_db = TestDatabase::create().await;
+    let raw_episodes = raw_database(&raw_db.url, episodes.len()).await;
+    let mut figures = Figures::new("messaging");
+    figures.put("envelope_bytes", envelope_bytes);
     println!("gateway idle RSS: {} KiB", rss_kib(gw.pid()));
     println!(
         "a 2 KiB message sealed to 3 keys (patient, therapist, journal) is a {envelope_bytes}-byte envelope"
     );
     if part("sends") {
-        println!("clients  sends/s  p50 ms  p99 ms  raw INSERT+COMMIT/s  ratio");
+        println!(
+            "clients  sends/s  p50 ms  p99 ms  raw send tx/s  ratio   (raw: the same rows, one sqlx transaction each)"
+        );
+    }
+    // The peer, beside the gateway in the same run: its messages carry the envelope's
+    // own text, so both servers move the same bytes.
+    let envelope_text = URL_SAFE_NO_PAD.encode(envelope.as_slice());
+    let mut peer = match Synapse::python() {
+        Some(python) if part("synapse") => Some(Peer::start(&python, episodes.len()).await),
+        _ => {
+            println!(
+                "Synapse: not run (scripts/bench/messaging installs it and sets ICBT_SYNAPSE_PYTHON)"
+            );
+            None
+        }
+    };
+    if let Some(peer) = &peer {
+        println!(
+            "beside Synapse {} (one process, no workers, plain HTTP; this machine's 2 cores shared by client, servers and PostgreSQL)",
+            peer.synapse.version
+        );
+        figures.put("synapse_version", peer.synapse.version.as_str());
     }
     let levels: Vec<usize> = std::env::var("ICBT_BENCH_CLIENTS").map_or(vec![1, 8, 64], |v| {
         v.split(',').map(|n| n.trim().parse().unwrap()).collect()
@@ -307,17 +275,73 @@ async fn main() {
             );
         }
         let (rate, p50, p99) = sends(&gw, &therapist, queues).await;
-        let raw = raw_inserts(&raw_db.url, clients, &envelope).await;
+        let raw = raw_sends(&raw_db.url, clients, &raw_episodes, &envelope, RUN).await;
         println!(
-            "{clients:>7}  {rate:>7.0}  {:>6.2}  {:>6.2}  {raw:>19.0}  {:>4.0} %",
-            p50.as_secs_f64() * 1000.0,
-            p99.as_secs_f64() * 1000.0,
+            "{clients:>7}  {rate:>7.0}  {:>6.2}  {:>6.2}  {raw:>13.0}  {:>4.0} %",
+            ms(p50),
+            ms(p99),
             100.0 * rate / raw
         );
+        let mut figure = json!({ "clients": clients, "rate": rate, "p50_ms": ms(p50), "p99_ms": ms(p99), "raw_rate": raw });
+        if let Some(peer) = &mut peer {
+            let (synapse, latencies) = peer
+                .synapse
+                .send_rate(&peer.sender, &peer.rooms, clients, &envelope_text, RUN)
+                .await;
+            println!(
+                "         Synapse {synapse:>7.0} sends/s, p50 {:.2} ms, p99 {:.2} ms: the gateway {:.1}x",
+                ms(percentile(&latencies, 0.5)),
+                ms(percentile(&latencies, 0.99)),
+                rate / synapse
+            );
+            figure["synapse_rate"] = json!(synapse);
+            figure["synapse_p99_ms"] = json!(ms(percentile(&latencies, 0.99)));
+        }
+        figures.push("sends", figure);
     }
+    if let Some(peer) = &peer
+        && part("push")
+    {
+        const LISTENERS: usize = 100;
+        let ours = push(&gw, &sealer, (&therapist, &patient), episodes[0], LISTENERS).await;
+        let listeners = peer.listeners(LISTENERS).await;
+        let theirs = peer
+            .synapse
+            .push(
+                &peer.patient,
+                &listeners,
+                &peer.rooms[0],
+                MESSAGES,
+                &envelope_text[..envelope_text.len().min(2048)],
+            )
+            .await;
+        println!(
+            "push to {LISTENERS} listeners, send to delivery: the gateway's event stream p50 {:.1} ms, p99 {:.1} ms; \
+             Synapse's /sync long-poll p50 {:.1} ms, p99 {:.1} ms ({} deliveries): a {:.2} ratio of p99s",
+            ms(percentile(&ours, 0.5)),
+            ms(percentile(&ours, 0.99)),
+            ms(percentile(&theirs, 0.5)),
+            ms(percentile(&theirs, 0.99)),
+            theirs.len(),
+            ms(percentile(&ours, 0.99)) / ms(percentile(&theirs, 0.99)),
+        );
+        figures.put(
+            "push_beside_synapse",
+            json!({
+                "listeners": LISTENERS,
+                "gateway": { "p50_ms": ms(percentile(&ours, 0.5)), "p99_ms": ms(percentile(&ours, 0.99)), "cdf_ms": cdf(&ours) },
+                "synapse": { "p50_ms": ms(percentile(&theirs, 0.5)), "p99_ms": ms(percentile(&theirs, 0.99)), "cdf_ms": cdf(&theirs), "deliveries": theirs.len() },
+            }),
+        );
+    }
+    drop(peer);
 
     if part("push") {
-        push(&gw, &sealer, &therapist, &patient, episodes[0]).await;
+        let deliveries = push(&gw, &sealer, (&therapist, &patient), episodes[0], 1000).await;
+        figures.put(
+            "push_1000_subscribers",
+            json!({ "p50_ms": ms(percentile(&deliveries, 0.5)), "p99_ms": ms(percentile(&deliveries, 0.99)), "cdf_ms": cdf(&deliveries) }),
+        );
     }
     if part("idle") {
         idle(&gw, &therapist).await;
@@ -329,22 +353,46 @@ async fn main() {
     }
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+/// Synapse set up as the gateway is: a therapist who sends into one room per episode,
+/// each shared with the patient.
+struct Peer {
+    synapse: Synapse,
+    sender: Device,
+    patient: Device,
+    rooms: Vec<String>,
 }
 
-/// A bearer token of the patient with national id `pid`, signed by the ID-porten test
-/// provider's key, valid for an hour.
-fn patient_token(idps: &IdentityProviders, pid: &str) -> String {
-    use icbt_e2e::idp::Idp;
-    let now = icbt_auth::now_secs();
-    let claims = json!({
-        "iss": idps.idporten.issuer, "aud": Idp::Idporten.api_resource(),
-        "scope": format!("openid {}", Idp::Idporten.api_scope()),
-        "exp": now + 3600, "iat": now, "jti": Uuid::new_v4().to_string(),
-        "client_id": "icbt-platform", "pid": pid, "acr": "idporten-loa-high",
-    });
-    idps.forge(Idp::Idporten, &json!({}), &claims)
+impl Peer {
+    async fn start(python: &std::path::Path, episodes: usize) -> Self {
+        let mut synapse = Synapse::start(python).await;
+        let sender = synapse.user("therapist", true).await;
+        let patient = synapse.user("patient", false).await;
+        synapse.unlimit(&sender, &sender.user).await;
+        synapse.unlimit(&sender, &patient.user).await;
+        let mut rooms = Vec::with_capacity(episodes);
+        for _ in 0..episodes {
+            rooms.push(synapse.room(&sender, &[&patient]).await);
+        }
+        Self {
+            synapse,
+            sender,
+            patient,
+            rooms,
+        }
+    }
+
+    /// `n` devices of the therapist: the listeners beside the gateway's `n` streams.
+    async fn listeners(&self, n: usize) -> Vec<Device> {
+        let mut devices = Vec::with_capacity(n);
+        for _ in 0..n {
+            devices.push(self.synapse.login("therapist").await);
+        }
+        devices
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// 1 000 patients each hold `server.streams_per_principal` (10, the default) open streams,
@@ -369,15 +417,8 @@ async fn stream_cap() {
         ..Default::default()
     };
     let gw = Gateway::start_with(Backend::Postgres, options).await;
-    let pids: Vec<String> = (0..)
-        .filter_map(|n: u32| {
-            let head = format!("{:02}{:02}85{:03}", 1 + n % 28, 1 + (n / 28) % 12, n % 1000);
-            icbt_gateway::domain::episode::NationalId::with_check_digits(&head)
-                .map(|id| id.expose().to_owned())
-        })
-        .take(PRINCIPALS)
-        .collect();
-    let tokens: Vec<String> = pids.iter().map(|p| patient_token(idps, p)).collect();
+    let pids = national_ids(0, PRINCIPALS);
+    let tokens: Vec<String> = pids.iter().map(|p| idps.patient_token(p)).collect();
     let url = format!("{}/v1/stream", gw.url);
     let open = |token: String| {
         let http = client_for(&gw, true);
@@ -423,70 +464,28 @@ async fn stream_cap() {
     drop(held);
 }
 
-/// A subscriber on its own HTTP/1.1 connection, read by hand: the bench's client work
-/// per event (decrypt, find the message id) stays small, since it shares the two cores
-/// with the gateway and would otherwise count in the latency it measures.
-async fn subscribe(
-    gw: &Gateway,
-    who: &Actor,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = format!("{}/v1/stream", gw.url);
-    let host = gw.url.trim_start_matches("https://");
-    let mut head = format!("GET /v1/stream HTTP/1.1\r\nhost: {host}\r\n");
-    for (name, value) in who.credentials("GET", &url) {
-        head.push_str(&[name, ": ", &value, "\r\n"].concat());
-    }
-    head.push_str("\r\n");
-    let mut tls = gw.raw_tls().await;
-    tls.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut buf = [0u8; 1024];
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "stream closed before its head");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200 "),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    tls
-}
-
-/// The message id of each `data:` line complete in `buffer`, which keeps the rest.
-fn message_ids(buffer: &mut Vec<u8>) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut consumed = 0;
-    while let Some(start) = find(&buffer[consumed..], b"data: ").map(|i| consumed + i + 6) {
-        let Some(end) = buffer[start..].iter().position(|b| *b == b'\n') else {
-            break;
-        };
-        let line = &buffer[start..start + end];
-        let key = b"\"message\":{\"id\":\"";
-        let at = find(line, key).expect("an event names its message") + key.len();
-        ids.push(String::from_utf8_lossy(&line[at..at + 36]).into_owned());
-        consumed = start + end + 1;
-    }
-    buffer.drain(..consumed);
-    ids
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Messages pushed to the subscribers (after one to warm up).
 const MESSAGES: usize = 30;
 
-/// 1 000 subscribers, 30 messages; latency from the send's start to each receipt, and
+/// `listeners` subscribers, 30 messages; latency from the send's start to each receipt, and
 /// the send's own answer time.
-async fn push(gw: &Gateway, sealer: &Sealer, therapist: &Actor, patient: &Actor, episode: Uuid) {
+async fn push(
+    gw: &Gateway,
+    sealer: &Sealer,
+    (therapist, patient): (&Actor, &Actor),
+    episode: Uuid,
+    listeners: usize,
+) -> Vec<Duration> {
     use tokio::io::AsyncReadExt;
     let mut subscribers = Vec::new();
-    for _ in 0..1000 {
-        subscribers.push(subscribe(gw, therapist).await);
+    for _ in 0..listeners {
+        subscribers.push(
+            subscribe(
+                gw,
+                &therapist.credentials("GET", &format!("{}/v1/stream", gw.url)),
+            )
+            .await,
+        );
     }
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
@@ -582,15 +581,15 @@ async fn push(gw: &Gateway, sealer: &Sealer, therapist: &Actor, patient: &Actor,
     answered.sort();
     let mut all: Vec<Duration> = latencies.lock().unwrap().iter().map(|(_, d)| *d).collect();
     all.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "push to 1000 subscribers: {} deliveries, first {:.1} ms, p50 {:.1} ms, p99 {:.1} ms (the send answered in p50 {:.1} ms)",
+        "push to {listeners} subscribers: {} deliveries, first {:.1} ms, p50 {:.1} ms, p99 {:.1} ms (the send answered in p50 {:.1} ms)",
         all.len(),
         ms(percentile(&all, 0.0)),
         ms(percentile(&all, 0.5)),
         ms(percentile(&all, 0.99)),
         ms(percentile(&answered, 0.5)),
     );
+    all
 }
 
 async fn idle(gw: &Gateway, therapist: &Actor) {

@@ -16,9 +16,11 @@
 )]
 // A harness exists to stop the test at the first surprise, loudly.
 
+pub mod baseline;
 pub mod clinic;
 pub mod cluster;
 pub mod epj;
+pub mod figures;
 pub mod idp;
 pub mod jose;
 pub mod load;
@@ -29,6 +31,8 @@ pub mod relay;
 pub mod scenario;
 pub mod sealed;
 pub mod soak;
+pub mod sse;
+pub mod synapse;
 pub mod tamper;
 pub mod witness;
 
@@ -276,11 +280,20 @@ impl TestDatabase {
         Self::create_at(admin_url.to_owned(), None).await
     }
 
+    /// A new, empty database in byte order (`C` collation), as Synapse requires of its
+    /// database.
+    pub async fn create_c_collated() -> Self {
+        let admin_url = postgres_admin_url().expect("PostgreSQL configured");
+        Self::create_at(admin_url, Some("template0 LC_COLLATE 'C' LC_CTYPE 'C'")).await
+    }
+
     async fn create_from(template: Option<&str>) -> Self {
         let admin_url = postgres_admin_url().expect("PostgreSQL configured");
         Self::create_at(admin_url, template).await
     }
 
+    /// `template` may carry further clauses of `CREATE DATABASE` after the template's
+    /// name.
     async fn create_at(admin_url: String, template: Option<&str>) -> Self {
         let name = format!("icbt_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)

@@ -1,0 +1,266 @@
+//! The raw baselines the benches measure the gateway beside: plain sqlx programs on the
+//! same PostgreSQL, with none of the gateway's work but the database's.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_precision_loss,
+    clippy::missing_panics_doc
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::SYNTHETIC_FNR;
+use crate::idp::CLINIC_ORG;
+
+/// The therapist's HPR number in the baseline's rows.
+const HPR: &str = "565501872";
+
+/// The honest baseline: a plain sqlx program that commits, in one transaction per send,
+/// exactly the rows a send commits (its DPoP proof id, the episode's sequence bump, the
+/// message, its outbox entry and its access record), on a database with the gateway's
+/// own schema, at the same concurrency, each client on its own episode as in the gateway's bench.
+/// No TLS, no token, no policy, no batching: what the database costs alone.
+pub async fn raw_sends(
+    url: &str,
+    clients: usize,
+    episodes: &[String],
+    envelope: &Arc<Vec<u8>>,
+    run: Duration,
+) -> f64 {
+    // No ping before each query (sqlx's default): the gateway's pools do not ping a
+    // connection in steady use either.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .test_before_acquire(false)
+        .max_connections(u32::try_from(clients).unwrap())
+        .connect(url)
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (pool, stop, count, envelope) =
+            (pool.clone(), stop.clone(), count.clone(), envelope.clone());
+        let episode = episodes[c % episodes.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                raw_send(&pool, &episode, &envelope, None).await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(run).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / run.as_secs_f64()
+}
+
+/// One send's rows, in one transaction; with `notify`, a `NOTIFY` on that channel too,
+/// delivered at the commit.
+pub async fn raw_send(
+    pool: &sqlx::PgPool,
+    episode: &str,
+    envelope: &[u8],
+    notify: Option<(&str, &str)>,
+) {
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let id = Uuid::new_v4().to_string();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(Uuid::new_v4().simple().to_string())
+        .bind(now / 1000 + 300)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (seq, last_tx): (i64, i64) = sqlx::query_as(
+        "UPDATE episodes SET next_seq = next_seq + 1, \
+         last_tx = GREATEST(last_tx, pg_current_xact_id()::text::bigint) \
+         WHERE id = $1 AND state IN ('planned', 'active') RETURNING next_seq - 1, last_tx",
+    )
+    .bind(episode)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, sender_device, \
+         recipients, content_type, body, request_hash, created_at_ms, attachments, audience, tx) \
+         VALUES ($1, $2, $3, 'feedback', 'clinician', $4, 'bench-device', \
+         '[\"k1\",\"k2\",\"journal\"]', 'application/jose+json', $5, $6, $7, '[]', 'all', $8)",
+    )
+    .bind(episode)
+    .bind(seq)
+    .bind(&id)
+    .bind(HPR)
+    .bind(envelope)
+    .bind(Uuid::new_v4().simple().to_string())
+    .bind(now)
+    .bind(last_tx)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (episode_id, kind, message_seq, next_attempt_at_ms, created_at_ms, screened) \
+         VALUES ($1, 'message', $2, $3, $3, 1)",
+    )
+    .bind(episode)
+    .bind(seq)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_records (id, recorded_at_ms, action, outcome, principal_kind, principal_id, \
+         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+         patient, request_id, source) VALUES ($1, $2, 'create', 'success', 'clinician', $3, $4, \
+         'https://helseid.example', 'icbt-platform', $5, 'Communication', $6, $7, $8, $9, '127.0.0.1')",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(now)
+    .bind(HPR)
+    .bind(CLINIC_ORG)
+    .bind(Uuid::new_v4().to_string())
+    .bind(&id)
+    .bind(episode)
+    .bind(SYNTHETIC_FNR)
+    .bind(Uuid::new_v4().simple().to_string())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    if let Some((channel, payload)) = notify {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// The raw program's database: the gateway's schema (applied by opening a store on it)
+/// with one clinic and `n` active episodes; their ids.
+pub async fn raw_database(url: &str, n: usize) -> Vec<String> {
+    let config = icbt_config::StorageConfig {
+        url: Some(url.to_owned()),
+        ..Default::default()
+    };
+    drop(icbt_gateway::storage::Store::open(&config).await.unwrap());
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let clinic = Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO clinics (id, name, org_number, created_at_ms) VALUES ($1, 'Bench', $2, 0)",
+    )
+    .bind(&clinic)
+    .bind(CLINIC_ORG)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut episodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO episodes (id, clinic_id, patient_nin, programme, state, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, 'bench', 'active', 0, 0)",
+        )
+        .bind(&id)
+        .bind(&clinic)
+        .bind(SYNTHETIC_FNR)
+        .execute(&pool)
+        .await
+        .unwrap();
+        episodes.push(id);
+    }
+    episodes
+}
+
+/// Round trips of `NOTIFY` at a steady `rate` a second for `run`: each from just before
+/// its transaction starts to the moment a listener on another connection has it. With
+/// `send` (the database's episodes and an envelope) each `NOTIFY` rides in a transaction
+/// that also commits a send's rows ([`raw_send`]); without, it is alone. Sorted.
+pub async fn notify_round_trips(
+    url: &str,
+    rate: u32,
+    run: Duration,
+    send: Option<(Vec<String>, Arc<Vec<u8>>)>,
+) -> Vec<Duration> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
+    listener.listen("bench_round_trip").await.unwrap();
+    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let expected = u64::from(rate) * run.as_secs();
+    let reader = {
+        let started = started.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while (latencies.len() as u64) < expected {
+                let Ok(Ok(note)) =
+                    tokio::time::timeout(Duration::from_secs(10), listener.recv()).await
+                else {
+                    break;
+                };
+                let now = Instant::now();
+                if let Some(at) = started.lock().unwrap().remove(note.payload()) {
+                    latencies.push(now - at);
+                }
+            }
+            latencies
+        })
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .test_before_acquire(false)
+        .max_connections(16)
+        .connect(url)
+        .await
+        .unwrap();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut tasks = Vec::new();
+    for n in 0..expected {
+        tick.tick().await;
+        let (pool, started, send) = (pool.clone(), started.clone(), send.clone());
+        tasks.push(tokio::spawn(async move {
+            let payload = Uuid::new_v4().simple().to_string();
+            started
+                .lock()
+                .unwrap()
+                .insert(payload.clone(), Instant::now());
+            match send {
+                Some((episodes, envelope)) => {
+                    let episode = &episodes[usize::try_from(n).unwrap() % episodes.len()];
+                    raw_send(
+                        &pool,
+                        episode,
+                        &envelope,
+                        Some(("bench_round_trip", &payload)),
+                    )
+                    .await;
+                }
+                None => {
+                    sqlx::query("SELECT pg_notify('bench_round_trip', $1)")
+                        .bind(&payload)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut all = reader.await.unwrap();
+    all.sort();
+    all
+}
