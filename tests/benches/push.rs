@@ -1,0 +1,272 @@
+//! Realistic push on PostgreSQL (`scripts/bench/push`): 5 000 episodes, each with its own
+//! patient and one of 100 therapists (50 episodes each). Every patient holds one event
+//! stream and every therapist 50, so 10 000 streams are open. Sends arrive at a steady
+//! 100 a second, spread over the episodes, each from the episode's therapist; each is
+//! delivered to the patient's stream and to the therapist's 50. Reported: the p50 and p99
+//! from the send's start (before its commit) to each delivery, beside two raw round trips
+//! at the same rate on the same PostgreSQL in the same run: a bare `NOTIFY`, and a
+//! `NOTIFY` in a transaction that commits a send's rows.
+//!
+//! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a
+//! release build. Client, gateway and PostgreSQL share this machine's cores.
+//! `ICBT_BENCH_SECONDS` sets the length of the timed run (30 by default).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::too_many_lines
+)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use icbt_e2e::baseline::{notify_round_trips, raw_database};
+use icbt_e2e::figures::{Figures, cdf, ms, national_ids, percentile, rss_kib};
+use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
+use icbt_e2e::sealed::Sealer;
+use icbt_e2e::sse::{message_ids, subscribe};
+use icbt_e2e::{Backend, Gateway, GatewayOptions, TestDatabase};
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use uuid::Uuid;
+
+const EPISODES: usize = 5_000;
+const THERAPISTS: usize = 100;
+const PER_THERAPIST: usize = EPISODES / THERAPISTS;
+const RATE: u32 = 100;
+
+/// Runs `jobs` with at most `width` at a time.
+async fn in_parallel<F: std::future::Future<Output = ()>>(width: usize, jobs: Vec<F>) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(jobs)
+        .buffer_unordered(width)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Reads `stream` until `until`, recording each delivery's latency from its send's
+/// start.
+fn reader(
+    mut stream: Stream,
+    sent_at: SentAt,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    until: Instant,
+) -> tokio::task::JoinHandle<Stream> {
+    tokio::spawn(async move {
+        let mut buffer = Vec::with_capacity(4096);
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(Ok(n @ 1..)) = tokio::time::timeout(left, stream.read(&mut chunk)).await else {
+                break;
+            };
+            let now = Instant::now();
+            buffer.extend_from_slice(&chunk[..n]);
+            for id in message_ids(&mut buffer) {
+                if let Some(start) = sent_at.lock().unwrap().get(&id) {
+                    latencies.lock().unwrap().push(now - *start);
+                }
+            }
+        }
+        stream
+    })
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let seconds: u64 = std::env::var("ICBT_BENCH_SECONDS").map_or(30, |s| s.parse().unwrap());
+    let idps = IdentityProviders::shared();
+    let options = GatewayOptions {
+        config_toml: Some(idps.gateway_config()),
+        env: vec![
+            ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+            // Each therapist holds 50 streams.
+            ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
+            // Every client connects from 127.0.0.1, thousands at once.
+            ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "0".into()),
+            (
+                "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
+                "0".into(),
+            ),
+            ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
+        ],
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(Backend::Postgres, options).await;
+    let http = gw.client();
+    let platform = Actor::system("icbt-platform").await;
+    let therapist_ids = national_ids(20_000, THERAPISTS);
+    let mut therapists = Vec::with_capacity(THERAPISTS);
+    for (t, pid) in therapist_ids.iter().enumerate() {
+        therapists.push(Arc::new(
+            Actor::therapist(pid, &(100_000_000 + t).to_string()).await,
+        ));
+    }
+    let patients = national_ids(0, EPISODES);
+    let episodes: Vec<Uuid> = (0..EPISODES).map(|_| Uuid::new_v4()).collect();
+    let setup = Instant::now();
+    let jobs = episodes.iter().enumerate().map(|(e, id)| {
+        let (http, platform, url) = (&http, &platform, &gw.url);
+        let body =
+            json!({ "patient": patients[e], "organisation": CLINIC_ORG, "programme": "bench" });
+        let hpr = (100_000_000 + e / PER_THERAPIST).to_string();
+        let team = json!({ "members": [{ "hpr_number": hpr, "role": "therapist" }] });
+        async move {
+            let episode = format!("{url}/v1/episodes/{id}");
+            let made = platform
+                .call(http, Method::PUT, &episode, Some(&body))
+                .await;
+            assert!(made.status().is_success(), "episode: {}", made.status());
+            let care = format!("{episode}/care-team");
+            let set = platform.call(http, Method::PUT, &care, Some(&team)).await;
+            assert!(set.status().is_success(), "care team: {}", set.status());
+        }
+    });
+    in_parallel(32, jobs.collect()).await;
+    println!(
+        "{EPISODES} episodes and their care teams set up in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    // The sends, sealed before the run (the client's crypto would otherwise share the
+    // cores with what is measured): send k goes to an episode far from send k-1's.
+    let sealer = Sealer::new(&gw.url, &http, &platform, CLINIC_ORG).await;
+    for t in &therapists {
+        sealer.device(t).await;
+    }
+    let total = usize::try_from(u64::from(RATE) * seconds).unwrap();
+    let mut sends = Vec::with_capacity(total);
+    for k in 0..total {
+        let e = (k * 2_459) % EPISODES;
+        let id = Uuid::new_v4();
+        let path = format!("/v1/episodes/{}/messages/{id}", episodes[e]);
+        let therapist = therapists[e / PER_THERAPIST].clone();
+        let body = sealer
+            .body(&therapist, &path, "feedback", &"f".repeat(512))
+            .await;
+        sends.push((id.to_string(), path, therapist, body));
+    }
+    let envelope = Arc::new(
+        URL_SAFE_NO_PAD
+            .decode(sends[0].3["envelope"].as_str().unwrap())
+            .unwrap(),
+    );
+
+    let opened = Instant::now();
+    let mut streams = Vec::with_capacity(2 * EPISODES);
+    for pid in &patients {
+        let token = idps.patient_token(pid);
+        streams.push(subscribe(&gw, &[("authorization", format!("Bearer {token}"))]).await);
+    }
+    let stream_url = format!("{}/v1/stream", gw.url);
+    for t in &therapists {
+        for _ in 0..PER_THERAPIST {
+            streams.push(subscribe(&gw, &t.credentials("GET", &stream_url)).await);
+        }
+    }
+    println!(
+        "{} streams open in {:.1} s; gateway RSS {} KiB",
+        streams.len(),
+        opened.elapsed().as_secs_f64(),
+        rss_kib(gw.pid())
+    );
+
+    let sent_at: SentAt = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let until = Instant::now() + Duration::from_secs(seconds + 15);
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|s| reader(s, sent_at.clone(), latencies.clone(), until))
+        .collect();
+    let sender = gw.client();
+    let answers: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / RATE);
+    let mut tasks = Vec::with_capacity(total);
+    for (id, path, therapist, body) in sends {
+        tick.tick().await;
+        let (sender, sent_at, answers, url) = (
+            sender.clone(),
+            sent_at.clone(),
+            answers.clone(),
+            gw.url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            sent_at.lock().unwrap().insert(id, start);
+            let response = therapist
+                .call(&sender, Method::PUT, &format!("{url}{path}"), Some(&body))
+                .await;
+            assert_eq!(response.status(), 201, "a send");
+            answers.lock().unwrap().push(start.elapsed());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every delivery is in once each stream has read for a while after the last send.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let expected = total * (1 + PER_THERAPIST);
+    let delivered = latencies.lock().unwrap().len();
+    let rss = rss_kib(gw.pid());
+    drop(readers);
+    let mut ours = latencies.lock().unwrap().clone();
+    ours.sort();
+    let mut answered = answers.lock().unwrap().clone();
+    answered.sort();
+    drop(gw);
+
+    // The baselines, at the same rate on the same PostgreSQL, after the gateway has
+    // stopped.
+    let raw_db = TestDatabase::create().await;
+    let raw_episodes = raw_database(&raw_db.url, 64).await;
+    let run = Duration::from_secs(seconds);
+    let bare = notify_round_trips(&raw_db.url, RATE, run, None).await;
+    let with_rows =
+        notify_round_trips(&raw_db.url, RATE, run, Some((raw_episodes, envelope))).await;
+
+    println!(
+        "{total} sends at {RATE}/s over {EPISODES} episodes, 10000 streams (2 cores shared by client, gateway and PostgreSQL):"
+    );
+    println!(
+        "  delivered {delivered} of {expected}; send to delivery p50 {:.1} ms, p99 {:.1} ms (the send answered p50 {:.1} ms, p99 {:.1} ms); gateway RSS {rss} KiB",
+        ms(percentile(&ours, 0.5)),
+        ms(percentile(&ours, 0.99)),
+        ms(percentile(&answered, 0.5)),
+        ms(percentile(&answered, 0.99)),
+    );
+    println!(
+        "  raw NOTIFY round trip p50 {:.2} ms, p99 {:.2} ms: the gateway's p99 is {:.1}x",
+        ms(percentile(&bare, 0.5)),
+        ms(percentile(&bare, 0.99)),
+        ms(percentile(&ours, 0.99)) / ms(percentile(&bare, 0.99)),
+    );
+    println!(
+        "  raw send's rows + NOTIFY round trip p50 {:.2} ms, p99 {:.2} ms: the gateway's p99 is {:.1}x",
+        ms(percentile(&with_rows, 0.5)),
+        ms(percentile(&with_rows, 0.99)),
+        ms(percentile(&ours, 0.99)) / ms(percentile(&with_rows, 0.99)),
+    );
+    let mut figures = Figures::new("push");
+    figures.put(
+        "realistic",
+        json!({
+            "episodes": EPISODES, "streams": 2 * EPISODES, "rate": RATE, "sends": total,
+            "delivered": delivered, "expected": expected, "gateway_rss_kib": rss,
+            "gateway": { "p50_ms": ms(percentile(&ours, 0.5)), "p99_ms": ms(percentile(&ours, 0.99)), "cdf_ms": cdf(&ours) },
+            "answered": { "p50_ms": ms(percentile(&answered, 0.5)), "p99_ms": ms(percentile(&answered, 0.99)) },
+            "notify": { "p50_ms": ms(percentile(&bare, 0.5)), "p99_ms": ms(percentile(&bare, 0.99)), "cdf_ms": cdf(&bare) },
+            "rows_and_notify": { "p50_ms": ms(percentile(&with_rows, 0.5)), "p99_ms": ms(percentile(&with_rows, 0.99)), "cdf_ms": cdf(&with_rows) },
+        }),
+    );
+}
