@@ -38,6 +38,7 @@ async fn main() {
         .await
         .unwrap();
 
+    let mut figures = serde_json::Map::new();
     println!("writers  message alone/s  message+audit/s  ratio");
     for writers in [1, 8] {
         let alone = rate(&pool, writers, false).await;
@@ -45,6 +46,10 @@ async fn main() {
         println!(
             "{writers:>7}  {alone:>15.0}  {audited:>15.0}  {:>4.0} %",
             100.0 * audited / alone
+        );
+        figures.insert(
+            format!("commits_{writers}_writers"),
+            serde_json::json!({ "message_alone": alone, "message_and_audit": audited }),
         );
     }
 
@@ -71,6 +76,10 @@ async fn main() {
     println!(
         "WAL written while sequencing: {:.0} bytes a record ({sequenced} records; the whole database's WAL in that time)",
         wal / sequenced as f64
+    );
+    figures.insert(
+        "sequencing_wal_bytes_per_record".into(),
+        (wal / sequenced as f64).into(),
     );
     let started = Instant::now();
     let mut verifier = Verifier::new(
@@ -107,6 +116,15 @@ async fn main() {
         report.records as f64 / verifying.as_secs_f64()
     );
 
+    figures.insert(
+        "sequenced_per_second".into(),
+        (sequenced as f64 / sequencing.as_secs_f64()).into(),
+    );
+    figures.insert(
+        "verified_per_second".into(),
+        (report.records as f64 / verifying.as_secs_f64()).into(),
+    );
+    common::write_figures("audit", &figures);
     store.close().await;
     pool.close().await;
     db.drop().await;

@@ -52,3 +52,15 @@ impl BenchDatabase {
         .unwrap();
     }
 }
+
+/// Writes `figures` to `<ICBT_BENCH_OUT>/<bench>.json` for `scripts/bench/report`, when
+/// the variable is set.
+#[allow(dead_code)] // Not every bench reports figures.
+pub fn write_figures(bench: &str, figures: &serde_json::Map<String, serde_json::Value>) {
+    let Some(dir) = std::env::var_os("ICBT_BENCH_OUT").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let text = serde_json::to_string_pretty(figures).unwrap_or_default();
+    let _ = std::fs::write(dir.join(format!("{bench}.json")), text);
+}
