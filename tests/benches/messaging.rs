@@ -179,7 +179,6 @@ async fn main() {
                 std::env::var("CKPT").unwrap_or("1000".into()),
             ),
             ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
-            ("ICBT_STORAGE__MAX_CONNECTIONS".into(), "24".into()),
             ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
         ],
         ..Default::default()
@@ -238,28 +237,10 @@ async fn main() {
             "clients  sends/s  p50 ms  p99 ms  raw send tx/s  ratio   (raw: the same rows, one sqlx transaction each)"
         );
     }
-    // The peer, beside the gateway in the same run: its messages carry the envelope's
-    // own text, so both servers move the same bytes.
-    let envelope_text = URL_SAFE_NO_PAD.encode(envelope.as_slice());
-    let mut peer = match Synapse::python() {
-        Some(python) if part("synapse") => Some(Peer::start(&python, episodes.len()).await),
-        _ => {
-            println!(
-                "Synapse: not run (scripts/bench/messaging installs it and sets ICBT_SYNAPSE_PYTHON)"
-            );
-            None
-        }
-    };
-    if let Some(peer) = &peer {
-        println!(
-            "beside Synapse {} (one process, no workers, plain HTTP; this machine's 2 cores shared by client, servers and PostgreSQL)",
-            peer.synapse.version
-        );
-        figures.put("synapse_version", peer.synapse.version.as_str());
-    }
     let levels: Vec<usize> = std::env::var("ICBT_BENCH_CLIENTS").map_or(vec![1, 8, 64], |v| {
         v.split(',').map(|n| n.trim().parse().unwrap()).collect()
     });
+    let mut rows = Vec::new();
     for clients in levels.into_iter().filter(|_| part("sends")) {
         let per_client = 14_000 / clients + 200;
         let mut queues = Vec::new();
@@ -282,22 +263,47 @@ async fn main() {
             ms(p99),
             100.0 * rate / raw
         );
-        let mut figure = json!({ "clients": clients, "rate": rate, "p50_ms": ms(p50), "p99_ms": ms(p99), "raw_rate": raw });
-        if let Some(peer) = &mut peer {
+        rows.push(json!({ "clients": clients, "rate": rate, "p50_ms": ms(p50), "p99_ms": ms(p99), "raw_rate": raw }));
+        figures.put("sends", rows.clone());
+    }
+
+    // The peer starts once the raw program is done: the raw program's 64 connections,
+    // the gateway's and Synapse's together would pass PostgreSQL's default of 100. Its
+    // messages carry the envelope's own text, so both servers move the same bytes.
+    let envelope_text = URL_SAFE_NO_PAD.encode(envelope.as_slice());
+    let peer = match Synapse::python() {
+        Some(python) if part("synapse") => Some(Peer::start(&python, episodes.len()).await),
+        _ => {
+            println!(
+                "Synapse: not run (scripts/bench/messaging installs it and sets ICBT_SYNAPSE_PYTHON)"
+            );
+            None
+        }
+    };
+    if let Some(peer) = &peer {
+        println!(
+            "Synapse {} (one process, no workers, plain HTTP; the same 2 cores shared by client, servers and PostgreSQL)",
+            peer.synapse.version
+        );
+        figures.put("synapse_version", peer.synapse.version.as_str());
+        println!("clients  Synapse sends/s  p50 ms  p99 ms  gateway/Synapse");
+        for i in 0..rows.len() {
+            let row = &mut rows[i];
+            let clients = usize::try_from(row["clients"].as_u64().unwrap()).unwrap();
             let (synapse, latencies) = peer
                 .synapse
                 .send_rate(&peer.sender, &peer.rooms, clients, &envelope_text, RUN)
                 .await;
             println!(
-                "         Synapse {synapse:>7.0} sends/s, p50 {:.2} ms, p99 {:.2} ms: the gateway {:.1}x",
+                "{clients:>7}  {synapse:>15.0}  {:>6.2}  {:>6.2}  {:>14.1}x",
                 ms(percentile(&latencies, 0.5)),
                 ms(percentile(&latencies, 0.99)),
-                rate / synapse
+                row["rate"].as_f64().unwrap() / synapse
             );
-            figure["synapse_rate"] = json!(synapse);
-            figure["synapse_p99_ms"] = json!(ms(percentile(&latencies, 0.99)));
+            row["synapse_rate"] = json!(synapse);
+            row["synapse_p99_ms"] = json!(ms(percentile(&latencies, 0.99)));
+            figures.put("sends", rows.clone());
         }
-        figures.push("sends", figure);
     }
     if let Some(peer) = &peer
         && part("push")

@@ -16,6 +16,16 @@ use uuid::Uuid;
 use crate::SYNTHETIC_FNR;
 use crate::idp::CLINIC_ORG;
 
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
 /// The therapist's HPR number in the baseline's rows.
 const HPR: &str = "565501872";
 
@@ -48,7 +58,7 @@ pub async fn raw_sends(
         let episode = episodes[c % episodes.len()].clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                raw_send(&pool, &episode, &envelope, None).await;
+                raw_send(&pool, &episode, &envelope, Uuid::new_v4(), None).await;
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -58,25 +68,23 @@ pub async fn raw_sends(
     for t in tasks {
         t.await.unwrap();
     }
+    // Closed, not left idle: the next level's connections and the peer's must fit
+    // beside the gateway's under PostgreSQL's connection limit.
+    pool.close().await;
     count.load(Ordering::Relaxed) as f64 / run.as_secs_f64()
 }
 
-/// One send's rows, in one transaction; with `notify`, a `NOTIFY` on that channel too,
-/// delivered at the commit.
+/// One send's rows (message `id`), in one transaction; with `notify` (channel,
+/// payload), a `NOTIFY` too, delivered at the commit.
 pub async fn raw_send(
     pool: &sqlx::PgPool,
     episode: &str,
     envelope: &[u8],
+    id: Uuid,
     notify: Option<(&str, &str)>,
 ) {
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    let id = Uuid::new_v4().to_string();
+    let now = now_ms();
+    let id = id.to_string();
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("INSERT INTO dpop_replay (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(Uuid::new_v4().simple().to_string())
@@ -156,7 +164,11 @@ pub async fn raw_database(url: &str, n: usize) -> Vec<String> {
         url: Some(url.to_owned()),
         ..Default::default()
     };
-    drop(icbt_gateway::storage::Store::open(&config).await.unwrap());
+    icbt_gateway::storage::Store::open(&config)
+        .await
+        .unwrap()
+        .close()
+        .await;
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let clinic = Uuid::new_v4().to_string();
     sqlx::query(
@@ -182,18 +194,33 @@ pub async fn raw_database(url: &str, n: usize) -> Vec<String> {
         .unwrap();
         episodes.push(id);
     }
+    pool.close().await;
     episodes
 }
 
-/// Round trips of `NOTIFY` at a steady `rate` a second for `run`: each from just before
-/// its transaction starts to the moment a listener on another connection has it. With
-/// `send` (the database's episodes and an envelope) each `NOTIFY` rides in a transaction
-/// that also commits a send's rows ([`raw_send`]); without, it is alone. Sorted.
-pub async fn notify_round_trips(
+/// What a raw round trip does, from before its transaction to its end.
+#[derive(Clone, Debug)]
+pub enum RoundTrip {
+    /// A bare `NOTIFY`, received by a listener on another connection.
+    Notify,
+    /// A send's rows and a `NOTIFY` committed together ([`raw_send`]), received.
+    SendAndNotify,
+    /// As [`Self::SendAndNotify`], and then, as the gateway must before it delivers,
+    /// the receiving side reads the message and commits one access record for each of
+    /// this many readers: the least work a durable, logged push does, without TLS,
+    /// tokens or fan-out.
+    SendNotifyAndLogReads(u32),
+}
+
+/// Round trips of `what` at a steady `rate` a second for `run`, on the database of
+/// `url`, whose `episodes` (from [`raw_database`]) receive the sends, each carrying
+/// `envelope`. Sorted.
+pub async fn round_trips(
     url: &str,
-    rate: u32,
-    run: Duration,
-    send: Option<(Vec<String>, Arc<Vec<u8>>)>,
+    what: RoundTrip,
+    (rate, run): (u32, Duration),
+    episodes: &[String],
+    envelope: &Arc<Vec<u8>>,
 ) -> Vec<Duration> {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -201,66 +228,121 @@ pub async fn notify_round_trips(
     listener.listen("bench_round_trip").await.unwrap();
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let expected = u64::from(rate) * run.as_secs();
-    let reader = {
-        let started = started.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while (latencies.len() as u64) < expected {
-                let Ok(Ok(note)) =
-                    tokio::time::timeout(Duration::from_secs(10), listener.recv()).await
-                else {
-                    break;
-                };
-                let now = Instant::now();
-                if let Some(at) = started.lock().unwrap().remove(note.payload()) {
-                    latencies.push(now - at);
-                }
-            }
-            latencies
-        })
-    };
     let pool = sqlx::postgres::PgPoolOptions::new()
         .test_before_acquire(false)
         .max_connections(16)
         .connect(url)
         .await
         .unwrap();
+    let reader = {
+        let (started, pool, what) = (started.clone(), pool.clone(), what.clone());
+        tokio::spawn(async move {
+            let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+            let mut readers = Vec::new();
+            for _ in 0..expected {
+                let Ok(Ok(note)) =
+                    tokio::time::timeout(Duration::from_secs(10), listener.recv()).await
+                else {
+                    break;
+                };
+                let (started, latencies, pool, what) = (
+                    started.clone(),
+                    latencies.clone(),
+                    pool.clone(),
+                    what.clone(),
+                );
+                readers.push(tokio::spawn(async move {
+                    let payload = note.payload().to_owned();
+                    if let RoundTrip::SendNotifyAndLogReads(readers) = what {
+                        log_reads(&pool, &payload, readers).await;
+                    }
+                    let now = Instant::now();
+                    if let Some(at) = started.lock().unwrap().remove(&payload) {
+                        latencies.lock().unwrap().push(now - at);
+                    }
+                }));
+            }
+            for r in readers {
+                r.await.unwrap();
+            }
+            let mut all = latencies.lock().unwrap().clone();
+            all.sort();
+            all
+        })
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut tasks = Vec::new();
     for n in 0..expected {
         tick.tick().await;
-        let (pool, started, send) = (pool.clone(), started.clone(), send.clone());
+        let (pool, started, what, envelope) = (
+            pool.clone(),
+            started.clone(),
+            what.clone(),
+            envelope.clone(),
+        );
+        let episode = episodes[usize::try_from(n).unwrap() % episodes.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let payload = Uuid::new_v4().simple().to_string();
+            let id = Uuid::new_v4();
+            // The payload names the message, as the gateway's announcement names a
+            // position to read from.
+            let payload = format!("{episode} {id}");
             started
                 .lock()
                 .unwrap()
                 .insert(payload.clone(), Instant::now());
-            match send {
-                Some((episodes, envelope)) => {
-                    let episode = &episodes[usize::try_from(n).unwrap() % episodes.len()];
-                    raw_send(
-                        &pool,
-                        episode,
-                        &envelope,
-                        Some(("bench_round_trip", &payload)),
-                    )
-                    .await;
-                }
-                None => {
-                    sqlx::query("SELECT pg_notify('bench_round_trip', $1)")
-                        .bind(&payload)
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
+            if matches!(what, RoundTrip::Notify) {
+                sqlx::query("SELECT pg_notify('bench_round_trip', $1)")
+                    .bind(&payload)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            } else {
+                raw_send(
+                    &pool,
+                    &episode,
+                    &envelope,
+                    id,
+                    Some(("bench_round_trip", &payload)),
+                )
+                .await;
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let mut all = reader.await.unwrap();
-    all.sort();
+    let all = reader.await.unwrap();
+    pool.close().await;
     all
+}
+
+/// Reads the message `payload` names and commits `readers` access records of it.
+async fn log_reads(pool: &sqlx::PgPool, payload: &str, readers: u32) {
+    let (episode, id) = payload.split_once(' ').unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let (_body,): (Vec<u8>,) =
+        sqlx::query_as("SELECT body FROM messages WHERE episode_id = $1 AND id = $2")
+            .bind(episode)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_records (id, recorded_at_ms, action, outcome, principal_kind, principal_id, \
+         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+         patient, request_id, source) SELECT gen_random_uuid()::text, $1, 'read', 'success', 'clinician', $2, \
+         $3, 'https://helseid.example', 'icbt-platform', gen_random_uuid()::text, 'Communication', $4, $5, $6, \
+         NULL, NULL FROM generate_series(1, $7)",
+    )
+    .bind(now_ms())
+    .bind(HPR)
+    .bind(CLINIC_ORG)
+    .bind(id)
+    .bind(episode)
+    .bind(SYNTHETIC_FNR)
+    .bind(i32::try_from(readers).unwrap())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
 }

@@ -109,3 +109,24 @@ pub fn national_ids(offset: u32, n: usize) -> Vec<String> {
         .take(n)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{cdf, percentile};
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_the_cdf_climbs_from_least_to_most() {
+        let sorted: Vec<Duration> = (1..=200).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 0.0), Duration::from_millis(1));
+        assert_eq!(percentile(&sorted, 0.5), Duration::from_millis(101));
+        assert_eq!(percentile(&sorted, 0.99), Duration::from_millis(198));
+        assert_eq!(percentile(&sorted, 1.0), Duration::from_millis(200));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+        let points: Vec<f64> = serde_json::from_value(cdf(&sorted)).unwrap();
+        assert_eq!(points.len(), 101);
+        assert!((points[0] - 1.0).abs() < 1e-9 && (points[100] - 200.0).abs() < 1e-9);
+        assert!(points.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

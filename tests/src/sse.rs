@@ -64,3 +64,22 @@ pub fn message_ids(buffer: &mut Vec<u8>) -> Vec<String> {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::message_ids;
+
+    #[test]
+    fn complete_events_are_read_and_a_partial_one_is_kept_for_the_next_read() {
+        let first = "11111111-1111-4111-8111-111111111111";
+        let second = "22222222-2222-4222-8222-222222222222";
+        let mut buffer = format!(
+            "id: 1.1\nevent: message\ndata: {{\"message\":{{\"id\":\"{first}\"}}}}\n\n: keep-alive\n\ndata: {{\"message\":{{\"id\":\"{second}"
+        )
+        .into_bytes();
+        assert_eq!(message_ids(&mut buffer), vec![first.to_owned()]);
+        buffer.extend_from_slice(b"\"}}\n\n");
+        assert_eq!(message_ids(&mut buffer), vec![second.to_owned()]);
+        assert!(message_ids(&mut buffer).is_empty());
+    }
+}
