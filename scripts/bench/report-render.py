@@ -41,6 +41,11 @@ def fmt(x, digits=0) -> str:
     return f"{x:,.{digits}f}".replace(",", " ")
 
 
+def synapse_version(m: dict) -> str:
+    """The release, without the build details Synapse may append."""
+    return (m.get("synapse_version") or "?").split()[0]
+
+
 def sends_section(folder: Path, m: dict, out: list):
     if not m or not m.get("sends"):
         return
@@ -55,7 +60,7 @@ def sends_section(folder: Path, m: dict, out: list):
         "gateway's schema. *Synapse*: `PUT …/send/m.room.message/{txn}` with a body of the "
         f"envelope's size, one room per episode, over plain HTTP. {SHARED}.\n"
     )
-    head = "| clients | gateway sends/s | p99 ms | raw tx/s | gateway ÷ raw (goal ≥ 60 %) |"
+    head = "| clients | gateway sends/s | p99 ms | raw tx/s | gateway ÷ raw (goal ≥ 60 % at 8 and 64) |"
     rule = "|---:|---:|---:|---:|---|"
     if peer:
         head += " Synapse sends/s | Synapse p99 ms | gateway ÷ Synapse (goal ≥ 5×) |"
@@ -64,14 +69,15 @@ def sends_section(folder: Path, m: dict, out: list):
     for r in rows:
         ratio = r["rate"] / r["raw_rate"]
         line = (f"| {r['clients']} | {fmt(r['rate'])} | {r['p99_ms']:.1f} | {fmt(r['raw_rate'])} "
-                f"| {fmt(r['rate'])} ÷ {fmt(r['raw_rate'])} = {ratio:.0%}: {verdict(ratio >= 0.6)} |")
+                f"| {fmt(r['rate'])} ÷ {fmt(r['raw_rate'])} = {ratio:.1%}"
+                + (f": {verdict(ratio >= 0.6)} |" if r["clients"] >= 8 else " (no goal) |"))
         if peer:
             x = r["rate"] / r["synapse_rate"]
             line += (f" {fmt(r['synapse_rate'])} | {r['synapse_p99_ms']:.1f} "
                      f"| {fmt(r['rate'])} ÷ {fmt(r['synapse_rate'])} = {x:.1f}×: {verdict(x >= 5)} |")
         out.append(line)
     if peer:
-        out.append(f"\nSynapse {m.get('synapse_version', '?')}, one process, no workers, rate limits lifted.")
+        out.append(f"\nSynapse {synapse_version(m)}, one process, no workers, rate limits lifted.")
     out.append("\n![Sends a second against clients](sends.svg)\n")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -79,7 +85,7 @@ def sends_section(folder: Path, m: dict, out: list):
     ax.plot(clients, [r["rate"] for r in rows], "o-", label="gateway")
     ax.plot(clients, [r["raw_rate"] for r in rows], "s--", label="raw sqlx, same rows")
     if peer:
-        ax.plot(clients, [r["synapse_rate"] for r in rows], "^-", label=f"Synapse {m.get('synapse_version', '')}")
+        ax.plot(clients, [r["synapse_rate"] for r in rows], "^-", label=f"Synapse {synapse_version(m)}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(clients, [str(c) for c in clients])
     ax.set_xlabel("concurrent clients")

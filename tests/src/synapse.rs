@@ -27,8 +27,8 @@ pub struct Synapse {
     _database: TestDatabase,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    /// What the server says it is (`/_synapse/admin/v1/server_version`), once an admin
-    /// has logged in.
+    /// The release the server says it is (`/_synapse/admin/v1/server_version`), once an
+    /// admin has logged in.
     pub version: String,
     http: reqwest::Client,
 }
@@ -147,8 +147,11 @@ impl Synapse {
                     None,
                 )
                 .await;
+            // Only the release: Synapse appends `git describe` of the folder it runs
+            // from, which inside this repository names the gateway's commit.
             version["server_version"]
                 .as_str()
+                .and_then(|v| v.split_whitespace().next())
                 .unwrap_or("?")
                 .clone_into(&mut self.version);
         }
