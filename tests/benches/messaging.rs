@@ -35,7 +35,9 @@ use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::sse::{message_ids, subscribe};
 use icbt_e2e::synapse::{Device, Synapse};
-use icbt_e2e::{Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, TestDatabase};
+use icbt_e2e::{
+    Backend, Gateway, GatewayOptions, SYNTHETIC_FNR, TestDatabase, bench_limits_lifted,
+};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
@@ -164,23 +166,18 @@ async fn main() {
     let idps = IdentityProviders::shared();
     let options = GatewayOptions {
         config_toml: Some(idps.gateway_config()),
-        env: vec![
-            ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
-            // One therapist holds the 1 000 and 10 000 streams of the push figures.
-            ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
-            // Every client connects from 127.0.0.1, thousands at once.
-            ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "0".into()),
-            (
-                "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
-                "0".into(),
-            ),
-            (
-                "ICBT_AUDIT__CHECKPOINT_INTERVAL_MS".into(),
-                std::env::var("CKPT").unwrap_or("1000".into()),
-            ),
-            ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
-            ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
-        ],
+        // One therapist holds the 1 000 and 10 000 streams of the push figures.
+        env: [
+            bench_limits_lifted(),
+            vec![
+                (
+                    "ICBT_AUDIT__CHECKPOINT_INTERVAL_MS".into(),
+                    std::env::var("CKPT").unwrap_or("1000".into()),
+                ),
+                ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
+            ],
+        ]
+        .concat(),
         ..Default::default()
     };
     let gw = Gateway::start_with(Backend::Postgres, options).await;

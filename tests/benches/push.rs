@@ -34,7 +34,7 @@ use icbt_e2e::figures::{Figures, cdf, ms, national_ids, percentile, rss_kib};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::sse::{message_ids, subscribe};
-use icbt_e2e::{Backend, Gateway, GatewayOptions, TestDatabase};
+use icbt_e2e::{Backend, Gateway, GatewayOptions, TestDatabase, bench_limits_lifted};
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -91,18 +91,8 @@ async fn main() {
     let idps = IdentityProviders::shared();
     let options = GatewayOptions {
         config_toml: Some(idps.gateway_config()),
-        env: vec![
-            ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
-            // Each therapist holds 50 streams.
-            ("ICBT_SERVER__STREAMS_PER_PRINCIPAL".into(), "0".into()),
-            // Every client connects from 127.0.0.1, thousands at once.
-            ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS".into(), "0".into()),
-            (
-                "ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS".into(),
-                "0".into(),
-            ),
-            ("ICBT_TELEMETRY__LOG_FILTER".into(), "warn".into()),
-        ],
+        // Each therapist holds 50 streams; thousands connect from 127.0.0.1.
+        env: bench_limits_lifted(),
         ..Default::default()
     };
     let gw = Gateway::start_with(Backend::Postgres, options).await;

@@ -13,18 +13,10 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use icbt_gateway::domain::now_ms;
+
 use crate::SYNTHETIC_FNR;
 use crate::idp::CLINIC_ORG;
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 /// The therapist's HPR number in the baseline's rows.
 const HPR: &str = "565501872";

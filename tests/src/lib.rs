@@ -191,6 +191,24 @@ fn debian_tool(path: &str, package: &str) -> PathBuf {
     path
 }
 
+/// The settings a load bench runs the gateway with: no per-minute rate limit, no cap
+/// on streams per principal, and no per-address caps on handshakes or unauthenticated
+/// connections (every bench client connects from 127.0.0.1, thousands at once); logs
+/// at `warn`.
+#[must_use]
+pub fn bench_limits_lifted() -> Vec<(String, String)> {
+    [
+        ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE", "0"),
+        ("ICBT_SERVER__STREAMS_PER_PRINCIPAL", "0"),
+        ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS", "0"),
+        ("ICBT_SERVER__UNAUTHENTICATED_PER_ADDRESS", "0"),
+        ("ICBT_TELEMETRY__LOG_FILTER", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// A loopback port nobody listens on now, for a gateway that must keep its address
 /// across a restart (a browser's origin).
 pub fn free_port() -> u16 {

@@ -291,19 +291,8 @@ impl Synapse {
                 let mut latencies = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let started = std::time::Instant::now();
-                    let response = http
-                        .put(format!("{base}/{}", uuid::Uuid::new_v4().simple()))
-                        .bearer_auth(&sender.token)
-                        .json(&body)
-                        .send()
-                        .await
-                        .expect("a Synapse send");
-                    assert!(
-                        response.status().is_success(),
-                        "a Synapse send: {}",
-                        response.status()
-                    );
-                    let _ = response.bytes().await;
+                    let target = format!("{base}/{}", uuid::Uuid::new_v4().simple());
+                    send(&http, &target, &sender, &body).await;
                     latencies.push(started.elapsed());
                 }
                 latencies
@@ -397,21 +386,11 @@ impl Synapse {
             if n > 0 {
                 sent_at.lock().expect("lock").insert(id.clone(), start);
             }
-            let response = send_http
-                .put(format!(
-                    "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/{id}",
-                    self.url
-                ))
-                .bearer_auth(&sender.token)
-                .json(&body)
-                .send()
-                .await
-                .expect("a Synapse send");
-            assert!(
-                response.status().is_success(),
-                "a Synapse send: {}",
-                response.status()
+            let target = format!(
+                "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/{id}",
+                self.url
             );
+            send(&send_http, &target, sender, &body).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for r in readers {
@@ -421,6 +400,23 @@ impl Synapse {
         all.sort();
         all
     }
+}
+
+/// `PUT`s one message event to `target` as `sender`; it must be accepted.
+async fn send(http: &reqwest::Client, target: &str, sender: &Device, body: &Value) {
+    let response = http
+        .put(target)
+        .bearer_auth(&sender.token)
+        .json(body)
+        .send()
+        .await
+        .expect("a Synapse send");
+    assert!(
+        response.status().is_success(),
+        "a Synapse send: {}",
+        response.status()
+    );
+    let _ = response.bytes().await;
 }
 
 impl Drop for Synapse {
