@@ -11,7 +11,10 @@
 //!
 //! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a
 //! release build. Client, gateway and PostgreSQL share this machine's cores.
-//! `ICBT_BENCH_SECONDS` sets the length of the timed run (30 by default).
+//! `ICBT_BENCH_SECONDS` sets the length of the timed run (30 by default);
+//! `ICBT_BENCH_GATEWAY_ENV` adds gateway settings, space-separated `ICBT_…=value` pairs
+//! (the harness passes no other `ICBT_` variable through), for experiments such as
+//! `ICBT_AUDIT__CHECKPOINT_INTERVAL_MS=600000` (the sequencer idle during the run).
 
 #![allow(
     clippy::unwrap_used,
@@ -85,6 +88,21 @@ fn reader(
     })
 }
 
+/// The pairs of `ICBT_BENCH_GATEWAY_ENV`.
+fn extra_gateway_env() -> Vec<(String, String)> {
+    let pairs = std::env::var("ICBT_BENCH_GATEWAY_ENV").unwrap_or_default();
+    pairs
+        .split_whitespace()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ICBT_BENCH_GATEWAY_ENV: {pair} is not KEY=value"));
+            println!("gateway setting: {key}={value}");
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let seconds: u64 = std::env::var("ICBT_BENCH_SECONDS").map_or(30, |s| s.parse().unwrap());
@@ -92,7 +110,7 @@ async fn main() {
     let options = GatewayOptions {
         config_toml: Some(idps.gateway_config()),
         // Each therapist holds 50 streams; thousands connect from 127.0.0.1.
-        env: bench_limits_lifted(),
+        env: [bench_limits_lifted(), extra_gateway_env()].concat(),
         ..Default::default()
     };
     let gw = Gateway::start_with(Backend::Postgres, options).await;
