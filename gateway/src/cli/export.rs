@@ -184,11 +184,13 @@ pub(super) async fn run_exporter(config: Config) -> anyhow::Result<()> {
             "configuration key `export.epj_base_url`: is not set; fix: set the EPJ's FHIR base URL, or list the clinics in [[clinics]]"
         );
     };
+    // Before it says it runs: a TERM from then on stops it cleanly.
+    let shutdown = server::shutdown_signal();
     #[allow(clippy::print_stdout)]
     {
         println!("icbt-gateway exporter running");
     }
-    Arc::new(exporter).run(server::shutdown_signal()).await;
+    Arc::new(exporter).run(shutdown).await;
     store.close().await;
     Ok(())
 }

@@ -307,6 +307,8 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         metrics,
     );
 
+    // Before anyone is told the address: a TERM from then on drains.
+    let shutdown = server::shutdown_signal();
     tracing::info!(address = %local, backend = store.backend().as_str(), dev = (mode == Mode::Dev), "listening");
     announce(&format!("icbt-gateway listening on https://{local}"));
     announce(&format!(
@@ -315,14 +317,7 @@ async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     if let Some((dev, origin)) = &dev {
         announce_dev(dev, origin, &audit_log);
     }
-    server::serve(
-        listener,
-        tls_config,
-        app,
-        (timeouts, closing),
-        server::shutdown_signal(),
-    )
-    .await;
+    server::serve(listener, tls_config, app, (timeouts, closing), shutdown).await;
     let tasks = [purge, notifications, hub, sequencer];
     stop(
         tasks.into_iter().chain(exporter).chain(publisher),
