@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::baseline::{raw_database, raw_sends};
-use icbt_e2e::figures::{Figures, cdf, ms, national_ids, percentile, rss_kib};
+use icbt_e2e::figures::{Figures, cdf, memory, ms, national_ids, percentile};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::sse::{message_ids, subscribe};
@@ -225,7 +225,7 @@ async fn main() {
     let raw_episodes = raw_database(&raw_db.url, episodes.len()).await;
     let mut figures = Figures::new("messaging");
     figures.put("envelope_bytes", envelope_bytes);
-    println!("gateway idle RSS: {} KiB", rss_kib(gw.pid()));
+    println!("gateway idle RSS: {} KiB", memory(gw.pid()).0);
     println!(
         "a 2 KiB message sealed to 3 keys (patient, therapist, journal) is a {envelope_bytes}-byte envelope"
     );
@@ -421,7 +421,7 @@ async fn stream_cap() {
     };
     let gw = Gateway::start_with(Backend::Postgres, options).await;
     let pids = national_ids(0, PRINCIPALS);
-    let tokens: Vec<String> = pids.iter().map(|p| idps.patient_token(p)).collect();
+    let tokens: Vec<String> = pids.iter().map(|p| idps.patient_token(p, 3600)).collect();
     let url = format!("{}/v1/stream", gw.url);
     let open = |token: String| {
         let http = client_for(&gw, true);
@@ -429,7 +429,7 @@ async fn stream_cap() {
         async move { http.get(&url).bearer_auth(token).send().await.unwrap() }
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss_before, fds_before) = (rss_kib(gw.pid()), open_fds(gw.pid()));
+    let (rss_before, fds_before) = (memory(gw.pid()).0, open_fds(gw.pid()));
     let mut held = Vec::with_capacity(PRINCIPALS * CAP);
     for chunk in tokens.chunks(20) {
         let opened = futures_util::future::join_all(
@@ -445,14 +445,14 @@ async fn stream_cap() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_cap, fds_cap) = (rss_kib(gw.pid()), open_fds(gw.pid()));
+    let (rss_cap, fds_cap) = (memory(gw.pid()).0, open_fds(gw.pid()));
     let mut refused = 0;
     for chunk in tokens.chunks(100) {
         let answers = futures_util::future::join_all(chunk.iter().cloned().map(open)).await;
         refused += answers.iter().filter(|r| r.status() == 429).count();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_after, fds_after) = (rss_kib(gw.pid()), open_fds(gw.pid()));
+    let (rss_after, fds_after) = (memory(gw.pid()).0, open_fds(gw.pid()));
     println!(
         "stream cap: {PRINCIPALS} principals x {CAP} streams = {} open; {refused} of {PRINCIPALS} one-more refused with 429",
         held.len()
@@ -596,10 +596,10 @@ async fn push(
 }
 
 async fn idle(gw: &Gateway, therapist: &Actor) {
-    let before = rss_kib(gw.pid());
+    let before = memory(gw.pid()).0;
     let idle = open_streams(gw, therapist, 10_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(gw.pid());
+    let after = memory(gw.pid()).0;
     println!(
         "10000 idle SSE connections: gateway RSS {after} KiB ({} KiB before, {:.1} KiB each)",
         before,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::baseline::{RoundTrip, raw_database, round_trips};
-use icbt_e2e::figures::{Figures, cdf, ms, national_ids, percentile, rss_kib};
+use icbt_e2e::figures::{Figures, cdf, memory, ms, national_ids, percentile};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::sse::{message_ids, subscribe};
@@ -176,7 +176,7 @@ async fn main() {
     let opened = Instant::now();
     let mut streams = Vec::with_capacity(2 * EPISODES);
     for pid in &patients {
-        let token = idps.patient_token(pid);
+        let token = idps.patient_token(pid, 3600);
         streams.push(subscribe(&gw, &[("authorization", format!("Bearer {token}"))]).await);
     }
     let stream_url = format!("{}/v1/stream", gw.url);
@@ -189,7 +189,7 @@ async fn main() {
         "{} streams open in {:.1} s; gateway RSS {} KiB",
         streams.len(),
         opened.elapsed().as_secs_f64(),
-        rss_kib(gw.pid())
+        memory(gw.pid()).0
     );
 
     let sent_at: SentAt = Arc::default();
@@ -228,7 +228,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let expected = total * (1 + PER_THERAPIST);
     let delivered = latencies.lock().unwrap().len();
-    let rss = rss_kib(gw.pid());
+    let rss = memory(gw.pid()).0;
     drop(readers);
     let mut ours = latencies.lock().unwrap().clone();
     ours.sort();

@@ -85,15 +85,19 @@ pub fn cdf(sorted: &[std::time::Duration]) -> Value {
         .collect()
 }
 
-/// Resident memory of process `pid` in KiB (0 if it is gone).
+/// Resident memory of process `pid` now and at its peak, in KiB (Linux; 0 if it is
+/// gone).
 #[must_use]
-pub fn rss_kib(pid: u32) -> u64 {
+pub fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// `n` valid synthetic national ids (fødselsnummer with check digits, born 1985), from

@@ -486,14 +486,15 @@ impl IdentityProviders {
     }
 
     /// A bearer token of the patient with national id `pid`, signed by the ID-porten
-    /// provider's key as if it had logged them in, valid for an hour: for benches that
-    /// need thousands of patients without a login each.
-    pub fn patient_token(&self, pid: &str) -> String {
+    /// provider's key as if it had logged them in, expiring `valid_for` seconds from now:
+    /// for tests of expiry, and for benches that need thousands of patients without a
+    /// login each.
+    pub fn patient_token(&self, pid: &str, valid_for: i64) -> String {
         let now = icbt_auth::now_secs();
         let claims = serde_json::json!({
             "iss": self.idporten.issuer, "aud": Idp::Idporten.api_resource(),
             "scope": format!("openid {}", Idp::Idporten.api_scope()),
-            "exp": now + 3600, "iat": now, "jti": uuid::Uuid::new_v4().to_string(),
+            "exp": now + valid_for, "iat": now, "jti": uuid::Uuid::new_v4().to_string(),
             "client_id": "icbt-platform", "pid": pid, "acr": "idporten-loa-high",
         });
         self.forge(Idp::Idporten, &serde_json::json!({}), &claims)

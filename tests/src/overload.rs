@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::figures::memory;
 use crate::load::{Cast, restartable};
 use crate::{Backend, Gateway};
 
@@ -139,19 +140,6 @@ pub(crate) fn quantile(values: &[Duration], num: usize, den: usize) -> f64 {
     sorted
         .get(sorted.len().saturating_sub(1) * num / den)
         .map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
-}
-
-/// Resident memory of `pid` now and at its peak, in KiB (Linux).
-pub(crate) fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Samples the resident memory of `pid` every 200 ms; the sampler and the peak (KiB).

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::Gateway;
+use crate::figures::memory;
 use crate::idp::Actor;
 use crate::load::Cast;
-use crate::overload::{Send, capacity, gateway, memory, missing, quantile, send};
+use crate::overload::{Send, capacity, gateway, missing, quantile, send};
 
 /// How a soak run goes.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders, Idp};
+use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::{Backend, EventStream, Gateway, GatewayOptions, SYNTHETIC_FNR, backends};
 use icbt_envelope::DeviceKeys;
@@ -720,15 +720,7 @@ const CLOCK_SKEW_SECONDS: i64 = 30;
 /// A patient's bearer token that the gateway takes for `seconds` more (its `exp` is
 /// within the allowed clock skew of now), signed by the ID-porten test provider's key.
 fn patient_token_expiring_in(seconds: i64) -> String {
-    let idps = IdentityProviders::shared();
-    let now = icbt_auth::now_secs();
-    let claims = json!({
-        "iss": idps.idporten.issuer, "aud": Idp::Idporten.api_resource(),
-        "scope": format!("openid {}", Idp::Idporten.api_scope()),
-        "exp": now + seconds - CLOCK_SKEW_SECONDS, "iat": now, "jti": Uuid::new_v4().to_string(),
-        "client_id": "icbt-platform", "pid": SYNTHETIC_FNR, "acr": "idporten-loa-high",
-    });
-    idps.forge(Idp::Idporten, &json!({}), &claims)
+    IdentityProviders::shared().patient_token(SYNTHETIC_FNR, seconds - CLOCK_SKEW_SECONDS)
 }
 
 #[tokio::test]
