@@ -323,7 +323,10 @@ async fn long_poll_inbox_answers_when_a_message_arrives() {
         } = cast(&gw).await;
         send(&gw, &sealer, &patient, episode, "before").await;
 
-        let page = inbox(&gw, &therapist, "").await;
+        // A short wait, not none: on PostgreSQL a reader sees a commit once every older
+        // transaction has ended (the stream's horizon), so a read at once may come a few
+        // milliseconds early under load. It answers as soon as the message is there.
+        let page = inbox(&gw, &therapist, "?wait=5").await;
         let entries = page["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 1, "{backend:?}: {page}");
         let after = page["next_after"].as_str().unwrap().to_owned();
