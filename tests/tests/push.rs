@@ -462,6 +462,51 @@ async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends()
     assert!(ended.elapsed() < Duration::from_secs(5));
 }
 
+/// The resuming stream's own catch-up finds nothing while the message is held back, and
+/// the message's announcement came while no stream was open: the stream still gets it
+/// when the older transaction ends, not at the next periodic re-read a minute later.
+#[tokio::test]
+async fn a_stream_resumed_while_a_sent_message_is_held_back_gets_it_when_that_ends() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let gw = gateway(Backend::Postgres).await;
+    let Cast {
+        patient,
+        therapist,
+        episode,
+        sealer,
+        reader,
+    } = cast(&gw).await;
+    let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
+    let after = inbox(&gw, &therapist, "").await["next_after"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()::text")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    send(&gw, &sealer, &patient, episode, "sent before the stream").await;
+    let mut stream = open_stream(&gw, &therapist, Some(&after)).await;
+    assert!(
+        stream.next(Duration::from_millis(500)).await.is_none(),
+        "not readable while the older transaction runs"
+    );
+    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
+
+    let event = stream
+        .next(Duration::from_secs(5))
+        .await
+        .expect("delivered once the older transaction ended");
+    assert_eq!(
+        text(&sealer, &reader, &event.data),
+        "sent before the stream"
+    );
+}
+
 #[tokio::test]
 async fn each_of_many_streams_gets_the_message_and_each_delivery_is_in_the_access_log() {
     for backend in backends() {

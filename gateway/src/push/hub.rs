@@ -100,6 +100,10 @@ pub struct Hub {
     /// Bumped when a transaction of this instance that may have held messages back has
     /// ended; see [`Hub::released`].
     released: tokio::sync::watch::Sender<()>,
+    /// Wakes a hub that has no streams when one registers: a message announced while
+    /// nobody listened may still be held back, and the new stream's catch-up then finds
+    /// nothing, so the hub must read (and keep looking) from now on.
+    registered: tokio::sync::Notify,
 }
 
 /// Sets [`Hub::dispatching`] for as long as it lives: a dispatch however it ends.
@@ -158,6 +162,7 @@ impl Hub {
                 },
             );
         }
+        self.registered.notify_one();
         (
             Registration {
                 hub: self.clone(),
@@ -246,8 +251,9 @@ impl Hub {
                         }
                     }
                 }
-                if !woken(&mut wake).await {
-                    return;
+                tokio::select! {
+                    open = woken(&mut wake) => if !open { return },
+                    () = self.registered.notified() => {}
                 }
                 continue;
             }
