@@ -109,9 +109,10 @@ pub fn record_of(row: &sqlx::any::AnyRow) -> icbt_gateway::domain::audit::Record
 pub async fn make_format_1(conn: &mut sqlx::AnyConnection) -> u64 {
     let signer = icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der()).unwrap();
     let rows = sqlx::query(
-        "SELECT id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
-         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
-         patient, request_id, source FROM audit_records WHERE leaf_index IS NOT NULL ORDER BY leaf_index",
+        "SELECT r.id, r.recorded_at_ms, r.action, r.outcome, r.reason, r.principal_kind, r.principal_id, \
+         r.principal_organisation, r.issuer, r.client_id, r.token_jti, r.resource_type, r.resource_id, \
+         r.episode_id, r.patient, r.request_id, r.source \
+         FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id ORDER BY l.leaf_index",
     )
     .fetch_all(&mut *conn)
     .await
@@ -123,7 +124,7 @@ pub async fn make_format_1(conn: &mut sqlx::AnyConnection) -> u64 {
         let index = tree.size();
         let hash = record.leaf_hash_v1(index);
         sqlx::query(
-            "UPDATE audit_records SET leaf_hash = $1, content_hash = NULL WHERE leaf_index = $2",
+            "UPDATE audit_leaves SET leaf_hash = $1, content_hash = NULL WHERE leaf_index = $2",
         )
         .bind(icbt_merkle::to_hex(&hash))
         .bind(i64::try_from(index).unwrap())
@@ -164,6 +165,80 @@ pub async fn make_format_1(conn: &mut sqlx::AnyConnection) -> u64 {
         .await
         .unwrap();
     sqlx::query("DELETE FROM audit_legacy_seal")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    tree.size()
+}
+
+/// Adds the waiting records to the tree as gateways of schema 17 did, before leaves had
+/// a table of their own: each record row updated with its leaf index, leaf hash and
+/// content hash, a signed checkpoint and the cached head. For upgrade tests, on a
+/// database opened with `Store::open_at_schema(…, 17)`. Returns the new tree size.
+pub async fn sequence_as_schema_17(conn: &mut sqlx::AnyConnection) -> u64 {
+    let signer = icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der()).unwrap();
+    let (size, peaks): (i64, String) =
+        sqlx::query_as("SELECT size, peaks FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let peaks: Vec<icbt_merkle::Hash> = peaks
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| icbt_merkle::from_hex(p).unwrap())
+        .collect();
+    let mut tree = icbt_merkle::Tree::restore(u64::try_from(size).unwrap(), &peaks).unwrap();
+    let rows = sqlx::query(
+        "SELECT id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
+         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+         patient, request_id, source FROM audit_records WHERE leaf_index IS NULL \
+         ORDER BY recorded_at_ms, id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    for row in &rows {
+        let record = record_of(row);
+        let index = tree.size();
+        let hash = record.leaf_hash(index);
+        sqlx::query(
+            "UPDATE audit_records SET leaf_index = $1, leaf_hash = $2, content_hash = $3 WHERE id = $4",
+        )
+        .bind(i64::try_from(index).unwrap())
+        .bind(icbt_merkle::to_hex(&hash))
+        .bind(record.content_hash_hex())
+        .bind(record.id.to_string())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        tree.push(hash);
+    }
+    let note = signer
+        .sign(
+            icbt_merkle::Checkpoint {
+                origin: "icbt-gateway/audit/v1".into(),
+                size: tree.size(),
+                root: tree.root(),
+            },
+            icbt_gateway::domain::now_ms(),
+        )
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (size, root, timestamp_ms, key_id, signature, format) \
+         VALUES ($1, $2, $3, $4, $5, 'note')",
+    )
+    .bind(i64::try_from(tree.size()).unwrap())
+    .bind(icbt_merkle::to_hex(&tree.root()))
+    .bind(note.signed_at_ms)
+    .bind(&note.key_id)
+    .bind(base64::engine::general_purpose::STANDARD.encode(&note.signature))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
+    sqlx::query("UPDATE audit_head SET size = $1, peaks = $2 WHERE id = 1")
+        .bind(i64::try_from(tree.size()).unwrap())
+        .bind(peaks.join(","))
         .execute(&mut *conn)
         .await
         .unwrap();

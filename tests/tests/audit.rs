@@ -605,11 +605,13 @@ async fn connect(gw_data: &Path, database: Option<&TestDatabase>) -> sqlx::AnyCo
 async fn dump_audit_tables(gw: &Gateway) -> String {
     let mut conn = connect(gw.data_dir.path(), gw.database()).await;
     let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT COALESCE(id, '') || '|' || COALESCE(reason, '') || '|' || COALESCE(principal_id, '') || '|' || \
-         COALESCE(principal_organisation, '') || '|' || COALESCE(issuer, '') || '|' || COALESCE(client_id, '') || '|' || \
-         COALESCE(token_jti, '') || '|' || COALESCE(resource_type, '') || '|' || COALESCE(resource_id, '') || '|' || \
-         COALESCE(episode_id, '') || '|' || COALESCE(patient, '') || '|' || COALESCE(request_id, '') || '|' || \
-         COALESCE(source, '') || '|' || COALESCE(leaf_hash, '') FROM audit_records",
+        "SELECT COALESCE(r.id, '') || '|' || COALESCE(r.reason, '') || '|' || COALESCE(r.principal_id, '') || '|' || \
+         COALESCE(r.principal_organisation, '') || '|' || COALESCE(r.issuer, '') || '|' || COALESCE(r.client_id, '') || '|' || \
+         COALESCE(r.token_jti, '') || '|' || COALESCE(r.resource_type, '') || '|' || COALESCE(r.resource_id, '') || '|' || \
+         COALESCE(r.episode_id, '') || '|' || COALESCE(r.patient, '') || '|' || COALESCE(r.request_id, '') || '|' || \
+         COALESCE(r.source, '') || '|' || COALESCE(l.leaf_hash, '') || '|' || \
+         COALESCE(l.patient, '') || '|' || COALESCE(l.principal_id, '') \
+         FROM audit_records r LEFT JOIN audit_leaves l ON l.record_id = r.id",
     )
     .fetch_all(&mut conn)
     .await
@@ -682,7 +684,7 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
 
         let altered = copy_of(&w.gw).await;
         altered
-            .tamper(&["UPDATE audit_records SET outcome = 'refused' WHERE leaf_index = 3"])
+            .tamper(&["UPDATE audit_records SET outcome = 'refused' WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 3)"])
             .await;
         let report = altered.verify(&[]);
         assert!(
@@ -692,7 +694,7 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
         );
         let rewritten = copy_of(&w.gw).await;
         rewritten
-            .tamper(&["UPDATE audit_records SET source = '10.9.9.9' WHERE leaf_index = 3"])
+            .tamper(&["UPDATE audit_records SET source = '10.9.9.9' WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 3)"])
             .await;
         let report = rewritten.verify(&[]);
         assert!(
@@ -703,7 +705,7 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
 
         let deleted = copy_of(&w.gw).await;
         deleted
-            .tamper(&["DELETE FROM audit_records WHERE leaf_index = 4"])
+            .tamper(&["DELETE FROM audit_records WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 4)"])
             .await;
         let report = deleted.verify(&[]);
         assert!(
@@ -714,11 +716,14 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
         let inserted = copy_of(&w.gw).await;
         inserted
             .tamper(&[
-                "UPDATE audit_records SET leaf_index = leaf_index + 1000 WHERE leaf_index >= 2",
-                "UPDATE audit_records SET leaf_index = leaf_index - 999 WHERE leaf_index >= 1002",
-                "INSERT INTO audit_records (id, leaf_index, leaf_hash, recorded_at_ms, action, outcome, principal_kind, resource_type) \
-                 SELECT '00000000-0000-4000-8000-000000000001', 2, leaf_hash, recorded_at_ms, action, outcome, principal_kind, resource_type \
-                 FROM audit_records WHERE leaf_index = 1",
+                "UPDATE audit_leaves SET leaf_index = leaf_index + 1000 WHERE leaf_index >= 2",
+                "UPDATE audit_leaves SET leaf_index = leaf_index - 999 WHERE leaf_index >= 1002",
+                "INSERT INTO audit_records (id, recorded_at_ms, action, outcome, principal_kind, resource_type) \
+                 SELECT '00000000-0000-4000-8000-000000000001', recorded_at_ms, action, outcome, principal_kind, resource_type \
+                 FROM audit_records WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 1)",
+                "INSERT INTO audit_leaves (leaf_index, record_id, leaf_hash, recorded_at_ms) \
+                 SELECT 2, '00000000-0000-4000-8000-000000000001', leaf_hash, recorded_at_ms \
+                 FROM audit_leaves WHERE leaf_index = 1",
             ])
             .await;
         let report = inserted.verify(&[]);
@@ -730,9 +735,9 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
         let reordered = copy_of(&w.gw).await;
         reordered
             .tamper(&[
-                "UPDATE audit_records SET leaf_index = -1 WHERE leaf_index = 5",
-                "UPDATE audit_records SET leaf_index = 5 WHERE leaf_index = 6",
-                "UPDATE audit_records SET leaf_index = 6 WHERE leaf_index = -1",
+                "UPDATE audit_leaves SET leaf_index = -1 WHERE leaf_index = 5",
+                "UPDATE audit_leaves SET leaf_index = 5 WHERE leaf_index = 6",
+                "UPDATE audit_leaves SET leaf_index = 6 WHERE leaf_index = -1",
             ])
             .await;
         let report = reordered.verify(&[]);
@@ -743,7 +748,11 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
 
         let truncated = copy_of(&w.gw).await;
         truncated
-            .tamper(&["DELETE FROM audit_records WHERE leaf_index = (SELECT MAX(leaf_index) FROM audit_records)"])
+            .tamper(&[
+                "DELETE FROM audit_records WHERE id = (SELECT record_id FROM audit_leaves \
+                 WHERE leaf_index = (SELECT MAX(leaf_index) FROM audit_leaves))",
+                "DELETE FROM audit_leaves WHERE leaf_index = (SELECT MAX(leaf_index) FROM audit_leaves)",
+            ])
             .await;
         let report = truncated.verify(&[]);
         assert!(
@@ -755,7 +764,11 @@ async fn verify_names_altered_deleted_inserted_and_reordered_records() {
         // outside retention is caught.
         let pruned = copy_of(&w.gw).await;
         pruned
-            .tamper(&["UPDATE audit_records SET pruned = 1, patient = NULL, principal_id = NULL WHERE action = 'read'"])
+            .tamper(&[
+                "UPDATE audit_records SET pruned = 1, patient = NULL, principal_id = NULL WHERE action = 'read'",
+                "UPDATE audit_leaves SET patient = NULL, principal_id = NULL \
+                 WHERE record_id IN (SELECT id FROM audit_records WHERE action = 'read')",
+            ])
             .await;
         let report = pruned.verify(&[]);
         assert!(
@@ -944,7 +957,11 @@ async fn checkpoints_are_c2sp_notes_that_an_independent_verifier_accepts_and_old
         std::fs::write(&kept, access_after.note().unwrap()).unwrap();
         let cut = copy_of(&w.gw).await;
         cut.tamper(&[
-            &format!("DELETE FROM audit_records WHERE leaf_index >= {back_to}"),
+            &format!(
+                "DELETE FROM audit_records WHERE id IN \
+                 (SELECT record_id FROM audit_leaves WHERE leaf_index >= {back_to})"
+            ),
+            &format!("DELETE FROM audit_leaves WHERE leaf_index >= {back_to}"),
             &format!("DELETE FROM audit_checkpoints WHERE size > {back_to}"),
         ])
         .await;
@@ -1377,7 +1394,8 @@ async fn pruned_records_stay_bound_old_leaves_are_sealed_and_every_finding_names
         assert!(report.starts_with("OK"), "{backend:?}: {report}");
         let mut db = connect(w.gw.data_dir.path(), w.gw.database()).await;
         let (old_read, new_read): (i64, i64) = sqlx::query_as(
-            "SELECT MIN(leaf_index), MAX(leaf_index) FROM audit_records WHERE pruned = 1 AND action = 'read'",
+            "SELECT MIN(l.leaf_index), MAX(l.leaf_index) FROM audit_leaves l \
+             JOIN audit_records r ON r.id = l.record_id WHERE r.pruned = 1 AND r.action = 'read'",
         )
         .fetch_one(&mut db)
         .await
@@ -1396,9 +1414,16 @@ async fn pruned_records_stay_bound_old_leaves_are_sealed_and_every_finding_names
         ] {
             let backdated = copy_of(&w.gw).await;
             backdated
-                .tamper(&[&format!(
-                    "UPDATE audit_records SET recorded_at_ms = recorded_at_ms - 86400000 WHERE leaf_index = {index}"
-                )])
+                .tamper(&[
+                    &format!(
+                        "UPDATE audit_records SET recorded_at_ms = recorded_at_ms - 86400000 \
+                         WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = {index})"
+                    ),
+                    &format!(
+                        "UPDATE audit_leaves SET recorded_at_ms = recorded_at_ms - 86400000 \
+                         WHERE leaf_index = {index}"
+                    ),
+                ])
                 .await;
             let report = backdated.verify(&retention);
             assert!(report.contains(what), "{backend:?}: {report}");
@@ -1406,7 +1431,8 @@ async fn pruned_records_stay_bound_old_leaves_are_sealed_and_every_finding_names
         let exported = copy_of(&w.gw).await;
         exported
             .tamper(&[&format!(
-                "UPDATE audit_records SET action = 'export' WHERE leaf_index = {new_read}"
+                "UPDATE audit_records SET action = 'export' \
+                 WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = {new_read})"
             )])
             .await;
         let report = exported.verify(&retention);
@@ -1431,7 +1457,7 @@ async fn pruned_records_stay_bound_old_leaves_are_sealed_and_every_finding_names
         // A value the gateway never writes names the record and the field.
         let bogus = copy_of(&w.gw).await;
         bogus
-            .tamper(&["UPDATE audit_records SET action = 'bogus' WHERE leaf_index = 2"])
+            .tamper(&["UPDATE audit_records SET action = 'bogus' WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 2)"])
             .await;
         let report = bogus.verify(&retention);
         assert!(

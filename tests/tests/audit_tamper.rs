@@ -70,13 +70,27 @@ const TABLES: &[(&str, Columns, &str, &str)] = &[
             ("patient", false),
             ("request_id", false),
             ("source", false),
-            ("leaf_index", true),
-            ("leaf_hash", false),
-            ("content_hash", false),
             ("pruned", true),
+            ("tx", true),
+            ("pos", true),
         ],
         "id",
+        "pos",
+    ),
+    (
+        "audit_leaves",
+        &[
+            ("leaf_index", true),
+            ("record_id", false),
+            ("leaf_hash", false),
+            ("content_hash", false),
+            ("recorded_at_ms", true),
+            ("patient", false),
+            ("episode_id", false),
+            ("principal_id", false),
+        ],
         "leaf_index",
+        "record_id",
     ),
     (
         "audit_checkpoints",
@@ -93,7 +107,12 @@ const TABLES: &[(&str, Columns, &str, &str)] = &[
     ),
     (
         "audit_head",
-        &[("size", true), ("peaks", false)],
+        &[
+            ("size", true),
+            ("peaks", false),
+            ("sequenced_tx", true),
+            ("sequenced_pos", true),
+        ],
         "id",
         "id",
     ),
@@ -268,19 +287,23 @@ async fn build(backend: Backend) -> Log {
         Backend::Sqlite => vec![
             "DROP TRIGGER audit_records_canonical_insert".into(),
             "DROP TRIGGER audit_records_canonical_update".into(),
+            "DROP TRIGGER audit_leaves_canonical_insert".into(),
+            "DROP TRIGGER audit_leaves_canonical_update".into(),
         ],
         Backend::Postgres => [
             "id",
             "episode_id",
             "patient",
             "principal_organisation",
-            "content_hash",
             "principal_id_patient",
             "principal_id_clinician",
         ]
         .iter()
         .map(|c| format!("ALTER TABLE audit_records DROP CONSTRAINT audit_records_{c}_canonical"))
-        .chain(["ALTER TABLE audit_records DROP CONSTRAINT audit_records_pruned_flag".into()])
+        .chain([
+            "ALTER TABLE audit_records DROP CONSTRAINT audit_records_pruned_flag".into(),
+            "ALTER TABLE audit_leaves DROP CONSTRAINT audit_leaves_content_hash_canonical".into(),
+        ])
         .collect(),
     };
     for sql in lift {
@@ -396,6 +419,9 @@ fn exempt(table: &str, column: &str, row: &BTreeMap<String, Value>) -> Option<&'
         ("audit_legacy_seal", "timestamp_ms") => {
             Some("the seal is a C2SP note too: its time is not signed")
         }
+        ("audit_records", "tx" | "pos") => Some(
+            "a sequenced record's position only told the sequencer where it was; its place in the tree is its leaf (verify catches a position moved after the cursor, and a change to the newest leaf's record's)",
+        ),
         ("audit_cosignatures", "witness") => Some(
             "a cosignature filed under another name is no longer read as a configured witness's: as good as deleted, and a kept cosignature is evidence the log may lose (the witness keeps its own)",
         ),
@@ -497,11 +523,12 @@ async fn every_single_byte_change_to_the_access_log_is_caught_or_provably_harmle
         while done < trials {
             // Records are most of the log, so most of the trials.
             let t = match rng.below(12) {
-                0..=6 => 0,
-                7 | 8 => 1,
-                9 => 2,
-                10 => 3,
-                _ => 4,
+                0..=4 => 0,
+                5 | 6 => 1,
+                7 | 8 => 2,
+                9 => 3,
+                10 => 4,
+                _ => 5,
             };
             let (table, columns, key, key_for_key) = TABLES[t];
             let all = rows(&mut conn, table, columns).await;
@@ -589,7 +616,7 @@ async fn every_single_byte_change_to_the_access_log_is_caught_or_provably_harmle
 /// sequencer would: what an attacker without the signing key can forge.
 async fn forge_hashes(conn: &mut sqlx::AnyConnection, index: i64, change: &str) -> Vec<String> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT * FROM audit_records WHERE leaf_index = {index}"
+        "SELECT r.* FROM audit_records r JOIN audit_leaves l ON l.record_id = r.id WHERE l.leaf_index = {index}"
     )))
     .fetch_one(&mut *conn)
     .await
@@ -597,11 +624,17 @@ async fn forge_hashes(conn: &mut sqlx::AnyConnection, index: i64, change: &str) 
     let mut record = icbt_e2e::tamper::record_of(&row);
     change.clone_into(record.source.get_or_insert_default());
     let i = u64::try_from(index).unwrap();
-    vec![format!(
-        "UPDATE audit_records SET source = '{change}', content_hash = '{}', leaf_hash = '{}' WHERE leaf_index = {index}",
-        record.content_hash_hex(),
-        icbt_merkle::to_hex(&record.leaf_hash(i))
-    )]
+    vec![
+        format!(
+            "UPDATE audit_records SET source = '{change}' WHERE id = '{}'",
+            record.id
+        ),
+        format!(
+            "UPDATE audit_leaves SET content_hash = '{}', leaf_hash = '{}' WHERE leaf_index = {index}",
+            record.content_hash_hex(),
+            icbt_merkle::to_hex(&record.leaf_hash(i))
+        ),
+    ]
 }
 
 #[tokio::test]
@@ -634,11 +667,14 @@ async fn structural_attacks_are_caught_and_named() {
             let newest = log.store.audit_checkpoint(None).await.unwrap().unwrap();
             let mut outside = Vec::new();
             let statements: Vec<String> = match *attack {
-                "delete" => vec!["DELETE FROM audit_records WHERE leaf_index = 30".into()],
+                "delete" => vec![
+                    "DELETE FROM audit_records WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 30)".into(),
+                    "DELETE FROM audit_leaves WHERE leaf_index = 30".into(),
+                ],
                 "swap" => vec![
-                    "UPDATE audit_records SET leaf_index = -1 WHERE leaf_index = 40".into(),
-                    "UPDATE audit_records SET leaf_index = 40 WHERE leaf_index = 41".into(),
-                    "UPDATE audit_records SET leaf_index = 41 WHERE leaf_index = -1".into(),
+                    "UPDATE audit_leaves SET leaf_index = -1 WHERE leaf_index = 40".into(),
+                    "UPDATE audit_leaves SET leaf_index = 40 WHERE leaf_index = 41".into(),
+                    "UPDATE audit_leaves SET leaf_index = 41 WHERE leaf_index = -1".into(),
                 ],
                 "truncate" => {
                     // A careful attacker: records, checkpoints, cosignatures and the cached
@@ -650,11 +686,23 @@ async fn structural_attacks_are_caught_and_named() {
                     }
                     let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
                     outside.push(newest.checkpoint.clone());
+                    let newest_record = |column: &str| {
+                        format!(
+                            "(SELECT r.{column} FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
+                             WHERE l.leaf_index = 47)"
+                        )
+                    };
                     vec![
-                        "DELETE FROM audit_records WHERE leaf_index >= 48".into(),
+                        "DELETE FROM audit_records WHERE id IN (SELECT record_id FROM audit_leaves WHERE leaf_index >= 48)".into(),
+                        "DELETE FROM audit_leaves WHERE leaf_index >= 48".into(),
                         "DELETE FROM audit_checkpoints WHERE size > 48".into(),
                         "DELETE FROM audit_cosignatures WHERE size > 48".into(),
-                        format!("UPDATE audit_head SET size = 48, peaks = '{}'", peaks.join(",")),
+                        format!(
+                            "UPDATE audit_head SET size = 48, peaks = '{}', sequenced_tx = {}, sequenced_pos = {}",
+                            peaks.join(","),
+                            newest_record("tx"),
+                            newest_record("pos")
+                        ),
                     ]
                 }
                 "forge" => {
@@ -663,7 +711,10 @@ async fn structural_attacks_are_caught_and_named() {
                     let forged = record(99, log.now);
                     log.store.record_access(std::slice::from_ref(&forged)).await.unwrap();
                     vec![format!(
-                        "UPDATE audit_records SET leaf_index = 60, leaf_hash = '{}', content_hash = '{}' WHERE id = '{}'",
+                        "INSERT INTO audit_leaves (leaf_index, record_id, leaf_hash, content_hash, recorded_at_ms, \
+                         patient, episode_id, principal_id) \
+                         SELECT 60, id, '{}', '{}', recorded_at_ms, patient, episode_id, principal_id \
+                         FROM audit_records WHERE id = '{}'",
                         icbt_merkle::to_hex(&forged.leaf_hash(60)),
                         forged.content_hash_hex(),
                         forged.id
@@ -671,27 +722,44 @@ async fn structural_attacks_are_caught_and_named() {
                 }
                 "re-hash" => forge_hashes(&mut conn, 44, "10.66.66.66").await,
                 "backdate" => vec![
-                    // A recent read hidden: moved back past retention and pruned.
+                    // A recent read hidden: moved back past retention and pruned, its
+                    // leaf's copies with it.
                     format!(
                         "UPDATE audit_records SET recorded_at_ms = {}, pruned = 1, patient = NULL, principal_id = NULL, episode_id = NULL \
+                         WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 50)",
+                        log.now - 60 * DAY
+                    ),
+                    format!(
+                        "UPDATE audit_leaves SET recorded_at_ms = {}, patient = NULL, principal_id = NULL, episode_id = NULL \
                          WHERE leaf_index = 50",
                         log.now - 60 * DAY
                     ),
                 ],
                 "prune" => vec![
-                    "UPDATE audit_records SET pruned = 1, patient = NULL, principal_id = NULL WHERE leaf_index = 51"
+                    "UPDATE audit_records SET pruned = 1, patient = NULL, principal_id = NULL \
+                     WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = 51)"
                         .into(),
+                    "UPDATE audit_leaves SET patient = NULL, principal_id = NULL WHERE leaf_index = 51".into(),
                 ],
                 "seal" => vec![format!(
                     "UPDATE audit_legacy_seal SET root = '{}'",
                     icbt_merkle::to_hex(&icbt_merkle::leaf_hash(b"another seal"))
                 )],
-                "legacy" => vec![
+                "legacy" => {
                     // A pruned format-1 read moved back a day: its own leaf cannot tell.
-                    "UPDATE audit_records SET recorded_at_ms = recorded_at_ms - 86400000 \
-                     WHERE leaf_index = (SELECT MIN(leaf_index) FROM audit_records WHERE pruned = 1)"
-                        .into(),
-                ],
+                    let oldest_pruned = "(SELECT MIN(l.leaf_index) FROM audit_leaves l \
+                         JOIN audit_records r ON r.id = l.record_id WHERE r.pruned = 1)";
+                    vec![
+                        format!(
+                            "UPDATE audit_records SET recorded_at_ms = recorded_at_ms - 86400000 \
+                             WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = {oldest_pruned})"
+                        ),
+                        format!(
+                            "UPDATE audit_leaves SET recorded_at_ms = recorded_at_ms - 86400000 \
+                             WHERE leaf_index = {oldest_pruned}"
+                        ),
+                    ]
+                }
                 other => panic!("{other}"),
             };
             conn.close().await.unwrap();

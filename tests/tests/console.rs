@@ -25,7 +25,8 @@ fn repository() -> PathBuf {
 async fn tamper(gw: &Gateway, index: i64) {
     let mut db = connect_database(gw.data_dir.path(), gw.database()).await;
     let changed = sqlx::query(
-        "UPDATE audit_records SET resource_type = resource_type || '-x' WHERE leaf_index = $1",
+        "UPDATE audit_records SET resource_type = resource_type || '-x' \
+         WHERE id = (SELECT record_id FROM audit_leaves WHERE leaf_index = $1)",
     )
     .bind(index)
     .execute(&mut db)

@@ -590,3 +590,188 @@ async fn concurrent_proof_ids_are_each_first_used_once() {
         store.close().await;
     }
 }
+
+/// An access log as gateways of schema 17 kept it (each record row updated with its leaf)
+/// moves to the leaves table at the next start: it verified before (checked here from its
+/// rows, as that release's verify did), verifies after, and its waiting records and new
+/// ones join the same tree.
+#[tokio::test]
+async fn an_access_log_of_schema_17_moves_to_the_leaves_table_and_still_verifies() {
+    use icbt_gateway::audit::sequencer::AuditLog;
+    use icbt_gateway::audit::verify::walk;
+    use icbt_gateway::audit::{Access, Action};
+    use icbt_gateway::storage::AuditFilter;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, db) = storage_for(backend, dir.path()).await;
+        let audit = icbt_config::AuditConfig {
+            signing_key_file: Some(icbt_e2e::audit_signing_key()),
+            ..Default::default()
+        };
+        let log = AuditLog::from_config(&audit, dir.path()).unwrap();
+        let now = icbt_gateway::domain::now_ms();
+        let record = |n: i64| {
+            let mut r = Access::default().anonymous(
+                if n % 3 == 0 {
+                    Action::Create
+                } else {
+                    Action::Read
+                },
+                "messages",
+            );
+            r.patient = Some(
+                if n % 2 == 0 {
+                    "01018512345"
+                } else {
+                    "02029012345"
+                }
+                .into(),
+            );
+            r.recorded_at_ms = now - 1000 + n;
+            r
+        };
+
+        // Schema 17: sealed at its first start (nothing of format 1), then 12 records in
+        // two checkpoints, and 5 waiting.
+        let old = Store::open_at_schema(&config, 17).await.unwrap();
+        assert_eq!(old.seal_legacy_leaves(&log.signer).await.unwrap(), Some(0));
+        let mut conn = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+        old.record_access(&(0..6).map(record).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(icbt_e2e::tamper::sequence_as_schema_17(&mut conn).await, 6);
+        old.record_access(&(6..12).map(record).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(icbt_e2e::tamper::sequence_as_schema_17(&mut conn).await, 12);
+        old.record_access(&(12..17).map(record).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let leaves = verified_as_schema_17(&mut conn, &old, &log.signer).await;
+        assert_eq!(leaves.len(), 12, "{backend:?}");
+        sqlx::Connection::close(conn).await.unwrap();
+        old.close().await;
+
+        // The next start migrates; verify passes with the 5 waiting.
+        let store = Store::open(&config).await.unwrap();
+        let (report, pending) = walk(&store, &log, Vec::new(), now).await.unwrap();
+        assert_eq!(report.problem, None, "{backend:?}: after the migration");
+        assert_eq!(pending, 5, "{backend:?}");
+        assert_eq!(
+            store.audit_leaf_hashes(12).await.unwrap(),
+            leaves,
+            "{backend:?}: the leaves are the ones signed"
+        );
+        // The waiting records and new ones join the same tree, after the old leaves.
+        store
+            .record_access(&(17..20).map(record).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(log.sequence_all(&store).await.unwrap(), 8, "{backend:?}");
+        let (report, pending) = walk(&store, &log, Vec::new(), now).await.unwrap();
+        assert_eq!(report.problem, None, "{backend:?}: after new leaves");
+        assert_eq!(pending, 0);
+        let indexes = |found: Vec<icbt_gateway::audit::Stored>| {
+            found
+                .iter()
+                .map(|s| s.leaf_index.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let one_patient = AuditFilter {
+            patient: Some("02029012345".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            indexes(store.audit_page(&one_patient, None, 100).await.unwrap()),
+            (0..20).filter(|i| i % 2 == 1).collect::<Vec<u64>>(),
+            "{backend:?}: searched by the leaves' copies, in tree order"
+        );
+    }
+}
+
+/// What the verify of schema 17 checked, from the rows: each stored leaf is its record's,
+/// and the newest checkpoint is signed and is the root of those leaves. Returns the leaves.
+async fn verified_as_schema_17(
+    conn: &mut sqlx::AnyConnection,
+    old: &Store,
+    signer: &icbt_merkle::Signer,
+) -> Vec<icbt_merkle::Hash> {
+    use sqlx::Row as _;
+    let rows = sqlx::query(
+        "SELECT id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
+         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
+         patient, request_id, source, leaf_hash FROM audit_records WHERE leaf_index IS NOT NULL \
+         ORDER BY leaf_index",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let mut tree = icbt_merkle::Tree::new();
+    let mut leaves = Vec::new();
+    for row in &rows {
+        let leaf = icbt_e2e::tamper::record_of(row).leaf_hash(tree.size());
+        let stored: String = row.try_get("leaf_hash").unwrap();
+        assert_eq!(icbt_merkle::to_hex(&leaf), stored);
+        tree.push(leaf);
+        leaves.push(leaf);
+    }
+    let newest = old.audit_checkpoint(None).await.unwrap().unwrap();
+    assert_eq!(
+        (newest.checkpoint.size, newest.checkpoint.root),
+        (tree.size(), tree.root())
+    );
+    newest.verify(&[signer.public_key()]).unwrap();
+    leaves
+}
+
+/// A record written by a transaction that began before another but commits after it has
+/// the lower position: the sequencer must not pass it while that transaction runs, or it
+/// would land behind the cursor and never join the tree (PostgreSQL; SQLite writes one
+/// transaction at a time).
+#[tokio::test]
+async fn a_record_committed_late_by_an_older_transaction_still_joins_the_tree() {
+    use icbt_gateway::audit::sequencer::AuditLog;
+    use icbt_gateway::audit::verify::walk;
+    use icbt_gateway::audit::{Access, Action};
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db) = storage_for(Backend::Postgres, dir.path()).await;
+    let store = Store::open(&config).await.unwrap();
+    let log = AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap();
+    let record = || Access::default().anonymous(Action::Read, "messages");
+
+    let mut older = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    let late = uuid::Uuid::new_v4().to_string();
+    sqlx::query("BEGIN").execute(&mut older).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_records (id, recorded_at_ms, action, outcome, principal_kind, resource_type) \
+         VALUES ($1, 1, 'read', 'success', 'system', 'messages')",
+    )
+    .bind(&late)
+    .execute(&mut older)
+    .await
+    .unwrap();
+    store.record_access(&[record(), record()]).await.unwrap();
+    assert_eq!(
+        store.sequence_audit(&log.signer, 100).await.unwrap(),
+        0,
+        "nothing passes a transaction that still runs"
+    );
+    sqlx::query("COMMIT").execute(&mut older).await.unwrap();
+
+    assert_eq!(log.sequence_all(&store).await.unwrap(), 3);
+    let (report, pending) = walk(&store, &log, Vec::new(), icbt_gateway::domain::now_ms())
+        .await
+        .unwrap();
+    assert_eq!((report.problem, pending), (None, 0));
+    assert_eq!(
+        store
+            .audit_index_of(uuid::Uuid::parse_str(&late).unwrap())
+            .await
+            .unwrap(),
+        Some(0),
+        "the older transaction's record comes first"
+    );
+}

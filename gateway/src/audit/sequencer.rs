@@ -16,10 +16,14 @@ use crate::storage::{StorageError, Store, now_ms};
 use crate::telemetry::Metrics;
 
 /// Records added to the tree per checkpoint at most, so that a record altered and
-/// re-hashed in the database is named to within this many. One batch is one UPDATE of
-/// the records; its transaction holds back stream deliveries while it runs (see
+/// re-hashed in the database is named to within this many. One batch is one INSERT of
+/// leaves; its transaction holds back stream deliveries while it runs (see
 /// [`Hub::released`]), so it is kept short.
 pub const BATCH: i64 = 100;
+
+/// How long [`AuditLog::sequence_all`] waits at most for records held back by an older
+/// transaction that still runs.
+const HELD_BACK_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the sequencer waits for the stream hub at most before a batch: a delivery
 /// takes tens of milliseconds; the tree must not fall behind under constant load.
@@ -100,9 +104,32 @@ impl AuditLog {
         })
     }
 
-    /// Adds every waiting record to the tree now.
+    /// Adds every record committed before the call to the tree now (and any committed
+    /// meanwhile that comes before them). On PostgreSQL a record is added only once every
+    /// older transaction has ended (see [`Store::sequence_audit`]): this waits for that
+    /// for up to [`HELD_BACK_WAIT`], then leaves the rest to the next run.
     pub async fn sequence_all(&self, store: &Store) -> Result<u64, StorageError> {
-        self.sequence_yielding(store, None).await
+        let target = store.audit_newest_position().await?;
+        let deadline = tokio::time::Instant::now() + HELD_BACK_WAIT;
+        let mut pause = Duration::from_millis(2);
+        let mut total = 0;
+        loop {
+            total += self.sequence_yielding(store, None).await?;
+            let Some(target) = target else {
+                return Ok(total);
+            };
+            if store.audit_cursor().await? >= target {
+                return Ok(total);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "access records are held back by an older transaction that still runs; the next sequencer run adds them"
+                );
+                return Ok(total);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Adds every waiting record to the tree, a batch at a time; with `hub`, waiting

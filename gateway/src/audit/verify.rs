@@ -57,10 +57,14 @@ pub async fn walk(
         from = last + 1;
     }
     let head = snapshot.head().await?;
+    let cursor = snapshot.cursor_problems().await?;
     snapshot.close().await?;
     let mut report = verifier.finish_with_head((head.0, head.1.as_ref()));
     if report.problem.is_none() {
         report.problem = cosigned;
+    }
+    if report.problem.is_none() {
+        report.problem = cursor.problem().map(|problem| Finding::Cursor { problem });
     }
     Ok((report, pending))
 }
@@ -183,6 +187,8 @@ pub enum Finding {
         "the cached tree head (audit_head) says size {head_size}, but the records give size {tree_size} with other peaks: the sequencer would extend a wrong tree"
     )]
     HeadMismatch { head_size: u64, tree_size: u64 },
+    #[error("{problem}")]
+    Cursor { problem: String },
     #[error(
         "the log at size {size} differs from a checkpoint kept outside the database: its history was rewritten"
     )]

@@ -345,7 +345,7 @@ pub struct Unreadable {
     pub leaf_index: Option<u64>,
     /// The row's id as stored, quoted (it may be what is wrong).
     pub id: String,
-    /// The column, `audit_records.<name>`.
+    /// The column, `audit_records.<name>` or `audit_leaves.<name>`.
     pub field: &'static str,
     /// The stored value, quoted, or a description of it for personal identifiers.
     pub stored: String,

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
-use sqlx::{AnyConnection, FromRow as _};
+use sqlx::{AnyConnection, FromRow as _, Row as _};
 use uuid::Uuid;
 
 use super::rows::{self, CHECKPOINT_COLUMNS, CheckpointRow, LeafHashRow, TreeHeadRow};
@@ -23,10 +23,17 @@ pub(super) const COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, p
     principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
     patient, request_id, source";
 
-/// [`COLUMNS`] and a record's place in the tree: what [`rows::StoredRow`] reads.
-pub(super) const STORED_COLUMNS: &str = "id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
-    principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
-    patient, request_id, source, leaf_index, leaf_hash, content_hash, pruned";
+/// [`COLUMNS`] of a record (`r`), its place in the tree and the copies of its searched
+/// columns from its leaf (`l`): what [`rows::StoredRow`] reads from [`LEAVES`].
+pub(super) const STORED_COLUMNS: &str = "r.id, r.recorded_at_ms, r.action, r.outcome, r.reason, r.principal_kind, \
+    r.principal_id, r.principal_organisation, r.issuer, r.client_id, r.token_jti, r.resource_type, \
+    r.resource_id, r.episode_id, r.patient, r.request_id, r.source, l.leaf_index, l.leaf_hash, \
+    l.content_hash, r.pruned, l.recorded_at_ms AS leaf_recorded_at_ms, l.patient AS leaf_patient, \
+    l.episode_id AS leaf_episode_id, l.principal_id AS leaf_principal_id";
+
+/// Sequenced records: each leaf (`l`) with its record (`r`). A leaf whose record is gone
+/// is left out, which `audit verify` finds as a missing leaf.
+pub(super) const LEAVES: &str = "audit_leaves l JOIN audit_records r ON r.id = l.record_id";
 
 /// Writes `record` on `conn`, inside the caller's transaction.
 pub(super) async fn insert(conn: &mut AnyConnection, r: &Record) -> Result<(), sqlx::Error> {
@@ -84,52 +91,61 @@ pub(super) fn bind_record<'q>(query: AnyQuery<'q>, r: &Record) -> AnyQuery<'q> {
         .bind(r.source.clone())
 }
 
-/// A record's place in the tree: id, leaf index, leaf hash and content hash (hex).
-type Leaf = (Uuid, i64, String, String);
+/// A record's leaf: its index, leaf hash and content hash (hex), and the record whose
+/// searched columns it copies.
+struct Leaf {
+    index: i64,
+    hash: String,
+    content: String,
+    record: Record,
+}
 
-/// Gives each record its leaf index, leaf hash and content hash: one UPDATE per hundred rows, not one per
-/// record (the sequencer keeps pace with sends only this way). `VALUES` columns are
-/// `column1…` on both backends. The ids are named again as `id IN (…)`: joined with
-/// `VALUES` alone, PostgreSQL plans a hash join over a scan of the whole table (about
-/// as costly as a hundred index lookups at 8 000 rows, and growing with the log).
-async fn assign_leaves(conn: &mut AnyConnection, leaves: &[Leaf]) -> Result<(), sqlx::Error> {
+/// Inserts the leaves of newly sequenced records: one multi-row INSERT per hundred. The
+/// records themselves are not written again.
+async fn insert_leaves(conn: &mut AnyConnection, leaves: &[Leaf]) -> Result<(), sqlx::Error> {
+    const PER_ROW: usize = 8;
     for chunk in leaves.chunks(ROWS_PER_INSERT) {
-        let mut values = String::new();
-        let mut ids = String::new();
-        for i in 0..chunk.len() {
-            if i > 0 {
-                values.push_str(", ");
-                ids.push_str(", ");
-            }
-            let _ = write!(
-                values,
-                "(${}, ${}, ${}, ${})",
-                4 * i + 1,
-                4 * i + 2,
-                4 * i + 3,
-                4 * i + 4
-            );
-            let _ = write!(ids, "${}", 4 * i + 1);
-        }
-        let sql = format!(
-            "UPDATE audit_records SET leaf_index = v.column2, leaf_hash = v.column3, content_hash = v.column4 \
-             FROM (VALUES {values}) AS v \
-             WHERE audit_records.id = v.column1 AND audit_records.id IN ({ids})"
+        let mut sql = String::from(
+            "INSERT INTO audit_leaves (leaf_index, record_id, leaf_hash, content_hash, recorded_at_ms, \
+             patient, episode_id, principal_id) VALUES ",
         );
+        for i in 0..chunk.len() {
+            let slots: Vec<String> = (1..=PER_ROW)
+                .map(|k| format!("${}", i * PER_ROW + k))
+                .collect();
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "({})", slots.join(", "));
+        }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, index, hash, content) in chunk {
+        for leaf in chunk {
+            let r = &leaf.record;
             query = query
-                .bind(id.to_string())
-                .bind(*index)
-                .bind(hash.as_str())
-                .bind(content.as_str());
+                .bind(leaf.index)
+                .bind(r.id.to_string())
+                .bind(leaf.hash.as_str())
+                .bind(leaf.content.as_str())
+                .bind(r.recorded_at_ms)
+                .bind(r.patient.clone())
+                .bind(r.episode_id.map(|e| e.to_string()))
+                .bind(r.principal_id.clone());
         }
-        let done = query.execute(&mut *conn).await?;
-        if done.rows_affected() != chunk.len() as u64 {
-            return Err(sqlx::Error::RowNotFound);
-        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The condition for records after the sequencer's cursor `($1, $2)` that no running
+/// transaction can still add to: on PostgreSQL, below the oldest running transaction (as
+/// the message stream reads); on SQLite, which commits one writer at a time, any.
+fn waiting_condition(backend: super::Backend) -> &'static str {
+    match backend {
+        super::Backend::Sqlite => "pos > $2 AND tx = tx AND $1 = $1",
+        super::Backend::Postgres => {
+            "(tx, pos) > ($1, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        }
+    }
 }
 
 /// `AND` the records of an auditor's scope: about an episode of one of `organisations`
@@ -147,8 +163,8 @@ fn scope_condition(sql: &mut String, binds: &mut Vec<Bind>, organisations: &[Str
     let list = slots.join(", ");
     let _ = write!(
         sql,
-        " AND (episode_id IN (SELECT e.id FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
-         WHERE c.org_number IN ({list})) OR (episode_id IS NULL AND principal_organisation IN ({list})))"
+        " AND (l.episode_id IN (SELECT e.id FROM episodes e JOIN clinics c ON c.id = e.clinic_id \
+         WHERE c.org_number IN ({list})) OR (l.episode_id IS NULL AND r.principal_organisation IN ({list})))"
     );
 }
 
@@ -190,12 +206,24 @@ impl Store {
     /// Adds up to `batch` waiting records to the tree and signs a checkpoint over the new
     /// size, in one transaction. Returns how many were added. Safe to run on several
     /// instances at once: the head row's lock orders them.
+    ///
+    /// Waiting records are those after the cursor in position order. On PostgreSQL only
+    /// those below the oldest running transaction are taken: a transaction that began
+    /// earlier may still commit a record with a lower position, which must not land
+    /// behind the cursor. Until it ends, the records after it wait.
     pub async fn sequence_audit(&self, signer: &Signer, batch: i64) -> Result<u64, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let head: TreeHeadRow =
-            sqlx::query_as("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
-                .fetch_one(&mut *tx)
-                .await?;
+        let locked = sqlx::query(
+            "UPDATE audit_head SET size = size WHERE id = 1 \
+             RETURNING size, peaks, sequenced_tx, sequenced_pos",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let head = TreeHeadRow::from_row(&locked)?;
+        let cursor: (i64, i64) = (
+            locked.try_get("sequenced_tx")?,
+            locked.try_get("sequenced_pos")?,
+        );
         // The head is a cache of the tree the signed checkpoints describe: extending one
         // that disagrees with them (or does not read as a tree) would sign a wrong tree,
         // so refuse and say so.
@@ -221,15 +249,18 @@ impl Store {
             }
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM audit_records WHERE leaf_index IS NULL \
-             ORDER BY recorded_at_ms, id LIMIT $1"
+            "SELECT {COLUMNS}, tx, pos FROM audit_records WHERE {} ORDER BY tx, pos LIMIT $3",
+            waiting_condition(self.backend)
         )))
+        .bind(cursor.0)
+        .bind(cursor.1)
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
-        if rows.is_empty() {
+        let Some(last) = rows.last() else {
             return Ok(0);
-        }
+        };
+        let cursor: (i64, i64) = (last.try_get("tx")?, last.try_get("pos")?);
         let mut leaves = Vec::with_capacity(rows.len());
         for row in &rows {
             let record = rows::read::<Record>(row)?;
@@ -237,14 +268,14 @@ impl Store {
             let content = record.content_hash_hex();
             let hash = record.pruned_leaf_hash(index, &content);
             tree.push(hash);
-            leaves.push((
-                record.id,
-                to_i64(index),
-                icbt_merkle::to_hex(&hash),
+            leaves.push(Leaf {
+                index: to_i64(index),
+                hash: icbt_merkle::to_hex(&hash),
                 content,
-            ));
+                record,
+            });
         }
-        assign_leaves(&mut tx, &leaves).await?;
+        insert_leaves(&mut tx, &leaves).await?;
         let head_checkpoint = signer.sign(
             Checkpoint {
                 origin: ORIGIN.to_owned(),
@@ -265,13 +296,37 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let peaks: Vec<String> = tree.peaks().iter().map(icbt_merkle::to_hex).collect();
-        sqlx::query("UPDATE audit_head SET size = $1, peaks = $2 WHERE id = 1")
-            .bind(to_i64(tree.size()))
-            .bind(peaks.join(","))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE audit_head SET size = $1, peaks = $2, sequenced_tx = $3, sequenced_pos = $4 \
+             WHERE id = 1",
+        )
+        .bind(to_i64(tree.size()))
+        .bind(peaks.join(","))
+        .bind(cursor.0)
+        .bind(cursor.1)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
+    }
+
+    /// The sequencer's cursor: the position of the newest leaf's record (`(0, 0)` before
+    /// the first).
+    pub async fn audit_cursor(&self) -> Result<(i64, i64), StorageError> {
+        Ok(
+            sqlx::query_as("SELECT sequenced_tx, sequenced_pos FROM audit_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The position of the newest record written, sequenced or not.
+    pub async fn audit_newest_position(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        Ok(
+            sqlx::query_as("SELECT tx, pos FROM audit_records ORDER BY tx DESC, pos DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Sequenced records matching `filter`, after leaf index `after`, oldest first.
@@ -281,43 +336,40 @@ impl Store {
         after: Option<u64>,
         limit: i64,
     ) -> Result<Vec<Stored>, StorageError> {
-        let mut sql = format!(
-            "SELECT {STORED_COLUMNS} FROM audit_records \
-             WHERE leaf_index IS NOT NULL AND pruned = 0"
-        );
+        let mut sql = format!("SELECT {STORED_COLUMNS} FROM {LEAVES} WHERE r.pruned = 0");
         let mut binds: Vec<Bind> = Vec::new();
         let mut and = |column: &str, op: &str, value: Bind| {
             binds.push(value);
             let _ = write!(sql, " AND {column} {op} ${}", binds.len());
         };
         if let Some(p) = &filter.patient {
-            and("patient", "=", Bind::Text(p.clone()));
+            and("l.patient", "=", Bind::Text(p.clone()));
         }
         if let Some(p) = &filter.principal {
-            and("principal_id", "=", Bind::Text(p.clone()));
+            and("l.principal_id", "=", Bind::Text(p.clone()));
         }
         if let Some(e) = filter.episode {
-            and("episode_id", "=", Bind::Text(e.to_string()));
+            and("l.episode_id", "=", Bind::Text(e.to_string()));
         }
         if let Some(a) = filter.action {
-            and("action", "=", Bind::Text(a.as_str().into()));
+            and("r.action", "=", Bind::Text(a.as_str().into()));
         }
         if let Some(o) = filter.outcome {
-            and("outcome", "=", Bind::Text(o.as_str().into()));
+            and("r.outcome", "=", Bind::Text(o.as_str().into()));
         }
         if let Some(t) = filter.from_ms {
-            and("recorded_at_ms", ">=", Bind::Int(t));
+            and("l.recorded_at_ms", ">=", Bind::Int(t));
         }
         if let Some(t) = filter.to_ms {
-            and("recorded_at_ms", "<", Bind::Int(t));
+            and("l.recorded_at_ms", "<", Bind::Int(t));
         }
         if let Some(a) = after {
-            and("leaf_index", ">", Bind::Int(to_i64(a)));
+            and("l.leaf_index", ">", Bind::Int(to_i64(a)));
         }
         if let Some(organisations) = &filter.organisations {
             scope_condition(&mut sql, &mut binds, organisations);
         }
-        let _ = write!(sql, " ORDER BY leaf_index LIMIT ${}", binds.len() + 1);
+        let _ = write!(sql, " ORDER BY l.leaf_index LIMIT ${}", binds.len() + 1);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for bind in binds {
             query = match bind {
@@ -426,7 +478,7 @@ impl Store {
         while seal.size() < size {
             let page = scan(&mut *tx, seal.size(), PAGE).await?;
             if page.is_empty() {
-                return Err(StorageError::Corrupt("audit_records.leaf_index"));
+                return Err(StorageError::Corrupt("audit_leaves.leaf_index"));
             }
             for row in page {
                 if seal.size() >= size {
@@ -438,7 +490,7 @@ impl Store {
                     .leaf_hash
                     .as_deref()
                     .filter(|_| stored.leaf_index == Some(index))
-                    .ok_or(StorageError::Corrupt("audit_records.leaf_index"))?;
+                    .ok_or(StorageError::Corrupt("audit_leaves.leaf_index"))?;
                 seal.push(icbt_merkle::leaf_hash(
                     &stored.record.seal_leaf_data(index, leaf),
                 ));
@@ -528,13 +580,13 @@ impl Store {
     /// The stored leaf hashes of the first `size` records, for proofs.
     pub async fn audit_leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StorageError> {
         let rows: Vec<LeafHashRow> = sqlx::query_as(
-            "SELECT leaf_hash FROM audit_records WHERE leaf_index IS NOT NULL AND leaf_index < $1 ORDER BY leaf_index",
+            "SELECT leaf_hash FROM audit_leaves WHERE leaf_index < $1 ORDER BY leaf_index",
         )
         .bind(to_i64(size))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| r.hash("audit_records.leaf_hash"))
+            .map(|r| r.hash("audit_leaves.leaf_hash"))
             .collect()
     }
 
@@ -550,35 +602,57 @@ impl Store {
 
     /// The leaf index of the record with `id`, once sequenced.
     pub async fn audit_index_of(&self, id: Uuid) -> Result<Option<u64>, StorageError> {
-        let index: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT leaf_index FROM audit_records WHERE id = $1")
+        let index: Option<i64> =
+            sqlx::query_scalar("SELECT leaf_index FROM audit_leaves WHERE record_id = $1")
                 .bind(id.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(index.flatten().and_then(|i| u64::try_from(i).ok()))
+        Ok(index.and_then(|i| u64::try_from(i).ok()))
     }
 
     /// Removes the content of sequenced records of `actions` recorded before
-    /// `before_ms`; their hash, position, action and time stay, so the tree still
-    /// verifies. Returns how many were pruned.
+    /// `before_ms`, and their leaves' copies of it; their hash, position, action and time
+    /// stay, so the tree still verifies. Returns how many were pruned.
     pub async fn prune_audit(
         &self,
         actions: &[Action],
         before_ms: i64,
     ) -> Result<u64, StorageError> {
+        // Sequenced: at or before the cursor, read once, so that a record the sequencer
+        // adds meanwhile is pruned with its leaf next time, not without it now.
+        const PRUNABLE: &str =
+            "action = $1 AND recorded_at_ms < $2 AND pruned = 0 AND (tx, pos) <= ($3, $4)";
         let mut pruned = 0;
         for action in actions {
-            let result = sqlx::query(
+            let mut tx = self.pool.begin().await?;
+            let (cursor_tx, cursor_pos): (i64, i64) =
+                sqlx::query_as("SELECT sequenced_tx, sequenced_pos FROM audit_head WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE audit_leaves SET patient = NULL, episode_id = NULL, principal_id = NULL \
+                 WHERE record_id IN (SELECT id FROM audit_records WHERE {PRUNABLE})"
+            )))
+            .bind(action.as_str())
+            .bind(before_ms)
+            .bind(cursor_tx)
+            .bind(cursor_pos)
+            .execute(&mut *tx)
+            .await?;
+            let result = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE audit_records SET pruned = 1, outcome = 'success', reason = NULL, principal_kind = '', \
                  principal_id = NULL, principal_organisation = NULL, issuer = NULL, client_id = NULL, \
                  token_jti = NULL, resource_type = '', resource_id = NULL, episode_id = NULL, patient = NULL, \
                  request_id = NULL, source = NULL \
-                 WHERE action = $1 AND recorded_at_ms < $2 AND leaf_index IS NOT NULL AND pruned = 0",
-            )
+                 WHERE {PRUNABLE}"
+            )))
             .bind(action.as_str())
             .bind(before_ms)
-            .execute(&self.pool)
+            .bind(cursor_tx)
+            .bind(cursor_pos)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             pruned += result.rows_affected();
         }
         Ok(pruned)
@@ -602,13 +676,44 @@ impl AuditSnapshot {
         checkpoints(&mut *self.tx).await
     }
 
-    /// Records not yet in the tree.
+    /// Records not yet in the tree: after the sequencer's cursor.
     pub async fn pending(&mut self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) AS n FROM audit_records WHERE leaf_index IS NULL")
-                .fetch_one(&mut *self.tx)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) AS n FROM audit_records r JOIN audit_head h ON h.id = 1 \
+             WHERE (r.tx, r.pos) > (h.sequenced_tx, h.sequenced_pos)",
         )
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    /// Whether the sequencer's cursor agrees with the tree: it is the position of the
+    /// newest leaf's record; every record at or before it has a leaf, and none after it
+    /// does. A cursor moved forward would leave records out of the log for good; one moved
+    /// back, or a leaf's record moved after it, would stop the sequencer.
+    pub async fn cursor_problems(&mut self) -> Result<CursorCheck, StorageError> {
+        let row = sqlx::query(
+            "SELECT h.sequenced_tx, h.sequenced_pos, \
+             (SELECT r.tx FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
+              ORDER BY l.leaf_index DESC LIMIT 1) AS newest_tx, \
+             (SELECT r.pos FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
+              ORDER BY l.leaf_index DESC LIMIT 1) AS newest_pos, \
+             (SELECT COUNT(*) FROM audit_records r WHERE (r.tx, r.pos) <= (h.sequenced_tx, h.sequenced_pos) \
+              AND NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.record_id = r.id)) AS left_out, \
+             (SELECT COUNT(*) FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
+              WHERE (r.tx, r.pos) > (h.sequenced_tx, h.sequenced_pos)) AS ahead \
+             FROM audit_head h WHERE h.id = 1",
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let cursor = (row.try_get("sequenced_tx")?, row.try_get("sequenced_pos")?);
+        let newest: (Option<i64>, Option<i64>) =
+            (row.try_get("newest_tx")?, row.try_get("newest_pos")?);
+        Ok(CursorCheck {
+            cursor,
+            newest: newest.0.zip(newest.1),
+            left_out: row.try_get("left_out")?,
+            ahead: row.try_get("ahead")?,
+        })
     }
 
     /// Every sequenced record from leaf index `from`, pruned or not, in tree order.
@@ -646,6 +751,45 @@ impl AuditSnapshot {
     }
 }
 
+/// The sequencer's cursor beside the tree; see [`AuditSnapshot::cursor_problems`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorCheck {
+    /// `audit_head`'s `(sequenced_tx, sequenced_pos)`.
+    pub cursor: (i64, i64),
+    /// The position of the newest leaf's record, if there is a leaf.
+    pub newest: Option<(i64, i64)>,
+    /// Records at or before the cursor without a leaf.
+    pub left_out: i64,
+    /// Leaves whose record is after the cursor.
+    pub ahead: i64,
+}
+
+impl CursorCheck {
+    /// What is wrong, in words, or `None`.
+    pub fn problem(&self) -> Option<String> {
+        let (tx, pos) = self.cursor;
+        let expected = self.newest.unwrap_or((0, 0));
+        if self.left_out > 0 {
+            return Some(format!(
+                "{} record(s) at or before the sequencer's cursor (audit_head, position {tx}/{pos}) have no leaf: the sequencer will never add them",
+                self.left_out
+            ));
+        }
+        if self.ahead > 0 {
+            return Some(format!(
+                "{} leaf record(s) are after the sequencer's cursor (audit_head, position {tx}/{pos}): the sequencer would add them again",
+                self.ahead
+            ));
+        }
+        (self.cursor != expected).then(|| {
+            format!(
+                "the sequencer's cursor (audit_head, position {tx}/{pos}) is not the newest leaf's record (position {}/{})",
+                expected.0, expected.1
+            )
+        })
+    }
+}
+
 /// A sequenced row as `audit verify` walks it: the record, or what is wrong with it.
 pub type Scanned = Result<Stored, Unreadable>;
 
@@ -655,8 +799,8 @@ async fn scan<'e>(
     limit: i64,
 ) -> Result<Vec<Scanned>, StorageError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {STORED_COLUMNS} FROM audit_records \
-         WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2"
+        "SELECT {STORED_COLUMNS} FROM {LEAVES} \
+         WHERE l.leaf_index >= $1 ORDER BY l.leaf_index LIMIT $2"
     )))
     .bind(to_i64(from))
     .bind(limit)

@@ -68,6 +68,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0017_leaf_format.sql"),
         include_str!("../../migrations/postgres/0017_leaf_format.sql"),
     ),
+    (
+        18,
+        "audit leaves, records by position",
+        include_str!("../../migrations/sqlite/0018_audit_leaves.sql"),
+        include_str!("../../migrations/postgres/0018_audit_leaves.sql"),
+    ),
 ];
 
 const REVIEW: &str = include_str!("../../migrations/0016_review.sql");
@@ -82,10 +88,12 @@ const AUDIT: &str = include_str!("../../migrations/0008_audit.sql");
 const RISK_ALERTS: &str = include_str!("../../migrations/0011_risk_alerts.sql");
 const RECEIPTS: &str = include_str!("../../migrations/0006_receipts.sql");
 
-pub(super) fn migrator(backend: Backend) -> Migrator {
+/// The migrations up to `version`.
+pub(super) fn migrator(backend: Backend, version: i64) -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
+            .filter(|(v, ..)| *v <= version)
             .map(|&(version, description, sqlite, postgres)| {
                 let sql = match backend {
                     Backend::Sqlite => sqlite,

@@ -25,7 +25,7 @@ pub(crate) use crate::domain::now_ms;
 pub use crate::domain::participants::Owner;
 
 pub use attachments::NewAttachment;
-pub use audit::{AuditFilter, AuditSnapshot};
+pub use audit::{AuditFilter, AuditSnapshot, CursorCheck};
 pub use devices::{DeviceRecord, EpisodeForSend, KEY_LOG_ORIGIN, Published};
 pub use messaging::{
     Appended, Audience, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage, StoredMessage,
@@ -212,6 +212,16 @@ const EPISODE_WITH_TEAM_JOINS: &str = "episodes e JOIN clinics c ON c.id = e.cli
 impl Store {
     /// Connects as configured, checks the database answers, and applies migrations.
     pub async fn open(config: &StorageConfig) -> Result<Self, StorageError> {
+        Self::open_at_schema(config, i64::MAX).await
+    }
+
+    /// [`Store::open`], applying migrations up to `version` only: a database as an
+    /// earlier release left it, for upgrade tests. Not for serving.
+    #[doc(hidden)]
+    pub async fn open_at_schema(
+        config: &StorageConfig,
+        version: i64,
+    ) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
         let (backend, url, target) = match &config.url {
             None => {
@@ -307,7 +317,9 @@ impl Store {
             appender: batch::Appender::default(),
             replay_queue: replay::ReplayQueue::default(),
         };
-        migrations::migrator(backend).run(&store.pool).await?;
+        migrations::migrator(backend, version)
+            .run(&store.pool)
+            .await?;
         if backend == Backend::Postgres {
             store.appender = batch::Appender::start(&store);
             store.replay_queue = replay::ReplayQueue::start(&store.replay);

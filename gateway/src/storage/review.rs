@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::audit::STORED_COLUMNS;
+use super::audit::{LEAVES, STORED_COLUMNS};
 use super::{StorageError, Store, rows};
 use crate::domain::audit::Stored;
 
@@ -31,8 +31,8 @@ pub enum WindowRecords {
 impl WindowRecords {
     fn condition(self) -> &'static str {
         match self {
-            Self::Personnel => "principal_kind = 'clinician'",
-            Self::Refused => "outcome = 'refused'",
+            Self::Personnel => "r.principal_kind = 'clinician'",
+            Self::Refused => "r.outcome = 'refused'",
         }
     }
 }
@@ -42,7 +42,7 @@ type PeriodRow = (String, String, i64, Option<i64>, Option<i64>);
 
 impl Store {
     /// Up to `limit` sequenced records of `[from_ms, to_ms)` of the kind `only` names,
-    /// after `after` (time, tree position), in that order. The `audit_records_time` index
+    /// after `after` (time, tree position), in that order. The `audit_leaves_time` index
     /// serves it.
     pub async fn audit_window(
         &self,
@@ -56,10 +56,10 @@ impl Store {
             (at, i64::try_from(i).unwrap_or(i64::MAX))
         });
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STORED_COLUMNS} FROM audit_records \
-             WHERE leaf_index IS NOT NULL AND recorded_at_ms >= $1 AND recorded_at_ms < $2 \
-             AND (recorded_at_ms > $3 OR (recorded_at_ms = $3 AND leaf_index > $4)) AND {} \
-             ORDER BY recorded_at_ms, leaf_index LIMIT $5",
+            "SELECT {STORED_COLUMNS} FROM {LEAVES} \
+             WHERE l.recorded_at_ms >= $1 AND l.recorded_at_ms < $2 \
+             AND (l.recorded_at_ms > $3 OR (l.recorded_at_ms = $3 AND l.leaf_index > $4)) AND {} \
+             ORDER BY l.recorded_at_ms, l.leaf_index LIMIT $5",
             only.condition()
         )))
         .bind(from_ms)

@@ -227,7 +227,7 @@ pub(super) struct RecordRow {
     source: Option<String>,
 }
 
-/// A column whose stored value the gateway never writes: which (`audit_records.<name>`),
+/// A column whose stored value the gateway never writes: which (`<table>.<name>`),
 /// and what it holds (never a national id number or an HPR number; those are described,
 /// not shown).
 struct BadColumn {
@@ -239,7 +239,10 @@ impl BadColumn {
     fn new(column: &'static str, value: &str) -> Self {
         let shown = if matches!(
             column,
-            "audit_records.patient" | "audit_records.principal_id"
+            "audit_records.patient"
+                | "audit_records.principal_id"
+                | "audit_leaves.patient"
+                | "audit_leaves.principal_id"
         ) {
             format!("({} characters, not shown)", value.chars().count())
         } else {
@@ -336,6 +339,11 @@ pub(super) struct StoredRow {
     leaf_hash: Option<String>,
     content_hash: Option<String>,
     pruned: i64,
+    /// The leaf row's copies of the searched columns, which must equal the record's.
+    leaf_recorded_at_ms: i64,
+    leaf_patient: Option<String>,
+    leaf_episode_id: Option<String>,
+    leaf_principal_id: Option<String>,
 }
 
 impl StoredRow {
@@ -351,7 +359,7 @@ impl StoredRow {
         };
         if let Some(i) = self.leaf_index.filter(|i| *i < 0) {
             return Err(unreadable(BadColumn::new(
-                "audit_records.leaf_index",
+                "audit_leaves.leaf_index",
                 &i.to_string(),
             )));
         }
@@ -366,15 +374,57 @@ impl StoredRow {
             .as_deref()
             .filter(|c| icbt_merkle::from_hex(c).is_none())
         {
-            return Err(unreadable(BadColumn::new("audit_records.content_hash", c)));
+            return Err(unreadable(BadColumn::new("audit_leaves.content_hash", c)));
+        }
+        // A search finds records by the leaf's copies: a copy that differs would hide a
+        // record from a search, or show it in another's. Named after the record's own
+        // columns, which say more.
+        let differs = self.copy_that_differs();
+        let record = self.record.check().map_err(unreadable)?;
+        if let Some(bad) = differs {
+            return Err(unreadable(bad));
         }
         Ok(Stored {
-            record: self.record.check().map_err(unreadable)?,
+            record,
             leaf_index,
             leaf_hash: self.leaf_hash,
             content_hash: self.content_hash,
             pruned: self.pruned == 1,
         })
+    }
+}
+
+impl StoredRow {
+    /// The first of the leaf's copies of the searched columns that is not the record's.
+    fn copy_that_differs(&self) -> Option<BadColumn> {
+        let record = &self.record;
+        let differs = |column: &'static str, copy: &str| {
+            let mut bad = BadColumn::new(column, copy);
+            bad.shown.push_str(" (not the record's)");
+            bad
+        };
+        if self.leaf_recorded_at_ms != record.recorded_at_ms {
+            return Some(differs(
+                "audit_leaves.recorded_at_ms",
+                &self.leaf_recorded_at_ms.to_string(),
+            ));
+        }
+        [
+            ("audit_leaves.patient", &self.leaf_patient, &record.patient),
+            (
+                "audit_leaves.episode_id",
+                &self.leaf_episode_id,
+                &record.episode_id,
+            ),
+            (
+                "audit_leaves.principal_id",
+                &self.leaf_principal_id,
+                &record.principal_id,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, copy, own)| copy != own)
+        .map(|(column, copy, _)| differs(column, copy.as_deref().unwrap_or("NULL")))
     }
 }
 
