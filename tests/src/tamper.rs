@@ -109,10 +109,7 @@ pub fn record_of(row: &sqlx::any::AnyRow) -> icbt_gateway::domain::audit::Record
 pub async fn make_format_1(conn: &mut sqlx::AnyConnection) -> u64 {
     let signer = icbt_merkle::Signer::from_pkcs8(&audit_signing_key_der()).unwrap();
     let rows = sqlx::query(
-        "SELECT r.id, r.recorded_at_ms, r.action, r.outcome, r.reason, r.principal_kind, r.principal_id, \
-         r.principal_organisation, r.issuer, r.client_id, r.token_jti, r.resource_type, r.resource_id, \
-         r.episode_id, r.patient, r.request_id, r.source \
-         FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id ORDER BY l.leaf_index",
+        "SELECT r.* FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id ORDER BY l.leaf_index",
     )
     .fetch_all(&mut *conn)
     .await
@@ -189,10 +186,7 @@ pub async fn sequence_as_schema_17(conn: &mut sqlx::AnyConnection) -> u64 {
         .collect();
     let mut tree = icbt_merkle::Tree::restore(u64::try_from(size).unwrap(), &peaks).unwrap();
     let rows = sqlx::query(
-        "SELECT id, recorded_at_ms, action, outcome, reason, principal_kind, principal_id, \
-         principal_organisation, issuer, client_id, token_jti, resource_type, resource_id, episode_id, \
-         patient, request_id, source FROM audit_records WHERE leaf_index IS NULL \
-         ORDER BY recorded_at_ms, id",
+        "SELECT * FROM audit_records WHERE leaf_index IS NULL ORDER BY recorded_at_ms, id",
     )
     .fetch_all(&mut *conn)
     .await

@@ -413,6 +413,26 @@ async fn a_stream_that_falls_behind_catches_up_without_gaps_or_repeats() {
     }
 }
 
+/// The present end of `who`'s stream, as the inbox gives it.
+async fn next_after(gw: &Gateway, who: &Actor) -> String {
+    inbox(gw, who, "").await["next_after"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A transaction with an id, left running on the gateway's database (PostgreSQL):
+/// readers stop below it, and its end (`COMMIT` on the connection) announces nothing.
+async fn older_transaction(gw: &Gateway) -> sqlx::AnyConnection {
+    let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
+    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()::text")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db
+}
+
 #[tokio::test]
 async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends() {
     if !backends().contains(&Backend::Postgres) {
@@ -427,19 +447,8 @@ async fn a_message_held_back_by_an_older_open_transaction_arrives_when_it_ends()
         reader,
     } = cast(&gw).await;
     let mut stream = open_stream(&gw, &therapist, None).await;
-    let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
-    let after = inbox(&gw, &therapist, "").await["next_after"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    // A transaction older than the message, still running: readers stop below it, and
-    // its end announces nothing.
-    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()::text")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    let after = next_after(&gw, &therapist).await;
+    let mut db = older_transaction(&gw).await;
     let waiting = format!("?after={after}&wait=20");
     let (page, ()) = tokio::join!(inbox(&gw, &therapist, &waiting), async {
         send(&gw, &sealer, &patient, episode, "held back").await;
@@ -478,17 +487,8 @@ async fn a_stream_resumed_while_a_sent_message_is_held_back_gets_it_when_that_en
         sealer,
         reader,
     } = cast(&gw).await;
-    let mut db = icbt_e2e::connect_database(gw.data_dir.path(), gw.database()).await;
-    let after = inbox(&gw, &therapist, "").await["next_after"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()::text")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    let after = next_after(&gw, &therapist).await;
+    let mut db = older_transaction(&gw).await;
     send(&gw, &sealer, &patient, episode, "sent before the stream").await;
     let mut stream = open_stream(&gw, &therapist, Some(&after)).await;
     assert!(

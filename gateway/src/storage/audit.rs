@@ -629,31 +629,31 @@ impl Store {
                 sqlx::query_as("SELECT sequenced_tx, sequenced_pos FROM audit_head WHERE id = 1")
                     .fetch_one(&mut *tx)
                     .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            let copies = format!(
                 "UPDATE audit_leaves SET patient = NULL, episode_id = NULL, principal_id = NULL \
                  WHERE record_id IN (SELECT id FROM audit_records WHERE {PRUNABLE})"
-            )))
-            .bind(action.as_str())
-            .bind(before_ms)
-            .bind(cursor_tx)
-            .bind(cursor_pos)
-            .execute(&mut *tx)
-            .await?;
-            let result = sqlx::query(sqlx::AssertSqlSafe(format!(
+            );
+            let records = format!(
                 "UPDATE audit_records SET pruned = 1, outcome = 'success', reason = NULL, principal_kind = '', \
                  principal_id = NULL, principal_organisation = NULL, issuer = NULL, client_id = NULL, \
                  token_jti = NULL, resource_type = '', resource_id = NULL, episode_id = NULL, patient = NULL, \
                  request_id = NULL, source = NULL \
                  WHERE {PRUNABLE}"
-            )))
-            .bind(action.as_str())
-            .bind(before_ms)
-            .bind(cursor_tx)
-            .bind(cursor_pos)
-            .execute(&mut *tx)
-            .await?;
+            );
+            let mut done = 0;
+            for statement in [copies, records] {
+                done = sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .bind(action.as_str())
+                    .bind(before_ms)
+                    .bind(cursor_tx)
+                    .bind(cursor_pos)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
             tx.commit().await?;
-            pruned += result.rows_affected();
+            // The records' count, the last statement's.
+            pruned += done;
         }
         Ok(pruned)
     }
