@@ -1,6 +1,7 @@
 //! Audit figures, from one run (`scripts/bench/audit`): the cost of the access record on
 //! the send path (a message insert committed alone, and with its audit record in the same
-//! transaction, at 1 and 8 concurrent writers), the WAL that sequencing writes per record,
+//! transaction, at 1 and 8 concurrent writers), the WAL that sequencing writes per record
+//! and how much the log's tables grow by,
 //! and `audit verify` speed in records/s.
 //!
 //! Uses the PostgreSQL at `E2E_POSTGRES_URL` (a fresh database is created and dropped).
@@ -55,32 +56,7 @@ async fn main() {
 
     // Verify speed over everything written above, sequenced first.
     let log = AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap();
-    let lsn = |pool: sqlx::PgPool| async move {
-        let (lsn,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        lsn
-    };
-    let before = lsn(pool.clone()).await;
-    let started = Instant::now();
-    let sequenced = log.sequence_all(&store).await.unwrap();
-    let sequencing = started.elapsed();
-    let after = lsn(pool.clone()).await;
-    let (wal,): (f64,) = sqlx::query_as("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
-        .bind(&after)
-        .bind(&before)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    println!(
-        "WAL written while sequencing: {:.0} bytes a record ({sequenced} records; the whole database's WAL in that time)",
-        wal / sequenced as f64
-    );
-    figures.insert(
-        "sequencing_wal_bytes_per_record".into(),
-        (wal / sequenced as f64).into(),
-    );
+    let (sequenced, sequencing) = sequence(&store, &pool, &log, &mut figures).await;
     let started = Instant::now();
     let mut verifier = Verifier::new(
         store.audit_checkpoints().await.unwrap(),
@@ -184,4 +160,58 @@ async fn rate(pool: &sqlx::PgPool, writers: usize, audited: bool) -> f64 {
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / RUN.as_secs_f64()
+}
+
+/// Sequences everything waiting, and records the WAL written and how much the log's
+/// tables grew, per record. Returns the records sequenced and the time it took.
+async fn sequence(
+    store: &Store,
+    pool: &sqlx::PgPool,
+    log: &AuditLog,
+    figures: &mut serde_json::Map<String, serde_json::Value>,
+) -> (u64, Duration) {
+    let lsn = |pool: sqlx::PgPool| async move {
+        let (lsn,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        lsn
+    };
+    // The access log's tables and their indexes, whatever the schema calls them.
+    let stored = |pool: sqlx::PgPool| async move {
+        let (bytes,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+             WHERE c.relkind = 'r' AND c.relname LIKE 'audit\\_%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        bytes
+    };
+    let stored_before = stored(pool.clone()).await;
+    let before = lsn(pool.clone()).await;
+    let started = Instant::now();
+    let sequenced = log.sequence_all(store).await.unwrap();
+    let sequencing = started.elapsed();
+    let after = lsn(pool.clone()).await;
+    let grown = (stored(pool.clone()).await - stored_before) as f64 / sequenced as f64;
+    println!(
+        "the access log's tables grew by {grown:.0} bytes a record while sequencing (before any vacuum)"
+    );
+    figures.insert("sequencing_growth_bytes_per_record".into(), grown.into());
+    let (wal,): (f64,) = sqlx::query_as("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
+        .bind(&after)
+        .bind(&before)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    println!(
+        "WAL written while sequencing: {:.0} bytes a record ({sequenced} records; the whole database's WAL in that time)",
+        wal / sequenced as f64
+    );
+    figures.insert(
+        "sequencing_wal_bytes_per_record".into(),
+        (wal / sequenced as f64).into(),
+    );
+    (sequenced, sequencing)
 }

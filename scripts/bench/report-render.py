@@ -173,8 +173,11 @@ def audit_section(a: dict, out: list):
         return
     out.append("## Access log\n")
     out += ["| | |", "|---|---:|",
-            f"| WAL written by the sequencer, bytes an access record | {a['sequencing_wal_bytes_per_record']:.0f} |",
-            f"| records sequenced a second | {fmt(a['sequenced_per_second'])} |",
+            f"| WAL written by the sequencer, bytes an access record | {a['sequencing_wal_bytes_per_record']:.0f} |"]
+    if "sequencing_growth_bytes_per_record" in a:
+        out.append("| growth of the access log's tables while sequencing, bytes an access record | "
+                   f"{a['sequencing_growth_bytes_per_record']:.0f} |")
+    out += [f"| records sequenced a second | {fmt(a['sequenced_per_second'])} |",
             f"| records verified a second | {fmt(a['verified_per_second'])} |"]
     for w in (1, 8):
         c = a.get(f"commits_{w}_writers")
