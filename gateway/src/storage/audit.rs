@@ -141,7 +141,7 @@ async fn insert_leaves(conn: &mut AnyConnection, leaves: &[Leaf]) -> Result<(), 
 /// the message stream reads); on SQLite, which commits one writer at a time, any.
 fn waiting_condition(backend: super::Backend) -> &'static str {
     match backend {
-        super::Backend::Sqlite => "pos > $2 AND tx = tx AND $1 = $1",
+        super::Backend::Sqlite => "pos > $2 AND $1 = $1",
         super::Backend::Postgres => {
             "(tx, pos) > ($1, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
         }
