@@ -167,6 +167,10 @@ await send(therapist, 'Uke 2: Husk søvndagboken hver morgen.', 'feedback');
 await messageText(patient, 'søvndagboken');
 await send(patient, 'Skal gjøre det. Takk!');
 await messageText(therapist, 'Skal gjøre det');
+// A page shows its own message when its stream brings it back, which may be a moment
+// after the other side's stream did.
+await messageText(patient, 'Skal gjøre det');
+await messageText(therapist, 'søvndagboken');
 const after = { patient: await thread(patient), therapist: await thread(therapist) };
 for (const side of ['patient', 'therapist']) {
   const ids = after[side].map((m) => m.id);
