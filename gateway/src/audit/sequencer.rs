@@ -212,11 +212,15 @@ impl AuditLog {
                 tracing::warn!(error = %e, "adding audit records to the tree failed; retrying");
             }
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_hours(1)) {
-                last_prune = Some(tokio::time::Instant::now());
+                // A failed prune is tried again at the next tick, not in an hour.
                 match self.prune(&store, now_ms()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(records = n, "audit records past retention pruned"),
-                    Err(e) => tracing::warn!(error = %e, "pruning audit records failed"),
+                    Ok(n) => {
+                        last_prune = Some(tokio::time::Instant::now());
+                        if n > 0 {
+                            tracing::info!(records = n, "audit records past retention pruned");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pruning audit records failed; retrying"),
                 }
             }
         }

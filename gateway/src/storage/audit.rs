@@ -618,17 +618,18 @@ impl Store {
         actions: &[Action],
         before_ms: i64,
     ) -> Result<u64, StorageError> {
-        // Sequenced: at or before the cursor, read once, so that a record the sequencer
-        // adds meanwhile is pruned with its leaf next time, not without it now.
+        // Sequenced: at or before the cursor, read once for both statements, so that a
+        // record the sequencer adds meanwhile is pruned with its leaf next time, not
+        // without it now.
         const PRUNABLE: &str =
             "action = $1 AND recorded_at_ms < $2 AND pruned = 0 AND (tx, pos) <= ($3, $4)";
         let mut pruned = 0;
         for action in actions {
+            // Read before the transaction, whose first statement then writes: on SQLite a
+            // transaction that reads first and writes second fails at once if another
+            // connection wrote in between, instead of waiting its turn.
+            let (cursor_tx, cursor_pos) = self.audit_cursor().await?;
             let mut tx = self.pool.begin().await?;
-            let (cursor_tx, cursor_pos): (i64, i64) =
-                sqlx::query_as("SELECT sequenced_tx, sequenced_pos FROM audit_head WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
             let copies = format!(
                 "UPDATE audit_leaves SET patient = NULL, episode_id = NULL, principal_id = NULL \
                  WHERE record_id IN (SELECT id FROM audit_records WHERE {PRUNABLE})"
