@@ -140,7 +140,7 @@ pub async fn make_format_1(conn: &mut sqlx::AnyConnection) -> u64 {
         let note = signer
             .sign(
                 icbt_merkle::Checkpoint {
-                    origin: "icbt-gateway/audit/v1".into(),
+                    origin: icbt_gateway::domain::audit::ORIGIN.into(),
                     size: u64::try_from(size).unwrap(),
                     root,
                 },
@@ -210,7 +210,7 @@ pub async fn sequence_as_schema_17(conn: &mut sqlx::AnyConnection) -> u64 {
     let note = signer
         .sign(
             icbt_merkle::Checkpoint {
-                origin: "icbt-gateway/audit/v1".into(),
+                origin: icbt_gateway::domain::audit::ORIGIN.into(),
                 size: tree.size(),
                 root: tree.root(),
             },

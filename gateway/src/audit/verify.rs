@@ -57,16 +57,45 @@ pub async fn walk(
         from = last + 1;
     }
     let head = snapshot.head().await?;
-    let cursor = snapshot.cursor_problems().await?;
+    let cursor = snapshot.cursor_check().await?;
     snapshot.close().await?;
     let mut report = verifier.finish_with_head((head.0, head.1.as_ref()));
     if report.problem.is_none() {
         report.problem = cosigned;
     }
     if report.problem.is_none() {
-        report.problem = cursor.problem().map(|problem| Finding::Cursor { problem });
+        report.problem = cursor_finding(&cursor);
     }
     Ok((report, pending))
+}
+
+/// What is wrong with the sequencer's cursor, if anything: it must be the position of
+/// the newest leaf's record, with every record at or before it in the tree and none after
+/// it. A cursor moved forward would leave records out of the log for good; one moved
+/// back, or a leaf's record moved after it, would have the sequencer add records twice.
+fn cursor_finding(check: &crate::storage::CursorCheck) -> Option<Finding> {
+    let (tx, pos) = check.cursor;
+    let (newest_tx, newest_pos) = check.newest.unwrap_or((0, 0));
+    if check.left_out > 0 {
+        Some(Finding::LeftOut {
+            count: check.left_out,
+            tx,
+            pos,
+        })
+    } else if check.ahead > 0 {
+        Some(Finding::AfterCursor {
+            count: check.ahead,
+            tx,
+            pos,
+        })
+    } else {
+        (check.cursor != (newest_tx, newest_pos)).then_some(Finding::CursorMoved {
+            tx,
+            pos,
+            newest_tx,
+            newest_pos,
+        })
+    }
 }
 
 /// The first kept cosignature of a configured witness that does not verify on the
@@ -187,8 +216,23 @@ pub enum Finding {
         "the cached tree head (audit_head) says size {head_size}, but the records give size {tree_size} with other peaks: the sequencer would extend a wrong tree"
     )]
     HeadMismatch { head_size: u64, tree_size: u64 },
-    #[error("{problem}")]
-    Cursor { problem: String },
+    #[error(
+        "{count} record(s) at or before the sequencer's cursor (audit_head, position {tx}/{pos}) have no leaf: the sequencer will never add them"
+    )]
+    LeftOut { count: i64, tx: i64, pos: i64 },
+    #[error(
+        "{count} leaf record(s) are after the sequencer's cursor (audit_head, position {tx}/{pos}): the sequencer would add them again"
+    )]
+    AfterCursor { count: i64, tx: i64, pos: i64 },
+    #[error(
+        "the sequencer's cursor (audit_head, position {tx}/{pos}) is not the newest leaf's record (position {newest_tx}/{newest_pos})"
+    )]
+    CursorMoved {
+        tx: i64,
+        pos: i64,
+        newest_tx: i64,
+        newest_pos: i64,
+    },
     #[error(
         "the log at size {size} differs from a checkpoint kept outside the database: its history was rewritten"
     )]

@@ -618,32 +618,32 @@ impl Store {
         actions: &[Action],
         before_ms: i64,
     ) -> Result<u64, StorageError> {
-        // Sequenced: at or before the cursor, read once for both statements, so that a
+        // Sequenced: at or before the cursor, read once for every statement, so that a
         // record the sequencer adds meanwhile is pruned with its leaf next time, not
         // without it now.
         const PRUNABLE: &str =
             "action = $1 AND recorded_at_ms < $2 AND pruned = 0 AND (tx, pos) <= ($3, $4)";
+        // Read before the transactions, whose first statement then writes: on SQLite a
+        // transaction that reads first and writes second fails at once if another
+        // connection wrote in between, instead of waiting its turn.
+        let (cursor_tx, cursor_pos) = self.audit_cursor().await?;
+        let copies = format!(
+            "UPDATE audit_leaves SET patient = NULL, episode_id = NULL, principal_id = NULL \
+             WHERE record_id IN (SELECT id FROM audit_records WHERE {PRUNABLE})"
+        );
+        let records = format!(
+            "UPDATE audit_records SET pruned = 1, outcome = 'success', reason = NULL, principal_kind = '', \
+             principal_id = NULL, principal_organisation = NULL, issuer = NULL, client_id = NULL, \
+             token_jti = NULL, resource_type = '', resource_id = NULL, episode_id = NULL, patient = NULL, \
+             request_id = NULL, source = NULL \
+             WHERE {PRUNABLE}"
+        );
         let mut pruned = 0;
         for action in actions {
-            // Read before the transaction, whose first statement then writes: on SQLite a
-            // transaction that reads first and writes second fails at once if another
-            // connection wrote in between, instead of waiting its turn.
-            let (cursor_tx, cursor_pos) = self.audit_cursor().await?;
             let mut tx = self.pool.begin().await?;
-            let copies = format!(
-                "UPDATE audit_leaves SET patient = NULL, episode_id = NULL, principal_id = NULL \
-                 WHERE record_id IN (SELECT id FROM audit_records WHERE {PRUNABLE})"
-            );
-            let records = format!(
-                "UPDATE audit_records SET pruned = 1, outcome = 'success', reason = NULL, principal_kind = '', \
-                 principal_id = NULL, principal_organisation = NULL, issuer = NULL, client_id = NULL, \
-                 token_jti = NULL, resource_type = '', resource_id = NULL, episode_id = NULL, patient = NULL, \
-                 request_id = NULL, source = NULL \
-                 WHERE {PRUNABLE}"
-            );
             let mut done = 0;
-            for statement in [copies, records] {
-                done = sqlx::query(sqlx::AssertSqlSafe(statement))
+            for statement in [&copies, &records] {
+                done = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
                     .bind(action.as_str())
                     .bind(before_ms)
                     .bind(cursor_tx)
@@ -687,30 +687,26 @@ impl AuditSnapshot {
         .await?)
     }
 
-    /// Whether the sequencer's cursor agrees with the tree: it is the position of the
-    /// newest leaf's record; every record at or before it has a leaf, and none after it
-    /// does. A cursor moved forward would leave records out of the log for good; one moved
-    /// back, or a leaf's record moved after it, would stop the sequencer.
-    pub async fn cursor_problems(&mut self) -> Result<CursorCheck, StorageError> {
+    /// The sequencer's cursor beside the tree, for `audit verify` to judge: the newest
+    /// leaf's record's position, the records at or before the cursor without a leaf, and
+    /// the leaves whose record is after it.
+    pub async fn cursor_check(&mut self) -> Result<CursorCheck, StorageError> {
         let row = sqlx::query(
-            "SELECT h.sequenced_tx, h.sequenced_pos, \
-             (SELECT r.tx FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
-              ORDER BY l.leaf_index DESC LIMIT 1) AS newest_tx, \
-             (SELECT r.pos FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
-              ORDER BY l.leaf_index DESC LIMIT 1) AS newest_pos, \
+            "SELECT h.sequenced_tx, h.sequenced_pos, n.tx AS newest_tx, n.pos AS newest_pos, \
              (SELECT COUNT(*) FROM audit_records r WHERE (r.tx, r.pos) <= (h.sequenced_tx, h.sequenced_pos) \
               AND NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.record_id = r.id)) AS left_out, \
              (SELECT COUNT(*) FROM audit_leaves l JOIN audit_records r ON r.id = l.record_id \
               WHERE (r.tx, r.pos) > (h.sequenced_tx, h.sequenced_pos)) AS ahead \
-             FROM audit_head h WHERE h.id = 1",
+             FROM audit_head h LEFT JOIN (SELECT r.tx, r.pos FROM audit_leaves l \
+              JOIN audit_records r ON r.id = l.record_id ORDER BY l.leaf_index DESC LIMIT 1) n ON 1 = 1 \
+             WHERE h.id = 1",
         )
         .fetch_one(&mut *self.tx)
         .await?;
-        let cursor = (row.try_get("sequenced_tx")?, row.try_get("sequenced_pos")?);
         let newest: (Option<i64>, Option<i64>) =
             (row.try_get("newest_tx")?, row.try_get("newest_pos")?);
         Ok(CursorCheck {
-            cursor,
+            cursor: (row.try_get("sequenced_tx")?, row.try_get("sequenced_pos")?),
             newest: newest.0.zip(newest.1),
             left_out: row.try_get("left_out")?,
             ahead: row.try_get("ahead")?,
@@ -752,7 +748,7 @@ impl AuditSnapshot {
     }
 }
 
-/// The sequencer's cursor beside the tree; see [`AuditSnapshot::cursor_problems`].
+/// The sequencer's cursor beside the tree; see [`AuditSnapshot::cursor_check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CursorCheck {
     /// `audit_head`'s `(sequenced_tx, sequenced_pos)`.
@@ -763,32 +759,6 @@ pub struct CursorCheck {
     pub left_out: i64,
     /// Leaves whose record is after the cursor.
     pub ahead: i64,
-}
-
-impl CursorCheck {
-    /// What is wrong, in words, or `None`.
-    pub fn problem(&self) -> Option<String> {
-        let (tx, pos) = self.cursor;
-        let expected = self.newest.unwrap_or((0, 0));
-        if self.left_out > 0 {
-            return Some(format!(
-                "{} record(s) at or before the sequencer's cursor (audit_head, position {tx}/{pos}) have no leaf: the sequencer will never add them",
-                self.left_out
-            ));
-        }
-        if self.ahead > 0 {
-            return Some(format!(
-                "{} leaf record(s) are after the sequencer's cursor (audit_head, position {tx}/{pos}): the sequencer would add them again",
-                self.ahead
-            ));
-        }
-        (self.cursor != expected).then(|| {
-            format!(
-                "the sequencer's cursor (audit_head, position {tx}/{pos}) is not the newest leaf's record (position {}/{})",
-                expected.0, expected.1
-            )
-        })
-    }
 }
 
 /// A sequenced row as `audit verify` walks it: the record, or what is wrong with it.

@@ -377,8 +377,8 @@ impl StoredRow {
             return Err(unreadable(BadColumn::new("audit_leaves.content_hash", c)));
         }
         // A search finds records by the leaf's copies: a copy that differs would hide a
-        // record from a search, or show it in another's. Named after the record's own
-        // columns, which say more.
+        // record from a search, or show it in another's. The record's own columns are
+        // judged first, since a finding about them says more.
         let differs = self.copy_that_differs();
         let record = self.record.check().map_err(unreadable)?;
         if let Some(bad) = differs {
@@ -392,9 +392,7 @@ impl StoredRow {
             pruned: self.pruned == 1,
         })
     }
-}
 
-impl StoredRow {
     /// The first of the leaf's copies of the searched columns that is not the record's.
     fn copy_that_differs(&self) -> Option<BadColumn> {
         let record = &self.record;
