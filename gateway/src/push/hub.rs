@@ -1,7 +1,8 @@
 //! The instance's one stream reader: it reads each new batch of messages once, records
 //! the deliveries of all its streams, and hands each stream its entries in memory.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use icbt_auth::principal::Authenticated;
 use tokio::sync::{broadcast, mpsc};
 
+use super::routes::{self, Route};
 use super::{QUEUE, woken};
 use futures_util::StreamExt as _;
 
@@ -58,6 +60,60 @@ impl HeldBack {
     }
 }
 
+/// The open streams, each filed under the routes of its filter.
+#[derive(Debug, Default)]
+struct Subscribers {
+    streams: HashMap<u64, Subscriber>,
+    routes: HashMap<Route, HashSet<u64>>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, id: u64, subscriber: Subscriber) {
+        for route in routes::of_filter(&subscriber.filter) {
+            self.routes.entry(route).or_default().insert(id);
+        }
+        self.streams.insert(id, subscriber);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(subscriber) = self.streams.remove(&id) else {
+            return;
+        };
+        for route in routes::of_filter(&subscriber.filter) {
+            if let Entry::Occupied(mut filed) = self.routes.entry(route) {
+                filed.get_mut().remove(&id);
+                if filed.get().is_empty() {
+                    filed.remove();
+                }
+            }
+        }
+    }
+
+    /// The streams that may see entries of `entries`, each with the indexes of those
+    /// entries in order: only streams filed under one of an entry's routes.
+    fn offered(&self, entries: &[StreamEntry], episodes: &Episodes) -> HashMap<u64, Vec<usize>> {
+        let mut offered: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            for route in routes::of_entry(entry, team_of(episodes, entry)) {
+                for id in self.routes.get(&route).into_iter().flatten() {
+                    let indexes = offered.entry(*id).or_default();
+                    if indexes.last() != Some(&i) {
+                        indexes.push(i);
+                    }
+                }
+            }
+        }
+        offered
+    }
+}
+
+/// The episodes of a batch, with their care teams (`None`: the episode is gone).
+type Episodes = HashMap<EpisodeId, (Option<crate::domain::episode::Episode>, Vec<CareTeamEntry>)>;
+
+fn team_of<'a>(episodes: &'a Episodes, entry: &StreamEntry) -> &'a [CareTeamEntry] {
+    episodes.get(&entry.episode).map_or(&[], |(_, team)| team)
+}
+
 /// One open stream, as the hub sees it.
 #[derive(Debug)]
 struct Subscriber {
@@ -90,7 +146,7 @@ impl Delivery {
 /// The instance's one stream reader and the streams it serves.
 #[derive(Debug, Default)]
 pub struct Hub {
-    subscribers: Mutex<HashMap<u64, Subscriber>>,
+    subscribers: Mutex<Subscribers>,
     next_id: AtomicU64,
     /// The highest transaction id of a message announced as committed (PostgreSQL).
     pub(super) committed_tx: AtomicI64,
@@ -133,7 +189,7 @@ pub(super) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut subscribers) = self.hub.subscribers.lock() {
-            subscribers.remove(&self.id);
+            subscribers.remove(self.id);
         }
     }
 }
@@ -212,7 +268,7 @@ impl Hub {
 
     /// Open streams.
     pub fn streams(&self) -> usize {
-        self.subscribers.lock().map_or(0, |s| s.len())
+        self.subscribers.lock().map_or(0, |s| s.streams.len())
     }
 
     /// Reads every new message once and dispatches it, woken by `push`; runs until the
@@ -257,43 +313,55 @@ impl Hub {
                 }
                 continue;
             }
-            match store
+            // Wake-ups up to now are answered by the read below: one read per burst of
+            // them, not one per send and another per announcement of it.
+            loop {
+                match wake.try_recv() {
+                    Ok(()) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                }
+            }
+            let read = store
                 .stream_after(&StreamFilter::Everything, head, now_ms(), HUB_BATCH)
-                .await
-            {
+                .await;
+            match read {
                 Ok(entries) if !entries.is_empty() => {
+                    let full = i64::try_from(entries.len()).is_ok_and(|n| n >= HUB_BATCH);
                     if let Some(last) = entries.last() {
                         head = last.position;
                     }
                     held_back.clear();
                     self.dispatch(&store, entries).await;
-                    continue;
-                }
-                Ok(_) => {
-                    // A message announced as committed is not readable yet: a transaction
-                    // older than it is still running (PostgreSQL readers stop below the
-                    // oldest one). Nothing announces that transaction's end, so look again
-                    // shortly instead of waiting for the next message.
-                    let announced = self.committed_tx.load(Ordering::Relaxed);
-                    if announced > head.tx
-                        && let Some(pause) = held_back.next(announced, std::time::Instant::now())
-                    {
-                        tracing::debug!(
-                            ?pause,
-                            "a committed message is held back by an older transaction"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(pause) => {}
-                            _ = released.changed() => {}
-                        }
+                    if full {
                         continue;
                     }
                 }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "stream hub read failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
+            }
+            // A message announced as committed is not readable yet: a transaction older
+            // than it is still running (PostgreSQL readers stop below the oldest one).
+            // Nothing announces that transaction's end unless it was a send too, so look
+            // again shortly, or at the next send, instead of waiting for the next message.
+            let announced = self.committed_tx.load(Ordering::Relaxed);
+            if announced > head.tx
+                && let Some(pause) = held_back.next(announced, std::time::Instant::now())
+            {
+                tracing::debug!(
+                    ?pause,
+                    "a committed message is held back by an older transaction"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = released.changed() => {}
+                    _ = wake.recv() => {}
+                }
+                continue;
             }
             if !woken(&mut wake).await {
                 return;
@@ -305,10 +373,7 @@ impl Hub {
     async fn dispatch(&self, store: &Store, entries: Vec<StreamEntry>) {
         let _dispatching = Dispatching::begin(self);
         let now = now_ms();
-        let mut episodes: HashMap<
-            EpisodeId,
-            (Option<crate::domain::episode::Episode>, Vec<CareTeamEntry>),
-        > = HashMap::new();
+        let mut episodes = Episodes::new();
         for entry in &entries {
             if episodes.contains_key(&entry.episode) {
                 continue;
@@ -324,21 +389,20 @@ impl Hub {
             let Ok(subscribers) = self.subscribers.lock() else {
                 return;
             };
-            for subscriber in subscribers.values() {
+            for (id, offered) in subscribers.offered(&entries, &episodes) {
+                let Some(subscriber) = subscribers.streams.get(&id) else {
+                    continue;
+                };
                 if subscriber.behind.load(Ordering::Relaxed) {
                     continue;
                 }
-                let mine: Vec<usize> = entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| {
-                        if e.position <= subscriber.start {
-                            return false;
-                        }
-                        let team = episodes.get(&e.episode).map_or(&[][..], |(_, t)| t);
-                        subscriber.filter.matches(e, team, now)
+                let mine: Vec<usize> = offered
+                    .into_iter()
+                    .filter(|i| {
+                        let e = &entries[*i];
+                        e.position > subscriber.start
+                            && subscriber.filter.matches(e, team_of(&episodes, e), now)
                     })
-                    .map(|(i, _)| i)
                     .collect();
                 if mine.is_empty() {
                     continue;

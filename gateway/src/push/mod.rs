@@ -14,6 +14,7 @@
 pub mod authz;
 mod hub;
 mod reader;
+mod routes;
 
 pub use crate::slots::{PrincipalKey, Slot, StreamSlots};
 pub use hub::{Delivery, Hub};
