@@ -169,13 +169,7 @@ async fn main() {
         // One therapist holds the 1 000 and 10 000 streams of the push figures.
         env: [
             bench_limits_lifted(),
-            vec![
-                (
-                    "ICBT_AUDIT__CHECKPOINT_INTERVAL_MS".into(),
-                    std::env::var("CKPT").unwrap_or("1000".into()),
-                ),
-                ("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into()),
-            ],
+            vec![("ICBT_SERVER__CONCURRENCY_LIMIT".into(), "20000".into())],
         ]
         .concat(),
         ..Default::default()

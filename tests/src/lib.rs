@@ -194,10 +194,12 @@ fn debian_tool(path: &str, package: &str) -> PathBuf {
 /// The settings a load bench runs the gateway with: no per-minute rate limit, no cap
 /// on streams per principal, and no per-address caps on handshakes or unauthenticated
 /// connections (every bench client connects from 127.0.0.1, thousands at once); logs
-/// at `warn`.
+/// at `warn`; and the audit sequencer at its production interval (1 s), not the
+/// harness's 200 ms for tests.
 #[must_use]
 pub fn bench_limits_lifted() -> Vec<(String, String)> {
     [
+        ("ICBT_AUDIT__CHECKPOINT_INTERVAL_MS", "1000"),
         ("ICBT_SERVER__RATE_LIMIT_PER_MINUTE", "0"),
         ("ICBT_SERVER__STREAMS_PER_PRINCIPAL", "0"),
         ("ICBT_SERVER__HANDSHAKES_PER_ADDRESS", "0"),
