@@ -17,7 +17,7 @@ use futures_util::StreamExt as _;
 use crate::domain::audit::{Access, Action};
 use crate::domain::episode::EpisodeId;
 use crate::storage::stream::{StreamEntry, StreamFilter, StreamPosition};
-use crate::storage::{CareTeamEntry, Store, now_ms};
+use crate::storage::{CareTeamEntry, StorageError, Store, now_ms};
 use crate::views::entry_view;
 
 /// Looking again for a message that is committed but held back: after 2 ms, doubling to
@@ -94,6 +94,9 @@ impl Subscribers {
     fn offered(&self, entries: &[StreamEntry], episodes: &Episodes) -> HashMap<u64, Vec<usize>> {
         let mut offered: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
+            if !matches!(episodes.get(&entry.episode), Some(Some(_))) {
+                continue;
+            }
             for route in routes::of_entry(entry, team_of(episodes, entry)) {
                 for id in self.routes.get(&route).into_iter().flatten() {
                     let indexes = offered.entry(*id).or_default();
@@ -107,11 +110,15 @@ impl Subscribers {
     }
 }
 
-/// The episodes of a batch, with their care teams (`None`: the episode is gone).
-type Episodes = HashMap<EpisodeId, (Option<crate::domain::episode::Episode>, Vec<CareTeamEntry>)>;
+/// The episodes of a batch, with their care teams (`None`: no such episode, and its
+/// messages go to nobody).
+type Episodes = HashMap<EpisodeId, Option<(crate::domain::episode::Episode, Vec<CareTeamEntry>)>>;
 
 fn team_of<'a>(episodes: &'a Episodes, entry: &StreamEntry) -> &'a [CareTeamEntry] {
-    episodes.get(&entry.episode).map_or(&[], |(_, team)| team)
+    match episodes.get(&entry.episode) {
+        Some(Some((_, team))) => team,
+        _ => &[],
+    }
 }
 
 /// One open stream, as the hub sees it.
@@ -328,11 +335,15 @@ impl Hub {
             match read {
                 Ok(entries) if !entries.is_empty() => {
                     let full = i64::try_from(entries.len()).is_ok_and(|n| n >= HUB_BATCH);
-                    if let Some(last) = entries.last() {
-                        head = last.position;
-                    }
+                    let last = entries.last().map(|e| e.position);
                     held_back.clear();
-                    self.dispatch(&store, entries).await;
+                    if let Err(e) = self.dispatch(&store, entries).await {
+                        // Nothing was handed out: the same batch is read again.
+                        tracing::warn!(error = %e, "stream hub cannot read a batch's episodes; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    head = last.unwrap_or(head);
                     if full {
                         continue;
                     }
@@ -370,7 +381,11 @@ impl Hub {
     }
 
     /// Hands each stream its entries of `entries`, once their deliveries are recorded.
-    async fn dispatch(&self, store: &Store, entries: Vec<StreamEntry>) {
+    ///
+    /// Fails, having handed out nothing, when the batch's episodes cannot be read: a
+    /// stream must not be handed a message whose reading cannot be recorded, nor a
+    /// therapist's stream pass one over because its care team was not known.
+    async fn dispatch(&self, store: &Store, entries: Vec<StreamEntry>) -> Result<(), StorageError> {
         let _dispatching = Dispatching::begin(self);
         let now = now_ms();
         let mut episodes = Episodes::new();
@@ -378,16 +393,16 @@ impl Hub {
             if episodes.contains_key(&entry.episode) {
                 continue;
             }
-            let (episode, team) = match store.episode_with_team(entry.episode).await {
-                Ok(Some((episode, _, team))) => (Some(episode), team),
-                _ => (None, Vec::new()),
-            };
-            episodes.insert(entry.episode, (episode, team));
+            let found = store.episode_with_team(entry.episode).await?;
+            episodes.insert(
+                entry.episode,
+                found.map(|(episode, _, team)| (episode, team)),
+            );
         }
         let mut deliveries = Vec::new();
         {
             let Ok(subscribers) = self.subscribers.lock() else {
-                return;
+                return Ok(());
             };
             for (id, offered) in subscribers.offered(&entries, &episodes) {
                 let Some(subscriber) = subscribers.streams.get(&id) else {
@@ -414,7 +429,7 @@ impl Hub {
                         continue;
                     }
                     seen.push(entry.episode);
-                    if let Some((Some(episode), _)) = episodes.get(&entry.episode) {
+                    if let Some(Some((episode, _))) = episodes.get(&entry.episode) {
                         records.push(
                             subscriber
                                 .access
@@ -432,7 +447,7 @@ impl Hub {
             }
         }
         if deliveries.is_empty() {
-            return;
+            return Ok(());
         }
         // Each entry serialised once, shared by every stream it goes to.
         let ready: Vec<Arc<Delivery>> = entries
@@ -452,6 +467,7 @@ impl Hub {
             .buffer_unordered(DISPATCH_CONCURRENCY)
             .for_each(|()| async {})
             .await;
+        Ok(())
     }
 }
 
@@ -498,7 +514,71 @@ const HEAD_REFRESH: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
+    use super::super::routes::tests::{PATIENTS, entry};
     use super::*;
+    use crate::domain::episode::NationalId;
+    use icbt_auth::principal::{Acr, Patient, Principal};
+
+    /// A hub with one patient's stream, and a store on SQLite in `dir`.
+    async fn one_patient_stream(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<Hub>,
+        Registration,
+        mpsc::Receiver<Arc<Delivery>>,
+        Arc<AtomicBool>,
+        Store,
+    ) {
+        let config = icbt_config::StorageConfig {
+            data_dir: dir.to_owned(),
+            ..Default::default()
+        };
+        let store = Store::open(&config).await.unwrap();
+        let pid = NationalId::parse(PATIENTS[0]).unwrap();
+        let caller = Authenticated {
+            principal: Principal::Patient(Patient {
+                pid: pid.clone(),
+                acr: Acr::High,
+            }),
+            issuer: Arc::from("test"),
+            client_id: None,
+            scopes: Vec::new(),
+            token_id: None,
+            expires_at: i64::MAX,
+            dpop_jkt: None,
+        };
+        let hub = Arc::new(Hub::default());
+        let (registration, live, behind) = hub.register(
+            StreamFilter::Patient(pid),
+            StreamPosition { tx: 0, pos: 0 },
+            Arc::new(Access::default()),
+            Arc::new(caller),
+        );
+        (hub, registration, live, behind, store)
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_episodes_cannot_be_read_is_handed_to_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, _registration, mut live, behind, store) = one_patient_stream(dir.path()).await;
+        store.close().await;
+        let batch = vec![entry(PATIENTS[0], "974589095", "all")];
+        assert!(hub.dispatch(&store, batch).await.is_err());
+        assert!(
+            live.try_recv().is_err(),
+            "handed out though its reading was not recorded"
+        );
+        assert!(!behind.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_message_of_no_known_episode_is_handed_to_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, _registration, mut live, _behind, store) = one_patient_stream(dir.path()).await;
+        let batch = vec![entry(PATIENTS[0], "974589095", "all")];
+        assert!(hub.dispatch(&store, batch).await.is_ok());
+        assert!(live.try_recv().is_err(), "handed out with no access record");
+    }
 
     #[test]
     fn a_held_back_message_is_looked_for_again_soon_then_less_often() {

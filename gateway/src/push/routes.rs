@@ -64,17 +64,17 @@ pub(super) fn of_entry(entry: &StreamEntry, team: &[CareTeamEntry]) -> Vec<Route
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::episode::{EpisodeId, NationalId, OrgNumber};
     use crate::storage::StoredMessage;
     use crate::storage::stream::StreamPosition;
     use icbt_auth::identity::HprNumber;
 
-    const PATIENTS: [&str; 2] = ["01018512528", "01018512870"];
+    pub(in crate::push) const PATIENTS: [&str; 2] = ["01018512528", "01018512870"];
     const CLINICS: [&str; 2] = ["974589095", "983974899"];
 
-    fn entry(patient: &str, organisation: &str, audience: &str) -> StreamEntry {
+    pub(in crate::push) fn entry(patient: &str, organisation: &str, audience: &str) -> StreamEntry {
         StreamEntry {
             position: StreamPosition { tx: 1, pos: 1 },
             episode: EpisodeId(uuid::Uuid::nil()),
