@@ -94,10 +94,10 @@ impl Subscribers {
     fn offered(&self, entries: &[StreamEntry], episodes: &Episodes) -> HashMap<u64, Vec<usize>> {
         let mut offered: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
-            if !matches!(episodes.get(&entry.episode), Some(Some(_))) {
+            let Some(Some((_, team))) = episodes.get(&entry.episode) else {
                 continue;
-            }
-            for route in routes::of_entry(entry, team_of(episodes, entry)) {
+            };
+            for route in routes::of_entry(entry, team) {
                 for id in self.routes.get(&route).into_iter().flatten() {
                     let indexes = offered.entry(*id).or_default();
                     if indexes.last() != Some(&i) {
