@@ -1074,3 +1074,82 @@ async fn sends_go_through_after_the_database_drops_idle_connections() {
     let history = w.history(&w.therapist, episode, "").await;
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
 }
+
+/// A send is decided on what the caller's previous send in the episode was decided on,
+/// kept in memory, but commits only while none of it has changed: a therapist taken off
+/// the care team, or whose device is revoked, is refused at the very next send, and the
+/// refusal is recorded once.
+#[tokio::test]
+async fn a_changed_care_team_or_device_applies_to_the_very_next_send() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let episode = w.episode().await;
+        let send = || {
+            let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+            let w = &w;
+            async move {
+                w.call(
+                    &w.therapist,
+                    Method::PUT,
+                    &path,
+                    Some(&message("feedback", "week 3")),
+                )
+                .await
+            }
+        };
+        let team = |hpr: &str| json!({ "members": [{ "hpr_number": hpr, "role": "therapist" }] });
+        let set_team = |hpr: &'static str| {
+            let w = &w;
+            let body = team(hpr);
+            async move {
+                let set = w
+                    .call(
+                        &w.platform,
+                        Method::PUT,
+                        &format!("/v1/episodes/{episode}/care-team"),
+                        Some(&body),
+                    )
+                    .await;
+                assert_eq!(set.status(), 200);
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(send().await.status(), 201, "{backend:?}");
+        }
+
+        set_team(OTHER_HPR).await;
+        expect_problem(send().await, 403, "forbidden").await;
+        let mut db = icbt_e2e::connect_database(w.gw.data_dir.path(), w.gw.database()).await;
+        let refusals: Vec<(String,)> = sqlx::query_as(
+            "SELECT reason FROM audit_records WHERE episode_id = $1 AND outcome = 'refused' \
+             AND resource_type = 'messages'",
+        )
+        .bind(episode.to_string())
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(refusals.len(), 1, "{backend:?}: one refusal, one record");
+
+        set_team(THERAPIST_HPR).await;
+        for _ in 0..2 {
+            assert_eq!(send().await.status(), 201, "{backend:?}: back on the team");
+        }
+        let device = w.sealer.device(&w.therapist).await.device_id();
+        let revoked = w
+            .call(
+                &w.therapist,
+                Method::DELETE,
+                &format!("/v1/devices/{device}"),
+                None,
+            )
+            .await;
+        assert_eq!(revoked.status(), 200, "{backend:?}");
+        expect_problem(send().await, 422, "envelope-sender-not-a-device").await;
+        let history = w.history(&w.patient, episode, "").await;
+        assert_eq!(
+            history["messages"].as_array().unwrap().len(),
+            5,
+            "{backend:?}: only the sends decided on current facts"
+        );
+    }
+}

@@ -397,7 +397,7 @@ async fn concurrent_appends_each_get_their_own_outcome() {
             .unwrap();
 
         let sends = sends_to(&open, closed.id);
-        let outcomes = append_all_at_once(&store, &sends).await;
+        let outcomes = append_all_at_once(&store, &sends, None).await;
 
         let mut created = std::collections::HashMap::new();
         for ((episode, id, _, hash), outcome) in sends.iter().zip(&outcomes) {
@@ -411,6 +411,7 @@ async fn concurrent_appends_each_get_their_own_outcome() {
                     );
                 }
                 Ok(Appended::Replayed(_) | Appended::Conflict) => {}
+                Ok(Appended::Stale) => panic!("{backend:?}: stale without a version"),
                 Err(EpisodeRefusal::Closed(state)) => {
                     assert_eq!(*episode, closed.id, "{backend:?}");
                     assert_eq!(*state, "cancelled");
@@ -472,6 +473,134 @@ async fn concurrent_appends_each_get_their_own_outcome() {
     }
 }
 
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has_changed() {
+    use icbt_auth::identity::HprNumber;
+    use icbt_gateway::audit::{Access, Action};
+    use icbt_gateway::storage::{Appended, CareTeamEntry, Owner};
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, db) = storage_for(backend, dir.path()).await;
+        let store = Store::open(&config).await.unwrap();
+        let org = OrgNumber::parse("974760673").unwrap();
+        let clinic = store.insert_clinic("Klinikk", &org).await.unwrap();
+        let episode = store
+            .insert_episode(clinic.id, &patient(1), "p")
+            .await
+            .unwrap();
+        let member = |hpr: &str| CareTeamEntry {
+            hpr_number: HprNumber::parse(hpr).unwrap(),
+            cover: false,
+            until_ms: None,
+        };
+        let record = || Access::default().anonymous(Action::Update, "care-team");
+        store
+            .set_care_team(episode.id, &[member("565501872")], &record())
+            .await
+            .unwrap();
+        let therapist = Owner {
+            kind: "clinician",
+            reference: "565501872".into(),
+        };
+        let messages = |n: usize| -> Vec<Send> {
+            (0..n)
+                .map(|i| {
+                    let id = uuid::Uuid::new_v4();
+                    (episode.id, id, format!("m{i}"), format!("h{id}"))
+                })
+                .collect()
+        };
+        let stored = || async {
+            store
+                .messages_after(episode.id, 0, 1000, false)
+                .await
+                .unwrap()
+                .len()
+        };
+
+        assert!(store.kept_send_context(episode.id, &therapist).is_none());
+        let read = store
+            .send_context(episode.id, &therapist)
+            .await
+            .unwrap()
+            .unwrap();
+        let kept = store.kept_send_context(episode.id, &therapist).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&read, &kept), "{backend:?}");
+        let at = Some(kept.version);
+        let outcomes = append_all_at_once(&store, &messages(8), at).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(Appended::Created(_)))),
+            "{backend:?}: current, so committed: {outcomes:?}"
+        );
+
+        // The care team changes: nothing decided at the old version commits, alone or
+        // in a batch, and the kept copy is gone.
+        store
+            .set_care_team(episode.id, &[member("100000001")], &record())
+            .await
+            .unwrap();
+        let outcomes = append_all_at_once(&store, &messages(8), at).await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Ok(Appended::Stale))),
+            "{backend:?}: {outcomes:?}"
+        );
+        assert_eq!(
+            stored().await,
+            8,
+            "{backend:?}: a stale send commits nothing"
+        );
+        assert!(store.kept_send_context(episode.id, &therapist).is_none());
+
+        let read = store
+            .send_context(episode.id, &therapist)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read.version > kept.version, "{backend:?}");
+        assert_eq!(read.team.len(), 1);
+        assert_eq!(read.team[0].hpr_number.as_str(), "100000001");
+        let outcomes = append_all_at_once(&store, &messages(1), Some(read.version)).await;
+        assert!(
+            matches!(outcomes[0], Ok(Appended::Created(_))),
+            "{backend:?}"
+        );
+
+        // Any writer counts, not only the gateway's own code: a device revoked by hand.
+        let mut conn = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+        sqlx::query(
+            "INSERT INTO devices (device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, \
+             encryption_jwk, published_at_ms, expires_at_ms, publish_index) \
+             VALUES ('d', 'clinician', '100000001', '{}', 'k', '{}', 0, 1, 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let read = store
+            .send_context(episode.id, &therapist)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.devices.len(), 1, "{backend:?}");
+        sqlx::query("UPDATE devices SET revoked_at_ms = 0 WHERE device_id = 'd'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let outcomes = append_all_at_once(&store, &messages(1), Some(read.version)).await;
+        assert!(matches!(outcomes[0], Ok(Appended::Stale)), "{backend:?}");
+        // Decided on fresh rows (no version), a send is appended as before.
+        let outcomes = append_all_at_once(&store, &messages(1), None).await;
+        assert!(
+            matches!(outcomes[0], Ok(Appended::Created(_))),
+            "{backend:?}"
+        );
+        assert_eq!(stored().await, 10, "{backend:?}");
+        store.close().await;
+    }
+}
+
 type Send = (
     icbt_gateway::domain::episode::EpisodeId,
     uuid::Uuid,
@@ -479,10 +608,12 @@ type Send = (
     String,
 );
 
-/// Appends every (episode, id, body, hash) at once, as so many concurrent senders.
+/// Appends every (episode, id, body, hash) at once, as so many concurrent senders, each
+/// decided at `context_version` (see `Store::kept_send_context`).
 async fn append_all_at_once(
     store: &Store,
     sends: &[Send],
+    context_version: Option<i64>,
 ) -> Vec<Result<icbt_gateway::storage::Appended, icbt_gateway::storage::EpisodeRefusal>> {
     use icbt_gateway::audit::{Access, Action};
     use icbt_gateway::storage::{Audience, NewMessage};
@@ -502,6 +633,7 @@ async fn append_all_at_once(
                 attachments: "[]",
                 request_hash: hash,
                 audience: Audience::All,
+                context_version,
             };
             let mut record = Access::default().anonymous(Action::Create, "messages");
             record.resource_id = Some(id.to_string());

@@ -146,6 +146,7 @@ impl Exporter {
             attachments: "[]",
             request_hash: &hash,
             audience: Audience::CareTeam,
+            context_version: None,
         };
         let record = Record {
             action: Action::Create,
@@ -161,6 +162,8 @@ impl Exporter {
             }
             // Raised by an earlier screening (its sealed bytes differ: a conflict).
             Ok(Appended::Replayed(_) | Appended::Conflict) => Ok(()),
+            // Not decided on a kept send context, so never stale.
+            Ok(Appended::Stale) => Err(Failed::Unmappable("the alert was stale".into())),
             Err(EpisodeRefusal::Storage(e)) => Err(Failed::Storage(e)),
             Err(other) => Err(Failed::Unmappable(format!(
                 "the alert was refused: {other}"

@@ -59,6 +59,20 @@ pub async fn admit(
     Ok(record)
 }
 
+/// [`admit`] without recording a refusal: the access record to write if `caller` may
+/// act, else `None`. For a decision made on a kept copy of the facts, which is taken
+/// again on fresh rows before anyone is refused.
+pub fn admitted(
+    state: &AppState,
+    access: &Access,
+    caller: &Authenticated,
+    (episode, clinic, team): (&Episode, &Clinic, &[CareTeamEntry]),
+    (action, resource): (Action, &str),
+) -> Option<Record> {
+    decide_episode(state, caller, episode, clinic, team).ok()?;
+    Some(access.record(caller, action, resource).episode(episode))
+}
+
 /// The episode with its clinic and team if `caller` may see it; for lists, where an
 /// episode the caller may not see is left out rather than refused.
 pub async fn visible(

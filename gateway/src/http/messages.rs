@@ -14,7 +14,7 @@ use icbt_envelope::policy::{self as envelope_policy, Violation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::access::{admit, reach};
+use super::access::{admit, admitted, reach};
 use super::errors::{Problem, ProblemKind, invalid};
 use super::extractors::{ApiJson, ApiQuery, Caller, PageQuery, page_limit};
 use super::state::AppState;
@@ -77,6 +77,7 @@ fn check_envelope(
         clinic,
         team,
         devices,
+        ..
     } = send;
     let envelope = Envelope::parse(bytes, &state.envelope_limits).map_err(|e| {
         Problem::new(ProblemKind::EnvelopeMalformed)
@@ -167,6 +168,11 @@ async fn uploaded(state: &AppState, episode: EpisodeId, hashes: &[String]) -> Re
 /// `PUT /v1/episodes/{episode}/messages/{id}`: sends a sealed message under the client's
 /// id. The same id with the same request answers the original result; with a different
 /// request, 409. A 2xx means the message is committed.
+///
+/// The send is decided first on what the caller's last send in this episode was decided
+/// on, kept in memory (`storage::send_context`); its append commits only if none of that
+/// has changed since. Otherwise, and whenever that decision refuses, the send is decided
+/// again on rows read now, and only that decision refuses or records a refusal.
 #[utoipa::path(put, path = "/v1/episodes/{id}/messages/{message_id}", tag = "messages", params(("id" = Uuid, Path, description = "episode"), ("message_id" = Uuid, Path, description = "the sender's id for the message")), request_body = PutMessage, responses((status = 201, body = MessageReceipt, description = "committed"), (status = 200, body = MessageReceipt, description = "the same request again: the original result"), (status = 409, body = crate::http::errors::ProblemDocument, description = "id used for another message, or episode closed")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn put_message(
     State(state): State<AppState>,
@@ -175,92 +181,149 @@ pub async fn put_message(
     ApiPath((episode_id, message_id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMessage>,
 ) -> Result<Response, Problem> {
-    let send = state
+    let send = Send {
+        state: &state,
+        access: &access,
+        caller: &caller,
+        message_id,
+        body: &body,
+    };
+    let episode = EpisodeId(episode_id);
+    let owner = owner_of(&caller.principal);
+    if let Some(kept) = state.store.kept_send_context(episode, &owner)
+        && let Ok(Some(sent)) = send.decided_on(&kept, Facts::Kept).await
+    {
+        return Ok(sent);
+    }
+    let fresh = state
         .store
-        .episode_for_send(EpisodeId(episode_id), &owner_of(&caller.principal))
+        .send_context(episode, &owner)
         .await?
         .ok_or_else(|| Problem::new(ProblemKind::NotFound))?;
-    let record = admit(
-        &state,
-        &access,
-        &caller,
-        (&send.episode, &send.clinic, &send.team),
-        (Action::Create, "messages"),
-    )
-    .await?
-    .resource_id(message_id.to_string());
-    let episode = &send.episode;
-    if !body.kind.allowed_for(&caller.principal) {
-        tracing::info!(
-            kind = body.kind.as_str(),
-            principal = caller.principal.kind(),
-            "message kind refused"
-        );
-        return Err(Problem::new(ProblemKind::KindNotAllowed).with("kind", body.kind.as_str()));
+    send.decided_on(&fresh, Facts::Fresh)
+        .await?
+        .ok_or_else(|| Problem::new(ProblemKind::Internal))
+}
+
+/// A send's request, as [`put_message`] took it.
+struct Send<'a> {
+    state: &'a AppState,
+    access: &'a Access,
+    caller: &'a Authenticated,
+    message_id: Uuid,
+    body: &'a PutMessage,
+}
+
+/// What a send is decided on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Facts {
+    /// A copy kept from an earlier send: refusals are not final, and the append commits
+    /// only at the copy's version.
+    Kept,
+    /// Rows read for this send.
+    Fresh,
+}
+
+impl Send<'_> {
+    /// Decides the send on `context` and appends it. `None` when the append found that
+    /// a kept context has changed: nothing was committed.
+    async fn decided_on(
+        &self,
+        context: &EpisodeForSend,
+        facts: Facts,
+    ) -> Result<Option<Response>, Problem> {
+        let Self {
+            state,
+            access,
+            caller,
+            message_id,
+            body,
+        } = *self;
+        let people = (&context.episode, &context.clinic, context.team.as_slice());
+        let action = (Action::Create, "messages");
+        let record = match facts {
+            Facts::Kept => admitted(state, access, caller, people, action)
+                .ok_or_else(|| Problem::new(ProblemKind::Forbidden))?,
+            Facts::Fresh => admit(state, access, caller, people, action).await?,
+        }
+        .resource_id(message_id.to_string());
+        let episode = &context.episode;
+        if !body.kind.allowed_for(&caller.principal) {
+            if facts == Facts::Fresh {
+                tracing::info!(
+                    kind = body.kind.as_str(),
+                    principal = caller.principal.kind(),
+                    "message kind refused"
+                );
+            }
+            return Err(Problem::new(ProblemKind::KindNotAllowed).with("kind", body.kind.as_str()));
+        }
+        let envelope_bytes = body.checked()?;
+        let envelope = check_envelope(
+            state,
+            caller,
+            context,
+            message_id,
+            body.kind,
+            &envelope_bytes,
+        )?;
+        uploaded(state, episode.id, &body.attachments).await?;
+        let attachments = serde_json::to_string(&body.attachments)
+            .map_err(|_| Problem::new(ProblemKind::Internal))?;
+        let kids: Vec<&str> = envelope
+            .recipients()
+            .iter()
+            .map(|r| r.kid.as_str())
+            .collect();
+        let recipients =
+            serde_json::to_string(&kids).map_err(|_| Problem::new(ProblemKind::Internal))?;
+        let sender = sender_ref(&caller.principal);
+        let sender_device = envelope.binding().sender.clone();
+        let hash = request_hash(&[
+            body.kind.as_str().as_bytes(),
+            caller.principal.kind().as_bytes(),
+            sender.as_bytes(),
+            &envelope_bytes,
+            attachments.as_bytes(),
+        ]);
+        let message = NewMessage {
+            episode: episode.id,
+            id: message_id,
+            kind: body.kind.as_str(),
+            sender_kind: caller.principal.kind(),
+            sender_ref: &sender,
+            sender_device: &sender_device,
+            recipients: &recipients,
+            content_type: icbt_envelope::MEDIA_TYPE,
+            body: &envelope_bytes,
+            attachments: &attachments,
+            request_hash: &hash,
+            audience: Audience::All,
+            context_version: (facts == Facts::Kept).then_some(context.version),
+        };
+        let (status, position) = match state.store.append_message(&message, &record).await? {
+            Appended::Created(p) => {
+                state.push.wake();
+                (StatusCode::CREATED, p)
+            }
+            Appended::Replayed(p) => {
+                state
+                    .store
+                    .record_access(&[record.action(Action::Read)])
+                    .await?;
+                (StatusCode::OK, p)
+            }
+            Appended::Conflict => return Err(Problem::new(ProblemKind::MessageIdConflict)),
+            Appended::Stale => return Ok(None),
+        };
+        let receipt = MessageReceipt {
+            id: message_id,
+            episode: episode.id.0,
+            seq: position.seq,
+            created_at_ms: position.created_at_ms,
+        };
+        Ok(Some((status, Json(receipt)).into_response()))
     }
-    let envelope_bytes = body.checked()?;
-    let envelope = check_envelope(
-        &state,
-        &caller,
-        &send,
-        message_id,
-        body.kind,
-        &envelope_bytes,
-    )?;
-    uploaded(&state, episode.id, &body.attachments).await?;
-    let attachments = serde_json::to_string(&body.attachments)
-        .map_err(|_| Problem::new(ProblemKind::Internal))?;
-    let kids: Vec<&str> = envelope
-        .recipients()
-        .iter()
-        .map(|r| r.kid.as_str())
-        .collect();
-    let recipients =
-        serde_json::to_string(&kids).map_err(|_| Problem::new(ProblemKind::Internal))?;
-    let sender = sender_ref(&caller.principal);
-    let sender_device = envelope.binding().sender.clone();
-    let hash = request_hash(&[
-        body.kind.as_str().as_bytes(),
-        caller.principal.kind().as_bytes(),
-        sender.as_bytes(),
-        &envelope_bytes,
-        attachments.as_bytes(),
-    ]);
-    let message = NewMessage {
-        episode: episode.id,
-        id: message_id,
-        kind: body.kind.as_str(),
-        sender_kind: caller.principal.kind(),
-        sender_ref: &sender,
-        sender_device: &sender_device,
-        recipients: &recipients,
-        content_type: icbt_envelope::MEDIA_TYPE,
-        body: &envelope_bytes,
-        attachments: &attachments,
-        request_hash: &hash,
-        audience: Audience::All,
-    };
-    let (status, position) = match state.store.append_message(&message, &record).await? {
-        Appended::Created(p) => {
-            state.push.wake();
-            (StatusCode::CREATED, p)
-        }
-        Appended::Replayed(p) => {
-            state
-                .store
-                .record_access(&[record.action(Action::Read)])
-                .await?;
-            (StatusCode::OK, p)
-        }
-        Appended::Conflict => return Err(Problem::new(ProblemKind::MessageIdConflict)),
-    };
-    let receipt = MessageReceipt {
-        id: message_id,
-        episode: episode_id,
-        seq: position.seq,
-        created_at_ms: position.created_at_ms,
-    };
-    Ok((status, Json(receipt)).into_response())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

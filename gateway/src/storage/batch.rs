@@ -7,9 +7,10 @@
 //! one-message statement in its own task, with no hop through a writer.
 //!
 //! The batch statement is all or nothing, like the one-message statement. It appends
-//! only messages whose id is new and whose episode is open; anything else it leaves for
-//! the sender, who then runs the one-message statement, which knows how to answer a
-//! retry, a conflict or a closed episode. If the batch statement fails (a message id
+//! only messages whose id is new, whose episode is open and whose send context version
+//! (if they carry one, see [`super::send_context`]) is current; anything else it leaves
+//! for the sender, who then runs the one-message statement, which knows how to answer a
+//! retry, a conflict, a closed episode or a moved version. If the batch statement fails (a message id
 //! used twice in one batch or by a concurrent send, the database gone), every sender
 //! in it tries alone: nothing is acknowledged that was not committed.
 //!
@@ -30,15 +31,16 @@ use super::{Store, audit};
 use crate::domain::audit::Record;
 use crate::domain::episode::EpisodeId;
 
-/// Messages per batch statement: 32 parameters each, 2,048 in all.
+/// Messages per batch statement: 33 parameters each, 2,112 in all.
 pub(super) const MAX_BATCH: usize = 64;
 
 /// Writers taking batches from one queue at once: while one waits for its commit to
 /// reach the disk, the other can run its statement.
 pub(super) const WRITERS: usize = 2;
 
-/// Parameters per message in the batch statement: 15 of the message, 17 of its record.
-const PARAMS: usize = 32;
+/// Parameters per message in the batch statement: 15 of the message, 17 of its record,
+/// and the send context version it was decided at.
+const PARAMS: usize = 33;
 
 /// The queue of sends waiting for a writer; `None` on SQLite (one writer at a time
 /// anyway) and inside the writers themselves.
@@ -133,6 +135,7 @@ struct OwnedMessage {
     attachments: String,
     request_hash: String,
     audience: Audience,
+    context_version: Option<i64>,
     created_at_ms: i64,
 }
 
@@ -193,6 +196,7 @@ impl Appender {
                 attachments: message.attachments.to_owned(),
                 request_hash: message.request_hash.to_owned(),
                 audience: message.audience,
+                context_version: message.context_version,
                 created_at_ms: super::now_ms(),
             },
             audit: audit.clone(),
@@ -246,6 +250,7 @@ impl OwnedMessage {
             attachments: &self.attachments,
             request_hash: &self.request_hash,
             audience: self.audience,
+            context_version: self.context_version,
         }
     }
 }
@@ -256,7 +261,8 @@ const TYPES: [&str; PARAMS] = [
     "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "bytea", "text",
     "bigint", "text", "text", "integer", // the message
     "text", "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text",
-    "text", "text", "text", "text", "text", "text", // its access record
+    "text", "text", "text", "text", "text", "text",   // its access record
+    "bigint", // the send context version, or NULL
 ];
 
 /// The batch statement for `n` messages (2 ≤ n ≤ [`MAX_BATCH`]).
@@ -300,11 +306,12 @@ fn build_batch_sql(n: usize) -> String {
     format!(
         "WITH i (ord, ep, id, kind, sender_kind, sender_ref, sender_device, recipients, \
            content_type, body, request_hash, created_at_ms, attachments, audience, screened, \
-           {record_list}) AS (VALUES {values}), \
+           {record_list}, context_version) AS (VALUES {values}), \
          f AS (SELECT i.*, row_number() OVER (PARTITION BY i.ep ORDER BY i.ord) AS r \
            FROM i LEFT JOIN LATERAL (SELECT 1 AS taken FROM messages x \
              WHERE x.episode_id = i.ep AND x.id = i.id LIMIT 1) x ON true \
-           WHERE x.taken IS NULL), \
+           WHERE x.taken IS NULL AND (i.context_version IS NULL OR i.context_version = \
+             (SELECT version FROM send_context_version WHERE id = 1))), \
          c AS (SELECT ep, count(*) AS n FROM f GROUP BY ep), \
          l AS (SELECT e.id FROM (SELECT ep FROM c ORDER BY ep) c, \
            LATERAL (SELECT id FROM episodes WHERE id = c.ep \
@@ -365,7 +372,7 @@ impl Store {
                 .bind(m.attachments.as_str())
                 .bind(m.audience.as_str())
                 .bind(i32::from(!screen));
-            query = audit::bind_record(query, &pending.audit);
+            query = audit::bind_record(query, &pending.audit).bind(m.context_version);
         }
         let mut positions = vec![None; batch.len()];
         let rows = match query.fetch_all(&self.writers).await {
@@ -423,6 +430,6 @@ mod tests {
             assert!(!sql.contains(&format!("${}", highest + 1)), "n = {n}");
             assert!(sql.contains("$1::bigint") && sql.contains("$10::bytea"));
         }
-        assert_eq!(TYPES.len(), 15 + 17);
+        assert_eq!(TYPES.len(), 15 + 17 + 1);
     }
 }

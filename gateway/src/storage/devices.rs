@@ -7,21 +7,16 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use icbt_merkle::{Checkpoint, Hash, SignedCheckpoint, Signer};
 use sqlx::AnyConnection;
-use sqlx::FromRow as _;
-
-use std::sync::LazyLock;
 
 use super::rows::{self, CHECKPOINT_COLUMNS, CheckpointRow, LeafHashRow, TreeHeadRow};
 use super::{StorageError, Store};
 use crate::domain::audit::Record;
-use crate::domain::episode::CareTeamEntry;
-use crate::domain::episode::{Clinic, Episode, EpisodeId};
 use crate::domain::participants::Owner;
 
 /// The key log's name in its checkpoints.
 pub const KEY_LOG_ORIGIN: &str = "icbt-gateway/keys";
 
-const COLUMNS: &str = "device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, \
+pub(super) const COLUMNS: &str = "device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, \
     encryption_jwk, published_at_ms, expires_at_ms, revoked_at_ms, publish_index, revoke_index";
 
 /// A device as stored.
@@ -76,15 +71,6 @@ impl DeviceRecord {
 
 fn raw(json: &str) -> serde_json::Value {
     serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
-}
-
-/// What [`Store::episode_for_send`] reads.
-#[derive(Debug)]
-pub struct EpisodeForSend {
-    pub episode: Episode,
-    pub clinic: Clinic,
-    pub team: Vec<CareTeamEntry>,
-    pub devices: Vec<DeviceRecord>,
 }
 
 /// The outcome of a publish.
@@ -305,86 +291,6 @@ impl Store {
             .iter()
             .map(rows::read::<DeviceRecord>)
             .collect()
-    }
-
-    /// What a send is decided on, in one round trip: the episode with its clinic and
-    /// care team (as [`Store::episode_with_team`]), and every device of the patient, of
-    /// each care-team member (ended cover included), of the clinic's journal and of
-    /// `caller`, revoked and expired ones included, oldest first.
-    pub async fn episode_for_send(
-        &self,
-        id: EpisodeId,
-        caller: &Owner,
-    ) -> Result<Option<EpisodeForSend>, StorageError> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            let nulls = |list: &str| {
-                list.split(", ")
-                    .map(|column| {
-                        let (name, ty) = column.split_once(':').unwrap_or((column, "TEXT"));
-                        format!("CAST(NULL AS {ty}) AS {name}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let device_nulls = nulls(
-                "device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, encryption_jwk, \
-                 published_at_ms:BIGINT, expires_at_ms:BIGINT, revoked_at_ms:BIGINT, \
-                 publish_index:BIGINT, revoke_index:BIGINT",
-            );
-            let episode_nulls = nulls(
-                "id, clinic_id, patient_nin, programme, state, created_at_ms:BIGINT, \
-                 updated_at_ms:BIGINT, c_id, c_name, c_org_number, c_created_at_ms:BIGINT, \
-                 t_hpr_number, t_role, t_until_ms:BIGINT",
-            );
-            let devices = COLUMNS
-                .split(", ")
-                .map(|c| format!("d.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(
-                "WITH o (kind, ref) AS ( \
-                   SELECT 'patient', patient_nin FROM episodes WHERE id = $1 \
-                   UNION SELECT 'clinician', hpr_number FROM care_team WHERE episode_id = $1 \
-                   UNION SELECT 'journal', c.org_number FROM episodes e \
-                     JOIN clinics c ON c.id = e.clinic_id WHERE e.id = $1 \
-                   UNION SELECT $2, $3) \
-                 SELECT 0 AS part, {columns}, {device_nulls} \
-                   FROM {joins} WHERE e.id = $1 \
-                 UNION ALL SELECT 1, {episode_nulls}, {devices} \
-                   FROM devices d JOIN o ON d.owner_kind = o.kind AND d.owner_ref = o.ref \
-                 ORDER BY part, t_hpr_number, publish_index",
-                columns = super::EPISODE_WITH_TEAM_COLUMNS,
-                joins = super::EPISODE_WITH_TEAM_JOINS,
-            )
-        });
-        let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
-            .bind(id.to_string())
-            .bind(caller.kind)
-            .bind(caller.reference.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        let mut found: Option<EpisodeForSend> = None;
-        for r in &rows {
-            if rows::PartRow::from_row(r)?.part == 0 {
-                let mut row = rows::EpisodeWithTeamRow::from_row(r)?;
-                let member = row.member()?;
-                if found.is_none() {
-                    let (episode, clinic) = row.episode()?;
-                    found = Some(EpisodeForSend {
-                        episode,
-                        clinic,
-                        team: Vec::new(),
-                        devices: Vec::new(),
-                    });
-                }
-                if let Some(f) = found.as_mut() {
-                    f.team.extend(member);
-                }
-            } else if let Some(f) = found.as_mut() {
-                f.devices.push(rows::read::<DeviceRecord>(r)?);
-            }
-        }
-        Ok(found)
     }
 
     /// Re-signs the key log's head as a C2SP note if it is still in the legacy format and

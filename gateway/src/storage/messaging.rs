@@ -41,6 +41,10 @@ pub struct NewMessage<'a> {
     pub request_hash: &'a str,
     /// Who may list it: everyone in the episode, or the care team only.
     pub audience: Audience,
+    /// Set when the send was decided on a kept send context: its version. The append
+    /// then commits only if the version is still current, and answers
+    /// [`Appended::Stale`] otherwise (see [`super::send_context`]).
+    pub context_version: Option<i64>,
 }
 
 /// Who may list a message.
@@ -87,6 +91,9 @@ pub enum Appended {
     Replayed(MessagePosition),
     /// The id is taken by a different request.
     Conflict,
+    /// Nothing was committed: the send was decided on a kept send context whose version
+    /// has moved since. Decide again on a fresh one.
+    Stale,
 }
 
 /// A stored message, as history returns it.
@@ -431,6 +438,19 @@ impl Store {
             drop(tx);
             return self.retry_or_closed(message).await;
         };
+        if let Some(version) = message.context_version {
+            // The UPDATE above took SQLite's write lock: no change can commit between
+            // this read and the commit.
+            let now: i64 =
+                sqlx::query_scalar("SELECT version FROM send_context_version WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if now != version {
+                drop(tx);
+                self.send_contexts.moved_past(version);
+                return Ok(Appended::Stale);
+            }
+        }
         let existing = sqlx::query("SELECT 1 FROM messages WHERE episode_id = $1 AND id = $2")
             .bind(&episode)
             .bind(message.id.to_string())
@@ -503,6 +523,8 @@ impl Store {
             format!(
                 "WITH s AS (UPDATE episodes SET next_seq = next_seq + 1, {last_tx} \
                WHERE id = $1 AND state IN ('planned', 'active') \
+               AND ($32::bigint IS NULL OR $32::bigint = \
+                 (SELECT version FROM send_context_version WHERE id = 1)) \
                RETURNING next_seq - 1 AS seq, last_tx AS tx), \
              m AS (INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, \
                sender_device, recipients, content_type, body, request_hash, created_at_ms, \
@@ -539,6 +561,7 @@ impl Store {
             .bind(message.audience.as_str())
             .bind(i32::from(!screen));
         let appended = super::audit::bind_record(query, audit)
+            .bind(message.context_version)
             .fetch_optional(pool)
             .await;
         match appended {
@@ -560,7 +583,8 @@ impl Store {
     }
 
     /// Why nothing was appended: the message is already there (a retry, or its id was
-    /// used for another), else the episode is closed or gone.
+    /// used for another), else the episode is closed or gone, else (it is open) the send
+    /// context version it carried has moved.
     async fn retry_or_closed(&self, message: &NewMessage<'_>) -> Result<Appended, EpisodeRefusal> {
         if let Some(done) = self
             .existing_message(message.episode, message.id, message.request_hash)
@@ -573,6 +597,12 @@ impl Store {
             .await?
             .ok_or(EpisodeRefusal::NotFound)?
             .state;
+        if let (EpisodeState::Planned | EpisodeState::Active, Some(version)) =
+            (state, message.context_version)
+        {
+            self.send_contexts.moved_past(version);
+            return Ok(Appended::Stale);
+        }
         Err(EpisodeRefusal::Closed(state.as_str()))
     }
 

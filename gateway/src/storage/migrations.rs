@@ -74,6 +74,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0018_audit_leaves.sql"),
         include_str!("../../migrations/postgres/0018_audit_leaves.sql"),
     ),
+    (
+        19,
+        "send context version",
+        include_str!("../../migrations/sqlite/0019_send_context_version.sql"),
+        include_str!("../../migrations/postgres/0019_send_context_version.sql"),
+    ),
 ];
 
 const REVIEW: &str = include_str!("../../migrations/0016_review.sql");

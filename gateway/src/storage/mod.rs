@@ -16,6 +16,7 @@ mod receipts;
 mod replay;
 mod review;
 mod rows;
+mod send_context;
 mod sessions;
 pub mod stream;
 
@@ -26,13 +27,14 @@ pub use crate::domain::participants::Owner;
 
 pub use attachments::NewAttachment;
 pub use audit::{AuditFilter, AuditSnapshot, CursorCheck};
-pub use devices::{DeviceRecord, EpisodeForSend, KEY_LOG_ORIGIN, Published};
+pub use devices::{DeviceRecord, KEY_LOG_ORIGIN, Published};
 pub use messaging::{
     Appended, Audience, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage, StoredMessage,
 };
 pub use outbox::{Claim, Finish, OutboxCounts, OutboxKind, OutboxRow};
 pub use receipts::ReceiptMarks;
 pub use review::{TeamPeriod, WindowRecords};
+pub use send_context::EpisodeForSend;
 pub use sessions::{LoginAttempt, SessionRecord};
 
 use std::path::Path;
@@ -136,6 +138,8 @@ pub struct Store {
     appender: batch::Appender,
     /// PostgreSQL: the writers that record queued DPoP proof ids together.
     replay_queue: replay::ReplayQueue,
+    /// What sends were decided on, kept between sends (see [`send_context`]).
+    send_contexts: send_context::SendContexts,
 }
 
 /// How long a pooled connection may sit idle before it is checked with a ping when taken
@@ -316,6 +320,7 @@ impl Store {
             announcer,
             appender: batch::Appender::default(),
             replay_queue: replay::ReplayQueue::default(),
+            send_contexts: send_context::SendContexts::default(),
         };
         migrations::migrator(backend, version)
             .run(&store.pool)

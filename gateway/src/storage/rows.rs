@@ -657,6 +657,8 @@ pub(super) fn read<T: FromDb>(row: &AnyRow) -> Result<T, StorageError> {
 #[derive(Debug, FromRow)]
 pub(super) struct PartRow {
     pub(super) part: i32,
+    /// `send_context_version`, on the rows of part 0.
+    pub(super) context_version: Option<i64>,
 }
 
 /// One message of a batch append: its place in the batch and what was appended.
