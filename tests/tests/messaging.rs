@@ -123,6 +123,19 @@ impl World {
         response.json().await.unwrap()
     }
 
+    /// A new feedback message with `text`, sealed and sent by the therapist into
+    /// `episode`.
+    async fn feedback(&self, episode: Uuid, text: &str) -> reqwest::Response {
+        let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
+        self.call(
+            &self.therapist,
+            Method::PUT,
+            &path,
+            Some(&message("feedback", text)),
+        )
+        .await
+    }
+
     /// An active episode of the patient with the therapist on its care team.
     async fn episode(&self) -> Uuid {
         let id = Uuid::new_v4();
@@ -1044,21 +1057,8 @@ async fn sends_go_through_after_the_database_drops_idle_connections() {
     }
     let w = world(Backend::Postgres).await;
     let episode = w.episode().await;
-    let send = |text: &'static str| {
-        let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
-        let w = &w;
-        async move {
-            w.call(
-                &w.therapist,
-                Method::PUT,
-                &path,
-                Some(&message("feedback", text)),
-            )
-            .await
-            .status()
-        }
-    };
-    assert_eq!(send("before").await, 201);
+    let send = |text: &'static str| w.feedback(episode, text);
+    assert_eq!(send("before").await.status(), 201);
     let mut db = icbt_e2e::connect_database(w.gw.data_dir.path(), w.gw.database()).await;
     let cut = sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -1070,7 +1070,7 @@ async fn sends_go_through_after_the_database_drops_idle_connections() {
     assert!(!cut.is_empty(), "the gateway had connections to cut");
     // Longer than a pooled connection may idle before it is checked when taken.
     tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
-    assert_eq!(send("after").await, 201);
+    assert_eq!(send("after").await.status(), 201);
     let history = w.history(&w.therapist, episode, "").await;
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
 }
@@ -1084,19 +1084,7 @@ async fn a_changed_care_team_or_device_applies_to_the_very_next_send() {
     for backend in backends() {
         let w = world(backend).await;
         let episode = w.episode().await;
-        let send = || {
-            let path = format!("/v1/episodes/{episode}/messages/{}", Uuid::new_v4());
-            let w = &w;
-            async move {
-                w.call(
-                    &w.therapist,
-                    Method::PUT,
-                    &path,
-                    Some(&message("feedback", "week 3")),
-                )
-                .await
-            }
-        };
+        let send = || w.feedback(episode, "week 3");
         let team = |hpr: &str| json!({ "members": [{ "hpr_number": hpr, "role": "therapist" }] });
         let set_team = |hpr: &'static str| {
             let w = &w;

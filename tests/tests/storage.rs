@@ -372,11 +372,7 @@ async fn concurrent_appends_each_get_their_own_outcome() {
     use icbt_gateway::storage::{Appended, EpisodeRefusal};
     use sqlx::Row;
     for backend in backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let (config, db) = storage_for(backend, dir.path()).await;
-        let store = Store::open(&config).await.unwrap();
-        let org = OrgNumber::parse("974760673").unwrap();
-        let clinic = store.insert_clinic("Klinikk", &org).await.unwrap();
+        let (dir, db, store, clinic) = store_with_clinic(backend).await;
         let mut open = Vec::new();
         for n in 0..3 {
             open.push(
@@ -480,11 +476,7 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
     use icbt_gateway::audit::{Access, Action};
     use icbt_gateway::storage::{Appended, CareTeamEntry, Owner};
     for backend in backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let (config, db) = storage_for(backend, dir.path()).await;
-        let store = Store::open(&config).await.unwrap();
-        let org = OrgNumber::parse("974760673").unwrap();
-        let clinic = store.insert_clinic("Klinikk", &org).await.unwrap();
+        let (dir, db, store, clinic) = store_with_clinic(backend).await;
         let episode = store
             .insert_episode(clinic.id, &patient(1), "p")
             .await
@@ -519,12 +511,15 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
                 .len()
         };
 
+        let read_now = || async {
+            store
+                .send_context(episode.id, &therapist)
+                .await
+                .unwrap()
+                .unwrap()
+        };
         assert!(store.kept_send_context(episode.id, &therapist).is_none());
-        let read = store
-            .send_context(episode.id, &therapist)
-            .await
-            .unwrap()
-            .unwrap();
+        let read = read_now().await;
         let kept = store.kept_send_context(episode.id, &therapist).unwrap();
         assert!(std::sync::Arc::ptr_eq(&read, &kept), "{backend:?}");
         let at = Some(kept.version);
@@ -554,11 +549,7 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
         );
         assert!(store.kept_send_context(episode.id, &therapist).is_none());
 
-        let read = store
-            .send_context(episode.id, &therapist)
-            .await
-            .unwrap()
-            .unwrap();
+        let read = read_now().await;
         assert!(read.version > kept.version, "{backend:?}");
         assert_eq!(read.team.len(), 1);
         assert_eq!(read.team[0].hpr_number.as_str(), "100000001");
@@ -578,11 +569,7 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
         .execute(&mut conn)
         .await
         .unwrap();
-        let read = store
-            .send_context(episode.id, &therapist)
-            .await
-            .unwrap()
-            .unwrap();
+        let read = read_now().await;
         assert_eq!(read.devices.len(), 1, "{backend:?}");
         sqlx::query("UPDATE devices SET revoked_at_ms = 0 WHERE device_id = 'd'")
             .execute(&mut conn)
@@ -599,6 +586,24 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
         assert_eq!(stored().await, 10, "{backend:?}");
         store.close().await;
     }
+}
+
+/// A store of its own on `backend` with one clinic; the directory and database live as
+/// long as the caller keeps them.
+async fn store_with_clinic(
+    backend: Backend,
+) -> (
+    tempfile::TempDir,
+    Option<icbt_e2e::TestDatabase>,
+    Store,
+    icbt_gateway::domain::episode::Clinic,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db) = storage_for(backend, dir.path()).await;
+    let store = Store::open(&config).await.unwrap();
+    let org = OrgNumber::parse("974760673").unwrap();
+    let clinic = store.insert_clinic("Klinikk", &org).await.unwrap();
+    (dir, db, store, clinic)
 }
 
 type Send = (
