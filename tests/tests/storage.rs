@@ -564,7 +564,7 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
         sqlx::query(
             "INSERT INTO devices (device_id, owner_kind, owner_ref, signing_jwk, encryption_kid, \
              encryption_jwk, published_at_ms, expires_at_ms, publish_index) \
-             VALUES ('d', 'clinician', '100000001', '{}', 'k', '{}', 0, 1, 0)",
+             VALUES ('d', 'clinician', '100000001', '{}', 'k', '{}', 0, 9999999999999, 0)",
         )
         .execute(&mut conn)
         .await
@@ -577,6 +577,10 @@ async fn a_send_decided_on_a_kept_context_commits_only_while_nothing_it_read_has
             .unwrap();
         let outcomes = append_all_at_once(&store, &messages(1), Some(read.version)).await;
         assert!(matches!(outcomes[0], Ok(Appended::Stale)), "{backend:?}");
+        assert!(
+            read_now().await.devices.is_empty(),
+            "{backend:?}: revoked, left out"
+        );
         // Decided on fresh rows (no version), a send is appended as before.
         let outcomes = append_all_at_once(&store, &messages(1), None).await;
         assert!(

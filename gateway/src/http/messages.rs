@@ -63,7 +63,8 @@ impl PutMessage {
 
 /// The envelope policy (`icbt_envelope::policy`) with what storage knows: the caller's
 /// active devices, the participants' and the clinic's journal keys, from `devices` (at
-/// least every device of those owners). Returns the parsed envelope.
+/// least every device of those owners that was active when read). Returns the parsed
+/// envelope.
 fn check_envelope(
     state: &AppState,
     caller: &Authenticated,

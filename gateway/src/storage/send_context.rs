@@ -108,9 +108,10 @@ impl Store {
 
     /// What a send is decided on, read now in one round trip, and kept for the next
     /// send: the episode with its clinic and care team (as [`Store::episode_with_team`]),
-    /// and every device of the patient, of each care-team member (ended cover included),
-    /// of the clinic's journal and of `caller`, revoked and expired ones included,
-    /// oldest first.
+    /// and the devices of the patient, of each care-team member (ended cover included),
+    /// of the clinic's journal and of `caller` that are active now, oldest first. A
+    /// device revoked or expired stays so, so those are left out: what is kept is
+    /// bounded by the active devices an owner may have, however many they revoked.
     pub async fn send_context(
         &self,
         id: EpisodeId,
@@ -153,6 +154,7 @@ impl Store {
                    FROM {joins} CROSS JOIN send_context_version v WHERE e.id = $1 \
                  UNION ALL SELECT 1, CAST(NULL AS BIGINT), {episode_nulls}, {devices} \
                    FROM devices d JOIN o ON d.owner_kind = o.kind AND d.owner_ref = o.ref \
+                   WHERE d.revoked_at_ms IS NULL AND d.expires_at_ms > $4 \
                  ORDER BY part, t_hpr_number, publish_index",
                 columns = super::EPISODE_WITH_TEAM_COLUMNS,
                 joins = super::EPISODE_WITH_TEAM_JOINS,
@@ -162,6 +164,7 @@ impl Store {
             .bind(id.to_string())
             .bind(caller.kind)
             .bind(caller.reference.as_str())
+            .bind(super::now_ms())
             .fetch_all(&self.pool)
             .await?;
         let mut found: Option<EpisodeForSend> = None;
