@@ -6,11 +6,26 @@ use icbt_auth::principal::Principal;
 use super::episode::{CareTeamEntry, OrgNumber};
 
 /// Who a device belongs to: `patient`/national id, `clinician`/HPR number,
-/// `system`/client id, or `journal`/organisation number.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `system`/client id, or `journal`/organisation number. `Debug` never shows a
+/// patient's national id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
     pub kind: &'static str,
     pub reference: String,
+}
+
+// By hand: a patient's reference is a national id, which no log may hold.
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut owner = f.debug_struct("Owner");
+        owner.field("kind", &self.kind);
+        if self.kind == "patient" {
+            owner.field("reference", &format_args!("[redacted]"));
+        } else {
+            owner.field("reference", &self.reference);
+        }
+        owner.finish()
+    }
 }
 
 impl Owner {
@@ -84,5 +99,28 @@ pub fn sender_ref(principal: &Principal) -> String {
         Principal::Patient(_) => "patient".to_owned(),
         Principal::Clinician(c) => c.hpr_number.to_string(),
         Principal::System(s) => s.client_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patient_owner_never_shows_the_national_id() {
+        let patient = Owner {
+            kind: "patient",
+            reference: "01018512447".into(),
+        };
+        let shown = format!("{patient:?}");
+        assert!(
+            !shown.contains("01018512447") && shown.contains("patient"),
+            "{shown}"
+        );
+        let clinician = Owner {
+            kind: "clinician",
+            reference: "565501872".into(),
+        };
+        assert!(format!("{clinician:?}").contains("565501872"));
     }
 }
