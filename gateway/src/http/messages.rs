@@ -182,7 +182,7 @@ pub async fn put_message(
     ApiPath((episode_id, message_id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMessage>,
 ) -> Result<Response, Problem> {
-    let send = Send {
+    let send = SendRequest {
         state: &state,
         access: &access,
         caller: &caller,
@@ -207,7 +207,7 @@ pub async fn put_message(
 }
 
 /// A send's request, as [`put_message`] took it.
-struct Send<'a> {
+struct SendRequest<'a> {
     state: &'a AppState,
     access: &'a Access,
     caller: &'a Authenticated,
@@ -225,7 +225,7 @@ enum Facts {
     Fresh,
 }
 
-impl Send<'_> {
+impl SendRequest<'_> {
     /// Decides the send on `context` and appends it. `None` when the append found that
     /// a kept context has changed: nothing was committed.
     async fn decided_on(
