@@ -10,9 +10,9 @@
 //! only messages whose id is new, whose episode is open and whose send context version
 //! (if they carry one, see [`super::send_context`]) is current; anything else it leaves
 //! for the sender, who then runs the one-message statement, which knows how to answer a
-//! retry, a conflict, a closed episode or a moved version. If the batch statement fails (a message id
-//! used twice in one batch or by a concurrent send, the database gone), every sender
-//! in it tries alone: nothing is acknowledged that was not committed.
+//! retry, a conflict, a closed episode or a moved version. If the batch statement fails
+//! (a message id used twice in one batch or by a concurrent send, the database gone),
+//! every sender in it tries alone: nothing is acknowledged that was not committed.
 //!
 //! Sequence numbers stay gap-free and in arrival order per episode: a batch locks its
 //! episodes in id order (so two writers, or two gateway instances, cannot deadlock),
@@ -27,6 +27,7 @@ use sqlx::FromRow as _;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::messaging::{Appended, Audience, EpisodeRefusal, MessagePosition, NewMessage};
+use super::send_context::CURRENT_VERSION;
 use super::{Store, audit};
 use crate::domain::audit::Record;
 use crate::domain::episode::EpisodeId;
@@ -310,8 +311,8 @@ fn build_batch_sql(n: usize) -> String {
          f AS (SELECT i.*, row_number() OVER (PARTITION BY i.ep ORDER BY i.ord) AS r \
            FROM i LEFT JOIN LATERAL (SELECT 1 AS taken FROM messages x \
              WHERE x.episode_id = i.ep AND x.id = i.id LIMIT 1) x ON true \
-           WHERE x.taken IS NULL AND (i.context_version IS NULL OR i.context_version = \
-             (SELECT version FROM send_context_version WHERE id = 1))), \
+           WHERE x.taken IS NULL \
+             AND (i.context_version IS NULL OR i.context_version = {CURRENT_VERSION})), \
          c AS (SELECT ep, count(*) AS n FROM f GROUP BY ep), \
          l AS (SELECT e.id FROM (SELECT ep FROM c ORDER BY ep) c, \
            LATERAL (SELECT id FROM episodes WHERE id = c.ep \

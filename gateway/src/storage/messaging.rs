@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use sqlx::FromRow as _;
 
 use super::outbox::OutboxKind;
+use super::send_context::CURRENT_VERSION;
 use super::{StorageError, Store, now_ms};
 use crate::domain::audit::Record;
 use crate::domain::episode::{
@@ -414,6 +415,15 @@ impl Store {
         message: &NewMessage<'_>,
         audit: &Record,
     ) -> Result<Appended, EpisodeRefusal> {
+        // SQLite's sequence bump. It takes the write lock, so no change to the send
+        // context can commit between its version check and this transaction's commit.
+        static BUMP: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE episodes SET next_seq = next_seq + 1 \
+                 WHERE id = $1 AND state IN ('planned', 'active') \
+                 AND ($2 IS NULL OR $2 = {CURRENT_VERSION}) RETURNING next_seq - 1 AS seq"
+            )
+        });
         if self.backend == super::Backend::Postgres {
             let entered = self.appender.enter();
             if !entered.alone()
@@ -427,30 +437,15 @@ impl Store {
         }
         let episode = message.episode.to_string();
         let mut tx = self.pool.begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE episodes SET next_seq = next_seq + 1 WHERE id = $1 AND state IN ('planned', 'active') \
-             RETURNING next_seq - 1 AS seq",
-        )
-        .bind(&episode)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let seq: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(BUMP.as_str()))
+            .bind(&episode)
+            .bind(message.context_version)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(seq) = seq else {
             drop(tx);
             return self.retry_or_closed(message).await;
         };
-        if let Some(version) = message.context_version {
-            // The UPDATE above took SQLite's write lock: no change can commit between
-            // this read and the commit.
-            let now: i64 =
-                sqlx::query_scalar("SELECT version FROM send_context_version WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if now != version {
-                drop(tx);
-                self.send_contexts.moved_past(version);
-                return Ok(Appended::Stale);
-            }
-        }
         let existing = sqlx::query("SELECT 1 FROM messages WHERE episode_id = $1 AND id = $2")
             .bind(&episode)
             .bind(message.id.to_string())
@@ -523,8 +518,7 @@ impl Store {
             format!(
                 "WITH s AS (UPDATE episodes SET next_seq = next_seq + 1, {last_tx} \
                WHERE id = $1 AND state IN ('planned', 'active') \
-               AND ($32::bigint IS NULL OR $32::bigint = \
-                 (SELECT version FROM send_context_version WHERE id = 1)) \
+               AND ($32::bigint IS NULL OR $32::bigint = {CURRENT_VERSION}) \
                RETURNING next_seq - 1 AS seq, last_tx AS tx), \
              m AS (INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, \
                sender_device, recipients, content_type, body, request_hash, created_at_ms, \

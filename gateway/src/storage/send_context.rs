@@ -26,6 +26,11 @@ use super::{StorageError, Store};
 use crate::domain::episode::{CareTeamEntry, Clinic, Episode, EpisodeId};
 use crate::domain::participants::Owner;
 
+/// The current version, as a subquery: every append of a send decided on a kept copy
+/// compares the copy's version with it in the statement that bumps the episode's
+/// sequence, so a moved version bumps nothing and appends nothing.
+pub(super) const CURRENT_VERSION: &str = "(SELECT version FROM send_context_version WHERE id = 1)";
+
 /// Copies kept at most. One is a few KiB (mostly public keys), so this bounds the
 /// memory at about 10 MiB; past it, an arbitrary copy makes room.
 const KEPT: usize = 4096;
