@@ -473,7 +473,12 @@ export class Client {
             failures = 0;
             tell('connected');
           };
-          for await (const event of this.sse(after, options.device, signal, connected)) {
+          // The stream's first event names where it began: a reconnect before any
+          // message resumes there, not at a later present.
+          const began = (id: string) => {
+            after = id;
+          };
+          for await (const event of this.sse(after, options.device, signal, connected, began)) {
             delivered = true;
             if (event.id !== undefined) after = event.id;
             yield event;
@@ -508,6 +513,7 @@ export class Client {
     device: string | undefined,
     signal: AbortSignal | undefined,
     connected: () => void,
+    positioned: (id: string) => void,
   ): AsyncGenerator<StreamEvent> {
     const headers: Record<string, string> = { accept: 'text/event-stream' };
     if (after !== undefined) headers['last-event-id'] = after;
@@ -528,6 +534,9 @@ export class Client {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + (buffer.startsWith('\r\n', newline) ? 2 : 1));
           if (line === '') {
+            // An event with an id and no data moves the position only (as EventSource
+            // keeps its last event id).
+            if (event.data.length === 0 && event.id !== undefined) positioned(event.id);
             if (event.data.length > 0) {
               const data = event.data.join('\n');
               if (event.type === 'message') {

@@ -926,6 +926,8 @@ pub async fn expect_problem(
 pub struct EventStream {
     response: reqwest::Response,
     buffer: String,
+    /// The `id` of the last event read, with data or without (as `EventSource` keeps it).
+    last_id: Option<String>,
 }
 
 /// One event: its `id` (empty when it has none), its type and `data` (parsed as JSON).
@@ -951,7 +953,13 @@ impl EventStream {
         Self {
             response,
             buffer: String::new(),
+            last_id: None,
         }
+    }
+
+    /// Where to resume: the `id` of the last event read, the opening one included.
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
     }
 
     /// The next message, skipping heartbeats and an `end` event; `None` after `wait`
@@ -981,6 +989,7 @@ impl EventStream {
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
                         v.trim().clone_into(&mut id);
+                        self.last_id = Some(id.clone());
                     } else if let Some(v) = line.strip_prefix("event:") {
                         v.trim().clone_into(&mut kind);
                     } else if let Some(v) = line.strip_prefix("data:") {

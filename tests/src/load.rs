@@ -739,8 +739,13 @@ async fn follow(
                     .and_then(|i| Uuid::parse_str(i).ok())
             {
                 seen.lock().unwrap().push(id);
-                after = Some(event.id.clone());
             }
+        }
+        // Resume after the last event read: a message's, or the stream's opening
+        // position when none came, so a stream that reconnects before its first message
+        // misses nothing sent meanwhile.
+        if let Some(id) = stream.last_id() {
+            after = Some(id.to_owned());
         }
     }
 }

@@ -275,6 +275,53 @@ async fn a_stream_over_http2_delivers_and_resumes_too() {
     assert_eq!(text(&sealer, &reader, &missed.data), "missed");
 }
 
+/// A stream opened at the present says first where that is (an event with an `id` and no
+/// data), so a client whose connection drops before its first message resumes there and
+/// gets what was sent meanwhile, on HTTP/1.1 (the lean path) and HTTP/2 (hyper's).
+#[tokio::test]
+async fn a_stream_dropped_before_its_first_message_resumes_where_it_began() {
+    for backend in backends() {
+        let gw = gateway(backend).await;
+        let Cast {
+            patient,
+            therapist,
+            episode,
+            sealer,
+            reader,
+        } = cast(&gw).await;
+        for alpn in [&b"http/1.1"[..], b"h2"] {
+            let mut stream = open_stream_over(&gw, alpn, &therapist, None).await;
+            assert!(stream.next(Duration::from_millis(500)).await.is_none());
+            let began = stream
+                .last_id()
+                .expect("the stream's first event names where it began")
+                .to_owned();
+            drop(stream);
+
+            send(&gw, &sealer, &patient, episode, "while away").await;
+            let mut resumed = open_stream_over(&gw, alpn, &therapist, Some(&began)).await;
+            let missed = resumed
+                .next(Duration::from_secs(10))
+                .await
+                .expect("resumed where the stream began");
+            assert_eq!(
+                text(&sealer, &reader, &missed.data),
+                "while away",
+                "{backend:?}"
+            );
+            let position = |p: &str| -> (i64, i64) {
+                let (tx, pos) = p.split_once('.').unwrap();
+                (tx.parse().unwrap(), pos.parse().unwrap())
+            };
+            assert!(
+                position(&missed.id) > position(&began),
+                "{backend:?}: {} after {began}",
+                missed.id
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn on_sigterm_an_open_stream_ends_cleanly_and_the_gateway_exits_at_once() {
     // HTTP/1.1 streams take the lean path; HTTP/2 ones are hyper's.

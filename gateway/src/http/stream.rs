@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use icbt_auth::principal::{Authenticated, Principal};
 use serde::{Deserialize, Serialize};
 
@@ -102,12 +102,14 @@ fn slot(state: &AppState, caller: &Authenticated) -> Result<Slot, Problem> {
 /// `GET /v1/stream`: Server-Sent Events of every new message the caller may see. Each
 /// event's `id` is a position; reconnecting with `Last-Event-ID` (or `?after=`) replays
 /// exactly what came after it. Without either, the stream starts at the present. The
-/// stream ends with an `end` event when the authorization it rests on ends
-/// ([`crate::push::authz`]).
+/// first event is that starting position as an `id` alone, with no data: a client that
+/// loses the connection before its first message resumes where it connected, not at a
+/// later present (`EventSource` keeps the id by itself). The stream ends with an `end`
+/// event when the authorization it rests on ends ([`crate::push::authz`]).
 ///
 /// Order: each episode's messages arrive in sequence order (`seq`), on every instance,
 /// and positions only grow; messages of different episodes arrive in commit order.
-#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "events `message`, each with a position as `id`; when the gateway ends the stream (the authorization ended, or shutdown) a last event `end` with data `{\"reason\": …}`"), (status = 422, body = crate::http::errors::ProblemDocument, description = "`device` is not an active device of the caller's"), (status = 429, body = crate::http::errors::ProblemDocument, description = "the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/v1/stream", tag = "messages", params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")), responses((status = 200, content_type = "text/event-stream", description = "first an event with only an `id`, the position the stream starts after (resume there if the connection drops before a message); then events `message`, each with a position as `id`; when the gateway ends the stream (the authorization ended, or shutdown) a last event `end` with data `{\"reason\": …}`"), (status = 422, body = crate::http::errors::ProblemDocument, description = "`device` is not an active device of the caller's"), (status = 429, body = crate::http::errors::ProblemDocument, description = "the principal holds `server.streams_per_principal` streams and long polls already")), security(("bearer" = []), ("dpop" = []), ("session" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
     access: Access,
@@ -126,6 +128,7 @@ pub async fn stream(
         Some(value) => parse_position(&value)?,
         None => state.store.stream_head().await?,
     };
+    let opening = Event::default().id(position.to_string());
     let slot = slot(&state, &caller)?;
     let watch = watch(&state, &caller, session.map(|s| s.0), query.device).await?;
     let closing = state.push.closing.subscribe();
@@ -171,6 +174,7 @@ pub async fn stream(
         tracing::info!(reason = ?reason, "event stream ended by the gateway");
         Some((Ok(end_event(reason)), None))
     });
+    let events = futures_util::stream::once(async move { Ok(opening) }).chain(events);
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
