@@ -916,3 +916,73 @@ async fn a_record_committed_late_by_an_older_transaction_still_joins_the_tree() 
         "the older transaction's record comes first"
     );
 }
+
+/// A sequencer batch that waits for another instance's batch holds nothing back: it has
+/// no transaction id while it waits, so records (and messages) committed meanwhile are
+/// below the horizon that streams and the sequencer read at (PostgreSQL). Writers of the
+/// tree are still ordered: the batch waits for the lock, then sequences what was
+/// committed meanwhile.
+#[tokio::test]
+async fn a_sequencer_batch_waiting_for_the_head_holds_back_no_new_record() {
+    use icbt_gateway::audit::sequencer::AuditLog;
+    use icbt_gateway::audit::verify::walk;
+    use icbt_gateway::audit::{Access, Action};
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db) = storage_for(Backend::Postgres, dir.path()).await;
+    let store = Store::open(&config).await.unwrap();
+    let log = std::sync::Arc::new(
+        AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap(),
+    );
+    let record = || Access::default().anonymous(Action::Read, "messages");
+
+    // Another instance's batch holds the head.
+    let mut other = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+        .bind(icbt_gateway::storage::AUDIT_HEAD_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let waiting = {
+        let (store, log) = (store.clone(), log.clone());
+        tokio::spawn(async move { store.sequence_audit(&log.signer, 100).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the batch waits for the head");
+
+    let first = record();
+    store
+        .record_access(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let mut reader = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    let (below,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM audit_records \
+         WHERE id = $1 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+    )
+    .bind(first.id.to_string())
+    .fetch_one(&mut reader)
+    .await
+    .unwrap();
+    assert_eq!(
+        below, 1,
+        "a record committed while the batch waits is not held back"
+    );
+
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    assert_eq!(
+        waiting.await.unwrap().unwrap(),
+        1,
+        "then it sequences that record"
+    );
+    store.record_access(&[record()]).await.unwrap();
+    assert_eq!(log.sequence_all(&store).await.unwrap(), 1);
+    let (report, pending) = walk(&store, &log, Vec::new(), icbt_gateway::domain::now_ms())
+        .await
+        .unwrap();
+    assert_eq!((report.problem, pending), (None, 0));
+    assert_eq!(store.audit_index_of(first.id).await.unwrap(), Some(0));
+}

@@ -148,6 +148,50 @@ fn waiting_condition(backend: super::Backend) -> &'static str {
     }
 }
 
+/// Takes the tree's head for a change and reads it: the lock that orders every writer
+/// of the tree (sequencer batches, the legacy seal) on every instance, held until the
+/// transaction ends.
+///
+/// On PostgreSQL that is an advisory lock, not the head row's. Locking a row gives the
+/// transaction its id at once, and while a transaction with an id runs, every message and
+/// access record committed after that id waits below the horizon where streams and the
+/// sequencer read (see `storage::stream`). Under the advisory lock a batch reads, hashes
+/// and signs without an id; it takes one with its first write, shortly before it commits.
+/// The head is read after the lock is granted, so it shows the previous holder's commit.
+/// On SQLite, writing the row takes the database's one write lock, as before.
+/// `columns` are the head's columns to read (the legacy seal runs before the cursor's
+/// columns exist).
+async fn lock_head(
+    tx: &mut AnyConnection,
+    backend: super::Backend,
+    columns: &str,
+) -> Result<sqlx::any::AnyRow, sqlx::Error> {
+    const HEAD: &str = "FROM audit_head WHERE id = 1";
+    match backend {
+        super::Backend::Postgres => {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+                .bind(AUDIT_HEAD_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {columns} {HEAD}")))
+                .fetch_one(&mut *tx)
+                .await
+        }
+        super::Backend::Sqlite => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE audit_head SET size = size WHERE id = 1 RETURNING {columns}"
+            )))
+            .fetch_one(&mut *tx)
+            .await
+        }
+    }
+}
+
+/// The advisory lock that orders the writers of the access log's tree (PostgreSQL): the
+/// bytes of `icbtaudh`. In `pg_locks` it shows as an advisory lock with `classid`
+/// 1768120948 and `objid` 1635083368.
+pub const AUDIT_HEAD_LOCK: i64 = 0x6963_6274_6175_6468;
+
 /// `AND` the records of an auditor's scope: about an episode of one of `organisations`
 /// (clinics), or without an episode, by someone acting for one of them.
 fn scope_condition(sql: &mut String, binds: &mut Vec<Bind>, organisations: &[String]) {
@@ -205,7 +249,7 @@ impl Store {
 
     /// Adds up to `batch` waiting records to the tree and signs a checkpoint over the new
     /// size, in one transaction. Returns how many were added. Safe to run on several
-    /// instances at once: the head row's lock orders them.
+    /// instances at once: the head's lock orders them (`lock_head`).
     ///
     /// Waiting records are those after the cursor in position order. On PostgreSQL only
     /// those below the oldest running transaction are taken: a transaction that began
@@ -213,11 +257,11 @@ impl Store {
     /// behind the cursor. Until it ends, the records after it wait.
     pub async fn sequence_audit(&self, signer: &Signer, batch: i64) -> Result<u64, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let locked = sqlx::query(
-            "UPDATE audit_head SET size = size WHERE id = 1 \
-             RETURNING size, peaks, sequenced_tx, sequenced_pos",
+        let locked = lock_head(
+            &mut tx,
+            self.backend,
+            "size, peaks, sequenced_tx, sequenced_pos",
         )
-        .fetch_one(&mut *tx)
         .await?;
         let head = TreeHeadRow::from_row(&locked)?;
         let cursor: (i64, i64) = (
@@ -275,7 +319,6 @@ impl Store {
                 record,
             });
         }
-        insert_leaves(&mut tx, &leaves).await?;
         let head_checkpoint = signer.sign(
             Checkpoint {
                 origin: ORIGIN.to_owned(),
@@ -284,6 +327,9 @@ impl Store {
             },
             now_ms(),
         )?;
+        // The batch's first write: from here to its commit it holds back what readers
+        // below the horizon see (see `lock_head`).
+        insert_leaves(&mut tx, &leaves).await?;
         sqlx::query(
             "INSERT INTO audit_checkpoints (size, root, timestamp_ms, key_id, signature, format) \
              VALUES ($1, $2, $3, $4, $5, 'note')",
@@ -455,20 +501,17 @@ impl Store {
     /// Seals the records hashed in leaf format 1, once: signs a tree over what pruning
     /// keeps of each (position, id, time, action, leaf hash), so that verify can still
     /// tell their time and action after their content is pruned. Every record sequenced
-    /// before the first start of leaf format 2 is in format 1; the head row's lock keeps
+    /// before the first start of leaf format 2 is in format 1; the head's lock keeps
     /// the sequencer out meanwhile. Returns the number of records sealed, or `None` when
     /// the seal exists.
     pub async fn seal_legacy_leaves(&self, signer: &Signer) -> Result<Option<u64>, StorageError> {
         const PAGE: i64 = 10_000;
-        // Every start after the first: the seal is there, and the head row is left alone.
+        // Every start after the first: the seal is there, and the head's lock is not taken.
         if legacy_seal(&self.pool).await?.is_some() {
             return Ok(None);
         }
         let mut tx = self.pool.begin().await?;
-        let head: TreeHeadRow =
-            sqlx::query_as("UPDATE audit_head SET size = size WHERE id = 1 RETURNING size, peaks")
-                .fetch_one(&mut *tx)
-                .await?;
+        let head = TreeHeadRow::from_row(&lock_head(&mut tx, self.backend, "size, peaks").await?)?;
         // Another instance may have sealed while this one waited for the lock.
         if legacy_seal(&mut *tx).await?.is_some() {
             return Ok(None);

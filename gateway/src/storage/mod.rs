@@ -26,7 +26,7 @@ pub(crate) use crate::domain::now_ms;
 pub use crate::domain::participants::Owner;
 
 pub use attachments::NewAttachment;
-pub use audit::{AuditFilter, AuditSnapshot, CursorCheck};
+pub use audit::{AUDIT_HEAD_LOCK, AuditFilter, AuditSnapshot, CursorCheck};
 pub use devices::{DeviceRecord, KEY_LOG_ORIGIN, Published};
 pub use messaging::{
     Appended, Audience, EpisodeFilter, EpisodeRefusal, MessagePosition, NewMessage, StoredMessage,
