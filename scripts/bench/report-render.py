@@ -150,6 +150,11 @@ def push_sections(folder: Path, m: dict, p: dict, out: list):
         out += ["| | p50 ms | p99 ms |", "|---|---:|---:|",
                 f"| gateway, send to delivery ({fmt(real['delivered'])} of {fmt(real['expected'])} delivered) | {g['p50_ms']:.1f} | {g['p99_ms']:.1f} |",
                 f"| gateway, send answered | {real['answered']['p50_ms']:.1f} | {real['answered']['p99_ms']:.1f} |",
+            ] + ([
+                f"| gateway, a send's first delivery | {real['first_delivery']['p50_ms']:.1f} | {real['first_delivery']['p99_ms']:.1f} |",
+                f"| gateway, a send's last delivery | {real['last_delivery']['p50_ms']:.1f} | {real['last_delivery']['p99_ms']:.1f} |",
+                f"| gateway, from the answer to a delivery ({fmt(real['after_answer']['before_answer'])} came before it) | {real['after_answer']['p50_ms']:.1f} | {real['after_answer']['p99_ms']:.1f} |",
+            ] if "first_delivery" in real else []) + [
                 f"| raw `NOTIFY` round trip | {n['p50_ms']:.2f} | {n['p99_ms']:.2f} |",
                 f"| raw send's rows + `NOTIFY` | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |",
             ] + ([f"| raw send's rows + `NOTIFY`, then read + {logged['readers']} access records committed | {logged['p50_ms']:.2f} | {logged['p99_ms']:.2f} |"] if logged else []) + [

@@ -7,7 +7,10 @@
 //! trips at the same rate on the same PostgreSQL in the same run: a bare `NOTIFY`; a
 //! `NOTIFY` in a transaction that commits a send's rows; and that, followed by what the
 //! receiving side must commit before it may deliver (the message read, 51 access
-//! records).
+//! records). To tell apart where a delivery's time goes, it also reports, per send, the
+//! first and the last of its 51 deliveries (the spread is the fan-out), and the time from
+//! the send's answer (its commit acknowledged) to each delivery. The sender's connection
+//! and the raw programs' connections are made before their timed runs.
 //!
 //! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a
 //! release build. Client, gateway and PostgreSQL share this machine's cores.
@@ -58,14 +61,12 @@ async fn in_parallel<F: std::future::Future<Output = ()>>(width: usize, jobs: Ve
 }
 
 type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
+type Deliveries = Arc<Mutex<Vec<(String, Instant)>>>;
 
-/// Reads `stream` until `until`, recording each delivery's latency from its send's
-/// start.
+/// Reads `stream` until `until`, recording when each message arrived.
 fn reader(
     mut stream: Stream,
-    sent_at: SentAt,
-    latencies: Arc<Mutex<Vec<Duration>>>,
+    deliveries: Deliveries,
     until: Instant,
 ) -> tokio::task::JoinHandle<Stream> {
     tokio::spawn(async move {
@@ -78,14 +79,75 @@ fn reader(
             };
             let now = Instant::now();
             buffer.extend_from_slice(&chunk[..n]);
-            for id in message_ids(&mut buffer) {
-                if let Some(start) = sent_at.lock().unwrap().get(&id) {
-                    latencies.lock().unwrap().push(now - *start);
-                }
+            let ids = message_ids(&mut buffer);
+            if !ids.is_empty() {
+                let mut deliveries = deliveries.lock().unwrap();
+                deliveries.extend(ids.into_iter().map(|id| (id, now)));
             }
         }
         stream
     })
+}
+
+/// The run's latencies, each sorted.
+struct Timed {
+    /// From a send's start to each of its deliveries.
+    from_start: Vec<Duration>,
+    /// From a send's start to its answer.
+    answered: Vec<Duration>,
+    /// From a send's start to its first delivery, and to its last.
+    first: Vec<Duration>,
+    last: Vec<Duration>,
+    /// From a send's answer to each of its deliveries that came after it.
+    after_answer: Vec<Duration>,
+    /// Deliveries that came before their send's answer.
+    before_answer: usize,
+}
+
+impl Timed {
+    fn of(sends: &[(String, Instant, Instant)], deliveries: &[(String, Instant)]) -> Self {
+        let sends: HashMap<&str, (Instant, Instant)> = sends
+            .iter()
+            .map(|(id, start, answer)| (id.as_str(), (*start, *answer)))
+            .collect();
+        let mut timed = Self {
+            from_start: Vec::new(),
+            answered: sends.values().map(|(s, a)| *a - *s).collect(),
+            first: Vec::new(),
+            last: Vec::new(),
+            after_answer: Vec::new(),
+            before_answer: 0,
+        };
+        let mut span: HashMap<&str, (Instant, Instant)> = HashMap::new();
+        for (id, at) in deliveries {
+            let Some((start, answer)) = sends.get(id.as_str()) else {
+                continue;
+            };
+            timed.from_start.push(*at - *start);
+            match at.checked_duration_since(*answer) {
+                Some(after) => timed.after_answer.push(after),
+                None => timed.before_answer += 1,
+            }
+            let seen = span.entry(id.as_str()).or_insert((*at, *at));
+            seen.0 = seen.0.min(*at);
+            seen.1 = seen.1.max(*at);
+        }
+        for (id, (first, last)) in span {
+            let start = sends[id].0;
+            timed.first.push(first - start);
+            timed.last.push(last - start);
+        }
+        for v in [
+            &mut timed.from_start,
+            &mut timed.answered,
+            &mut timed.first,
+            &mut timed.last,
+            &mut timed.after_answer,
+        ] {
+            v.sort();
+        }
+        timed
+    }
 }
 
 /// The pairs of `ICBT_BENCH_GATEWAY_ENV`.
@@ -192,33 +254,38 @@ async fn main() {
         memory(gw.pid()).0
     );
 
-    let sent_at: SentAt = Arc::default();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // When each send started and was answered, and when each delivery arrived: matched
+    // up after the run, so the readers do no more than read.
+    let deliveries: Deliveries = Arc::default();
+    let sends_timed: Arc<Mutex<Vec<(String, Instant, Instant)>>> = Arc::default();
     let until = Instant::now() + Duration::from_secs(seconds + 15);
     let readers: Vec<_> = streams
         .into_iter()
-        .map(|s| reader(s, sent_at.clone(), latencies.clone(), until))
+        .map(|s| reader(s, deliveries.clone(), until))
         .collect();
     let sender = gw.client();
-    let answers: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // Its connection is made before the timed run, so that no send pays for a handshake.
+    let warm = sender
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(warm.status().is_success(), "health: {}", warm.status());
     let mut tick = tokio::time::interval(Duration::from_secs(1) / RATE);
     let mut tasks = Vec::with_capacity(total);
     for (id, path, therapist, body) in sends {
         tick.tick().await;
-        let (sender, sent_at, answers, url) = (
-            sender.clone(),
-            sent_at.clone(),
-            answers.clone(),
-            gw.url.clone(),
-        );
+        let (sender, sends_timed, url) = (sender.clone(), sends_timed.clone(), gw.url.clone());
         tasks.push(tokio::spawn(async move {
             let start = Instant::now();
-            sent_at.lock().unwrap().insert(id, start);
             let response = therapist
                 .call(&sender, Method::PUT, &format!("{url}{path}"), Some(&body))
                 .await;
             assert_eq!(response.status(), 201, "a send");
-            answers.lock().unwrap().push(start.elapsed());
+            sends_timed
+                .lock()
+                .unwrap()
+                .push((id, start, Instant::now()));
         }));
     }
     for t in tasks {
@@ -227,13 +294,11 @@ async fn main() {
     // Every delivery is in once each stream has read for a while after the last send.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let expected = total * (1 + PER_THERAPIST);
-    let delivered = latencies.lock().unwrap().len();
     let rss = memory(gw.pid()).0;
     drop(readers);
-    let mut ours = latencies.lock().unwrap().clone();
-    ours.sort();
-    let mut answered = answers.lock().unwrap().clone();
-    answered.sort();
+    let timed = Timed::of(&sends_timed.lock().unwrap(), &deliveries.lock().unwrap());
+    let (ours, answered) = (&timed.from_start, &timed.answered);
+    let delivered = ours.len();
     drop(gw);
 
     // The baselines, at the same rate on the same PostgreSQL, after the gateway has
@@ -259,10 +324,20 @@ async fn main() {
     );
     println!(
         "  delivered {delivered} of {expected}; send to delivery p50 {:.1} ms, p99 {:.1} ms (the send answered p50 {:.1} ms, p99 {:.1} ms); gateway RSS {rss} KiB",
-        ms(percentile(&ours, 0.5)),
-        ms(percentile(&ours, 0.99)),
-        ms(percentile(&answered, 0.5)),
-        ms(percentile(&answered, 0.99)),
+        ms(percentile(ours, 0.5)),
+        ms(percentile(ours, 0.99)),
+        ms(percentile(answered, 0.5)),
+        ms(percentile(answered, 0.99)),
+    );
+    println!(
+        "  per send, its first delivery p50 {:.1} ms, p99 {:.1} ms; its last p50 {:.1} ms, p99 {:.1} ms; from the answer to a delivery p50 {:.1} ms, p99 {:.1} ms ({} deliveries came before the answer)",
+        ms(percentile(&timed.first, 0.5)),
+        ms(percentile(&timed.first, 0.99)),
+        ms(percentile(&timed.last, 0.5)),
+        ms(percentile(&timed.last, 0.99)),
+        ms(percentile(&timed.after_answer, 0.5)),
+        ms(percentile(&timed.after_answer, 0.99)),
+        timed.before_answer,
     );
     for (name, raw) in [
         ("raw NOTIFY round trip", bare),
@@ -276,7 +351,7 @@ async fn main() {
             "  {name}: p50 {:.2} ms, p99 {:.2} ms; the gateway's p99 is {:.1}x",
             ms(percentile(raw, 0.5)),
             ms(percentile(raw, 0.99)),
-            ms(percentile(&ours, 0.99)) / ms(percentile(raw, 0.99)),
+            ms(percentile(ours, 0.99)) / ms(percentile(raw, 0.99)),
         );
     }
     let mut figures = Figures::new("push");
@@ -285,8 +360,11 @@ async fn main() {
         json!({
             "episodes": EPISODES, "streams": 2 * EPISODES, "rate": RATE, "sends": total,
             "delivered": delivered, "expected": expected, "gateway_rss_kib": rss,
-            "gateway": { "p50_ms": ms(percentile(&ours, 0.5)), "p99_ms": ms(percentile(&ours, 0.99)), "cdf_ms": cdf(&ours) },
-            "answered": { "p50_ms": ms(percentile(&answered, 0.5)), "p99_ms": ms(percentile(&answered, 0.99)) },
+            "gateway": { "p50_ms": ms(percentile(ours, 0.5)), "p99_ms": ms(percentile(ours, 0.99)), "cdf_ms": cdf(ours) },
+            "answered": { "p50_ms": ms(percentile(answered, 0.5)), "p99_ms": ms(percentile(answered, 0.99)) },
+            "first_delivery": { "p50_ms": ms(percentile(&timed.first, 0.5)), "p99_ms": ms(percentile(&timed.first, 0.99)) },
+            "last_delivery": { "p50_ms": ms(percentile(&timed.last, 0.5)), "p99_ms": ms(percentile(&timed.last, 0.99)) },
+            "after_answer": { "p50_ms": ms(percentile(&timed.after_answer, 0.5)), "p99_ms": ms(percentile(&timed.after_answer, 0.99)), "before_answer": timed.before_answer },
             "notify": { "p50_ms": ms(percentile(bare, 0.5)), "p99_ms": ms(percentile(bare, 0.99)), "cdf_ms": cdf(bare) },
             "rows_and_notify": { "p50_ms": ms(percentile(with_rows, 0.5)), "p99_ms": ms(percentile(with_rows, 0.99)), "cdf_ms": cdf(with_rows) },
             "logged_reads": { "readers": readers, "p50_ms": ms(percentile(logged, 0.5)), "p99_ms": ms(percentile(logged, 0.99)), "cdf_ms": cdf(logged) },
