@@ -865,25 +865,62 @@ async fn verified_as_schema_17(
     leaves
 }
 
+/// A PostgreSQL store and the test access log beside it, for the tests of what
+/// concurrent transactions do to the log; `None` without PostgreSQL (SQLite writes one
+/// transaction at a time).
+struct PostgresLog {
+    dir: tempfile::TempDir,
+    db: Option<icbt_e2e::TestDatabase>,
+    store: Store,
+    log: std::sync::Arc<icbt_gateway::audit::sequencer::AuditLog>,
+}
+
+impl PostgresLog {
+    /// A connection of its own to the store's database.
+    async fn connect(&self) -> sqlx::AnyConnection {
+        icbt_e2e::connect_database(self.dir.path(), self.db.as_ref()).await
+    }
+}
+
+async fn postgres_log() -> Option<PostgresLog> {
+    if !backends().contains(&Backend::Postgres) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db) = storage_for(Backend::Postgres, dir.path()).await;
+    let store = Store::open(&config).await.unwrap();
+    let log = icbt_gateway::audit::sequencer::AuditLog::from_config(
+        &icbt_config::AuditConfig::default(),
+        dir.path(),
+    )
+    .unwrap();
+    Some(PostgresLog {
+        dir,
+        db,
+        store,
+        log: std::sync::Arc::new(log),
+    })
+}
+
+/// An anonymous read of messages, the record these tests write.
+fn read_record() -> icbt_gateway::audit::Record {
+    use icbt_gateway::audit::{Access, Action};
+    Access::default().anonymous(Action::Read, "messages")
+}
+
 /// A record written by a transaction that began before another but commits after it has
 /// the lower position: the sequencer must not pass it while that transaction runs, or it
 /// would land behind the cursor and never join the tree (PostgreSQL; SQLite writes one
 /// transaction at a time).
 #[tokio::test]
 async fn a_record_committed_late_by_an_older_transaction_still_joins_the_tree() {
-    use icbt_gateway::audit::sequencer::AuditLog;
     use icbt_gateway::audit::verify::walk;
-    use icbt_gateway::audit::{Access, Action};
-    if !backends().contains(&Backend::Postgres) {
+    let Some(pg) = postgres_log().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (config, db) = storage_for(Backend::Postgres, dir.path()).await;
-    let store = Store::open(&config).await.unwrap();
-    let log = AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap();
-    let record = || Access::default().anonymous(Action::Read, "messages");
+    };
+    let (store, log, record) = (pg.store.clone(), pg.log.clone(), read_record);
 
-    let mut older = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    let mut older = pg.connect().await;
     let late = uuid::Uuid::new_v4().to_string();
     sqlx::query("BEGIN").execute(&mut older).await.unwrap();
     sqlx::query(
@@ -924,22 +961,14 @@ async fn a_record_committed_late_by_an_older_transaction_still_joins_the_tree() 
 /// committed meanwhile.
 #[tokio::test]
 async fn a_sequencer_batch_waiting_for_the_head_holds_back_no_new_record() {
-    use icbt_gateway::audit::sequencer::AuditLog;
     use icbt_gateway::audit::verify::walk;
-    use icbt_gateway::audit::{Access, Action};
-    if !backends().contains(&Backend::Postgres) {
+    let Some(pg) = postgres_log().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (config, db) = storage_for(Backend::Postgres, dir.path()).await;
-    let store = Store::open(&config).await.unwrap();
-    let log = std::sync::Arc::new(
-        AuditLog::from_config(&icbt_config::AuditConfig::default(), dir.path()).unwrap(),
-    );
-    let record = || Access::default().anonymous(Action::Read, "messages");
+    };
+    let (store, log, record) = (pg.store.clone(), pg.log.clone(), read_record);
 
     // Another instance's batch holds the head.
-    let mut other = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    let mut other = pg.connect().await;
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
         .bind(icbt_gateway::storage::AUDIT_HEAD_LOCK)
@@ -958,7 +987,7 @@ async fn a_sequencer_batch_waiting_for_the_head_holds_back_no_new_record() {
         .record_access(std::slice::from_ref(&first))
         .await
         .unwrap();
-    let mut reader = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    let mut reader = pg.connect().await;
     let (below,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM audit_records \
          WHERE id = $1 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
