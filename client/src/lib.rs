@@ -172,7 +172,12 @@ impl Client {
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
+        // An answer whose body did not arrive whole (the connection broke after the status
+        // line, say the gateway was killed) is a failed request that may be retried, not
+        // a success with nothing in it: a send retried with the same bytes gets its
+        // original answer.
+        let body = response.bytes().await?;
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status >= 400 {
             return Err(ClientError::Problem {
                 status,
@@ -413,5 +418,51 @@ impl Client {
             });
         }
         Ok(received)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A gateway that answers 201 and breaks the connection halfway through the body, as
+    /// one killed while answering does.
+    async fn cut_off_after_the_status_line() -> url::Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"seq\":")
+                .await;
+        });
+        url::Url::parse(&format!("http://{address}/")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_in_its_body_is_a_failure_to_retry_not_a_success() {
+        // Plain HTTP here, but reqwest asks for a TLS provider all the same.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::new(
+            reqwest::Client::new(),
+            cut_off_after_the_status_line().await,
+            Credentials {
+                access_token: Zeroizing::new("token".to_owned()),
+                dpop: None,
+            },
+            Vec::new(),
+        );
+        let answer = client
+            .call(
+                reqwest::Method::PUT,
+                "v1/episodes/e/messages/m",
+                Some(&json!({})),
+            )
+            .await;
+        let error = answer.expect_err("a body that never arrived whole is no receipt");
+        assert!(error.may_retry(), "{error}");
     }
 }
