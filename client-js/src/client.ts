@@ -190,7 +190,7 @@ export class Client {
     for (let attempt = 0; ; attempt++) {
       try {
         const response = await this.request(method, path, { body });
-        return (await response.json()) as T;
+        return await answerOf<T>(response, method, path);
       } catch (e) {
         const wait = e instanceof GatewayError && (e.status === 429 || e.status === 503) ? e.retryAfter : undefined;
         if (method !== 'GET' || wait === undefined || attempt >= 2) throw e;
@@ -424,7 +424,7 @@ export class Client {
     query.set('limit', String(options.limit ?? 100));
     if (options.wait !== undefined) query.set('wait', String(options.wait));
     if (options.device !== undefined) query.set('device', options.device);
-    return this.request('GET', `v1/inbox?${query}`, { signal: options.signal }).then((r) => r.json());
+    return this.request('GET', `v1/inbox?${query}`, { signal: options.signal }).then((r) => answerOf(r, 'GET', 'v1/inbox'));
   }
 
   /**
@@ -593,6 +593,22 @@ export class Client {
       throw new EnvelopeError('decrypt', 'the attachment does not decrypt with its key');
     }
   }
+}
+
+/**
+ * The JSON of a successful answer. A body that breaks off is a `NetworkError`, which may
+ * be retried: the status line alone does not say what the gateway answered, and a send
+ * must keep its sealed bytes to resend them (the gateway answers a resend of the same
+ * bytes with the first receipt).
+ */
+async function answerOf<T>(response: Response, method: string, path: string): Promise<T> {
+  let text: string;
+  try {
+    text = await response.text();
+  } catch (e) {
+    throw new NetworkError(`${method} ${path}: the answer broke off: ${(e as Error).message}`);
+  }
+  return JSON.parse(text) as T;
 }
 
 function retryAfterMs(error: GatewayError): number | undefined {
