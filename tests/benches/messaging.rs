@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::baseline::{raw_database, raw_sends};
-use icbt_e2e::figures::{Figures, cdf, memory, ms, national_ids, percentile};
+use icbt_e2e::figures::{Figures, distribution, memory, ms, national_ids, percentile};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::sse::{message_ids, subscribe};
@@ -322,23 +322,18 @@ async fn main() {
             theirs.len(),
             ms(percentile(&ours, 0.99)) / ms(percentile(&theirs, 0.99)),
         );
+        let mut synapse = distribution(&theirs);
+        synapse["deliveries"] = json!(theirs.len());
         figures.put(
             "push_beside_synapse",
-            json!({
-                "listeners": LISTENERS,
-                "gateway": { "p50_ms": ms(percentile(&ours, 0.5)), "p99_ms": ms(percentile(&ours, 0.99)), "cdf_ms": cdf(&ours) },
-                "synapse": { "p50_ms": ms(percentile(&theirs, 0.5)), "p99_ms": ms(percentile(&theirs, 0.99)), "cdf_ms": cdf(&theirs), "deliveries": theirs.len() },
-            }),
+            json!({ "listeners": LISTENERS, "gateway": distribution(&ours), "synapse": synapse }),
         );
     }
     drop(peer);
 
     if part("push") {
         let deliveries = push(&gw, &sealer, (&therapist, &patient), episodes[0], 1000).await;
-        figures.put(
-            "push_1000_subscribers",
-            json!({ "p50_ms": ms(percentile(&deliveries, 0.5)), "p99_ms": ms(percentile(&deliveries, 0.99)), "cdf_ms": cdf(&deliveries) }),
-        );
+        figures.put("push_1000_subscribers", distribution(&deliveries));
     }
     if part("idle") {
         idle(&gw, &therapist).await;

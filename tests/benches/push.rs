@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use icbt_e2e::baseline::{RoundTrip, raw_database, round_trips};
-use icbt_e2e::figures::{Figures, cdf, memory, ms, national_ids, percentile};
+use icbt_e2e::figures::{Figures, distribution, memory, ms, national_ids, percentile, quantiles};
 use icbt_e2e::idp::{Actor, CLINIC_ORG, IdentityProviders};
 use icbt_e2e::sealed::Sealer;
 use icbt_e2e::sse::{message_ids, subscribe};
@@ -355,19 +355,23 @@ async fn main() {
         );
     }
     let mut figures = Figures::new("push");
+    let mut after_answer = quantiles(&timed.after_answer);
+    after_answer["before_answer"] = json!(timed.before_answer);
+    let mut logged_reads = distribution(logged);
+    logged_reads["readers"] = json!(readers);
     figures.put(
         "realistic",
         json!({
             "episodes": EPISODES, "streams": 2 * EPISODES, "rate": RATE, "sends": total,
             "delivered": delivered, "expected": expected, "gateway_rss_kib": rss,
-            "gateway": { "p50_ms": ms(percentile(ours, 0.5)), "p99_ms": ms(percentile(ours, 0.99)), "cdf_ms": cdf(ours) },
-            "answered": { "p50_ms": ms(percentile(answered, 0.5)), "p99_ms": ms(percentile(answered, 0.99)) },
-            "first_delivery": { "p50_ms": ms(percentile(&timed.first, 0.5)), "p99_ms": ms(percentile(&timed.first, 0.99)) },
-            "last_delivery": { "p50_ms": ms(percentile(&timed.last, 0.5)), "p99_ms": ms(percentile(&timed.last, 0.99)) },
-            "after_answer": { "p50_ms": ms(percentile(&timed.after_answer, 0.5)), "p99_ms": ms(percentile(&timed.after_answer, 0.99)), "before_answer": timed.before_answer },
-            "notify": { "p50_ms": ms(percentile(bare, 0.5)), "p99_ms": ms(percentile(bare, 0.99)), "cdf_ms": cdf(bare) },
-            "rows_and_notify": { "p50_ms": ms(percentile(with_rows, 0.5)), "p99_ms": ms(percentile(with_rows, 0.99)), "cdf_ms": cdf(with_rows) },
-            "logged_reads": { "readers": readers, "p50_ms": ms(percentile(logged, 0.5)), "p99_ms": ms(percentile(logged, 0.99)), "cdf_ms": cdf(logged) },
+            "gateway": distribution(ours),
+            "answered": quantiles(answered),
+            "first_delivery": quantiles(&timed.first),
+            "last_delivery": quantiles(&timed.last),
+            "after_answer": after_answer,
+            "notify": distribution(bare),
+            "rows_and_notify": distribution(with_rows),
+            "logged_reads": logged_reads,
         }),
     );
 }

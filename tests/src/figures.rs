@@ -76,6 +76,24 @@ pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// The median and the 99th percentile of `sorted`, as every latency figure names them
+/// (`p50_ms`, `p99_ms`).
+#[must_use]
+pub fn quantiles(sorted: &[std::time::Duration]) -> Value {
+    serde_json::json!({
+        "p50_ms": ms(percentile(sorted, 0.5)),
+        "p99_ms": ms(percentile(sorted, 0.99)),
+    })
+}
+
+/// [`quantiles`] with the distribution the report plots (`cdf_ms`).
+#[must_use]
+pub fn distribution(sorted: &[std::time::Duration]) -> Value {
+    let mut figure = quantiles(sorted);
+    figure["cdf_ms"] = cdf(sorted);
+    figure
+}
+
 /// A latency distribution as the report plots it: 101 points, the 0th to the 100th
 /// percentile, in milliseconds to the microsecond.
 #[must_use]
