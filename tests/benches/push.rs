@@ -3,11 +3,12 @@
 //! stream and every therapist 50, so 10 000 streams are open. Sends arrive at a steady
 //! 100 a second, spread over the episodes, each from the episode's therapist; each is
 //! delivered to the patient's stream and to the therapist's 50. Reported: the p50 and p99
-//! from the send's start (before its commit) to each delivery, beside three raw round
+//! from the send's start (before its commit) to each delivery, beside four raw round
 //! trips at the same rate on the same PostgreSQL in the same run: a bare `NOTIFY`; a
-//! `NOTIFY` in a transaction that commits a send's rows; and that, followed by what the
+//! `NOTIFY` in a transaction that commits a send's rows; that, followed by what the
 //! receiving side must commit before it may deliver (the message read, 51 access
-//! records). To tell apart where a delivery's time goes, it also reports, per send, the
+//! records); and that again while the access records are added to the log's tree every
+//! second, as the gateway's sequencer does. To tell apart where a delivery's time goes, it also reports, per send, the
 //! first and the last of its 51 deliveries (the spread is the fan-out), and the time from
 //! the send's answer (its commit acknowledged) to each delivery. The sender's connection
 //! and the raw programs' connections are made before their timed runs.
@@ -312,10 +313,11 @@ async fn main() {
         RoundTrip::Notify,
         RoundTrip::SendAndNotify,
         RoundTrip::SendNotifyAndLogReads(readers),
+        RoundTrip::SendNotifyLogReadsAndSequence(readers),
     ] {
         baselines.push(round_trips(&raw_db.url, what, pace, &raw_episodes, &envelope).await);
     }
-    let [bare, with_rows, logged] = &baselines[..] else {
+    let [bare, with_rows, logged, sequenced] = &baselines[..] else {
         unreachable!()
     };
 
@@ -346,6 +348,10 @@ async fn main() {
             "raw send's rows + NOTIFY, then the message read and 51 access records committed",
             logged,
         ),
+        (
+            "the same, while every access record is added to the log's tree each second",
+            sequenced,
+        ),
     ] {
         println!(
             "  {name}: p50 {:.2} ms, p99 {:.2} ms; the gateway's p99 is {:.1}x",
@@ -359,6 +365,8 @@ async fn main() {
     after_answer["before_answer"] = json!(timed.before_answer);
     let mut logged_reads = distribution(logged);
     logged_reads["readers"] = json!(readers);
+    let mut logged_and_sequenced = distribution(sequenced);
+    logged_and_sequenced["readers"] = json!(readers);
     figures.put(
         "realistic",
         json!({
@@ -372,6 +380,7 @@ async fn main() {
             "notify": distribution(bare),
             "rows_and_notify": distribution(with_rows),
             "logged_reads": logged_reads,
+            "logged_and_sequenced": logged_and_sequenced,
         }),
     );
 }

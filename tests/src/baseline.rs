@@ -202,6 +202,14 @@ pub enum RoundTrip {
     /// this many readers: the least work a durable, logged push does, without TLS,
     /// tokens or fan-out.
     SendNotifyAndLogReads(u32),
+    /// As [`Self::SendNotifyAndLogReads`], while the access records (the sends' and the
+    /// readers') are added to the log's tree at the gateway's default interval, as its
+    /// sequencer does: a durable, logged push whose log is tamper-evident. The tree is
+    /// built by the gateway's own sequencing step ([`Store::sequence_audit`]), since the
+    /// tree's work is part of what the baseline measures, not of what it leaves out.
+    ///
+    /// [`Store::sequence_audit`]: icbt_gateway::storage::Store::sequence_audit
+    SendNotifyLogReadsAndSequence(u32),
 }
 
 /// Round trips of `what` at a steady `rate` a second for `run`, on the database of
@@ -216,6 +224,8 @@ pub async fn round_trips(
 ) -> Vec<Duration> {
     use std::collections::HashMap;
     use std::sync::Mutex;
+    let sequencing = matches!(what, RoundTrip::SendNotifyLogReadsAndSequence(_));
+    let sequencer = Sequencer::start(sequencing.then_some(url)).await;
     let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
     listener.listen("bench_round_trip").await.unwrap();
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -249,7 +259,9 @@ pub async fn round_trips(
                 );
                 readers.push(tokio::spawn(async move {
                     let payload = note.payload().to_owned();
-                    if let RoundTrip::SendNotifyAndLogReads(readers) = what {
+                    if let RoundTrip::SendNotifyAndLogReads(readers)
+                    | RoundTrip::SendNotifyLogReadsAndSequence(readers) = what
+                    {
                         log_reads(&pool, &payload, readers).await;
                     }
                     let now = Instant::now();
@@ -308,8 +320,97 @@ pub async fn round_trips(
         t.await.unwrap();
     }
     let all = reader.await.unwrap();
+    sequencer.stop().await;
     pool.close().await;
     all
+}
+
+/// A raw program's sequencer, when it has one: its tree grown every second until stopped.
+struct Sequencer(Option<(Arc<AtomicBool>, tokio::task::JoinHandle<u64>)>);
+
+impl Sequencer {
+    /// With `url`, the tree of that database caught up, then grown every second.
+    async fn start(url: Option<&str>) -> Self {
+        let Some(url) = url else {
+            return Self(None);
+        };
+        let tree = Tree::caught_up(url).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        Self(Some((
+            stop,
+            tokio::spawn(async move { tree.sequence_until(&stopped).await }),
+        )))
+    }
+
+    /// Stops it, once it has added the records of the run.
+    async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            stop.store(true, Ordering::Relaxed);
+            let added = task.await.unwrap();
+            assert!(
+                added > 0,
+                "the raw program's access records were not sequenced"
+            );
+        }
+    }
+}
+
+/// The access log's tree of a raw program's database, grown by the gateway's own
+/// sequencing step.
+struct Tree {
+    store: icbt_gateway::storage::Store,
+    signer: icbt_merkle::Signer,
+}
+
+impl Tree {
+    /// The tree of the database at `url`, with every record waiting now (earlier runs'
+    /// records on the same database) added, so that the timed run adds only its own.
+    async fn caught_up(url: &str) -> Self {
+        let config = icbt_config::StorageConfig {
+            url: Some(url.to_owned()),
+            ..Default::default()
+        };
+        let store = icbt_gateway::storage::Store::open(&config).await.unwrap();
+        let key = icbt_merkle::Signer::generate_pkcs8().unwrap();
+        let tree = Self {
+            store,
+            signer: icbt_merkle::Signer::from_pkcs8(&key).unwrap(),
+        };
+        tree.add_waiting().await;
+        tree
+    }
+
+    /// Adds every waiting record, a batch at a time as the gateway's sequencer does; how
+    /// many.
+    async fn add_waiting(&self) -> u64 {
+        use icbt_gateway::audit::sequencer::BATCH;
+        let mut added = 0;
+        loop {
+            let batch = self
+                .store
+                .sequence_audit(&self.signer, BATCH)
+                .await
+                .unwrap();
+            added += batch;
+            if batch < BATCH.unsigned_abs() {
+                return added;
+            }
+        }
+    }
+
+    /// Adds the waiting records at the gateway's default interval until `stop`; how many.
+    async fn sequence_until(self, stop: &AtomicBool) -> u64 {
+        let interval = icbt_config::AuditConfig::default().checkpoint_interval_ms;
+        let mut tick = tokio::time::interval(Duration::from_millis(interval));
+        let mut added = 0;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            added += self.add_waiting().await;
+        }
+        self.store.close().await;
+        added
+    }
 }
 
 /// Reads the message `payload` names and commits `readers` access records of it.
