@@ -8,9 +8,10 @@
 //! `NOTIFY` in a transaction that commits a send's rows; that, followed by what the
 //! receiving side must commit before it may deliver (the message read, 51 access
 //! records); and that again while the access records are added to the log's tree every
-//! second, as the gateway's sequencer does. To tell apart where a delivery's time goes, it also reports, per send, the
-//! first and the last of its 51 deliveries (the spread is the fan-out), and the time from
-//! the send's answer (its commit acknowledged) to each delivery. The sender's connection
+//! second, as the gateway's sequencer does. To tell apart where a delivery's time goes,
+//! it also reports, per send, the first and the last of its 51 deliveries (the spread is
+//! the fan-out), and the time from the send's answer (its commit acknowledged) to each
+//! delivery. The sender's connection
 //! and the raw programs' connections are made before their timed runs.
 //!
 //! Needs `E2E_POSTGRES_URL` and, for meaningful numbers, `E2E_GATEWAY_BIN` pointing at a

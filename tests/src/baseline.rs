@@ -205,10 +205,10 @@ pub enum RoundTrip {
     /// As [`Self::SendNotifyAndLogReads`], while the access records (the sends' and the
     /// readers') are added to the log's tree at the gateway's default interval, as its
     /// sequencer does: a durable, logged push whose log is tamper-evident. The tree is
-    /// built by the gateway's own sequencing step ([`Store::sequence_audit`]), since the
+    /// built by the gateway's own sequencer ([`AuditLog::sequence_yielding`]), since the
     /// tree's work is part of what the baseline measures, not of what it leaves out.
     ///
-    /// [`Store::sequence_audit`]: icbt_gateway::storage::Store::sequence_audit
+    /// [`AuditLog::sequence_yielding`]: icbt_gateway::audit::sequencer::AuditLog::sequence_yielding
     SendNotifyLogReadsAndSequence(u32),
 }
 
@@ -357,10 +357,12 @@ impl Sequencer {
 }
 
 /// The access log's tree of a raw program's database, grown by the gateway's own
-/// sequencing step.
+/// sequencer.
 struct Tree {
     store: icbt_gateway::storage::Store,
-    signer: icbt_merkle::Signer,
+    log: icbt_gateway::audit::sequencer::AuditLog,
+    /// Holds the log's signing key, made on first use, for as long as the tree lives.
+    _key_dir: tempfile::TempDir,
 }
 
 impl Tree {
@@ -371,38 +373,29 @@ impl Tree {
             url: Some(url.to_owned()),
             ..Default::default()
         };
-        let store = icbt_gateway::storage::Store::open(&config).await.unwrap();
-        let key = icbt_merkle::Signer::generate_pkcs8().unwrap();
+        let key_dir = tempfile::tempdir().unwrap();
         let tree = Self {
-            store,
-            signer: icbt_merkle::Signer::from_pkcs8(&key).unwrap(),
+            store: icbt_gateway::storage::Store::open(&config).await.unwrap(),
+            log: icbt_gateway::audit::sequencer::AuditLog::from_config(
+                &icbt_config::AuditConfig::default(),
+                key_dir.path(),
+            )
+            .unwrap(),
+            _key_dir: key_dir,
         };
         tree.add_waiting().await;
         tree
     }
 
-    /// Adds every waiting record, a batch at a time as the gateway's sequencer does; how
-    /// many.
+    /// Adds every waiting record, as one run of the gateway's sequencer does; how many.
     async fn add_waiting(&self) -> u64 {
-        use icbt_gateway::audit::sequencer::BATCH;
-        let mut added = 0;
-        loop {
-            let batch = self
-                .store
-                .sequence_audit(&self.signer, BATCH)
-                .await
-                .unwrap();
-            added += batch;
-            if batch < BATCH.unsigned_abs() {
-                return added;
-            }
-        }
+        self.log.sequence_yielding(&self.store, None).await.unwrap()
     }
 
-    /// Adds the waiting records at the gateway's default interval until `stop`; how many.
+    /// Adds the waiting records at the log's interval (the gateway's default) until
+    /// `stop`; how many.
     async fn sequence_until(self, stop: &AtomicBool) -> u64 {
-        let interval = icbt_config::AuditConfig::default().checkpoint_interval_ms;
-        let mut tick = tokio::time::interval(Duration::from_millis(interval));
+        let mut tick = tokio::time::interval(self.log.interval);
         let mut added = 0;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;

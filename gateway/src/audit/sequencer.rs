@@ -133,8 +133,9 @@ impl AuditLog {
     }
 
     /// Adds every waiting record to the tree, a batch at a time; with `hub`, waiting
-    /// before each batch (at most [`YIELD_LIMIT`]) while the hub hands out messages.
-    async fn sequence_yielding(
+    /// before each batch (at most [`YIELD_LIMIT`]) while the hub hands out messages. One
+    /// run of the background task (and the bench's raw program's, without a hub).
+    pub async fn sequence_yielding(
         &self,
         store: &Store,
         hub: Option<&Hub>,
