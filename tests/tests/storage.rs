@@ -1015,3 +1015,127 @@ async fn a_sequencer_batch_waiting_for_the_head_holds_back_no_new_record() {
     assert_eq!((report.problem, pending), (None, 0));
     assert_eq!(store.audit_index_of(first.id).await.unwrap(), Some(0));
 }
+
+/// A stream catching up near the present reads the messages after its position, not the
+/// whole history of the caller's episodes, even through a prepared statement's generic
+/// plan on tables that were never analysed (PostgreSQL; SQLite reads by rowid). Before
+/// migration 20 such a read walked every message of a therapist's episodes: a reconnect
+/// storm held every pooled connection for seconds and requests were refused with 503.
+#[tokio::test]
+async fn a_stream_catching_up_near_the_present_reads_only_what_is_new() {
+    use icbt_auth::identity::HprNumber;
+    use icbt_gateway::audit::{Access, Action};
+    use icbt_gateway::storage::CareTeamEntry;
+    use icbt_gateway::storage::stream::{StreamFilter, StreamPosition, catch_up_statement};
+    use sqlx::{Connection as _, Executor as _};
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let (dir, db, store, clinic) = store_with_clinic(Backend::Postgres).await;
+    let hpr = HprNumber::parse("565501872").unwrap();
+    let team = [CareTeamEntry {
+        hpr_number: hpr.clone(),
+        cover: false,
+        until_ms: None,
+    }];
+    let record = || Access::default().anonymous(Action::Update, "care-team");
+    for n in 0..20 {
+        let episode = store
+            .insert_episode(clinic.id, &patient(n + 1), "p")
+            .await
+            .unwrap();
+        store
+            .set_care_team(episode.id, &team, &record())
+            .await
+            .unwrap();
+    }
+    let mut conn = icbt_e2e::connect_database(dir.path(), db.as_ref()).await;
+    // 200 messages in each of the therapist's 20 episodes: a history of 4 000.
+    conn.execute(
+        "INSERT INTO messages (episode_id, seq, id, kind, sender_kind, sender_ref, \
+         sender_device, recipients, content_type, body, request_hash, created_at_ms, \
+         attachments, audience) \
+         SELECT e.id, s, gen_random_uuid()::text, 'message', 'clinician', '565501872', 'd', \
+         '[]', 'application/octet-stream', '\\x00'::bytea, 'h', 0, '[]', 'all' \
+         FROM episodes e, generate_series(1, 200) s",
+    )
+    .await
+    .unwrap();
+    let now = icbt_gateway::domain::now_ms();
+    let filter = StreamFilter::CareTeam(hpr.clone());
+
+    // What a stream reads is unchanged: all of it from the start, in order; nothing new
+    // at the present.
+    let from_start = store
+        .stream_after(&filter, StreamPosition { tx: 0, pos: 0 }, now, 100)
+        .await
+        .unwrap();
+    assert_eq!(from_start.len(), 100);
+    assert!(from_start.windows(2).all(|w| w[0].position < w[1].position));
+    let head = store.stream_head().await.unwrap();
+    assert!(
+        store
+            .stream_after(&filter, head, now, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The rows of `messages` a catch-up at the present visits, read from the plan the
+    // prepared statement gets once PostgreSQL settles on a generic one.
+    let (sql, values) =
+        catch_up_statement(icbt_gateway::storage::Backend::Postgres, &filter).unwrap();
+    assert_eq!(values, vec![hpr.as_str().to_owned()]);
+    let mut pg = sqlx::AnyConnection::connect(&db.as_ref().unwrap().url)
+        .await
+        .unwrap();
+    pg.execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    pg.execute(sqlx::AssertSqlSafe(format!("PREPARE catch_up AS {sql}")))
+        .await
+        .unwrap();
+    // The plan as text: the Any driver reads no `json` column.
+    pg.execute(
+        "CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+         DECLARE p json; BEGIN EXECUTE 'EXPLAIN (ANALYZE, FORMAT JSON) ' || q INTO p; \
+         RETURN p::text; END $$",
+    )
+    .await
+    .unwrap();
+    let plan: String = sqlx::query_scalar("SELECT pg_temp.plan_of($1)")
+        .bind(format!(
+            "EXECUTE catch_up({}, {}, {now}, '{}', 100)",
+            head.tx,
+            head.pos,
+            hpr.as_str()
+        ))
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    let visited = rows_visited(&plan[0]["Plan"], "messages");
+    assert!(
+        visited < 50.0,
+        "a catch-up at the present visited {visited} of 4 000 messages:\n{plan:#}"
+    );
+    drop((conn, store, db, dir));
+}
+
+/// Rows a plan's scans of `table` returned or filtered out, over every loop.
+fn rows_visited(node: &serde_json::Value, table: &str) -> f64 {
+    let own = if node["Relation Name"] == table {
+        let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+        let per_loop = node["Actual Rows"].as_f64().unwrap_or(0.0)
+            + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0)
+            + node["Rows Removed by Index Recheck"]
+                .as_f64()
+                .unwrap_or(0.0);
+        per_loop * loops
+    } else {
+        0.0
+    };
+    own + node["Plans"].as_array().map_or(0.0, |plans| {
+        plans.iter().map(|p| rows_visited(p, table)).sum()
+    })
+}

@@ -138,12 +138,13 @@ async fn insert_leaves(conn: &mut AnyConnection, leaves: &[Leaf]) -> Result<(), 
 
 /// The condition for records after the sequencer's cursor `($1, $2)` that no running
 /// transaction can still add to: on PostgreSQL, below the oldest running transaction (as
-/// the message stream reads); on SQLite, which commits one writer at a time, any.
+/// the message stream reads, computed once per statement); on SQLite, which commits one
+/// writer at a time, any.
 fn waiting_condition(backend: super::Backend) -> &'static str {
     match backend {
         super::Backend::Sqlite => "pos > $2 AND $1 = $1",
         super::Backend::Postgres => {
-            "(tx, pos) > ($1, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            "(tx, pos) > ($1, $2) AND tx < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
         }
     }
 }

@@ -80,6 +80,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0019_send_context_version.sql"),
         include_str!("../../migrations/postgres/0019_send_context_version.sql"),
     ),
+    (
+        20,
+        "catch-up indexes",
+        include_str!("../../migrations/sqlite/0020_catch_up_indexes.sql"),
+        include_str!("../../migrations/postgres/0020_catch_up_indexes.sql"),
+    ),
 ];
 
 const REVIEW: &str = include_str!("../../migrations/0016_review.sql");

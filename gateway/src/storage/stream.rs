@@ -190,6 +190,60 @@ pub struct StreamEntry {
     pub organisation: String,
 }
 
+/// The statement that reads `filter`'s entries after a position, and the values of its
+/// filter (bound from `$4` on, after the position's `$1, $2` and the time `$3`, and
+/// before the limit); `None` for a filter that can match nothing. Public so that its
+/// plan can be checked against a database (`tests/tests/push.rs`).
+///
+/// On PostgreSQL, each of the caller's episodes is read from its position on through
+/// `messages_by_episode_position` (migration 20), and the horizon is computed once per
+/// statement, not per row. Read through the prepared statement's generic plan, the
+/// statement used to walk every message its episodes ever had: a therapist reconnecting
+/// 10 000 streams at once with 34 000 messages in their episodes held every pooled
+/// connection for seconds, and requests waiting for one were refused with 503.
+pub fn catch_up_statement(
+    backend: Backend,
+    filter: &StreamFilter,
+) -> Option<(String, Vec<String>)> {
+    let (position, order, visible) = match backend {
+        Backend::Sqlite => ("0 AS tx, m.rowid AS pos", "m.rowid", "m.rowid > $2"),
+        Backend::Postgres => (
+            "m.tx, m.pos",
+            "m.tx, m.pos",
+            "(m.tx, m.pos) > ($1, $2) AND m.tx < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)",
+        ),
+    };
+    let (condition, values): (String, Vec<String>) = match filter {
+        StreamFilter::Patient(pid) => ("e.patient_nin = $4 AND m.audience = 'all'".into(), vec![pid.expose().to_owned()]),
+        StreamFilter::CareTeam(hpr) => (
+            "e.id IN (SELECT episode_id FROM care_team WHERE hpr_number = $4 AND (until_ms IS NULL OR until_ms > $3))".into(),
+            vec![hpr.as_str().to_owned()],
+        ),
+        StreamFilter::Clinics(orgs) => {
+            let slots: Vec<String> = (0..orgs.len()).map(|i| format!("${}", i + 4)).collect();
+            (
+                format!("e.clinic_id IN (SELECT id FROM clinics WHERE org_number IN ({}))", slots.join(", ")),
+                orgs.iter().map(|o| o.as_str().to_owned()).collect(),
+            )
+        }
+        StreamFilter::Everything => ("1 = 1".into(), Vec::new()),
+    };
+    if values.is_empty() && !matches!(filter, StreamFilter::Everything) {
+        return None;
+    }
+    let limit_slot = values.len() + 4;
+    // $1 and $3 appear in some variants only; SQLite and PostgreSQL both accept
+    // unused numbered parameters only if every one is bound, so all are bound.
+    let sql = format!(
+        "SELECT {position}, m.episode_id, m.id, m.seq, m.kind, m.sender_kind, m.sender_ref, m.sender_device, \
+         m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms, m.audience, \
+         e.patient_nin AS route_patient, c.org_number AS route_organisation \
+         FROM messages m JOIN episodes e ON e.id = m.episode_id JOIN clinics c ON c.id = e.clinic_id \
+         WHERE {visible} AND {condition} AND $3 = $3 AND $1 = $1 ORDER BY {order} LIMIT ${limit_slot}"
+    );
+    Some((sql, values))
+}
+
 impl Store {
     /// Entries after `after` for `filter`, in commit order, at most `limit`.
     pub async fn stream_after(
@@ -199,42 +253,9 @@ impl Store {
         now_ms: i64,
         limit: i64,
     ) -> Result<Vec<StreamEntry>, StorageError> {
-        let (position, order, visible) = match self.backend {
-            Backend::Sqlite => ("0 AS tx, m.rowid AS pos", "m.rowid", "m.rowid > $2"),
-            Backend::Postgres => (
-                "m.tx, m.pos",
-                "m.tx, m.pos",
-                "(m.tx, m.pos) > ($1, $2) AND m.tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            ),
-        };
-        let (condition, values): (String, Vec<String>) = match filter {
-            StreamFilter::Patient(pid) => ("e.patient_nin = $4 AND m.audience = 'all'".into(), vec![pid.expose().to_owned()]),
-            StreamFilter::CareTeam(hpr) => (
-                "e.id IN (SELECT episode_id FROM care_team WHERE hpr_number = $4 AND (until_ms IS NULL OR until_ms > $3))".into(),
-                vec![hpr.as_str().to_owned()],
-            ),
-            StreamFilter::Clinics(orgs) => {
-                let slots: Vec<String> = (0..orgs.len()).map(|i| format!("${}", i + 4)).collect();
-                (
-                    format!("e.clinic_id IN (SELECT id FROM clinics WHERE org_number IN ({}))", slots.join(", ")),
-                    orgs.iter().map(|o| o.as_str().to_owned()).collect(),
-                )
-            }
-            StreamFilter::Everything => ("1 = 1".into(), Vec::new()),
-        };
-        if values.is_empty() && !matches!(filter, StreamFilter::Everything) {
+        let Some((sql, values)) = catch_up_statement(self.backend, filter) else {
             return Ok(Vec::new());
-        }
-        let limit_slot = values.len() + 4;
-        // $1 and $3 appear in some variants only; SQLite and PostgreSQL both accept
-        // unused numbered parameters only if every one is bound, so all are bound.
-        let sql = format!(
-            "SELECT {position}, m.episode_id, m.id, m.seq, m.kind, m.sender_kind, m.sender_ref, m.sender_device, \
-             m.recipients, m.content_type, m.body, m.attachments, m.created_at_ms, m.audience, \
-             e.patient_nin AS route_patient, c.org_number AS route_organisation \
-             FROM messages m JOIN episodes e ON e.id = m.episode_id JOIN clinics c ON c.id = e.clinic_id \
-             WHERE {visible} AND {condition} AND $3 = $3 AND $1 = $1 ORDER BY {order} LIMIT ${limit_slot}"
-        );
+        };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after.tx)
             .bind(after.pos)
