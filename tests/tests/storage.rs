@@ -1027,7 +1027,7 @@ async fn a_stream_catching_up_near_the_present_reads_only_what_is_new() {
     use icbt_gateway::audit::{Access, Action};
     use icbt_gateway::storage::CareTeamEntry;
     use icbt_gateway::storage::stream::{StreamFilter, StreamPosition, catch_up_statement};
-    use sqlx::{Connection as _, Executor as _};
+    use sqlx::Executor as _;
     if !backends().contains(&Backend::Postgres) {
         return;
     }
@@ -1086,17 +1086,14 @@ async fn a_stream_catching_up_near_the_present_reads_only_what_is_new() {
     let (sql, values) =
         catch_up_statement(icbt_gateway::storage::Backend::Postgres, &filter).unwrap();
     assert_eq!(values, vec![hpr.as_str().to_owned()]);
-    let mut pg = sqlx::AnyConnection::connect(&db.as_ref().unwrap().url)
+    conn.execute("SET plan_cache_mode = force_generic_plan")
         .await
         .unwrap();
-    pg.execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .unwrap();
-    pg.execute(sqlx::AssertSqlSafe(format!("PREPARE catch_up AS {sql}")))
+    conn.execute(sqlx::AssertSqlSafe(format!("PREPARE catch_up AS {sql}")))
         .await
         .unwrap();
     // The plan as text: the Any driver reads no `json` column.
-    pg.execute(
+    conn.execute(
         "CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
          DECLARE p json; BEGIN EXECUTE 'EXPLAIN (ANALYZE, FORMAT JSON) ' || q INTO p; \
          RETURN p::text; END $$",
@@ -1110,7 +1107,7 @@ async fn a_stream_catching_up_near_the_present_reads_only_what_is_new() {
             head.pos,
             hpr.as_str()
         ))
-        .fetch_one(&mut pg)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();

@@ -144,7 +144,7 @@ fn waiting_condition(backend: super::Backend) -> &'static str {
     match backend {
         super::Backend::Sqlite => "pos > $2 AND $1 = $1",
         super::Backend::Postgres => {
-            "(tx, pos) > ($1, $2) AND tx < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+            concat!("(tx, pos) > ($1, $2) AND tx < ", super::stream::horizon!())
         }
     }
 }

@@ -34,6 +34,16 @@ use icbt_auth::identity::HprNumber;
 pub(super) const EPISODE_LAST_TX: &str =
     "last_tx = GREATEST(last_tx, pg_current_xact_id()::text::bigint)";
 
+/// The horizon (PostgreSQL): the id of the oldest running transaction, below which no
+/// commit can still land, as a scalar subquery so that a statement computes it once, not
+/// once per row. A macro, so that statements can `concat!` it.
+macro_rules! horizon {
+    () => {
+        "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+    };
+}
+pub(super) use horizon;
+
 /// The NOTIFY channel for new messages; the payload is the highest transaction id of a
 /// message committed before it was sent (readers wait for it to come below the horizon).
 pub const CHANNEL: &str = "icbt_messages";
@@ -193,7 +203,7 @@ pub struct StreamEntry {
 /// The statement that reads `filter`'s entries after a position, and the values of its
 /// filter (bound from `$4` on, after the position's `$1, $2` and the time `$3`, and
 /// before the limit); `None` for a filter that can match nothing. Public so that its
-/// plan can be checked against a database (`tests/tests/push.rs`).
+/// plan can be checked against a database (`tests/tests/storage.rs`).
 ///
 /// On PostgreSQL, each of the caller's episodes is read from its position on through
 /// `messages_by_episode_position` (migration 20), and the horizon is computed once per
@@ -210,7 +220,7 @@ pub fn catch_up_statement(
         Backend::Postgres => (
             "m.tx, m.pos",
             "m.tx, m.pos",
-            "(m.tx, m.pos) > ($1, $2) AND m.tx < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)",
+            concat!("(m.tx, m.pos) > ($1, $2) AND m.tx < ", horizon!()),
         ),
     };
     let (condition, values): (String, Vec<String>) = match filter {
@@ -289,7 +299,7 @@ impl Store {
         let sql = match self.backend {
             Backend::Sqlite => "SELECT 0 AS tx, COALESCE(MAX(rowid), 0) AS pos FROM messages",
             Backend::Postgres => {
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS tx, 0::bigint AS pos"
+                concat!("SELECT ", horizon!(), " AS tx, 0::bigint AS pos")
             }
         };
         let row: super::rows::PositionRow = sqlx::query_as(sql).fetch_one(&self.pool).await?;
