@@ -988,14 +988,25 @@ async fn a_sequencer_batch_waiting_for_the_head_holds_back_no_new_record() {
         .await
         .unwrap();
     let mut reader = pg.connect().await;
-    let (below,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM audit_records \
-         WHERE id = $1 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-    )
-    .bind(first.id.to_string())
-    .fetch_one(&mut reader)
-    .await
-    .unwrap();
+    // The horizon is the whole cluster's: a transaction of another test running at the
+    // same moment holds it back too, until it ends. The waiting batch would hold it back
+    // for as long as it waits, which outlasts this deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let below = loop {
+        let (below,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM audit_records \
+             WHERE id = $1 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        )
+        .bind(first.id.to_string())
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+        if below == 1 || std::time::Instant::now() >= deadline {
+            break below;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!waiting.is_finished(), "the batch still waits for the head");
     assert_eq!(
         below, 1,
         "a record committed while the batch waits is not held back"
